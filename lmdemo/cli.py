@@ -1,0 +1,215 @@
+"""`python -m lmdemo train|eval|generate|push|presets`: the one command-line interface.
+
+Every Config field is a `train` option, generated from the dataclass so help and validation can
+never drift from the code. Mistakes end with one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import types
+import typing
+from pathlib import Path
+
+from lmdemo.config import PRESETS, Config, ConfigError, preset
+
+EXIT_USAGE = 2
+SHAPE_FIELDS = ("level", "emb_size", "hidden_size", "num_layers", "tie_weights", "tie_projection", "vocab_size")
+
+
+class UsageError(Exception):
+    """Wrong input from the user: printed as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> typing.NoReturn:
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def _field_type(f: dataclasses.Field) -> type:
+    hint = typing.get_type_hints(Config)[f.name]
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    return hint
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    groups = {name: parser.add_argument_group(f"{name} options") for name in ("model", "data", "training")}
+    for f in dataclasses.fields(Config):
+        if f.name == "vocab_size":
+            continue
+        kind = _field_type(f)
+        flag = "--" + f.name.replace("_", "-")
+        text = f"{f.metadata['help']} (default: {f.default})"
+        group = groups[f.metadata["group"]]
+        if kind is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
+        else:
+            group.add_argument(flag, type=kind, choices=f.metadata.get("choices"), default=argparse.SUPPRESS,
+                               metavar=kind.__name__.upper() if not f.metadata.get("choices") else None, help=text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m lmdemo", description="Train, evaluate, sample and share LSTM language models.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    train = commands.add_parser("train", help="train a model (or resume a run)",
+                                description="Train a model. Start from --preset and override any field; "
+                                            "the best model by validation loss lands in OUT/model.")
+    train.add_argument("--preset", help=f"start from a reference setup: {', '.join(PRESETS)}")
+    train.add_argument("--out", type=Path, help="run folder (default: runs/<preset or data name>)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its last saved state")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_config_options(train)
+
+    evaluate = commands.add_parser("eval", help="perplexity of a model on a split or a text file")
+    evaluate.add_argument("model", help="model folder or Hugging Face repo id")
+    evaluate.add_argument("--revision", help="Hub revision (branch, tag or commit)")
+    evaluate.add_argument("--split", default="test", choices=("train", "valid", "test"),
+                          help="split of the model's training data to score (default: test)")
+    evaluate.add_argument("--data", help="score this corpus instead of the one the model was trained on")
+    evaluate.add_argument("--text-file", type=Path, help="score this whole text file instead of a split")
+    evaluate.add_argument("--batch-size", type=int, help="parallel streams (default: the model's eval_batch_size)")
+    evaluate.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    generate = commands.add_parser("generate", help="sample text from a model")
+    generate.add_argument("model", help="model folder or Hugging Face repo id")
+    generate.add_argument("--revision", help="Hub revision (branch, tag or commit)")
+    generate.add_argument("--prompt", default="", help="text to continue (default: start of a text)")
+    generate.add_argument("--temperature", type=float, nargs="+", default=[0.8],
+                          help="one or more temperatures, sampled side by side; 0 = greedy (default: 0.8)")
+    generate.add_argument("--max-tokens", type=int, default=200, help="new tokens per sample (default: 200)")
+    generate.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest only (0 = off)")
+    generate.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold in (0, 1]")
+    generate.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    generate.add_argument("--stop", help="end a sample once it contains this text")
+    generate.add_argument("--avoid-unk", action="store_true", help="never sample <unk>")
+
+    push = commands.add_parser("push", help="upload a model folder to the Hugging Face Hub")
+    push.add_argument("model", type=Path, help="model folder (for example runs/NAME/model)")
+    push.add_argument("repo_id", help="target repo, as user/name")
+    push.add_argument("--private", action="store_true", help="create the repo as private")
+    push.add_argument("--token", help="Hub token (default: the logged-in one)")
+
+    commands.add_parser("presets", help="list the presets and their settings")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from lmdemo.batches import TextTooShortError
+    from lmdemo.checkpoint import ModelLoadError
+    from lmdemo.corpus import CorpusError
+    from lmdemo.generation import SettingsError
+
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        return {"train": _train, "eval": _eval, "generate": _generate, "push": _push,
+                "presets": _presets}[args.command](args)
+    except (UsageError, ConfigError, CorpusError, ModelLoadError, SettingsError, TextTooShortError) as error:
+        print(f"lmdemo: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("lmdemo: interrupted", file=sys.stderr)
+        return 130
+
+
+def _explicit_config(args: argparse.Namespace) -> dict:
+    names = {f.name for f in dataclasses.fields(Config)}
+    return {k: v for k, v in vars(args).items() if k in names}
+
+
+def _train(args: argparse.Namespace) -> int:
+    from lmdemo.training import CONFIG_FILE, train
+
+    explicit = _explicit_config(args)
+    if args.resume:
+        if args.out is None:
+            raise UsageError("--resume needs --out with the run folder to continue")
+        if not (args.out / CONFIG_FILE).exists():
+            raise UsageError(f"nothing to resume in {args.out}: it has no {CONFIG_FILE}")
+        saved = Config.load(args.out / CONFIG_FILE)
+        changed = [name for name in SHAPE_FIELDS if name in explicit and explicit[name] != getattr(saved, name)]
+        if changed:
+            raise UsageError(f"cannot change {', '.join('--' + n.replace('_', '-') for n in changed)} "
+                             f"when resuming a run")
+        config = saved.replace(**explicit)
+    else:
+        values = preset(args.preset) if args.preset else {}
+        values.update(explicit)
+        config = Config(**values)
+    out = args.out or Path("runs") / (args.preset or Path(config.data).stem or "run")
+    folder = train(config, out, resume=args.resume, progress_bar=not args.quiet)
+    print(f"best model: {folder}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from lmdemo.checkpoint import load_model
+    from lmdemo.evaluation import evaluate
+    from lmdemo.training import encode_splits
+
+    trained = load_model(args.model, args.revision)
+    config = trained.config
+    if args.batch_size is not None and args.batch_size <= 0:
+        raise UsageError(f"--batch-size must be positive (got {args.batch_size})")
+    if args.text_file is not None:
+        if not args.text_file.is_file():
+            raise UsageError(f"no such file: {args.text_file}")
+        ids = trained.tokenizer.encode_documents(
+            [args.text_file.read_text(encoding="utf-8", errors="replace")] if config.level == "char"
+            else args.text_file.read_text(encoding="utf-8", errors="replace").splitlines())
+        what = str(args.text_file)
+    else:
+        if args.data:
+            config = config.replace(data=args.data)
+        _, splits = encode_splits(config, trained.tokenizer)
+        ids, what = splits[args.split], f"{args.split} split of {config.data}"
+    if ids.numel() < 2:
+        raise UsageError(f"the {what} has fewer than 2 tokens")
+    score = evaluate(trained.model, ids, args.batch_size or config.eval_batch_size, config.eval_bptt)
+    unk = (ids == trained.tokenizer.unk_id).float().mean().item()
+    result = {"data": what, "tokens": score.tokens, "loss": round(score.loss, 4), "ppl": round(score.ppl, 2),
+              "unk_rate": round(unk, 4)}
+    if config.level == "char":
+        result["bpc"] = round(score.bits, 4)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{what}: loss {result['loss']:.4f} nats/token, perplexity {result['ppl']:.2f}"
+              + (f", {result['bpc']:.4f} bits/char" if "bpc" in result else "")
+              + f" over {score.tokens:,} tokens (<unk> {unk:.2%})")
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from lmdemo.checkpoint import load_model
+    from lmdemo.generation import Generator, Sampling
+
+    sampling = Sampling(temperatures=args.temperature, max_new_tokens=args.max_tokens, top_k=args.top_k,
+                        top_p=args.top_p, seed=args.seed, stop=args.stop, avoid_unk=args.avoid_unk)
+    sampling.check()
+    generator = Generator(load_model(args.model, args.revision))
+    prompt = generator.prompt(args.prompt)
+    for note in prompt.notes:
+        print(f"note: {note}", file=sys.stderr)
+    for sample in generator.generate(prompt.ids, sampling):
+        print(f"--- temperature {sample.temperature:g}")
+        print(args.prompt + ("" if generator.tokenizer.level == "char" else " ") + sample.text)
+    return 0
+
+
+def _push(args: argparse.Namespace) -> int:
+    from lmdemo.checkpoint import push_model
+
+    print(push_model(args.model, args.repo_id, private=args.private, token=args.token))
+    return 0
+
+
+def _presets(args: argparse.Namespace) -> int:
+    for name, values in PRESETS.items():
+        print(f"{name}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
+    return 0

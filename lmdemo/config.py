@@ -1,0 +1,193 @@
+"""The one configuration type: model shape, data and training, with the reference presets.
+
+A single dataclass keeps the CLI, the presets, the run folder's `config.json` and the model
+folder's `config.json` in step: every field is a `--flag` and every preset is a set of fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None, group: str = "training") -> Any:
+    return field(default=default, metadata={"help": help, "choices": choices, "group": group})
+
+
+@dataclass
+class Config:
+    # --- model -----------------------------------------------------------------------------
+    level: str = _opt("word", "token level: 'word' or 'char'", ("word", "char"), "model")
+    emb_size: int = _opt(400, "embedding size", group="model")
+    hidden_size: int = _opt(400, "LSTM hidden size", group="model")
+    num_layers: int = _opt(2, "stacked LSTM layers", group="model")
+    dropout: float = _opt(0.3, "dropout on embeddings, between layers and before the decoder", group="model")
+    tie_weights: bool = _opt(True, "share the embedding and decoder weights (Press & Wolf 2016); "
+                             "a projection is added when emb_size != hidden_size", group="model")
+    tie_projection: bool = _opt(True, "when tying with emb_size != hidden_size, project the LSTM output "
+                                "to emb_size; off makes that combination an error", group="model")
+    vocab_size: int = _opt(0, "set from the tokenizer when training starts", group="model")
+
+    # --- data ------------------------------------------------------------------------------
+    data: str = _opt("", "a text file, a folder with train/valid/test.txt, a datasets.save_to_disk "
+                     "folder, or a Hugging Face dataset id", group="data")
+    data_config: str | None = _opt(None, "Hugging Face dataset configuration name", group="data")
+    text_column: str = _opt("text", "dataset column that holds the text", group="data")
+    train_split: str = _opt("train", "name of the training split", group="data")
+    valid_split: str = _opt("validation", "name of the validation split (carved from train if absent)",
+                            group="data")
+    test_split: str = _opt("test", "name of the test split (carved from train if absent)", group="data")
+    valid_fraction: float = _opt(0.1, "share of the training text kept for validation when the source "
+                                 "has no validation split (taken from the end)", group="data")
+    test_fraction: float = _opt(0.0, "share of the training text kept for test when the source has no "
+                                "test split (taken from the end)", group="data")
+    train_docs: int | None = _opt(None, "keep a seeded random subset of this many training documents",
+                                  group="data")
+    max_tokens: int | None = _opt(None, "cap every split at this many tokens (quick runs, tests)",
+                                  group="data")
+    clean_html: bool = _opt(False, "strip HTML tags such as <br /> and unescape entities", group="data")
+    lowercase: bool = _opt(True, "lower-case words (word level)", group="data")
+    min_freq: int = _opt(1, "drop words seen fewer times than this (they become <unk>)", group="data")
+    max_vocab: int | None = _opt(None, "keep at most this many tokens, the most frequent first",
+                                 group="data")
+
+    # --- training --------------------------------------------------------------------------
+    batch_size: int = _opt(32, "parallel token streams per step (all processes together)")
+    bptt: int = _opt(35, "truncated back-propagation window, in tokens")
+    epochs: int = _opt(10, "passes over the training text")
+    max_steps: int | None = _opt(None, "stop after this many optimiser steps")
+    max_minutes: float | None = _opt(None, "stop after this much training time")
+    optimizer: str = _opt("adamw", "optimiser", ("adam", "adamw", "sgd"))
+    lr: float = _opt(1e-3, "learning rate")
+    weight_decay: float = _opt(0.0, "weight decay")
+    clip: float = _opt(0.25, "gradient norm clipping (0 = off)")
+    schedule: str = _opt("plateau", "learning-rate schedule: ReduceLROnPlateau on validation loss, "
+                         "cosine decay over the run, or constant", ("plateau", "cosine", "constant"))
+    lr_factor: float = _opt(0.5, "plateau: factor applied to the learning rate")
+    lr_patience: int = _opt(1, "plateau: evaluations without improvement before the rate drops")
+    warmup_steps: int = _opt(0, "linear warm-up steps")
+    early_stop: int | None = _opt(None, "stop after this many evaluations without improvement")
+    eval_every: int | None = _opt(None, "evaluate every N steps as well as at each epoch end")
+    log_every: int = _opt(50, "write a training record every N steps")
+    save_every: float = _opt(120.0, "save resumable state every N seconds of training")
+    eval_batch_size: int = _opt(10, "streams when scoring validation and test text")
+    eval_bptt: int = _opt(256, "window when scoring (the state is carried, so this only sets speed)")
+    device: str = _opt("auto", "where to train: cuda when available, else cpu", ("auto", "cpu", "cuda"))
+    precision: str = _opt("auto", "compute precision: bf16 autocast where the CPU has native bf16, "
+                          "else fp32", ("auto", "fp32", "bf16"))
+    seed: int = _opt(1234, "seed for initialisation, dropout and data subsets")
+    threads: int | None = _opt(None, "torch threads per process (default: the cores per process)")
+
+    # ----------------------------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        problems = self.problems()
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+    def problems(self) -> list[str]:
+        """Every invalid setting, in words a user can act on."""
+        out = []
+        for name in ("emb_size", "hidden_size", "num_layers", "batch_size", "bptt", "epochs", "log_every",
+                     "eval_batch_size", "eval_bptt"):
+            if getattr(self, name) <= 0:
+                out.append(f"--{name.replace('_', '-')} must be positive (got {getattr(self, name)})")
+        for name in ("max_steps", "train_docs", "max_tokens", "max_vocab", "early_stop", "eval_every", "threads"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                out.append(f"--{name.replace('_', '-')} must be positive (got {value})")
+        if self.tie_weights and self.emb_size != self.hidden_size and not self.tie_projection:
+            out.append(f"--tie-weights needs --emb-size == --hidden-size (got {self.emb_size} and "
+                       f"{self.hidden_size}) unless --tie-projection is on")
+        if self.vocab_size < 0:
+            out.append(f"vocab_size must not be negative (got {self.vocab_size})")
+        if not 0.0 <= self.dropout < 1.0:
+            out.append(f"--dropout must be in [0, 1) (got {self.dropout})")
+        if self.lr <= 0:
+            out.append(f"--lr must be positive (got {self.lr})")
+        if self.clip < 0 or self.weight_decay < 0 or self.warmup_steps < 0:
+            out.append("--clip, --weight-decay and --warmup-steps must not be negative")
+        if not 0.0 <= self.valid_fraction < 1.0 or not 0.0 <= self.test_fraction < 1.0 \
+                or self.valid_fraction + self.test_fraction >= 1.0:
+            out.append("--valid-fraction and --test-fraction must be in [0, 1) and leave some training text")
+        if self.min_freq < 1:
+            out.append(f"--min-freq must be at least 1 (got {self.min_freq})")
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                out.append(f"--{f.name.replace('_', '-')} must be one of {', '.join(choices)} "
+                           f"(got {getattr(self, f.name)!r})")
+        return out
+
+    def replace(self, **changes: Any) -> "Config":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "Config":
+        """Build from a saved dict, ignoring keys this version does not know."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Config":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def save(self, path: str | Path) -> None:
+        from lmdemo.files import write_atomic
+
+        write_atomic(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+
+class ConfigError(ValueError):
+    """A setting a user gave is invalid; the message says which and why."""
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # 001_…: PTB, 2x650 tied, Adam 1e-3, clip 5, bptt 30; reported valid 78.0 / test 75.1.
+    "ptb-tied-650": dict(
+        level="word", data="ptb_text_only", text_column="sentence", emb_size=650, hidden_size=650,
+        num_layers=2, dropout=0.5, tie_weights=True, batch_size=20, bptt=30, epochs=40,
+        optimizer="adam", lr=1e-3, weight_decay=1e-5, clip=5.0, schedule="plateau", lr_factor=0.5,
+        lr_patience=2, lowercase=False,
+    ),
+    # 000_…: WikiText-2, 2x1024 tied, dropout 0.65.
+    "wikitext2-tied-1024": dict(
+        level="word", data="Salesforce/wikitext", data_config="wikitext-2-v1", emb_size=1024,
+        hidden_size=1024, num_layers=2, dropout=0.65, tie_weights=True, batch_size=128, bptt=50,
+        epochs=50, optimizer="adam", lr=1e-3, clip=0.25, schedule="plateau", lr_factor=0.5,
+        lr_patience=0, lowercase=False,
+    ),
+    # 003_…: 10,000 CNN/DailyMail highlights, 3x512, basic_english, min_freq 3; reported test 220.6.
+    "cnndm-3x512": dict(
+        level="word", data="abisee/cnn_dailymail", data_config="3.0.0", text_column="highlights",
+        train_docs=10_000, min_freq=3, emb_size=512, hidden_size=512, num_layers=3, dropout=0.65,
+        tie_weights=False, batch_size=128, bptt=50, epochs=20, optimizer="adam", lr=1e-3, clip=0.25,
+        schedule="plateau", lr_factor=0.5, lr_patience=0,
+    ),
+    # 002_…: IMDB reviews, word level, basic_english, HTML cleaned.
+    "imdb-word": dict(
+        level="word", data="stanfordnlp/imdb", valid_split="validation", valid_fraction=0.2,
+        clean_html=True, min_freq=3, max_vocab=30_000, emb_size=400, hidden_size=400, num_layers=2,
+        dropout=0.4, tie_weights=True, batch_size=64, bptt=35, epochs=5, optimizer="adamw", lr=2e-3,
+        clip=0.25, schedule="cosine",
+    ),
+    # 004_…: Tiny Shakespeare, characters; the standard split is first 90 % / last 10 %.
+    "shakespeare-char": dict(
+        level="char", data="../shared/data/tinyshakespeare/input.txt", valid_fraction=0.1,
+        lowercase=False, emb_size=128, hidden_size=512, num_layers=2, dropout=0.2, tie_weights=False,
+        batch_size=64, bptt=128, epochs=20, optimizer="adamw", lr=2e-3, weight_decay=0.01, clip=1.0,
+        schedule="cosine", warmup_steps=100,
+    ),
+}
+
+
+def preset(name: str) -> dict[str, Any]:
+    """The field values of a named preset; raises ConfigError naming the known ones."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    return dict(PRESETS[name])

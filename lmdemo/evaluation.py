@@ -1,0 +1,54 @@
+"""Perplexity of a model on a token stream, with the state carried across windows as in training."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional as F
+
+from lmdemo.batches import StreamBatches
+from lmdemo.model import LSTMLanguageModel
+from lmdemo.parallel import Parallel
+
+
+@dataclass
+class Score:
+    loss: float  # mean negative log-likelihood, nats per token
+    tokens: int
+
+    @property
+    def ppl(self) -> float:
+        return math.exp(min(self.loss, 700.0))
+
+    @property
+    def bits(self) -> float:
+        """Bits per token (bits per character for character models)."""
+        return self.loss / math.log(2)
+
+
+@torch.no_grad()
+def evaluate(model: LSTMLanguageModel, ids: torch.Tensor, batch_size: int = 10, bptt: int = 256,
+             parallel: Parallel | None = None) -> Score:
+    """Mean loss over `ids` split into `batch_size` streams; each stream starts from a zero state.
+
+    Under data parallelism every process scores its own streams and the sums are combined.
+    """
+    parallel = parallel or Parallel()
+    world = parallel.world
+    batch_size = max(world, min(batch_size, ids.numel() // 2) // world * world)  # short texts: fewer streams
+    batches = StreamBatches(ids, batch_size, bptt, parallel.rank, world)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total = torch.zeros(2, dtype=torch.float64, device=device)
+    state = None
+    for index in range(len(batches)):
+        inputs, targets = (t.to(device) for t in batches.window(index))
+        logits, state = model(inputs, state)
+        total[0] += F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="sum").double()
+        total[1] += targets.numel()
+    model.train(was_training)
+    total = parallel.sum(total)
+    return Score(loss=(total[0] / total[1]).item(), tokens=int(total[1].item()))
