@@ -49,9 +49,11 @@ def load_corpus(config: Config) -> Corpus:
         text = source.read_text(encoding="utf-8", errors="replace")
         splits = _carve({"train": _documents(text, config.level)}, config, shuffle=False)
     elif source.is_dir() and _is_saved_dataset(source):
-        splits = _carve(_dataset_splits(config, local=source), config, shuffle=True)
-    elif source.is_dir():
+        splits = _carve(_dataset_splits(config, saved=source), config, shuffle=True)
+    elif source.is_dir() and any(source.glob("*.txt")):
         splits = _folder_splits(source, config)
+    elif source.is_dir():  # data files (json, csv, parquet) that datasets.load_dataset understands
+        splits = _carve(_dataset_splits(config), config, shuffle=True)
     elif _looks_like_path(config.data):
         raise CorpusError(f"data not found: {config.data} (no such file or folder)")
     else:
@@ -72,7 +74,7 @@ def _prepare(docs: list[str], config: Config) -> list[str]:
         docs = [_HTML_TAG.sub(" ", html.unescape(doc)) for doc in docs]
     if config.max_tokens is not None:
         docs = _head(docs, config.max_tokens, config.level)
-    if config.level == "char" and len(docs) != 1:
+    if config.level == "char" and len(docs) > 1:
         docs = ["\n".join(docs)]
     return docs
 
@@ -155,17 +157,17 @@ def _looks_like_path(data: str) -> bool:
     return data.startswith((".", "/", "~")) or data.endswith(".txt") or data.count("/") > 1
 
 
-def _dataset_splits(config: Config, local: Path | None = None) -> dict[str, list[str]]:
-    """Rows of a Hugging Face dataset (from the Hub or its cache, or a save_to_disk folder)."""
+def _dataset_splits(config: Config, saved: Path | None = None) -> dict[str, list[str]]:
+    """Rows of a Hugging Face dataset: a Hub id (or its cache), a folder of data files, or save_to_disk."""
     import datasets
 
     try:
-        if local is not None:
-            loaded = datasets.load_from_disk(str(local))
+        if saved is not None:
+            loaded = datasets.load_from_disk(str(saved))
         else:
             loaded = datasets.load_dataset(config.data, config.data_config)
     except Exception as error:  # datasets raises many types: missing, offline, gated, bad config
-        where = local or config.data
+        where = saved or config.data
         raise CorpusError(f"could not load dataset {where}"
                           f"{' (' + config.data_config + ')' if config.data_config else ''}: "
                           f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
@@ -181,4 +183,4 @@ def _dataset_splits(config: Config, local: Path | None = None) -> dict[str, list
     if "train" not in splits:
         raise CorpusError(f"dataset {config.data} has no split {config.train_split!r}; "
                           f"it has {', '.join(loaded)} (use --train-split)")
-    return splits, {}
+    return splits

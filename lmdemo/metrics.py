@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,11 +56,16 @@ class MetricsWriter:
 
 @dataclass
 class Metrics:
-    """What a metrics file holds, plus the lines that could not be used and why."""
+    """What a metrics file holds, plus the lines that could not be used and why.
+
+    An unparsable last line is not a problem but `partial_tail`: a log being written by a tool that
+    appends in place, or one cut off by a crash, ends that way.
+    """
 
     path: Path
     records: list[dict[str, Any]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    partial_tail: bool = False
 
     def events(self, event: str) -> list[dict[str, Any]]:
         return [r for r in self.records if r.get("event") == event]
@@ -88,8 +94,10 @@ def read_metrics(path: str | Path) -> Metrics:
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
-            last = number == len(lines)
-            metrics.problems.append(f"line {number}: {'half-written last line' if last else 'not valid JSON'}")
+            if number == len(lines):
+                metrics.partial_tail = True
+            else:
+                metrics.problems.append(f"line {number}: not valid JSON")
             continue
         if not isinstance(record, dict):
             metrics.problems.append(f"line {number}: not a JSON object")
@@ -145,22 +153,51 @@ class Run:
 
 
 def find_runs(roots: Iterable[str | Path]) -> tuple[list[Run], list[str]]:
-    """Every folder under `roots` with a metrics log, and the problems met on the way."""
-    runs, problems = [], []
+    """Every folder under `roots` with a metrics log, and the problems met on the way.
+
+    A folder with a log is not searched further, so a run's `model/` copy of its own log is not
+    listed twice. Hidden folders are skipped, links are not followed into folders, and a log or
+    config that resolves outside its root is refused: a logs root is all that is read.
+    """
+    roots = [Path(root).expanduser() for root in roots]
+    runs: list[Run] = []
+    problems: list[str] = []
     for root in roots:
-        root = Path(root).expanduser()
         if not root.exists():
             problems.append(f"{root} does not exist")
             continue
         if not root.is_dir():
             problems.append(f"{root} is not a folder")
             continue
-        files = sorted(root.rglob(METRICS_FILE)) if not (root / METRICS_FILE).exists() else [root / METRICS_FILE]
-        if not files:
+        if not any(root.iterdir()):
+            problems.append(f"{root} is empty")
+            continue
+        found = 0
+        for folder in _log_folders(root):
+            escaping = [name for name in (METRICS_FILE, CONFIG_FILE)
+                        if (folder / name).exists() and not _inside(folder / name, root)]
+            if escaping:
+                problems.append(f"skipped {folder}: {' and '.join(escaping)} links outside {root}")
+                continue
+            runs.append(load_run(folder, name=_run_name(root, folder, qualify=len(roots) > 1)))
+            found += 1
+        if not found:
             problems.append(f"no {METRICS_FILE} under {root}")
-        for file in files:
-            runs.append(load_run(file.parent, name=_run_name(root, file.parent)))
     return runs, problems
+
+
+def _log_folders(root: Path) -> Iterable[Path]:
+    for folder, subfolders, files in os.walk(root, followlinks=False):
+        subfolders.sort()
+        if METRICS_FILE in files:
+            subfolders.clear()
+            yield Path(folder)
+        else:
+            subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path.resolve().is_relative_to(root.resolve())
 
 
 def load_run(folder: str | Path, name: str | None = None) -> Run:
@@ -175,6 +212,8 @@ def load_run(folder: str | Path, name: str | None = None) -> Run:
     return Run(name or folder.name, folder, read_metrics(folder / METRICS_FILE), config)
 
 
-def _run_name(root: Path, folder: Path) -> str:
+def _run_name(root: Path, folder: Path, qualify: bool) -> str:
+    """The folder relative to its root, prefixed by the root's name when several roots are listed."""
     relative = folder.relative_to(root)
-    return str(relative) if str(relative) != "." else folder.name
+    name = root.resolve().name if str(relative) == "." else str(relative)
+    return f"{root.resolve().name}/{name}" if qualify and str(relative) != "." else name

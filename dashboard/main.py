@@ -1,0 +1,249 @@
+"""Training dashboard: `streamlit run dashboard/main.py [-- --logs FOLDER]`.
+
+Only layout and widgets live here; reading logs and shaping what is shown is `lmdemo.runs`.
+The logs root comes from `--logs`, else the LMDEMO_LOGS environment variable (how tests pass it),
+else this repository's runs/ and checkpoints/; the sidebar can change it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+from plotly.colors import qualitative
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # `streamlit run` puts dashboard/, not the repo root, on the path
+    sys.path.insert(0, str(REPO))
+
+from lmdemo.metrics import Run, find_runs, load_run
+from lmdemo.runs import (
+    MEASURES,
+    X_AXES,
+    RunSourceError,
+    config_diff,
+    curve_frame,
+    download_run,
+    log_notes,
+    smooth,
+    summary_frame,
+)
+
+DEFAULT_ROOTS = (REPO / "runs", REPO / "checkpoints")
+PALETTE = qualitative.Plotly
+LIVE_INTERVALS_S = (2, 5, 10, 30)
+TEMPLATE = "plotly_white"
+
+
+def requested_root() -> str:
+    """The logs root from `-- --logs PATH` or LMDEMO_LOGS, absolute; '' for the default roots."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--logs", default=os.environ.get("LMDEMO_LOGS", ""))
+    given = parser.parse_known_args(sys.argv[1:])[0].logs
+    return str(Path(given).expanduser().absolute()) if given else ""
+
+
+def discover(root_text: str) -> list[Run]:
+    """The runs under the chosen root (or the default roots), telling the page what went wrong."""
+    if not root_text.strip():
+        runs, _ = find_runs([root for root in DEFAULT_ROOTS if root.is_dir()])
+        if not runs:
+            st.info("No training runs yet. Train one, e.g. `python -m lmdemo train --preset shakespeare-char "
+                    "--out runs/shakespeare`, or enter a logs folder or a Hub model repo in the sidebar.")
+        return runs
+    root = Path(root_text.strip()).expanduser()
+    root = root if root.is_absolute() else REPO / root
+    if not root.exists():
+        st.error(f"The logs folder `{root}` does not exist.")
+        return []
+    if not root.is_dir():
+        st.error(f"`{root}` is a file, not a folder: choose the folder that holds the runs.")
+        return []
+    runs, problems = find_runs([root])
+    for problem in problems:
+        st.warning(f"{problem.replace(str(root), f'`{root}`')}: no training logs to show.")
+    return runs
+
+
+@st.cache_data(ttl=300, show_spinner="Fetching the log from the Hugging Face Hub…")
+def hub_run(repo_id: str) -> Run:
+    return download_run(repo_id)
+
+
+def colours_for(runs: list[Run]) -> dict[str, str]:
+    """One colour per run that stays put whichever runs are selected."""
+    return {run.name: PALETTE[index % len(PALETTE)] for index, run in enumerate(runs)}
+
+
+def sidebar() -> tuple[list[Run], dict]:
+    """Every control, and the runs they pick."""
+    with st.sidebar:
+        st.header("Runs")
+        root_text = st.text_input("Logs folder", value=requested_root(), key="logs_root",
+                                  placeholder="runs/ and checkpoints/ of this repo",
+                                  help="A folder searched for metrics.jsonl logs; relative to the repo root.")
+        hub_id = st.text_input("Hub model repo", key="hub_repo", placeholder="owner/name",
+                               help="Also show the training log shipped in a Hugging Face Hub model repo.")
+    runs = discover(root_text)
+    if hub_id.strip():
+        try:
+            runs.append(hub_run(hub_id.strip()))
+        except RunSourceError as error:
+            st.warning(f"Hub: {error}")
+    with st.sidebar:
+        names = [run.name for run in runs]
+        chosen = st.multiselect("Show runs", names, default=names[:8], key="runs",
+                                disabled=not names, placeholder="No runs found" if not names else "Pick runs")
+        st.header("Chart")
+        options = dict(
+            measure=st.segmented_control("Measure", list(MEASURES), format_func=MEASURES.get, default="ppl",
+                                         required=True, key="measure"),
+            x=st.selectbox("X axis", list(X_AXES), format_func=X_AXES.get, key="x_axis"),
+            log_y=st.toggle("Log scale", value=True, key="log_y"),
+            weight=st.slider("Smoothing", 0.0, 0.99, 0.6, 0.01, key="smoothing",
+                             help="Exponential moving average of the training curve, debiased like "
+                                  "TensorBoard's; the raw points stay visible, faint."),
+            colours=colours_for(runs),
+        )
+        st.header("Live")
+        live = st.toggle("Auto-refresh", key="live", help="Re-read the logs of a run in progress.")
+        options["every"] = st.select_slider("Every (seconds)", LIVE_INTERVALS_S, value=5, key="live_every",
+                                            disabled=not live) if live else None
+    return [run for run in runs if run.name in chosen], options
+
+
+def curve_traces(figure: go.Figure, frame: pd.DataFrame, measure: str, x: str, weight: float,
+                 colours: dict[str, str]) -> None:
+    """Per run: faint raw training points under a dashed smoothed line, validation solid, test a star."""
+    unit = MEASURES[measure]
+    frame = frame.assign(smoothed=smooth(frame, measure, weight)).dropna(subset=[x, measure])
+    hover = (f"<b>%{{meta}}</b><br>{X_AXES[x]}: %{{x:,.4~g}}<br>{unit}: %{{y:,.4~f}}"
+             "<br>step %{customdata[0]:,.0f} · epoch %{customdata[1]:.2f}<extra></extra>")
+    for run, rows in frame.groupby("run", sort=False):
+        colour = colours.get(run, PALETTE[0])
+        common = dict(legendgroup=run, meta=run, hovertemplate=hover)
+        train, val, test = (rows[rows.split == split] for split in ("train", "val", "test"))
+        if not train.empty:
+            figure.add_scatter(x=train[x], y=train[measure], mode="lines", opacity=0.25, showlegend=False,
+                               line=dict(color=colour, width=1), customdata=train[["step", "epoch"]],
+                               name=f"{run} · train (raw)", **common)
+            figure.add_scatter(x=train[x], y=train.smoothed, mode="lines", name=f"{run} · train",
+                               line=dict(color=colour, width=2, dash="dash"), customdata=train[["step", "epoch"]],
+                               **common)
+        if not val.empty:
+            figure.add_scatter(x=val[x], y=val[measure], mode="lines+markers", name=f"{run} · validation",
+                               line=dict(color=colour, width=2.5), marker=dict(size=6),
+                               customdata=val[["step", "epoch"]], **common)
+        if not test.empty:
+            figure.add_scatter(x=test[x], y=test[measure], mode="markers", name=f"{run} · test",
+                               marker=dict(color=colour, size=13, symbol="star", line=dict(width=1, color="white")),
+                               customdata=test[["step", "epoch"]], **common)
+
+
+def styled(figure: go.Figure, title: str, x: str, y: str, log_y: bool, height: int) -> go.Figure:
+    figure.update_layout(template=TEMPLATE, title=dict(text=title, x=0, font=dict(size=16)), height=height,
+                         margin=dict(l=10, r=10, t=50, b=10), hovermode="closest",
+                         legend=dict(orientation="h", yanchor="top", y=-0.18, x=0))
+    figure.update_xaxes(title=X_AXES[x], showgrid=True)
+    figure.update_yaxes(title=y, type="log" if log_y else "linear", showgrid=True)
+    return figure
+
+
+def small_chart(frame: pd.DataFrame, column: str, title: str, x: str, colours: dict[str, str],
+                log_y: bool = False) -> go.Figure:
+    """One line per run of a training-record column against the chosen x axis."""
+    figure = go.Figure()
+    rows = frame[frame.split == "train"].dropna(subset=[x, column])
+    for run, series in rows.groupby("run", sort=False):
+        figure.add_scatter(x=series[x], y=series[column], mode="lines", name=run, meta=run,
+                           line=dict(color=colours.get(run, PALETTE[0]), width=2, shape="hv"),
+                           hovertemplate=f"<b>%{{meta}}</b><br>{X_AXES[x]}: %{{x:,.4~g}}"
+                                         f"<br>{title}: %{{y:,.4~g}}<extra></extra>")
+    return styled(figure, title, x, title, log_y, 300).update_layout(showlegend=False)
+
+
+def explain_gaps(runs: list[Run], frame: pd.DataFrame, measure: str, x: str) -> None:
+    """Say why a selected run draws nothing, rather than leave the reader guessing."""
+    for run in runs:
+        rows = frame[frame.run == run.name]
+        if rows.empty:
+            continue
+        if measure == "bpc" and rows.bpc.isna().all():
+            st.caption(f"**{run.name}** is a {run.level}-level model: bits per character apply to character "
+                       f"models only.")
+        elif rows[x].isna().all():
+            st.caption(f"**{run.name}** has no {X_AXES[x].lower()} in its log (an older log?): try the step axis.")
+
+
+def show_runs(runs: list[Run], options: dict) -> None:
+    """Everything drawn from the logs; re-run alone on the live timer."""
+    runs = [load_run(run.path, name=run.name) for run in runs]
+    for run in runs:
+        for note in log_notes(run):
+            st.warning(f"**{run.name}**: {note}")
+    frame = curve_frame(runs)
+    if frame.empty:
+        st.info("The selected runs have no training or validation records yet.")
+        return
+    measure, x, colours = options["measure"], options["x"], options["colours"]
+    explain_gaps(runs, frame, measure, x)
+
+    curves = go.Figure()
+    curve_traces(curves, frame, measure, x, options["weight"], colours)
+    title = f"{MEASURES[measure]}: training (dashed, smoothed) and validation (solid)"
+    st.plotly_chart(styled(curves, title, x, MEASURES[measure], options["log_y"], 480), key="curves")
+
+    left, right = st.columns(2)
+    left.plotly_chart(small_chart(frame, "lr", "Learning rate", x, colours, log_y=True), key="lr")
+    right.plotly_chart(small_chart(frame, "tokens_per_sec", "Tokens per second", x, colours), key="speed")
+
+    st.subheader("Summary")
+    st.dataframe(summary_frame(runs), hide_index=True, column_config={
+        "Parameters": st.column_config.NumberColumn(format="localized"),
+        "Best val ppl": st.column_config.NumberColumn(format="%.2f"),
+        "Best at epoch": st.column_config.NumberColumn(format="%.2f"),
+        "Last val ppl": st.column_config.NumberColumn(format="%.2f"),
+        "Test ppl": st.column_config.NumberColumn(format="%.2f"),
+        "Tokens/s": st.column_config.NumberColumn(format="localized"),
+    })
+    show_config_diff(runs)
+    st.download_button("Download these metrics (CSV)", frame.to_csv(index=False), file_name="lmdemo-metrics.csv",
+                       mime="text/csv", icon=":material/download:", on_click="ignore")
+
+
+def show_config_diff(runs: list[Run]) -> None:
+    if len(runs) < 2:
+        return
+    st.subheader("Settings that differ")
+    names = [run.name for run in runs]
+    left, right = st.columns(2)
+    first = left.selectbox("First run", names, index=0, key="diff_first")
+    second = right.selectbox("Second run", names, index=1, key="diff_second")
+    by_name = {run.name: run for run in runs}
+    diff = config_diff(by_name[first].config, by_name[second].config).rename(
+        columns={"setting": "Setting", "first": first, "second": second})
+    if first == second:
+        st.info("Pick two different runs to compare their settings.")
+    elif diff.empty:
+        st.info(f"{first} and {second} were trained with the same settings.")
+    else:
+        st.dataframe(diff, hide_index=True)
+
+
+def main() -> None:
+    st.set_page_config(page_title="lmdemo · training dashboard", page_icon=":material/monitoring:", layout="wide")
+    st.title("Training dashboard")
+    st.caption("Perplexity, loss and learning-rate curves of lmdemo language-model runs, read from their "
+               "`metrics.jsonl` logs. Pick runs and chart options in the sidebar.")
+    runs, options = sidebar()
+    if not runs:
+        return
+    st.fragment(show_runs, run_every=options["every"])(runs, options)
+
+
+main()

@@ -1,0 +1,214 @@
+"""What the training dashboard shows, computed from run folders: curves, smoothing, summaries, diffs.
+
+Kept out of dashboard/main.py so the page is only layout and widgets, and everything it shows can
+be tested without a browser. Runs come from `lmdemo.metrics` (local folders) or the Hub.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from huggingface_hub import hf_hub_download
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    HfHubHTTPError,
+    HFValidationError,
+    OfflineModeIsEnabled,
+    RepositoryNotFoundError,
+)
+from huggingface_hub.utils import validate_repo_id
+
+from lmdemo.config import PRESETS
+from lmdemo.metrics import CONFIG_FILE, LN2, METRICS_FILE, SCHEMA_VERSION, Run, load_run
+
+X_AXES = {"step": "Step", "epoch": "Epoch", "tokens": "Tokens seen", "time": "Wall time (s)"}
+MEASURES = {"ppl": "Perplexity", "loss": "Loss (nats/token)", "bpc": "Bits per character"}
+SPLITS = ("train", "val", "test")
+CURVE_COLUMNS = ["run", "split", *X_AXES, "lr", "tokens_per_sec", *MEASURES]
+RUNNING_WITHIN_S = 120.0  # a log touched this recently without a test result is taken as still training
+MISSING = "—"
+
+
+class RunSourceError(ValueError):
+    """A run log could not be fetched; the message says why in words a user can act on."""
+
+
+def ema(values: Sequence[float | None], weight: float) -> list[float]:
+    """TensorBoard's smoothing: an exponential moving average debiased so early points are not pulled to 0.
+
+    Missing or non-finite values are kept where they are and do not disturb the average.
+    """
+    if not 0.0 <= weight < 1.0:
+        raise ValueError(f"smoothing weight must be in [0, 1) (got {weight})")
+    smoothed, average, count = [], 0.0, 0
+    for value in values:
+        if value is None or not math.isfinite(value):
+            smoothed.append(math.nan)
+            continue
+        average = average * weight + (1.0 - weight) * value
+        count += 1
+        smoothed.append(average / (1.0 - weight**count))
+    return smoothed
+
+
+def curve_frame(runs: Iterable[Run]) -> pd.DataFrame:
+    """Every train, validation and test point of the runs, one row each (long form, for plots and CSV).
+
+    Old logs without a step number get their position in the log; bits per character are derived
+    from the loss for character models whose log lacks them.
+    """
+    rows = []
+    for run in runs:
+        for position, record in enumerate(run.metrics.records, 1):
+            split = record.get("event")
+            if split not in SPLITS:
+                continue
+            loss = _number(record.get(f"{split}_loss"))
+            bpc = _number(record.get(f"{split}_bpc"))
+            if bpc is None and loss is not None and run.level == "char":
+                bpc = loss / LN2
+            step = _number(record.get("step"))
+            rows.append({
+                "run": run.name, "split": split, "step": position if step is None else step,
+                "epoch": _number(record.get("epoch")), "tokens": _number(record.get("tokens")),
+                "time": _number(record.get("time")), "lr": _number(record.get("lr")),
+                "tokens_per_sec": _number(record.get("tokens_per_sec")),
+                "ppl": _number(record.get(f"{split}_ppl")), "loss": loss, "bpc": bpc,
+            })
+    return pd.DataFrame(rows, columns=CURVE_COLUMNS).astype({c: float for c in CURVE_COLUMNS[2:]})
+
+
+def smooth(frame: pd.DataFrame, column: str, weight: float) -> pd.Series:
+    """`ema` of one column along each run's train, validation and test series separately, in log order."""
+    smoothed = pd.Series(math.nan, index=frame.index, dtype=float)
+    for _, series in frame.groupby(["run", "split"], sort=False)[column]:
+        smoothed[series.index] = ema(series.tolist(), weight)
+    return smoothed
+
+
+def describe_model(config: dict[str, Any]) -> str:
+    """'char · 2×512' and the preset whose model shape it has, if any: how runs are told apart at a glance."""
+    if not config:
+        return MISSING
+    shape = ("level", "emb_size", "hidden_size", "num_layers")
+    text = f"{config.get('level', '?')} · {config.get('num_layers', '?')}×{config.get('hidden_size', '?')}"
+    presets = [name for name, values in PRESETS.items() if all(values.get(k) == config.get(k) for k in shape)]
+    return f"{text} ({presets[0]})" if presets else text
+
+
+def run_status(run: Run, now: float | None = None) -> str:
+    """'finished' once tested or past its epoch or step budget, 'running' while its log changes, else 'stopped'."""
+    last = run.metrics.records[-1] if run.metrics.records else {}
+    epochs, max_steps = _number(run.config.get("epochs")), _number(run.config.get("max_steps"))
+    if run.metrics.last("test") or (epochs is not None and (_number(last.get("epoch")) or 0) >= epochs) \
+            or (max_steps is not None and (_number(last.get("step")) or 0) >= max_steps):
+        return "finished"
+    try:
+        age = (time.time() if now is None else now) - run.metrics.path.stat().st_mtime
+    except OSError:
+        return "stopped"
+    return "running" if age < RUNNING_WITHIN_S else "stopped"
+
+
+def summary_frame(runs: Iterable[Run], now: float | None = None) -> pd.DataFrame:
+    """One row per run: its shape, size and the figures worth comparing."""
+    rows = []
+    for run in runs:
+        start, test, last_val = run.metrics.last("start") or {}, run.metrics.last("test") or {}, \
+            run.metrics.last("val") or {}
+        best = run.metrics.best("val_loss") or {}
+        speeds = [r["tokens_per_sec"] for r in run.metrics.events("train")
+                  if _number(r.get("tokens_per_sec")) is not None]
+        times = [r["time"] for r in run.metrics.records if _number(r.get("time")) is not None]
+        rows.append({
+            "Run": run.name, "Model": describe_model(run.config), "Data": _data_name(run.config),
+            "Parameters": _number(start.get("params")), "Best val ppl": _number(best.get("val_ppl")),
+            "Best at epoch": _number(best.get("epoch")), "Last val ppl": _number(last_val.get("val_ppl")),
+            "Test ppl": _number(test.get("test_ppl")),
+            "Training time": format_duration(max(times)) if times else MISSING,
+            "Tokens/s": float(pd.Series(speeds).median()) if speeds else None,
+            "Status": run_status(run, now),
+        })
+    return pd.DataFrame(rows)
+
+
+def config_diff(first: dict[str, Any], second: dict[str, Any]) -> pd.DataFrame:
+    """The settings two runs do not share, one row each; a setting only one of them has shows '—'."""
+    keys = sorted(k for k in first.keys() | second.keys() if first.get(k, MISSING) != second.get(k, MISSING))
+    return pd.DataFrame({"setting": keys, "first": [_text(first.get(k, MISSING)) for k in keys],
+                         "second": [_text(second.get(k, MISSING)) for k in keys]})
+
+
+def log_notes(run: Run) -> list[str]:
+    """What a reader of this run's curves should know about its log: skipped lines, schema, live tail."""
+    notes = [f"skipped {problem}" for problem in run.metrics.problems]
+    schemas = {r.get("schema") for r in run.metrics.records}
+    if not run.metrics.records:
+        notes.append(f"no usable records in {run.metrics.path.name}")
+    if 0 in schemas:
+        notes.append("written by an older version (records without schema/event): read as best as possible")
+    if any(isinstance(s, int) and s > SCHEMA_VERSION for s in schemas):
+        notes.append(f"written by a newer version (schema > {SCHEMA_VERSION}): some values may be missing")
+    if run.metrics.partial_tail:
+        notes.append("last line is incomplete (still being written, or cut off): left out")
+    return notes
+
+
+def download_run(repo_id: str, revision: str | None = None) -> Run:
+    """A Hub model repo's training log and config, through the Hugging Face cache (HF_HUB_OFFLINE honoured)."""
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        raise RunSourceError(f"{repo_id!r} is not a Hub repo id (expected owner/name)") from None
+    if repo_id.count("/") != 1:
+        raise RunSourceError(f"{repo_id!r} is not a Hub model repo id (expected owner/name)")
+    try:
+        metrics_path = Path(hf_hub_download(repo_id, METRICS_FILE, revision=revision))
+    except (OfflineModeIsEnabled, FileNotFoundError):
+        raise RunSourceError(f"{repo_id} is not in the local Hugging Face cache and the Hub cannot be "
+                             f"reached (offline?)") from None
+    except RepositoryNotFoundError:
+        raise RunSourceError(f"no Hub model repo {repo_id} (or it is private or gated)") from None
+    except EntryNotFoundError:
+        raise RunSourceError(f"{repo_id} has no {METRICS_FILE}: it was not trained with lmdemo") from None
+    except (HfHubHTTPError, OSError) as error:
+        raise RunSourceError(f"cannot fetch {repo_id} from the Hub: {str(error).splitlines()[0]}") from None
+    try:
+        hf_hub_download(repo_id, CONFIG_FILE, revision=revision)
+    except (EntryNotFoundError, HfHubHTTPError, OSError):
+        pass  # the curves do not need it; the summary shows '—' for the model
+    return load_run(metrics_path.parent, name=f"hub:{repo_id}")
+
+
+def format_duration(seconds: float) -> str:
+    """'42 s', '3 min 05 s', '2 h 07 min': training times span all three."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _data_name(config: dict[str, Any]) -> str:
+    data = str(config.get("data") or "")
+    if not data:
+        return MISSING
+    local = data.startswith((".", "/", "~"))
+    name = "/".join(Path(data).parts[-2:]) if local else data
+    return f"{name} ({config['data_config']})" if config.get("data_config") else name
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else repr(value)

@@ -1,0 +1,49 @@
+"""Shared fixtures: small real models trained once per test session on slices of ../shared/data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = (ROOT.parent / "shared" / "data").resolve()
+
+# Nothing in the tests may reach the network or phone home.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not DATA.is_dir():
+        raise pytest.UsageError(f"the offline corpora are missing: expected {DATA}")
+
+
+def train_small(out: Path, **overrides) -> Path:
+    """Train a few hundred steps of a tiny model; returns its model folder."""
+    from lmdemo.config import Config
+    from lmdemo.training import train
+
+    values = dict(emb_size=32, hidden_size=64, num_layers=2, dropout=0.0, batch_size=16, bptt=32,
+                  epochs=1, log_every=10, lr=3e-3, max_tokens=30_000, precision="fp32", seed=7)
+    values.update(overrides)
+    return train(Config(**values), out, progress_bar=False, command="pytest")
+
+
+@pytest.fixture(scope="session")
+def char_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A character model on the first 30k characters of Tiny Shakespeare (with a test split)."""
+    return train_small(tmp_path_factory.mktemp("char") / "shakespeare-tiny", level="char",
+                       data=str(DATA / "tinyshakespeare" / "input.txt"), test_fraction=0.1, epochs=2)
+
+
+@pytest.fixture(scope="session")
+def word_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A word model on a slice of Penn Treebank (train on valid, score on test)."""
+    return train_small(tmp_path_factory.mktemp("word") / "ptb-tiny", level="word", data=str(DATA / "ptb"),
+                       train_split="valid", valid_split="test", test_split="test", lowercase=False,
+                       max_tokens=20_000)
