@@ -1,0 +1,91 @@
+"""Runs killed with SIGKILL resume exactly; two data-parallel processes train like one."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import DATA, ROOT
+from lmdemo.metrics import read_metrics
+
+RUN = ["--data", str(DATA / "tinyshakespeare" / "input.txt"), "--level", "char", "--max-tokens", "60000",
+       "--emb-size", "32", "--hidden-size", "128", "--num-layers", "2", "--batch-size", "16", "--bptt", "64",
+       "--dropout", "0.1", "--log-every", "4", "--eval-every", "24", "--max-steps", "96", "--save-every", "0",
+       "--precision", "fp32", "--threads", "1", "--quiet"]
+
+
+def lmdemo(*args: str, launcher: tuple[str, ...] = ()) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, *launcher, "-m", "lmdemo", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(process: subprocess.Popen, timeout: float = 300) -> str:
+    output, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, output
+    return output
+
+
+def comparable(run: Path) -> list[tuple]:
+    """The log without what legitimately differs between runs (timing, the start records)."""
+    return [(r["event"], r["step"], round(r.get("train_loss") or 0, 5), round(r.get("val_loss") or 0, 5))
+            for r in read_metrics(run / "metrics.jsonl").records if r["event"] != "start"]
+
+
+def test_kill_9_then_resume_continues_exactly(tmp_path):
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    uninterrupted = lmdemo("train", *RUN, "--out", str(reference))
+
+    victim = lmdemo("train", *RUN, "--out", str(killed))
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and victim.poll() is None:
+        log = killed / "metrics.jsonl"
+        if (killed / "state.safetensors").exists() and log.exists() and \
+                len(read_metrics(log).events("train")) >= 9:
+            break
+        time.sleep(0.02)
+    assert victim.poll() is None, "the run finished before it could be killed"
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    steps_done = read_metrics(killed / "metrics.jsonl").events("train")[-1]["step"]
+    assert steps_done < 96
+
+    finish(lmdemo("train", "--out", str(killed), "--resume", "--quiet"))
+    finish(uninterrupted)
+    assert comparable(killed) == comparable(reference)
+    starts = read_metrics(killed / "metrics.jsonl").events("start")
+    assert [s["resumed"] for s in starts] == [False, True]
+    assert (killed / "model" / "model.safetensors").exists()
+
+    again = lmdemo("train", "--out", str(killed), "--resume")
+    output, _ = again.communicate(timeout=120)
+    assert again.returncode == 2 and "already reached its limits" in output
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_torchrun_trains_like_one_process(tmp_path):
+    options = [*RUN, "--dropout", "0", "--max-steps", "24", "--eval-every", "12", "--test-fraction", "0.1"]
+    single = lmdemo("train", *options, "--out", str(tmp_path / "one"))
+    launcher = ("-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+                f"--master_port={free_port()}")
+    pair = lmdemo("train", *options, "--out", str(tmp_path / "two"), launcher=launcher)
+    finish(pair)
+    finish(single)
+    one, two = read_metrics(tmp_path / "one" / "metrics.jsonl"), read_metrics(tmp_path / "two" / "metrics.jsonl")
+    assert two.events("start")[0]["world"] == 2
+    assert [r["tokens"] for r in two.events("train")] == [r["tokens"] for r in one.events("train")]
+    for a, b in zip(one.events("val"), two.events("val")):
+        assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-4)
+    assert two.last("test")["test_loss"] == pytest.approx(one.last("test")["test_loss"], rel=1e-4)
