@@ -65,8 +65,9 @@ def discover(root_text: str) -> list[Run]:
         st.error(f"`{root}` is a file, not a folder: choose the folder that holds the runs.")
         return []
     runs, problems = find_runs([root])
+    hint = "" if runs else " Choose a folder that holds training runs (folders with a metrics.jsonl)."
     for problem in problems:
-        st.warning(f"{problem.replace(str(root), f'`{root}`')}: no training logs to show.")
+        st.warning(f"{problem.replace(str(root), f'`{root}`')}.{hint}")
     return runs
 
 
@@ -97,7 +98,8 @@ def sidebar() -> tuple[list[Run], dict]:
             st.warning(f"Hub: {error}")
     with st.sidebar:
         names = [run.name for run in runs]
-        chosen = st.multiselect("Show runs", names, default=names[:8], key="runs",
+        # No key: a new root brings new options, and with them a fresh default selection.
+        chosen = st.multiselect("Show runs", names, default=names[:8],
                                 disabled=not names, placeholder="No runs found" if not names else "Pick runs")
         st.header("Chart")
         options = dict(
@@ -155,16 +157,20 @@ def styled(figure: go.Figure, title: str, x: str, y: str, log_y: bool, height: i
 
 
 def small_chart(frame: pd.DataFrame, column: str, title: str, x: str, colours: dict[str, str],
-                log_y: bool = False) -> go.Figure:
-    """One line per run of a training-record column against the chosen x axis."""
+                schedule: bool = False) -> go.Figure:
+    """One line per run of a training-record column against the chosen x axis.
+
+    A `schedule` (the learning rate) changes in steps over orders of magnitude: drawn as steps, log scale.
+    """
     figure = go.Figure()
     rows = frame[frame.split == "train"].dropna(subset=[x, column])
     for run, series in rows.groupby("run", sort=False):
         figure.add_scatter(x=series[x], y=series[column], mode="lines", name=run, meta=run,
-                           line=dict(color=colours.get(run, PALETTE[0]), width=2, shape="hv"),
+                           line=dict(color=colours.get(run, PALETTE[0]), width=2,
+                                     shape="hv" if schedule else "linear"),
                            hovertemplate=f"<b>%{{meta}}</b><br>{X_AXES[x]}: %{{x:,.4~g}}"
                                          f"<br>{title}: %{{y:,.4~g}}<extra></extra>")
-    return styled(figure, title, x, title, log_y, 300).update_layout(showlegend=False)
+    return styled(figure, title, x, "", schedule, 300).update_layout(showlegend=False)
 
 
 def explain_gaps(runs: list[Run], frame: pd.DataFrame, measure: str, x: str) -> None:
@@ -198,9 +204,10 @@ def show_runs(runs: list[Run], options: dict) -> None:
     title = f"{MEASURES[measure]}: training (dashed, smoothed) and validation (solid)"
     st.plotly_chart(styled(curves, title, x, MEASURES[measure], options["log_y"], 480), key="curves")
 
-    left, right = st.columns(2)
-    left.plotly_chart(small_chart(frame, "lr", "Learning rate", x, colours, log_y=True), key="lr")
-    right.plotly_chart(small_chart(frame, "tokens_per_sec", "Tokens per second", x, colours), key="speed")
+    if frame[["lr", "tokens_per_sec"]].notna().any().any():
+        left, right = st.columns(2)
+        left.plotly_chart(small_chart(frame, "lr", "Learning rate", x, colours, schedule=True), key="lr")
+        right.plotly_chart(small_chart(frame, "tokens_per_sec", "Tokens per second", x, colours), key="speed")
 
     st.subheader("Summary")
     st.dataframe(summary_frame(runs), hide_index=True, column_config={

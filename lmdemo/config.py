@@ -76,8 +76,9 @@ class Config:
     eval_batch_size: int = _opt(10, "streams when scoring validation and test text")
     eval_bptt: int = _opt(256, "window when scoring (the state is carried, so this only sets speed)")
     device: str = _opt("auto", "where to train: cuda when available, else cpu", ("auto", "cpu", "cuda"))
-    precision: str = _opt("auto", "compute precision: bf16 autocast where the CPU has native bf16, "
-                          "else fp32", ("auto", "fp32", "bf16"))
+    precision: str = _opt("auto", "compute precision: bf16 autocast where the device has native bf16 "
+                          "(AVX512-BF16/AMX CPUs, recent GPUs), else fp32; bf16 elsewhere falls back to fp32",
+                          ("auto", "fp32", "bf16"))
     seed: int = _opt(1234, "seed for initialisation, dropout and data subsets")
     threads: int | None = _opt(None, "torch threads per process (default: the cores per process)")
 

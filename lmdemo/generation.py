@@ -1,28 +1,48 @@
 """Sampling, next-token distributions and per-token surprisal.
 
-Decoding is one token per step, so it runs the LSTM cell by hand on weights laid out once for
-that: each layer's input and recurrent matrices are fused into one [in+H, 4H] matrix (one matmul
-per layer per step instead of nn.LSTM's per-call set-up), and for small vocabularies the first
-layer's input projection of every token is precomputed, turning that matmul into a row lookup.
+Decoding is one token per step at a batch of a few rows, where a plain `nn.LSTM` call spends most
+of its time in set-up and in a matrix kernel that reads the weights once per row. So each step
+runs the LSTM cell by hand on weights laid out once: each layer's input and recurrent matrices
+are fused into one matrix (one matmul per layer per step), pre-packed for oneDNN when PyTorch has
+it, and for small vocabularies the first layer's input projection of every token is precomputed,
+turning that matmul into a row lookup. The prompt is read once by the model itself.
+
 All temperatures of a request are rows of one batch: one forward pass per step serves them all.
-Randomness comes from a `torch.Generator` per request, never from the global seed, so the same
-request gives the same text whatever else the process is doing.
+Randomness never comes from the global seed. Each row draws its uniforms from its own
+`torch.Generator`, seeded from the request's seed and how many earlier rows have the same
+temperature, and picks a token by inverse CDF (one uniform per row per step). Hence:
+
+- the same prompt, settings and seed give the same text, whatever else the process is doing;
+- a temperature's sample is the same whether it is asked for alone or beside other temperatures
+  (a repeated temperature gets a fresh stream, so "0.8, 0.8" gives two different samples);
+- a longer `max_new_tokens` extends a shorter run's text rather than changing it;
+- different temperatures share their uniforms (common random numbers), so columns differ by
+  temperature rather than by luck.
+
+Up to floating-point rounding: batched matmuls may round differently at different batch sizes, so
+a near-tie between two tokens can in rare cases resolve differently alone and in a batch.
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from torch.nn import functional as F
 
 from lmdemo.checkpoint import TrainedModel
-from lmdemo.model import LSTMLanguageModel
+from lmdemo.model import State
 
 LOOKUP_LIMIT = 4_000_000  # floats in a precomputed first-layer table (16 MB)
+PACK_MIN = 2**18  # weights smaller than this (1 MB) run faster unpacked: oneDNN's call costs ~20-40 us
 SEED_LIMIT = 2**64
+TEMPERATURE_LIMIT = 100.0
+UNIFORM_CHUNK = 64  # uniforms drawn per row at a time: fixed, so a run's draws do not depend on its length
+_MASK64 = SEED_LIMIT - 1
 
 
 class SettingsError(ValueError):
@@ -31,38 +51,53 @@ class SettingsError(ValueError):
 
 @dataclass
 class Sampling:
+    """What a request asks for; `check` says what is wrong in words a user can act on."""
+
     temperatures: Sequence[float] = (0.8,)
     max_new_tokens: int = 200
     top_k: int = 0  # 0 = off
-    top_p: float = 1.0
+    top_p: float = 1.0  # 1 = off
     seed: int = 0
-    stop: str | None = None  # stop a sample once its text contains this
+    stop: str | None = None  # end a sample with the token that completes this text
     stop_at_eos: bool = True  # word models: end a sample at <eos>
-    avoid_unk: bool = False  # never sample <unk>
+    avoid_unk: bool = False  # never sample <unk> (its logit is masked)
 
     def check(self, max_new_tokens_limit: int | None = None) -> None:
         if not self.temperatures:
             raise SettingsError("give at least one temperature")
         for t in self.temperatures:
-            if not isinstance(t, (int, float)) or math.isnan(t) or t < 0 or t > 100:
-                raise SettingsError(f"temperature must be a number from 0 to 100 (got {t})")
-        if self.max_new_tokens < 1 or (max_new_tokens_limit and self.max_new_tokens > max_new_tokens_limit):
-            raise SettingsError(f"max new tokens must be from 1 to {max_new_tokens_limit or 'any'} "
-                                f"(got {self.max_new_tokens})")
-        if self.top_k < 0:
-            raise SettingsError(f"top-k must be 0 (off) or positive (got {self.top_k})")
-        if not 0.0 < self.top_p <= 1.0:
-            raise SettingsError(f"top-p must be in (0, 1] (got {self.top_p})")
-        if not 0 <= self.seed < SEED_LIMIT:
-            raise SettingsError(f"seed must be from 0 to 2**64-1 (got {self.seed})")
+            if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t <= TEMPERATURE_LIMIT:
+                raise SettingsError(f"temperature must be a number from 0 to {TEMPERATURE_LIMIT:g} (got {t!r})")
+        limit = max_new_tokens_limit
+        if not _is_int(self.max_new_tokens) or self.max_new_tokens < 1 or (limit and self.max_new_tokens > limit):
+            raise SettingsError(f"max new tokens must be a whole number from 1 to {limit or 'any'} "
+                                f"(got {self.max_new_tokens!r})")
+        if not _is_int(self.top_k) or self.top_k < 0:
+            raise SettingsError(f"top-k must be 0 (off) or a positive whole number (got {self.top_k!r})")
+        if isinstance(self.top_p, bool) or not isinstance(self.top_p, (int, float)) or not 0.0 < self.top_p <= 1.0:
+            raise SettingsError(f"top-p must be a number in (0, 1], 1 = off (got {self.top_p!r})")
+        if not _is_int(self.seed) or not 0 <= self.seed < SEED_LIMIT:
+            raise SettingsError(f"seed must be a whole number from 0 to 2**64-1 (got {self.seed!r})")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass
 class Sample:
+    """One temperature's continuation; `probabilities[i]` is the model's (temperature 1) P(ids[i])."""
+
     temperature: float
     ids: list[int] = field(default_factory=list)
+    tokens: list[str] = field(default_factory=list)  # ids as token strings, for display
+    probabilities: list[float] = field(default_factory=list)
     text: str = ""
-    finished: bool = False  # stopped at <eos> or the stop string
+    stopped_by: str | None = None  # "eos" or "stop" once finished early
+
+    @property
+    def finished(self) -> bool:
+        return self.stopped_by is not None
 
 
 @dataclass
@@ -73,63 +108,89 @@ class Prompt:
     notes: list[str]
 
 
+class TokenScore(NamedTuple):
+    id: int
+    token: str
+    probability: float
+
+
+class _Dense:
+    """`x @ weight.T + bias`, with a large weight packed once for small-batch calls where oneDNN exists.
+
+    At a batch of 2-8 rows MKL's GEMM on a large matrix runs at a fraction of the speed oneDNN's
+    packed kernel reaches (about 2x slower here), and those matrices bound a decode step.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+        self.weight = weight.contiguous()
+        self.bias = None if bias is None else bias.contiguous()
+        self.packed = None
+        if torch.backends.mkldnn.is_available() and self.weight.numel() >= PACK_MIN:
+            try:
+                self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight, None)
+            except (RuntimeError, AttributeError, NotImplementedError):
+                self.packed = None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed is not None:
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+        return F.linear(x, self.weight, self.bias)
+
+
 class Generator:
     """Fast inference over one loaded model; safe to share between threads (it holds no request state)."""
 
     def __init__(self, trained: TrainedModel):
         self.trained, self.tokenizer = trained, trained.tokenizer
-        model: LSTMLanguageModel = trained.model.eval()
+        model = trained.model.eval()
         self.config = model.config
+        lstm = model.lstm
         with torch.no_grad():
             self.embedding = model.embedding.weight.detach().float().contiguous()
-            self.layers = []
-            for layer in range(self.config.num_layers):
-                w_ih = getattr(model.lstm, f"weight_ih_l{layer}").detach().float()
-                w_hh = getattr(model.lstm, f"weight_hh_l{layer}").detach().float()
-                bias = (getattr(model.lstm, f"bias_ih_l{layer}") + getattr(model.lstm, f"bias_hh_l{layer}")).detach().float()
-                self.layers.append((torch.cat([w_ih, w_hh], 1).t().contiguous(), bias.contiguous()))
+            weights = [torch.cat([getattr(lstm, f"weight_ih_l{n}"), getattr(lstm, f"weight_hh_l{n}")], 1).detach().float()
+                       for n in range(self.config.num_layers)]
+            biases = [(getattr(lstm, f"bias_ih_l{n}") + getattr(lstm, f"bias_hh_l{n}")).detach().float()
+                      for n in range(self.config.num_layers)]
+            emb = self.config.emb_size
             vocab, gates = self.embedding.size(0), 4 * self.config.hidden_size
-            w_in0 = self.layers[0][0][: self.config.emb_size]
-            self.input_table = (self.embedding @ w_in0 + self.layers[0][1]).contiguous() \
-                if vocab * gates <= LOOKUP_LIMIT else None
-            self.w_hh0 = self.layers[0][0][self.config.emb_size:].contiguous()
-            self.projection = model.projection.weight.detach().float().t().contiguous() \
+            if vocab * gates <= LOOKUP_LIMIT:  # layer 0's input part becomes a table lookup
+                self.input_table: torch.Tensor | None = (self.embedding @ weights[0][:, :emb].t() + biases[0]).contiguous()
+                self.layers = [_Dense(weights[0][:, emb:], None)]
+            else:
+                self.input_table = None
+                self.layers = [_Dense(weights[0], biases[0])]
+            self.layers += [_Dense(w, b) for w, b in zip(weights[1:], biases[1:])]
+            self.projection = _Dense(model.projection.weight.detach().float(), None) \
                 if model.projection is not None else None
-            self.decoder_w = model.decoder.weight.detach().float().t().contiguous()
-            self.decoder_b = model.decoder.bias.detach().float().contiguous()
+            self.decoder = _Dense(model.decoder.weight.detach().float(), model.decoder.bias.detach().float())
 
     # -- the cell ------------------------------------------------------------------------------
-    def step(self, ids: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]
-             ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """Logits [B, V] for ids [B] and the next state ([L, B, H] each)."""
+    def step(self, ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """Logits [B, V] for ids [B] and the next state ([L, B, H] each), as the model's forward gives."""
         h_all, c_all = state
         hs, cs = [], []
-        x = None
-        for layer, (weight, bias) in enumerate(self.layers):
-            h, c = h_all[layer], c_all[layer]
+        x = self.embedding[ids]
+        for layer, dense in enumerate(self.layers):
             if layer == 0 and self.input_table is not None:
-                gates = torch.addmm(self.input_table[ids], h, self.w_hh0)
-            elif layer == 0:
-                gates = torch.addmm(bias, torch.cat([self.embedding[ids], h], 1), weight)
+                gates = self.input_table[ids] + dense(h_all[0])
             else:
-                gates = torch.addmm(bias, torch.cat([x, h], 1), weight)
-            h, c = _cell(gates, c)
-            hs.append(h)
+                gates = dense(torch.cat([x, h_all[layer]], 1))
+            x, c = _cell(gates, c_all[layer])
+            hs.append(x)
             cs.append(c)
-            x = h
         if self.projection is not None:
-            x = x @ self.projection
-        return torch.addmm(self.decoder_b, x, self.decoder_w), (torch.stack(hs), torch.stack(cs))
+            x = self.projection(x)
+        return self.decoder(x), (torch.stack(hs), torch.stack(cs))
 
     @torch.no_grad()
-    def read(self, ids: Sequence[int]) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    def read(self, ids: Sequence[int]) -> tuple[torch.Tensor, State]:
         """Log-probabilities [len(ids)+1, V] of each next token, and the state after the last id.
 
-        Row 0 is the distribution before any token (after a start-of-text <eos>/newline).
+        Row 0 is the distribution at the start of a text (after `start_id`).
         """
         sequence = torch.tensor([self.start_id, *ids], dtype=torch.long)
-        logits, (h, c) = self.trained.model(sequence.unsqueeze(0))
-        return F.log_softmax(logits[0].float(), -1), (h, c)
+        logits, state = self.trained.model(sequence.unsqueeze(0))
+        return F.log_softmax(logits[0].float(), -1), state
 
     @property
     def start_id(self) -> int:
@@ -141,85 +202,146 @@ class Generator:
 
     # -- prompts -------------------------------------------------------------------------------
     def prompt(self, text: str, max_tokens: int | None = None) -> Prompt:
+        """Encode a prompt, keeping at most its last `max_tokens`, and say what was changed."""
         ids, notes = self.tokenizer.encode(text), []
-        if not text.strip():
+        if not ids:
             notes.append("empty prompt: the model starts from the beginning of a text")
-        unknown = ids.count(self.tokenizer.unk_id)
+        unknown = self.unknown_pieces(text)
         if unknown:
-            notes.append(f"{unknown} {'character' if self.tokenizer.level == 'char' else 'word'}"
-                         f"{'s' if unknown > 1 else ''} not in the vocabulary became <unk>")
+            unit = "character" if self.tokenizer.level == "char" else "word"
+            shown = ", ".join(repr(piece) for piece in list(dict.fromkeys(unknown))[:5])
+            notes.append(f"{len(unknown)} {unit}{'s' if len(unknown) > 1 else ''} not in the model's "
+                         f"vocabulary became <unk>: {shown}")
         if max_tokens is not None and len(ids) > max_tokens:
             notes.append(f"prompt cut to its last {max_tokens} tokens (it had {len(ids)})")
             ids = ids[-max_tokens:]
         return Prompt(ids, notes)
 
+    def unknown_pieces(self, text: str) -> list[str]:
+        """The characters or words of `text` that the vocabulary lacks, in order."""
+        encoding = self.tokenizer.hf.encode(text, add_special_tokens=False)
+        return [text[start:end] for token, (start, end) in zip(encoding.ids, encoding.offsets)
+                if token == self.tokenizer.unk_id]
+
     # -- sampling ------------------------------------------------------------------------------
     @torch.no_grad()
     def stream(self, prompt_ids: Sequence[int], sampling: Sampling) -> Iterator[list[Sample]]:
-        """Yield the samples (one per temperature) after each new token; the prompt is read once."""
-        log_probs, (h, c) = self.read(prompt_ids)
-        batch = len(sampling.temperatures)
-        logits = log_probs[-1].expand(batch, -1)
-        state = (h.expand(-1, batch, -1).contiguous(), c.expand(-1, batch, -1).contiguous())
-        generator = torch.Generator().manual_seed(sampling.seed % SEED_LIMIT)
-        temperatures = torch.tensor([float(t) for t in sampling.temperatures]).unsqueeze(1)
+        """Yield the samples (one per temperature, in order) after each new token."""
         samples = [Sample(float(t)) for t in sampling.temperatures]
-        for _ in range(sampling.max_new_tokens):
-            next_ids = self._choose(logits, temperatures, sampling, generator)
-            for sample, token in zip(samples, next_ids.tolist()):
-                if sample.finished:
-                    continue
-                if token == self.tokenizer.eos_id and self.tokenizer.level == "word" and sampling.stop_at_eos:
-                    sample.finished = True
+        log_probs, (h, c) = self.read(prompt_ids)
+        live = list(range(len(samples)))  # rows still sampling, in batch order
+        live_rows = torch.tensor(live)
+        logits = log_probs[-1].expand(len(live), -1)
+        state = (h.expand(-1, len(live), -1).contiguous(), c.expand(-1, len(live), -1).contiguous())
+        temperatures = torch.tensor([s.temperature for s in samples])
+        uniforms = _Uniforms(sampling.seed, sampling.temperatures)
+        banned = torch.tensor([self.tokenizer.unk_id]) if sampling.avoid_unk else None
+        end_at_eos = sampling.stop_at_eos and self.tokenizer.level == "word"
+        for index in range(sampling.max_new_tokens):
+            next_ids = choose_next(logits, temperatures, uniforms.at(index)[live_rows],
+                                   sampling.top_k, sampling.top_p, banned)
+            chosen = logits.float().log_softmax(-1).gather(1, next_ids.unsqueeze(1)).squeeze(1).exp()
+            for row, token, probability in zip(live, next_ids.tolist(), chosen.tolist()):
+                sample = samples[row]
+                if end_at_eos and token == self.tokenizer.eos_id:
+                    sample.stopped_by = "eos"
                     continue
                 sample.ids.append(token)
+                sample.tokens.append(self.tokenizer.tokens([token])[0])
+                sample.probabilities.append(probability)
                 sample.text = self.tokenizer.decode(sample.ids)
                 if sampling.stop and sampling.stop in sample.text:
-                    sample.text = sample.text[: sample.text.index(sampling.stop) + len(sampling.stop)]
-                    sample.finished = True
+                    sample.stopped_by = "stop"
             yield samples
-            if all(s.finished for s in samples):
+            keep = [position for position, row in enumerate(live) if not samples[row].finished]
+            if not keep:
                 return
-            logits, state = self.step(next_ids, state)
+            if len(keep) < len(live):
+                live = [live[position] for position in keep]
+                live_rows, rows = torch.tensor(live), torch.tensor(keep)
+                next_ids, temperatures = next_ids[rows], temperatures[rows]
+                state = (state[0][:, rows], state[1][:, rows])
+            if index + 1 < sampling.max_new_tokens:
+                logits, state = self.step(next_ids, state)
 
     def generate(self, prompt_ids: Sequence[int], sampling: Sampling) -> list[Sample]:
+        """The finished samples of `stream`."""
         samples: list[Sample] = []
         for samples in self.stream(prompt_ids, sampling):
             pass
         return samples
 
-    def _choose(self, logits: torch.Tensor, temperatures: torch.Tensor, sampling: Sampling,
-                generator: torch.Generator) -> torch.Tensor:
-        logits = logits.float().clone()
-        if sampling.avoid_unk:
-            logits[:, self.tokenizer.unk_id] = -math.inf
-        greedy = logits.argmax(-1)
-        scaled = logits / temperatures.clamp_min(1e-6)
-        if sampling.top_k:
-            kth = scaled.topk(min(sampling.top_k, scaled.size(-1)), -1).values[:, -1:]
-            scaled = scaled.masked_fill(scaled < kth, -math.inf)
-        if sampling.top_p < 1.0:
-            sorted_logits, order = scaled.sort(-1, descending=True)
-            cumulative = sorted_logits.softmax(-1).cumsum(-1)
-            drop = cumulative - sorted_logits.softmax(-1) >= sampling.top_p  # keep the token that crosses p
-            scaled = scaled.scatter(-1, order, sorted_logits.masked_fill(drop, -math.inf))
-        sampled = torch.multinomial(scaled.softmax(-1), 1, generator=generator).squeeze(1)
-        return torch.where(temperatures.squeeze(1) == 0, greedy, sampled)
-
     # -- looking at distributions --------------------------------------------------------------
-    def next_tokens(self, prompt_ids: Sequence[int], k: int = 10) -> list[tuple[str, float]]:
-        """The k most likely next tokens after `prompt_ids`, with probabilities."""
-        log_probs, _ = self.read(prompt_ids)
+    def next_tokens(self, ids: Sequence[int], k: int = 10) -> list[TokenScore]:
+        """The k most likely next tokens after `ids` (from the start of a text), likeliest first."""
+        log_probs, _ = self.read(ids)
         top = log_probs[-1].exp().topk(min(k, log_probs.size(-1)))
-        return list(zip(self.tokenizer.tokens(top.indices.tolist()), top.values.tolist()))
+        return self._scores(top.indices.tolist(), top.values.tolist())
 
-    def surprisal(self, ids: Sequence[int]) -> list[tuple[str, float]]:
-        """Each token with the probability the model gave it, reading left to right."""
+    def surprisal(self, ids: Sequence[int]) -> list[TokenScore]:
+        """Each token of `ids` with the probability the model gave it, reading left to right."""
         if not ids:
             return []
         log_probs, _ = self.read(ids)
         chosen = log_probs[torch.arange(len(ids)), torch.tensor(list(ids))]
-        return list(zip(self.tokenizer.tokens(ids), chosen.exp().tolist()))
+        return self._scores(list(ids), chosen.exp().tolist())
+
+    def _scores(self, ids: list[int], probabilities: list[float]) -> list[TokenScore]:
+        return [TokenScore(i, token, p) for i, token, p in zip(ids, self.tokenizer.tokens(ids), probabilities)]
+
+
+def choose_next(logits: torch.Tensor, temperatures: torch.Tensor, uniforms: torch.Tensor, top_k: int = 0,
+                top_p: float = 1.0, banned: torch.Tensor | None = None) -> torch.Tensor:
+    """One token per row of `logits` [B, V]: argmax where the temperature is 0, else inverse-CDF sampling.
+
+    Top-k and then top-p are applied to the temperature-scaled distribution; top-p keeps the
+    smallest set of likeliest tokens whose mass reaches p. `banned` ids get probability 0.
+    """
+    logits = logits.float()
+    if banned is not None:
+        logits = logits.index_fill(1, banned, -math.inf)
+    greedy = logits.argmax(-1)
+    scaled = logits / torch.where(temperatures > 0, temperatures, 1.0).unsqueeze(1)
+    vocab = scaled.size(-1)
+    if 0 < top_k < vocab:
+        kept = scaled.topk(top_k, -1).indices
+        scaled = torch.full_like(scaled, -math.inf).scatter(-1, kept, scaled.gather(-1, kept))
+    probs = scaled.softmax(-1)
+    if top_p < 1.0:
+        ordered, order = probs.sort(-1, descending=True)
+        ordered = ordered.masked_fill(ordered.cumsum(-1) - ordered >= top_p, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, ordered)
+    cdf = probs.cumsum(-1)
+    targets = (uniforms.float() * cdf[:, -1]).unsqueeze(1).contiguous()
+    sampled = torch.searchsorted(cdf, targets, right=True).squeeze(1).clamp_max(vocab - 1)
+    return torch.where(temperatures > 0, sampled, greedy)
+
+
+class _Uniforms:
+    """Per-row uniform streams: row r's draws depend only on the seed, its temperature and its repeat count."""
+
+    def __init__(self, seed: int, temperatures: Sequence[float]):
+        seen: Counter[float] = Counter()
+        self.generators = []
+        for t in temperatures:
+            self.generators.append(torch.Generator().manual_seed(_mix(seed, seen[float(t)])))
+            seen[float(t)] += 1
+        self.chunks: list[torch.Tensor] = []
+
+    def at(self, index: int) -> torch.Tensor:
+        """The uniforms of step `index`, one per row."""
+        chunk, offset = divmod(index, UNIFORM_CHUNK)
+        while len(self.chunks) <= chunk:
+            self.chunks.append(torch.stack([torch.rand(UNIFORM_CHUNK, generator=g) for g in self.generators], 1))
+        return self.chunks[chunk][offset]
+
+
+def _mix(seed: int, stream: int) -> int:
+    """SplitMix64 of (seed, stream): well-spread 64-bit seeds for neighbouring inputs."""
+    z = (seed + (stream + 1) * 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
 
 
 def _cell(gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

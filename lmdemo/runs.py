@@ -131,10 +131,11 @@ def summary_frame(runs: Iterable[Run], now: float | None = None) -> pd.DataFrame
             "Best at epoch": _number(best.get("epoch")), "Last val ppl": _number(last_val.get("val_ppl")),
             "Test ppl": _number(test.get("test_ppl")),
             "Training time": format_duration(max(times)) if times else MISSING,
-            "Tokens/s": float(pd.Series(speeds).median()) if speeds else None,
+            "Tokens/s": round(float(pd.Series(speeds).median())) if speeds else None,
             "Status": run_status(run, now),
         })
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    return frame.astype({"Parameters": "Int64", "Tokens/s": "Int64"}) if rows else frame
 
 
 def config_diff(first: dict[str, Any], second: dict[str, Any]) -> pd.DataFrame:

@@ -69,7 +69,8 @@ class Counters:
 
 
 def native_bf16(device: torch.device) -> bool:
-    """Whether bf16 matrix maths runs natively (and so faster than fp32) here."""
+    """Whether bf16 maths runs natively here. Without it CPU autocast is a trap: oneDNN has no bf16
+    LSTM kernel (it raises) and bf16 matmuls are emulated (45x slower than fp32 on an AVX2 EPYC)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     try:
@@ -138,8 +139,11 @@ class _Run:
         self.out, self.parallel, self.device, self.progress_bar = out, parallel, device, progress_bar
         self.threads = config.threads or max(1, len(os.sched_getaffinity(0)) // parallel.local_world)
         torch.set_num_threads(self.threads)
-        self.precision = "bf16" if config.precision == "bf16" or (
-            config.precision == "auto" and native_bf16(device)) else "fp32"
+        self.precision = "bf16" if config.precision != "fp32" and native_bf16(device) else "fp32"
+        if config.precision == "bf16" and self.precision == "fp32" and parallel.main:
+            print("lmdemo: warning: --precision bf16 needs native bf16 (AVX512-BF16 or AMX on a CPU); this "
+                  "device has none (its bf16 LSTM kernels fail or run far slower), so training runs in fp32",
+                  file=sys.stderr)
 
         tokenizer = Tokenizer.load(out / TOKENIZER_FILE) if resume else None
         self.tokenizer, self.splits = encode_splits(config, tokenizer)
@@ -171,6 +175,7 @@ class _Run:
         self.last_save = self.started
         self._log("start", command=command or shlex.join([Path(sys.executable).name, "-m", "lmdemo", *sys.argv[1:]]),
                   hardware=describe_hardware(device, self.threads, parallel.world), precision=self.precision,
+                  precision_asked=config.precision,
                   world=parallel.world, params=self.model.num_parameters(), vocab_size=self.config.vocab_size,
                   resumed=resume, **{f"{k}_tokens": v.numel() for k, v in self.splits.items()})
 

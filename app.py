@@ -1,0 +1,213 @@
+"""Web demo: sample LSTM language models side by side at several temperatures and look inside.
+
+    python app.py                                   # every model folder under checkpoints/
+    python app.py --model runs/my-model --port 7861 # add a local folder or a Hub repo id
+
+A thin Gradio layer over `lmdemo.demo` (requests) and `lmdemo.render` (HTML and figures).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # no usage reports or version checks: nothing phones home
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import argparse  # noqa: E402
+import sys  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import gradio as gr  # noqa: E402
+import torch  # noqa: E402
+
+from lmdemo import render  # noqa: E402
+from lmdemo.checkpoint import ModelLoadError  # noqa: E402
+from lmdemo.demo import (DEFAULT_TEMPERATURES, MODELS_ENV, Demo, Limits, NoModelsError, Progress,  # noqa: E402
+                         discover_models, draw_seed)
+from lmdemo.generation import SettingsError  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent
+DEFAULT_MAX_NEW_TOKENS = 200
+DEFAULT_BARS = 10
+
+INTRO = """# LSTM language models, up close
+Pick a model, give it a prompt and compare what it writes at several **temperatures** side by side.
+Each token is shaded by how likely the model thought it was; the bars below show what it weighed up at any point."""
+
+TEMPERATURE_HELP = """**Temperature** reshapes the model's odds before each token is drawn. **0** always
+takes the likeliest token (greedy: safe, repetitive); below 1 favours likely tokens; **1** samples the model
+as trained; above 1 gives rare tokens more room, until the text turns to gibberish. **Top-k** keeps the k
+likeliest tokens, **top-p** the fewest holding p of the probability. All columns share one set of random
+numbers, so they differ by temperature, not luck."""
+
+
+def build_app(demo: Demo) -> gr.Blocks:
+    """The page: controls on the right, samples below, next-token bars at the bottom."""
+    first = demo.names[0]
+    limits = demo.limits
+
+    with gr.Blocks(title="LSTM language models") as app:
+        run = gr.State(None)
+        gr.Markdown(INTRO)
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=3):
+                model = gr.Dropdown(demo.names, value=first, label="Model", interactive=len(demo.names) > 1)
+                model_info = gr.Markdown(render.model_markdown(demo.describe(first)), label="Model card")
+                prompt = gr.Textbox(value=demo.examples(first)[0], label="Prompt", lines=4, max_lines=14,
+                                    placeholder="Leave empty to start from the beginning of a text")
+                examples = gr.Dataset(components=[prompt], samples=[[e] for e in demo.examples(first)],
+                                      label="Example prompts")
+                with gr.Row():
+                    generate = gr.Button("Generate", variant="primary", scale=3)
+                    stop = gr.Button("Stop", variant="secondary", scale=1)
+                status = gr.Markdown("Press **Generate** to sample.", label="Status")
+            with gr.Column(scale=2):
+                temperatures = gr.Textbox(", ".join(f"{t:g}" for t in DEFAULT_TEMPERATURES),
+                                          label=f"Temperatures: one column each, up to {limits.max_temperatures}",
+                                          info="numbers from 0 (greedy) up, separated by commas")
+                gr.Markdown(TEMPERATURE_HELP, elem_classes="lm-help")
+                max_new_tokens = gr.Slider(1, limits.max_new_tokens, step=1, label="Max new tokens",
+                                           value=min(DEFAULT_MAX_NEW_TOKENS, limits.max_new_tokens))
+                with gr.Row():
+                    top_k = gr.Number(0, label="Top-k (0 = off)", precision=0, minimum=0)
+                    top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.01, label="Top-p (1 = off)")
+                with gr.Row(equal_height=True):
+                    seed = gr.Textbox("0", label="Seed", info="same seed + settings = same text", scale=2)
+                    dice = gr.Button("Random seed", scale=1)
+                with gr.Row():
+                    stop_text = gr.Textbox("", label="Stop at (optional)", placeholder="e.g. a blank line",
+                                           info="a sample ends once it contains this text")
+                    avoid_unk = gr.Checkbox(False, label="Never sample <unk>")
+        gr.Markdown("### Samples")
+        samples = gr.HTML(render.samples_html(_empty_progress(demo, first)), label="Samples", elem_id="samples")
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=2):
+                gr.Markdown("### How surprised was the model by the prompt?")
+                prompt_view = gr.HTML('<div class="lm-empty">The prompt, coloured by surprisal, appears here.</div>',
+                                      label="Prompt surprisal")
+            with gr.Column(scale=3):
+                gr.Markdown("### What might come next?")
+                with gr.Row():
+                    which = gr.Dropdown([], label="Sample", info="pick a column", scale=1)
+                    position = gr.Slider(0, DEFAULT_MAX_NEW_TOKENS, value=0, step=1, label="Position in the sample",
+                                         info="tokens already written; 0 = right after the prompt", scale=2)
+                    bars = gr.Slider(3, limits.max_bars, value=DEFAULT_BARS, step=1, label="Bars", scale=1)
+                plot = gr.Plot(label="Next-token probabilities", show_label=False)
+
+        def on_model(name: str) -> tuple[str, Any, str]:
+            try:
+                shown, info = demo.examples(name), demo.describe(name)
+            except SettingsError as error:
+                raise gr.Error(str(error), title="Unknown model") from None
+            return render.model_markdown(info), gr.Dataset(samples=[[e] for e in shown]), shown[0]
+
+        def on_generate(name: str, prompt_text: str, temperature_text: str, max_new: Any, k: Any, p: Any,
+                        seed_text: Any, stop_at: str, no_unk: bool) -> Iterator[tuple]:
+            try:
+                sampling = demo.sampling(temperature_text, max_new, k, p, seed_text, stop_at, no_unk)
+                progress_stream = demo.generate(name, prompt_text, sampling)
+                first_update = True
+                for progress in progress_stream:
+                    if first_update:
+                        for note in progress.prompt.notes:
+                            gr.Warning(note)
+                    prompt_update = render.prompt_html(progress) if first_update or progress.done else gr.skip()
+                    first_update = False
+                    if not progress.done:
+                        yield (render.samples_html(progress), prompt_update, render.status_markdown(progress),
+                               gr.skip(), gr.skip(), gr.skip(), gr.skip())
+                        continue
+                    longest = max(len(s.ids) for s in progress.samples)
+                    choices = [(f"T = {s.temperature:g}", i) for i, s in enumerate(progress.samples)]
+                    figure = _figure(demo, progress, 0, 0, DEFAULT_BARS)
+                    yield (render.samples_html(progress), prompt_update, render.status_markdown(progress), progress,
+                           gr.Dropdown(choices=choices, value=0), gr.Slider(maximum=max(1, longest), value=0), figure)
+            except SettingsError as error:
+                raise gr.Error(str(error), title="Check the settings") from None
+
+        def on_explore(current: Progress | None, index: Any, at: Any, count: Any) -> Any:
+            if current is None:
+                raise gr.Error("Generate some text first: the bars explain a sample's next tokens.",
+                               title="Nothing to explain yet")
+            try:
+                return _figure(demo, current, int(index or 0), int(at or 0), int(count or DEFAULT_BARS))
+            except (SettingsError, ValueError, TypeError) as error:
+                raise gr.Error(str(error), title="Check the settings") from None
+
+        model.change(on_model, model, [model_info, examples, prompt], api_name="model_info")
+        examples.click(lambda chosen: chosen[0], examples, prompt, api_visibility="private")
+        dice.click(lambda: str(draw_seed()), None, seed, api_name="random_seed")
+        generation = generate.click(
+            on_generate, [model, prompt, temperatures, max_new_tokens, top_k, top_p, seed, stop_text, avoid_unk],
+            [samples, prompt_view, status, run, which, position, plot], api_name="generate",
+            preprocess=False)  # raw values: lmdemo checks them and names the field in its message
+        stop.click(None, None, None, cancels=[generation], api_visibility="private")
+        explore_inputs = [run, which, position, bars]
+        which.input(on_explore, explore_inputs, plot, api_name="next_tokens")
+        position.release(on_explore, explore_inputs, plot, api_visibility="private")
+        bars.release(on_explore, explore_inputs, plot, api_visibility="private")
+    return app
+
+
+def _figure(demo: Demo, progress: Progress, index: int, at: int, count: int) -> Any:
+    explained = demo.next_tokens(progress, index, at, count)
+    return render.next_token_figure(explained, progress.samples[index].temperature)
+
+
+def _empty_progress(demo: Demo, name: str) -> Progress:
+    generator = demo.generator(name)
+    return Progress(name, generator.tokenizer.level, "", generator.prompt(""), [], [], 0.0)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python app.py", description="Serve the LSTM language-model demo (Gradio).",
+        epilog=f"Models: every folder with config.json under --checkpoints, then each --model, then the "
+               f"comma-separated {MODELS_ENV} environment variable. A model is a local folder written by "
+               f"`python -m lmdemo train` or a Hugging Face Hub repo id (HF_HUB_OFFLINE=1 uses the local cache only).")
+    parser.add_argument("--model", action="append", default=[], metavar="FOLDER_OR_REPO",
+                        help="also serve this model folder or Hub repo id (repeatable)")
+    parser.add_argument("--checkpoints", type=Path, default=ROOT / "checkpoints",
+                        help="folder of shipped model folders (default: checkpoints/ beside app.py)")
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+                        help="interface to listen on; 0.0.0.0 for all (default: $GRADIO_SERVER_NAME or 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
+                        help="port (default: $GRADIO_SERVER_PORT or 7860)")
+    parser.add_argument("--concurrency", type=int, default=2, help="requests computed at once (default: 2)")
+    parser.add_argument("--queue-size", type=int, default=32,
+                        help="requests waiting at most; more are turned away (default: 32)")
+    parser.add_argument("--threads", type=int, help="torch threads per request (default: CPU cores / concurrency)")
+    parser.add_argument("--max-new-tokens", type=int, default=Limits.max_new_tokens,
+                        help=f"most new tokens a request may ask for (default: {Limits.max_new_tokens})")
+    parser.add_argument("--max-prompt-tokens", type=int, default=Limits.max_prompt_tokens,
+                        help=f"longer prompts keep their last this-many tokens (default: {Limits.max_prompt_tokens})")
+    args = parser.parse_args(argv)
+    for name in ("port", "concurrency", "queue_size", "threads", "max_new_tokens", "max_prompt_tokens"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            parser.error(f"--{name.replace('_', '-')} must be positive (got {value})")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // args.concurrency))
+    try:
+        demo = Demo(discover_models(args.checkpoints, args.model),
+                    Limits(max_prompt_tokens=args.max_prompt_tokens, max_new_tokens=args.max_new_tokens))
+    except (NoModelsError, ModelLoadError) as error:
+        print(f"app.py: error: {error}", file=sys.stderr)
+        return 2
+    app = build_app(demo)
+    app.queue(default_concurrency_limit=args.concurrency, max_size=args.queue_size)
+    theme = gr.themes.Soft(primary_hue="indigo", font=["ui-sans-serif", "system-ui", "sans-serif"],
+                           font_mono=["ui-monospace", "SFMono-Regular", "monospace"])
+    app.launch(server_name=args.host, server_port=args.port, theme=theme, css=render.CSS, ssr_mode=False,
+               footer_links=["api"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""How the demo's results look: surprisal-coloured HTML, Markdown summaries and Plotly bars.
+
+Colours follow GLTR (Gehrmann et al. 2019): each token is shaded by the probability the model
+gave it, so predictable stretches read green and surprising ones red. Everything returns strings
+or figures; the Gradio app only places them.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+
+import plotly.graph_objects as go
+
+from lmdemo.demo import ModelInfo, NextTokens, Progress, bits_per_token
+from lmdemo.generation import Sample
+from lmdemo.tokenizer import EOS, UNK
+
+# (lower bound of the probability, CSS class, legend label), likeliest first.
+BUCKETS = ((0.5, "p-high", "≥ 50 %"), (0.1, "p-mid", "10–50 %"), (0.01, "p-low", "1–10 %"), (0.0, "p-rare", "< 1 %"))
+PROMPT_TAIL_CHARS = 80
+BAR_COLOUR, CHOSEN_COLOUR = "#9db4d6", "#e8590c"
+
+CSS = """
+.lm-legend { display: flex; gap: .5rem; align-items: center; flex-wrap: wrap; font-size: .85rem; margin: .2rem 0 .6rem; }
+.lm-legend span.tok { padding: 0 .35rem; border-radius: .25rem; color: #1f2933; }
+.lm-samples { display: grid; grid-template-columns: repeat(auto-fit, minmax(210px, 1fr)); gap: .75rem; }
+.lm-col { border: 1px solid #d9dee5; border-radius: .6rem; background: #fff; color: #1f2933; overflow: hidden; }
+.lm-col header { display: flex; justify-content: space-between; align-items: baseline; gap: .4rem;
+                 padding: .45rem .7rem; background: #f3f5f8; border-bottom: 1px solid #d9dee5; }
+.lm-col header b { font-size: 1.05rem; white-space: nowrap; }
+.lm-col header small { color: #5b6673; font-size: .78rem; text-align: right; }
+.lm-text { padding: .6rem .7rem; white-space: pre-wrap; word-break: break-word; line-height: 1.55;
+           font-size: .92rem; max-height: 34rem; overflow-y: auto; }
+.lm-text.char { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: .86rem; }
+.lm-text .ctx { color: #8a94a1; }
+.lm-text .tok { border-radius: .2rem; color: #1f2933; }
+.lm-text .nl, .lm-legend .nl { color: #8a94a1; font-size: .75em; }
+.p-high { background: #c9f0d1; } .p-mid { background: #fff0a8; }
+.p-low { background: #ffd3a3; } .p-rare { background: #ffaaa8; }
+.lm-prompt { border: 1px solid #d9dee5; border-radius: .6rem; background: #fff; color: #1f2933; }
+.lm-prompt header { padding: .4rem .7rem; background: #f3f5f8; border-bottom: 1px solid #d9dee5;
+                    font-size: .85rem; color: #5b6673; }
+.lm-help { font-size: .88rem; }
+.lm-empty { color: #8a94a1; padding: 1rem; text-align: center; border: 1px dashed #d9dee5; border-radius: .6rem; }
+"""
+
+
+def visible(token: str) -> str:
+    """A token as a label: whitespace drawn, so a space or newline is not an empty bar."""
+    return {" ": "␣ (space)", "\n": "↵ (newline)", "\t": "⇥ (tab)", EOS: "↵ <eos>"}.get(token, token)
+
+
+def bucket(probability: float) -> str:
+    return next(css for floor, css, _ in BUCKETS if probability >= floor)
+
+
+def legend() -> str:
+    chips = "".join(f'<span class="tok {css}">{label}</span>' for _, css, label in BUCKETS)
+    return f'<div class="lm-legend">probability the model gave each token: {chips}</div>'
+
+
+def coloured_tokens(scores: Sequence[tuple[str, float]], level: str) -> str:
+    """Tokens as spans shaded by probability, each with its probability and surprisal as a tooltip."""
+    parts = []
+    for index, (token, probability) in enumerate(scores):
+        newline = token in ("\n", EOS)
+        shown = '<span class="nl">↵</span>\n' if newline else html.escape(token if token != UNK else "⟨unk⟩")
+        tooltip = html.escape(f"{visible(token)!s}: p = {probability:.1%}", quote=True)
+        if level == "word" and index and not newline and scores[index - 1][0] != EOS:
+            parts.append(" ")
+        parts.append(f'<span class="tok {bucket(probability)}" title="{tooltip}">{shown}</span>')
+    return "".join(parts)
+
+
+def samples_html(progress: Progress) -> str:
+    """One column per temperature: the prompt's end in grey, then the sample coloured by surprisal."""
+    if not progress.samples:
+        return '<div class="lm-empty">Samples appear here.</div>'
+    level, tail = progress.level, progress.prompt_text[-PROMPT_TAIL_CHARS:]
+    columns = []
+    for sample in progress.samples:
+        scores = list(zip(sample.tokens, sample.probabilities))
+        context = f'<span class="ctx">{"…" if len(progress.prompt_text) > len(tail) else ""}{html.escape(tail)}</span>'
+        gap = " " if level == "word" and tail and not tail.endswith(("\n", " ")) and scores else ""
+        columns.append(
+            f'<section class="lm-col"><header><b>T = {sample.temperature:g}</b>'
+            f"<small>{_sample_summary(sample, level, progress.done)}</small></header>"
+            f'<div class="lm-text {level}">{context}{gap}{coloured_tokens(scores, level)}</div></section>')
+    return legend() + f'<div class="lm-samples">{"".join(columns)}</div>'
+
+
+def prompt_html(progress: Progress) -> str:
+    """The prompt as the model read it, coloured by surprisal, with its bits per character or perplexity."""
+    level, scores = progress.level, [(s.token, s.probability) for s in progress.prompt_scores]
+    if not scores:
+        return '<div class="lm-empty">Empty prompt: the model started from the beginning of a text.</div>'
+    return (f'<div class="lm-prompt"><header>Prompt as the model read it: {_surprisal_summary(scores, level)}</header>'
+            f'<div class="lm-text {level}">{coloured_tokens(scores, level)}</div></div>')
+
+
+def status_markdown(progress: Progress) -> str:
+    """One line on where the request stands, plus what had to change in the prompt."""
+    made = sum(len(s.ids) for s in progress.samples)
+    rate = made / progress.seconds if progress.seconds > 0 else 0.0
+    state = "Done" if progress.done else "Generating…"
+    lines = [f"**{state}** {len(progress.samples)} sample{'s' if len(progress.samples) != 1 else ''}, "
+             f"{made:,} tokens in {progress.seconds:.1f} s ({rate:,.0f} tokens/s)"]
+    lines += [f"⚠️ {note}" for note in progress.prompt.notes]
+    return "  \n".join(lines)
+
+
+def model_markdown(info: ModelInfo) -> str:
+    """The model card in two lines: shape and data, then measured quality."""
+    unit = "bits/char" if info.level == "char" else "perplexity"
+    quality = []
+    splits = (("test", info.test_ppl, info.test_bpc), ("validation", info.validation_ppl, info.validation_bpc))
+    for split, ppl, bpc in splits:
+        if info.level == "char" and bpc is not None:
+            quality.append(f"{split} **{bpc:.3f}** bits/char (perplexity {ppl:.2f})")
+        elif ppl is not None:
+            quality.append(f"{split} perplexity **{ppl:.1f}**")
+    measured = " · ".join(quality) if quality else f"no {unit} logged"
+    trained = f", {info.steps:,} steps" if info.steps else ""
+    if info.metrics_problems:
+        measured += f" · ⚠️ metrics log: {len(info.metrics_problems)} unreadable line(s) skipped"
+    return (f"**{info.name}** — {info.level}-level LSTM, {info.num_layers}×{info.hidden_size} "
+            f"(embedding {info.emb_size}), {info.parameters / 1e6:.2f} M parameters, vocabulary {info.vocab_size:,}  \n"
+            f"Trained on `{info.data}`{trained} · {measured}")
+
+
+def next_token_figure(next_tokens: NextTokens, temperature: float | None = None) -> go.Figure:
+    """Horizontal bars of the top next tokens, likeliest on top; the token the sample took is highlighted."""
+    scores = list(reversed(next_tokens.scores))
+    chosen_id = next_tokens.chosen.id if next_tokens.chosen else None
+    labels = [visible(s.token) for s in scores]
+    figure = go.Figure(go.Bar(
+        x=[s.probability for s in scores], y=labels, orientation="h",
+        marker_color=[CHOSEN_COLOUR if s.id == chosen_id else BAR_COLOUR for s in scores],
+        text=[f"{s.probability:.1%}" for s in scores], textposition="outside", cliponaxis=False,
+        hovertemplate="%{y}: %{x:.2%}<extra></extra>"))
+    context = next_tokens.context[-40:].replace("\n", "↵")
+    title = f"Next token after “…{context}”" if next_tokens.context else "First token of a text"
+    if next_tokens.chosen is not None:
+        taken = visible(next_tokens.chosen.token)
+        missing = "" if chosen_id in {s.id for s in scores} else " (not in the top list)"
+        title += f"<br><span style='font-size:12px;color:#5b6673'>the sample" \
+                 f"{f' at T = {temperature:g}' if temperature is not None else ''} took " \
+                 f"<b>{html.escape(taken)}</b> ({next_tokens.chosen.probability:.1%}){missing}</span>"
+    top = max((s.probability for s in scores), default=1.0)
+    figure.update_layout(
+        title=dict(text=title, x=0, font=dict(size=14)), template="plotly_white", showlegend=False,
+        height=110 + 24 * len(scores), margin=dict(l=10, r=30, t=70, b=40),
+        xaxis=dict(title="probability", tickformat=".0%", range=[0, min(1.0, top * 1.2) or 1.0]),
+        yaxis=dict(type="category", automargin=True))
+    return figure
+
+
+def _sample_summary(sample: Sample, level: str, done: bool) -> str:
+    count = len(sample.ids)
+    text = f"{count} {'chars' if level == 'char' else 'tokens'}"
+    bits = bits_per_token(sample.probabilities)
+    if bits is not None:
+        text += f" · {bits:.2f} bits/char" if level == "char" else f" · ppl {2 ** bits:,.1f}"
+    if sample.stopped_by:
+        text += " · ended at " + ("<eos>" if sample.stopped_by == "eos" else "stop string")
+    elif not done:
+        text += " · …"
+    return html.escape(text)
+
+
+def _surprisal_summary(scores: Sequence[tuple[str, float]], level: str) -> str:
+    bits = bits_per_token([p for _, p in scores])
+    if level == "char":
+        return f"{len(scores)} characters, {bits:.2f} bits/char"
+    return f"{len(scores)} tokens, perplexity {2 ** bits:,.1f}"

@@ -1,0 +1,214 @@
+"""The web demo: its request functions, then a real `python app.py` driven by gradio_client and Chromium."""
+
+from __future__ import annotations
+
+import html
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+from lmdemo.demo import Demo, Limits, NoModelsError, discover_models, parse_seed, parse_temperatures
+from lmdemo.generation import SettingsError
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_DISABLE_TELEMETRY": "1",
+       "PYTHONUNBUFFERED": "1"}
+ENV.pop("LMDEMO_MODELS", None)
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run"]
+PROMPT_LIMIT = 40
+GENERATE_DEFAULTS = dict(prompt_text="ROMEO:\n", temperature_text="0.2, 0.5, 0.8, 1.0, 1.3", max_new=40, k=0, p=1.0,
+                         seed_text="7", stop_at="", no_unk=False)
+
+
+# -- the request layer, in-process ----------------------------------------------------------------
+def test_discover_models_names_folders_and_keeps_order(tmp_path, char_model, word_model):
+    shipped = tmp_path / "checkpoints"
+    (shipped / "b-model").mkdir(parents=True)
+    (shipped / "b-model" / "config.json").write_text("{}")
+    (shipped / "no-config").mkdir()
+    found = discover_models(shipped, [str(char_model)], environ={"LMDEMO_MODELS": f" {word_model}, user/repo "})
+    assert list(found) == ["b-model", "shakespeare-tiny", "ptb-tiny", "user/repo"]
+    with pytest.raises(NoModelsError, match="--model"):
+        discover_models(tmp_path / "missing", [], environ={})
+
+
+def test_form_values_are_parsed_or_refused_with_a_reason():
+    assert parse_temperatures("0.2, 0.5 1;2") == [0.2, 0.5, 1.0, 2.0]
+    assert parse_seed("18446744073709551615") == 2**64 - 1
+    assert parse_seed(12.0) == 12
+    for bad, message in (("", "at least one"), ("0.5, warm", "must be a number"), ("-1", "0 \\(greedy\\) or positive"),
+                         ("1 " * 9, "at most 8")):
+        with pytest.raises(SettingsError, match=message):
+            parse_temperatures(bad)
+    for bad in ("-1", str(2**64), "abc", 1.5, None):
+        with pytest.raises(SettingsError, match="seed"):
+            parse_seed(bad)
+
+
+def test_demo_streams_progress_and_explains_tokens(char_model):
+    demo = Demo({"char": str(char_model)}, Limits(max_new_tokens=50))
+    info = demo.describe("char")
+    assert info.level == "char" and info.test_bpc and info.validation_ppl
+    sampling = demo.sampling("0, 1", "30", "0", "1", "3")
+    finished = []
+    for progress in demo.generate("char", "", sampling, every=0.0):
+        finished.append(progress.done)
+    final = progress
+    assert finished == [False] * 30 + [True]
+    assert "empty prompt" in final.prompt.notes[0]
+    assert [len(s.ids) for s in final.samples] == [30, 30]
+    explained = demo.next_tokens(final, 1, 4, k=5)
+    assert len(explained.scores) == 5 and explained.chosen.id == final.samples[1].ids[4]
+    with pytest.raises(SettingsError, match="max new tokens"):
+        demo.sampling("1", 51, 0, 1, 0)
+
+
+# -- the served app ---------------------------------------------------------------------------------
+def test_app_without_models_exits_with_one_clear_line(tmp_path):
+    done = subprocess.run([sys.executable, "app.py", "--checkpoints", str(tmp_path)], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and "no models to serve" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(char_model, word_model, tmp_path_factory) -> Iterator[str]:
+    """One `python app.py` for the module, polled until it answers, killed at the end."""
+    port = free_port()
+    log = (tmp_path_factory.mktemp("app") / "app.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "app.py", "--port", str(port), "--model", str(char_model), "--model", str(word_model),
+         "--checkpoints", str(tmp_path_factory.mktemp("no-checkpoints")), "--max-new-tokens", "300",
+         "--max-prompt-tokens", str(PROMPT_LIMIT)],
+        cwd=ROOT, env=ENV, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"app.py exited with {process.returncode}: {Path(log.name).read_text()}")
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"app.py did not answer within 120 s: {Path(log.name).read_text()}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from gradio_client import Client
+
+    return Client(server, verbose=False)
+
+
+def generate(client, name: str = "shakespeare-tiny", **changes) -> tuple:
+    return client.predict(name, *{**GENERATE_DEFAULTS, **changes}.values(), api_name="/generate")
+
+
+def sample_texts(samples_html: str) -> list[str]:
+    bodies = re.findall(r'<div class="lm-text [a-z]+">(.*?)</div></section>', samples_html, flags=re.S)
+    return [html.unescape(re.sub(r"<[^>]+>", "", body)) for body in bodies]
+
+
+def test_generate_gives_one_column_per_temperature_and_is_reproducible(client):
+    samples, prompt_view, status, *_ = generate(client)
+    texts = sample_texts(samples)
+    assert len(texts) == 5 and all(len(t) > len("ROMEO:\n") for t in texts)
+    assert "bits/char" in prompt_view and status.startswith("**Done**")
+    assert sample_texts(generate(client)[0]) == texts
+    assert sample_texts(generate(client, seed_text="8")[0]) != texts
+    word = sample_texts(generate(client, "ptb-tiny", prompt_text="the company said", temperature_text="1")[0])
+    assert len(word) == 1 and word[0].startswith("the company said")
+
+
+def test_next_token_bars_after_the_prompt_and_inside_a_sample(client):
+    import json
+
+    generate(client, temperature_text="0.5, 1.0")
+    figure = json.loads(client.predict(1, 5, 7, api_name="/next_tokens")["plot"])
+    bars = figure["data"][0]
+    assert len(bars["y"]) == 7 and all(0 <= p <= 1 for p in bars["x"])
+    assert "took" in figure["layout"]["title"]["text"]
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(temperature_text="-0.5"), "0 \\(greedy\\) or positive"),
+    (dict(temperature_text="hot"), "must be a number"),
+    (dict(p=0.0), "top-p"),
+    (dict(p=1.5), "top-p"),
+    (dict(max_new=100_000), "max new tokens must be a whole number from 1 to 300"),
+    (dict(k=-3), "top-k"),
+    (dict(seed_text="-1"), "seed"),
+    (dict(seed_text=str(2**64)), "seed"),
+    (dict(seed_text="lucky"), "seed must be a whole number"),
+])
+def test_bad_settings_come_back_as_errors_and_the_server_stays_up(client, changes, message):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match=message):
+        generate(client, **changes)
+    assert generate(client, max_new=5)[2].startswith("**Done**")
+
+
+def test_prompt_problems_are_explained_in_the_status(client):
+    for prompt, note in (("", "empty prompt"), ("ROMEO€:\n", "became <unk>: '€'"),
+                         ("x" * (PROMPT_LIMIT + 10), f"cut to its last {PROMPT_LIMIT} tokens")):
+        assert note in generate(client, prompt_text=prompt, max_new=5)[2]
+
+
+def test_model_info_and_random_seed(client):
+    card, _, prompt = client.predict("ptb-tiny", api_name="/model_info")
+    assert "word-level LSTM" in card and "perplexity" in card and prompt
+    seeds = {client.predict(api_name="/random_seed") for _ in range(3)}
+    assert all(seed.isdigit() for seed in seeds) and len(seeds) > 1
+
+
+def test_the_page_generates_in_a_browser_without_leaving_the_host(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            elsewhere: list[str] = []
+            page.on("request", lambda r: elsewhere.append(r.url)
+                    if urlparse(r.url).hostname not in ("127.0.0.1", "localhost", None) else None)
+            page.goto(server)
+            page.get_by_role("button", name="Generate").click()
+            page.get_by_text("Done").first.wait_for(timeout=30_000)
+            columns = page.locator("#samples .lm-col")
+            assert columns.count() == 5
+            assert len(columns.first.locator(".tok").all()) > 10
+            assert not elsewhere, f"the page fetched from other hosts: {elsewhere}"
+        finally:
+            browser.close()

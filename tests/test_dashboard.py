@@ -1,0 +1,325 @@
+"""The training dashboard: lmdemo.runs directly, the page through Streamlit's AppTest, and once in Chromium."""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import DATA, ROOT, train_small
+from streamlit.testing.v1 import AppTest
+
+from lmdemo.metrics import MetricsWriter, find_runs, load_run, read_metrics
+from lmdemo.runs import (
+    RunSourceError,
+    config_diff,
+    curve_frame,
+    describe_model,
+    download_run,
+    ema,
+    format_duration,
+    log_notes,
+    run_status,
+    smooth,
+    summary_frame,
+)
+
+PAGE = ROOT / "dashboard" / "main.py"
+CHROMIUM = Path("/usr/bin/chromium")
+OLD_LOG = '{"step": 1, "loss": 5.0}\n{"step": 2, "loss": 4.5}\n{"step": 2, "val_loss": 4.6}\n'
+
+
+@pytest.fixture(scope="module")
+def logs_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two tiny real character runs that differ in learning rate and width, side by side."""
+    root = tmp_path_factory.mktemp("logs")
+    shared = dict(level="char", data=str(DATA / "tinyshakespeare" / "input.txt"), emb_size=16, num_layers=1,
+                  max_tokens=3_000, epochs=2, log_every=2, eval_every=4, test_fraction=0.1,
+                  threads=1)  # one thread: tiny models train many times faster on a busy machine
+    train_small(root / "small", hidden_size=16, **shared)
+    train_small(root / "wide", hidden_size=32, lr=1e-2, **shared)
+    return root
+
+
+def write_run(folder: Path, log: str, config: dict | None = None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "metrics.jsonl").write_text(log)
+    if config is not None:
+        (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def open_page(root: Path | str, monkeypatch: pytest.MonkeyPatch) -> AppTest:
+    monkeypatch.setenv("LMDEMO_LOGS", str(root))
+    return AppTest.from_file(str(PAGE), default_timeout=30).run()
+
+
+def chart(page: AppTest, index: int = 0) -> dict:
+    return json.loads(page.get("plotly_chart")[index].proto.spec)
+
+
+def messages(page: AppTest) -> str:
+    return " | ".join(str(e.value) for kind in ("error", "warning", "info") for e in getattr(page, kind))
+
+
+# --- lmdemo.runs and the reader -------------------------------------------------------------------
+
+def test_ema_is_debiased_and_leaves_gaps():
+    assert ema([3.0, 3.0, 3.0], 0.9) == pytest.approx([3.0, 3.0, 3.0])  # no pull towards 0 at the start
+    assert ema([1.0, 2.0], 0.0) == [1.0, 2.0]
+    assert ema([1.0, 3.0], 0.5) == pytest.approx([1.0, (0.5 * 0.5 + 0.5 * 3.0) / 0.75])
+    smoothed = ema([1.0, None, math.inf, 1.0], 0.5)
+    assert smoothed[0] == 1.0 and math.isnan(smoothed[1]) and math.isnan(smoothed[2]) and smoothed[3] == 1.0
+    with pytest.raises(ValueError):
+        ema([1.0], 1.0)
+
+
+def test_smooth_keeps_runs_and_splits_apart(logs_root):
+    frame = curve_frame(find_runs([logs_root])[0])
+    frame["smoothed"] = smooth(frame, "ppl", 0.9)
+    for _, rows in frame.groupby(["run", "split"]):
+        assert rows.smoothed.iloc[0] == pytest.approx(rows.ppl.iloc[0])
+
+
+def test_reader_skips_corrupt_lines_and_flags_a_half_written_tail(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"schema": 1, "event": "train", "step": 1, "train_loss": 4.0}\n{oops\n[1, 2]\n'
+                    '{"schema": 1, "event": "train", "step": 2, "train_loss": 3.0}\n{"schema": 1, "ev')
+    metrics = read_metrics(path)
+    assert [r["step"] for r in metrics.records] == [1, 2]
+    assert metrics.problems == ["line 2: not valid JSON", "line 3: not a JSON object"]
+    assert metrics.partial_tail
+    notes = log_notes(load_run(tmp_path))
+    assert "skipped line 2: not valid JSON" in notes and any("incomplete" in n for n in notes)
+
+
+def test_old_schema_log_is_read_as_best_as_possible(tmp_path):
+    run = load_run(write_run(tmp_path / "old", OLD_LOG, {"level": "char"}))
+    frame = curve_frame([run])
+    assert list(frame.split) == ["train", "train", "val"]
+    assert frame.ppl.iloc[0] == pytest.approx(math.exp(5.0))
+    assert frame.bpc.iloc[0] == pytest.approx(5.0 / math.log(2))
+    assert any("older version" in note for note in log_notes(run))
+
+
+def test_writer_still_round_trips(tmp_path):
+    writer = MetricsWriter(tmp_path / "metrics.jsonl")
+    writer.append("train", step=1, train_loss=float("nan"))
+    assert read_metrics(tmp_path / "metrics.jsonl").records == [
+        {"schema": 1, "event": "train", "step": 1, "train_loss": None}]
+
+
+def test_find_runs_skips_model_copies_hidden_folders_and_escaping_links(tmp_path):
+    root = tmp_path / "root"
+    write_run(root / "a", OLD_LOG)
+    write_run(root / "a" / "model", OLD_LOG)  # a run's copy of its own log
+    write_run(root / ".staging", OLD_LOG)
+    outside = write_run(tmp_path / "outside", OLD_LOG)
+    (root / "b").mkdir()
+    (root / "b" / "metrics.jsonl").symlink_to(outside / "metrics.jsonl")
+    (root / "linked").symlink_to(outside, target_is_directory=True)
+    runs, problems = find_runs([root])
+    assert [run.name for run in runs] == ["a"]
+    assert len(problems) == 1 and "links outside" in problems[0]
+
+
+def test_find_runs_names_empty_and_missing_roots(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("no logs")
+    _, problems = find_runs([tmp_path / "empty", tmp_path / "notes", tmp_path / "missing"])
+    assert problems == [f"{tmp_path / 'empty'} is empty", f"no metrics.jsonl under {tmp_path / 'notes'}",
+                        f"{tmp_path / 'missing'} does not exist"]
+
+
+def test_summary_and_description(logs_root):
+    runs = find_runs([logs_root])[0]
+    summary = summary_frame(runs).set_index("Run")
+    assert list(summary.index) == ["small", "wide"]
+    assert summary.loc["small", "Model"] == "char · 1×16"
+    assert summary.loc["wide", "Parameters"] > summary.loc["small", "Parameters"]
+    assert summary.loc["small", "Best val ppl"] <= summary.loc["small", "Last val ppl"]
+    assert summary.loc["small", "Test ppl"] > 1 and summary.loc["small", "Status"] == "finished"
+    assert describe_model({"level": "char", "emb_size": 128, "hidden_size": 512, "num_layers": 2}) == \
+        "char · 2×512 (shakespeare-char)"
+
+
+def test_status_of_an_unfinished_run(tmp_path):
+    run = load_run(write_run(tmp_path / "r", OLD_LOG, {"epochs": 3}))
+    mtime = run.metrics.path.stat().st_mtime
+    assert run_status(run, now=mtime + 1) == "running"
+    assert run_status(run, now=mtime + 3600) == "stopped"
+
+
+def test_config_diff():
+    diff = config_diff({"lr": 0.001, "level": "char", "seed": 1}, {"lr": 0.003, "level": "char", "extra": True})
+    assert diff.values.tolist() == [["extra", "—", "True"], ["lr", "0.001", "0.003"], ["seed", "1", "—"]]
+    assert config_diff({"a": 1}, {"a": 1}).empty
+
+
+def test_download_run_offline_and_bad_ids():
+    with pytest.raises(RunSourceError, match="offline"):
+        download_run("someone/not-cached-lmdemo-model")
+    with pytest.raises(RunSourceError, match="owner/name"):
+        download_run("not a repo id")
+
+
+def test_format_duration():
+    assert [format_duration(s) for s in (4.4, 185, 7625)] == ["4 s", "3 min 05 s", "2 h 07 min"]
+
+
+# --- the page through AppTest ---------------------------------------------------------------------
+
+def test_page_renders_two_real_runs_overlaid(logs_root, monkeypatch):
+    page = open_page(logs_root, monkeypatch)
+    assert not page.exception and not page.error and not page.warning
+    assert page.title[0].value == "Training dashboard"
+    assert page.multiselect[0].value == ["small", "wide"]
+    curves = chart(page)
+    names = {trace["name"] for trace in curves["data"]}
+    assert {"small · train", "small · validation", "small · test", "wide · validation"} <= names
+    colours = {t["legendgroup"]: t.get("line", {}).get("color") for t in curves["data"] if t["mode"] == "lines"}
+    assert colours["small"] != colours["wide"]
+    assert len(page.get("plotly_chart")) == 3  # curves, learning rate, tokens per second
+    assert list(page.dataframe[0].value.Run) == ["small", "wide"]
+    assert page.get("download_button")
+
+
+def test_log_scale_measure_and_axis(logs_root, monkeypatch):
+    page = open_page(logs_root, monkeypatch)
+    assert chart(page)["layout"]["yaxis"]["type"] == "log"
+    page.toggle(key="log_y").set_value(False).run()
+    assert chart(page)["layout"]["yaxis"]["type"] == "linear"
+    page.selectbox(key="x_axis").set_value("tokens").run()
+    page.segmented_control(key="measure").set_value("bpc").run()
+    layout = chart(page)["layout"]
+    assert layout["xaxis"]["title"]["text"] == "Tokens seen"
+    assert layout["yaxis"]["title"]["text"] == "Bits per character"
+    assert not page.exception
+
+
+def test_single_run_selection_and_config_diff(logs_root, monkeypatch):
+    page = open_page(logs_root, monkeypatch)
+    diff = page.dataframe[1].value
+    assert "hidden_size" in set(diff.Setting) and "lr" in set(diff.Setting)
+    page.multiselect[0].set_value(["wide"]).run()
+    assert {t["legendgroup"] for t in chart(page)["data"]} == {"wide"}
+    assert len(page.dataframe) == 1  # no diff for a single run
+
+
+def test_another_root_from_the_sidebar(logs_root, tmp_path, monkeypatch):
+    page = open_page(tmp_path / "missing", monkeypatch)
+    assert page.error and not page.multiselect[0].options
+    page.text_input(key="logs_root").input(str(logs_root)).run()
+    assert not page.error and page.multiselect[0].value == ["small", "wide"]
+
+
+def test_live_view_toggle(logs_root, monkeypatch):
+    page = open_page(logs_root, monkeypatch)
+    page.toggle(key="live").set_value(True).run()
+    assert not page.exception and page.get("plotly_chart")
+
+
+@pytest.mark.parametrize("layout, kind, expected", [
+    ("missing", "error", "does not exist"),
+    ("file", "error", "is a file"),
+    ("empty", "warning", "is empty"),
+    ("no logs", "warning", "no metrics.jsonl"),
+])
+def test_bad_roots_get_a_message(tmp_path, monkeypatch, layout, kind, expected):
+    root = tmp_path / "root"
+    if layout == "file":
+        root.write_text("not a folder")
+    elif layout != "missing":
+        root.mkdir()
+    if layout == "no logs":
+        (root / "notes.txt").write_text("hello")
+    page = open_page(root, monkeypatch)
+    assert not page.exception
+    assert expected in " ".join(e.value for e in getattr(page, kind))
+    assert not page.get("plotly_chart")
+
+
+@pytest.mark.parametrize("log, expected", [
+    (OLD_LOG, "older version"),
+    ('{"schema": 1, "event": "train", "step": 1, "train_loss": 4.0}\nnot json\n'
+     '{"schema": 1, "event": "train", "step": 2, "train_loss": 3.0}\n', "skipped line 2: not valid JSON"),
+    ('{"schema": 1, "event": "train", "step": 1, "train_loss": 4.0}\n{"schema": 1, "event": "tr',
+     "last line is incomplete"),
+])
+def test_odd_logs_still_plot_with_a_note(tmp_path, monkeypatch, log, expected):
+    write_run(tmp_path / "run", log)
+    page = open_page(tmp_path, monkeypatch)
+    assert not page.exception
+    assert expected in messages(page)
+    assert chart(page)["data"]
+
+
+def test_log_without_usable_records(tmp_path, monkeypatch):
+    write_run(tmp_path / "run", "garbage\n{}\n")
+    page = open_page(tmp_path, monkeypatch)
+    assert not page.exception
+    assert "no usable records" in messages(page) and "no training or validation records" in messages(page)
+
+
+def test_hub_repo_offline_message(logs_root, monkeypatch):
+    page = open_page(logs_root, monkeypatch)
+    page.text_input(key="hub_repo").input("someone/not-cached-lmdemo-model").run()
+    assert not page.exception
+    assert "offline" in messages(page)
+    assert page.get("plotly_chart")  # the local runs are still shown
+
+
+# --- the real server in Chromium ------------------------------------------------------------------
+
+@pytest.fixture
+def server(logs_root):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(PAGE), "--server.port", str(port), "--server.headless",
+         "true", "--browser.gatherUsageStats", "false", "--", "--logs", str(logs_root)],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"{url}/_stcore/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium")
+def test_chart_in_a_real_browser(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--no-first-run"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(server)
+            page.wait_for_selector("[data-testid=stPlotlyChart] .js-plotly-plot", timeout=30_000)
+            legend = page.locator(".js-plotly-plot .legend").first.text_content()
+            assert "small · validation" in legend and "wide · validation" in legend
+            assert page.get_by_text("Training dashboard").first.is_visible()
+        finally:
+            browser.close()

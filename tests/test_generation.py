@@ -1,0 +1,198 @@
+"""The generation engine: the fast step equals the model, sampling honours its settings and its seed."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from lmdemo import generation, load_model
+from lmdemo.generation import Generator, Sampling, SettingsError, choose_next
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small models on a shared 2-core machine run faster on one thread than fighting for two."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def char_generator(char_model) -> Generator:
+    return Generator(load_model(char_model))
+
+
+@pytest.fixture(scope="module")
+def word_generator(word_model) -> Generator:
+    return Generator(load_model(word_model))
+
+
+def texts(generator: Generator, prompt: str, **settings) -> list[str]:
+    return [s.text for s in generator.generate(generator.prompt(prompt).ids, Sampling(**settings))]
+
+
+@pytest.mark.parametrize("kind, lookup", [("char", True), ("word", True), ("word", False)])
+def test_step_matches_the_models_forward(kind, lookup, char_model, word_model, monkeypatch):
+    if not lookup:  # the path big vocabularies take: layer 0's input multiplied, not looked up
+        monkeypatch.setattr(generation, "LOOKUP_LIMIT", 0)
+    trained = load_model(char_model if kind == "char" else word_model)
+    generator = Generator(trained)
+    assert (generator.input_table is not None) == lookup
+    config = trained.config
+    ids = torch.randint(config.vocab_size, (3, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected, (h, c) = trained.model(ids)
+        zeros = torch.zeros(config.num_layers, 3, config.hidden_size)
+        state, steps = (zeros, zeros.clone()), []
+        for t in range(ids.size(1)):
+            logits, state = generator.step(ids[:, t], state)
+            steps.append(logits)
+    torch.testing.assert_close(torch.stack(steps, 1), expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(state[0], h, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(state[1], c, atol=1e-5, rtol=1e-4)
+
+
+def test_same_seed_same_text_and_other_seeds_differ(char_generator):
+    settings = dict(temperatures=(0.8, 1.2), max_new_tokens=60)
+    first = texts(char_generator, "ROMEO:\n", seed=5, **settings)
+    torch.manual_seed(123)  # the global generator must not matter
+    assert texts(char_generator, "ROMEO:\n", seed=5, **settings) == first
+    assert texts(char_generator, "ROMEO:\n", seed=6, **settings) != first
+
+
+def test_requests_in_parallel_threads_match_the_same_requests_alone(char_generator):
+    seeds = [1, 2, 3, 4]
+    alone = [texts(char_generator, "JULIET:\n", seed=s, temperatures=(1.0,), max_new_tokens=80) for s in seeds]
+    together: dict[int, list[str]] = {}
+
+    def run(seed: int) -> None:
+        together[seed] = texts(char_generator, "JULIET:\n", seed=seed, temperatures=(1.0,), max_new_tokens=80)
+
+    threads = [threading.Thread(target=run, args=(s,)) for s in seeds]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [together[s] for s in seeds] == alone
+
+
+def test_a_temperature_in_a_batch_gives_what_it_gives_alone(char_generator):
+    """What holds by design: each row has its own random stream, keyed by seed, temperature and repeat."""
+    temperatures = (0.0, 0.7, 1.0, 1.3)
+    batch = texts(char_generator, "First Citizen:\n", seed=9, temperatures=temperatures, max_new_tokens=80)
+    alone = [texts(char_generator, "First Citizen:\n", seed=9, temperatures=(t,), max_new_tokens=80)[0]
+             for t in temperatures]
+    assert batch == alone
+    repeated = texts(char_generator, "First Citizen:\n", seed=9, temperatures=(1.0, 1.0), max_new_tokens=80)
+    assert repeated[0] == alone[2] and repeated[1] != repeated[0]
+    longer = texts(char_generator, "First Citizen:\n", seed=9, temperatures=(1.0,), max_new_tokens=120)[0]
+    assert longer.startswith(alone[2])
+
+
+def test_greedy_follows_the_argmax_path(char_generator):
+    prompt = char_generator.prompt("KING:\n").ids
+    sample = char_generator.generate(prompt, Sampling(temperatures=(0,), max_new_tokens=40))[0]
+    log_probs, _ = char_generator.read(prompt + sample.ids)
+    argmax = log_probs[len(prompt):-1].argmax(-1).tolist()
+    assert sample.ids == argmax
+
+
+def test_sampled_tokens_stay_inside_top_k_and_top_p(char_generator):
+    prompt = char_generator.prompt("ROMEO:\n").ids
+    for settings in (dict(top_k=3), dict(top_p=0.5)):
+        sampling = Sampling(temperatures=(1.0, 2.0), max_new_tokens=60, seed=4, **settings)
+        for sample in char_generator.generate(prompt, sampling):
+            log_probs, _ = char_generator.read(prompt + sample.ids)
+            scaled = (log_probs[len(prompt):-1] / sample.temperature).softmax(-1)
+            for row, token in zip(scaled, sample.ids):
+                ahead = row[row > row[token] + 1e-6]  # tokens likelier than the one taken
+                if "top_k" in settings:
+                    assert len(ahead) < settings["top_k"]
+                else:
+                    assert ahead.sum() < settings["top_p"] + 1e-4
+
+
+def test_choose_next_filters_exactly():
+    probabilities = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    logits = probabilities.log().expand(200, -1)
+    uniforms = torch.linspace(0, 0.999, 200)
+    ones = torch.ones(200)
+    assert set(choose_next(logits, ones, uniforms).tolist()) == {0, 1, 2, 3}
+    assert set(choose_next(logits, ones, uniforms, top_k=2).tolist()) == {0, 1}
+    assert set(choose_next(logits, ones, uniforms, top_p=0.7).tolist()) == {0, 1}
+    assert set(choose_next(logits, ones, uniforms, top_p=0.5).tolist()) == {0}
+    assert set(choose_next(logits, ones, uniforms, banned=torch.tensor([0, 1])).tolist()) == {2, 3}
+    assert set(choose_next(logits, torch.zeros(200), uniforms, banned=torch.tensor([0])).tolist()) == {1}
+
+
+def test_a_sample_ends_with_the_stop_string(char_generator):
+    samples = char_generator.generate(char_generator.prompt("ROMEO:\n").ids,
+                                      Sampling(temperatures=(0.8, 1.0), max_new_tokens=300, seed=2, stop="e"))
+    for sample in samples:
+        assert sample.stopped_by == "stop"
+        assert sample.text.endswith("e") and "e" not in sample.text[:-1]
+
+
+def test_word_samples_end_at_eos_and_can_avoid_unk(word_generator):
+    tokenizer = word_generator.tokenizer
+    prompt = word_generator.prompt("the company said").ids
+    settings = dict(temperatures=(1.5,) * 4, max_new_tokens=150, seed=3)
+    ended = word_generator.generate(prompt, Sampling(**settings))
+    assert any(s.stopped_by == "eos" for s in ended)
+    assert all(tokenizer.eos_id not in s.ids for s in ended)
+    free = word_generator.generate(prompt, Sampling(stop_at_eos=False, **settings))
+    assert any(tokenizer.unk_id in s.ids for s in free), "the test needs a model that samples <unk>"
+    clean = word_generator.generate(prompt, Sampling(stop_at_eos=False, avoid_unk=True, **settings))
+    assert all(tokenizer.unk_id not in s.ids for s in clean)
+
+
+def test_stream_yields_every_token_and_records_probabilities(char_generator):
+    sampling = Sampling(temperatures=(0.5, 1.0), max_new_tokens=25, seed=1)
+    lengths = [[len(s.ids) for s in samples] for samples in char_generator.stream([], sampling)]
+    assert lengths == [[n, n] for n in range(1, 26)]
+    sample = char_generator.generate([], sampling)[1]
+    log_probs, _ = char_generator.read(sample.ids)
+    expected = log_probs[torch.arange(len(sample.ids)), torch.tensor(sample.ids)].exp()
+    torch.testing.assert_close(torch.tensor(sample.probabilities), expected, atol=1e-4, rtol=1e-3)
+    assert sample.tokens == char_generator.tokenizer.tokens(sample.ids)
+
+
+def test_next_tokens_and_surprisal(char_generator):
+    ids = char_generator.prompt("ROMEO:").ids
+    top = char_generator.next_tokens(ids, k=5)
+    assert len(top) == 5
+    assert [s.probability for s in top] == sorted((s.probability for s in top), reverse=True)
+    scores = char_generator.surprisal(ids)
+    assert [s.token for s in scores] == list("ROMEO:")
+    after_prompt = {s.id: s.probability for s in char_generator.next_tokens(ids[:3], k=char_generator.tokenizer.vocab_size)}
+    assert scores[3].probability == pytest.approx(after_prompt[ids[3]], rel=1e-5)
+    assert char_generator.surprisal([]) == []
+
+
+def test_prompt_notes(char_generator, word_generator):
+    assert "empty prompt" in char_generator.prompt("").notes[0]
+    assert "€" in char_generator.prompt("Hail €").notes[0]
+    assert "word not in the model's vocabulary" in word_generator.prompt("the zzyzxq said").notes[0]
+    cut = char_generator.prompt("ROMEO: hello", max_tokens=5)
+    assert char_generator.tokenizer.decode(cut.ids) == "hello"
+    assert "cut to its last 5 tokens (it had 12)" in cut.notes[0]
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(temperatures=()), "at least one temperature"),
+    (dict(temperatures=(-0.5,)), "temperature"),
+    (dict(temperatures=(float("nan"),)), "temperature"),
+    (dict(max_new_tokens=0), "max new tokens"),
+    (dict(max_new_tokens=5000), "max new tokens"),
+    (dict(top_k=-1), "top-k"),
+    (dict(top_p=0.0), "top-p"),
+    (dict(top_p=1.5), "top-p"),
+    (dict(seed=-1), "seed"),
+    (dict(seed=2**64), "seed"),
+])
+def test_bad_settings_are_refused_with_a_reason(settings, message):
+    with pytest.raises(SettingsError, match=message):
+        Sampling(**settings).check(max_new_tokens_limit=1000)
