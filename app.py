@@ -24,13 +24,15 @@ import torch  # noqa: E402
 
 from lmdemo import render  # noqa: E402
 from lmdemo.checkpoint import ModelLoadError  # noqa: E402
-from lmdemo.demo import (DEFAULT_TEMPERATURES, MODELS_ENV, Demo, Limits, NoModelsError, Progress,  # noqa: E402
-                         discover_models, draw_seed)
+from lmdemo.demo import (DEFAULT_BARS, DEFAULT_TEMPERATURES, MODELS_ENV, UNIT_SORTS, Demo, Limits,  # noqa: E402
+                         NoModelsError, Progress, UnitView, discover_models, draw_seed)
 from lmdemo.generation import SettingsError  # noqa: E402
+from lmdemo.internals import QUANTITIES  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_MAX_NEW_TOKENS = 200
-DEFAULT_BARS = 10
+DEFAULT_UNITS = 32
+COMPARE_TEMPERATURES = "0.5, 1"
 
 INTRO = """# LSTM language models, up close
 Pick a model, give it a prompt and compare what it writes at several **temperatures** side by side.
@@ -43,58 +45,84 @@ likeliest tokens, **top-p** the fewest holding p of the probability. All columns
 numbers, so they differ by temperature, not luck."""
 
 
+INSIDE_HELP = """What the model holds after reading each token of the **Sample** tab's text: rows are units of one
+layer, columns are tokens. **h** is what a layer passes on (to the layer above, or to the prediction), **c** is its
+memory; the **input**, **forget** and **output** gates (0 = shut, 1 = open) say how much it writes, keeps and shows,
+and the **cell candidate g** is what it would write. Rank the units to find the busy ones, or mark a span of token
+positions to find units that are high on it and low elsewhere."""
+
+SPAN_HELP = """**Find units for a pattern** (after LSTMVis): give the first and last token positions of a span (the
+small numbers above the text; hover a token for its own). Units are ranked by *(mean inside − mean outside) ÷ the
+unit's standard deviation over the shown text*: how many of its own spreads it sits higher on the span. A perfect
+on/off unit scores about 1/√(p(1−p)) for a span that is a share p of the text, so 4.4 for 5 %; 0 means no
+preference."""
+
+COMPARE_HELP = """The same prompt, settings and seed through two models, side by side: their samples, how surprised
+each was by the prompt, and what each expects right after it."""
+
+
 def build_app(demo: Demo) -> gr.Blocks:
-    """The page: controls on the right, samples below, next-token bars at the bottom."""
+    """The page: a sampling tab (controls on the right, samples below, next-token bars at the bottom),
+    a look inside the LSTM at the sampling tab's text, and two models compared on one request."""
     first = demo.names[0]
     limits = demo.limits
 
     with gr.Blocks(title="LSTM language models") as app:
         run = gr.State(None)
         gr.Markdown(INTRO)
-        with gr.Row(equal_height=False):
-            with gr.Column(scale=3):
-                model = gr.Dropdown(demo.names, value=first, label="Model", interactive=len(demo.names) > 1)
-                model_info = gr.Markdown(render.model_markdown(demo.describe(first)), label="Model card")
-                prompt = gr.Textbox(value=demo.examples(first)[0], label="Prompt", lines=4, max_lines=14,
-                                    placeholder="Leave empty to start from the beginning of a text")
-                examples = gr.Dataset(components=[prompt], samples=[[e] for e in demo.examples(first)],
-                                      label="Example prompts")
-                with gr.Row():
-                    generate = gr.Button("Generate", variant="primary", scale=3)
-                    stop = gr.Button("Stop", variant="secondary", scale=1)
-                status = gr.Markdown("Press **Generate** to sample.", label="Status")
-            with gr.Column(scale=2):
-                temperatures = gr.Textbox(", ".join(f"{t:g}" for t in DEFAULT_TEMPERATURES),
-                                          label=f"Temperatures: one column each, up to {limits.max_temperatures}",
-                                          info="numbers from 0 (greedy) up, separated by commas")
-                gr.Markdown(TEMPERATURE_HELP, elem_classes="lm-help")
-                max_new_tokens = gr.Slider(1, limits.max_new_tokens, step=1, label="Max new tokens",
-                                           value=min(DEFAULT_MAX_NEW_TOKENS, limits.max_new_tokens))
-                with gr.Row():
-                    top_k = gr.Number(0, label="Top-k (0 = off)", precision=0, minimum=0)
-                    top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.01, label="Top-p (1 = off)")
-                with gr.Row(equal_height=True):
-                    seed = gr.Textbox("0", label="Seed", info="same seed + settings = same text", scale=2)
-                    dice = gr.Button("Random seed", scale=1)
-                with gr.Row():
-                    stop_text = gr.Textbox("", label="Stop at (optional)", placeholder="e.g. a blank line",
-                                           info="a sample ends once it contains this text")
-                    avoid_unk = gr.Checkbox(False, label="Never sample <unk>")
-        gr.Markdown("### Samples")
-        samples = gr.HTML(render.samples_html(_empty_progress(demo, first)), label="Samples", elem_id="samples")
-        with gr.Row(equal_height=False):
-            with gr.Column(scale=2):
-                gr.Markdown("### How surprised was the model by the prompt?")
-                prompt_view = gr.HTML('<div class="lm-empty">The prompt, coloured by surprisal, appears here.</div>',
-                                      label="Prompt surprisal")
-            with gr.Column(scale=3):
-                gr.Markdown("### What might come next?")
-                with gr.Row():
-                    which = gr.Dropdown([], label="Sample", info="pick a column", scale=1)
-                    position = gr.Slider(0, DEFAULT_MAX_NEW_TOKENS, value=0, step=1, label="Position in the sample",
-                                         info="tokens already written; 0 = right after the prompt", scale=2)
-                    bars = gr.Slider(3, limits.max_bars, value=DEFAULT_BARS, step=1, label="Bars", scale=1)
-                plot = gr.Plot(label="Next-token probabilities", show_label=False)
+        with gr.Tabs():
+            with gr.Tab("Sample", id="sample"):
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=3):
+                        model = gr.Dropdown(demo.names, value=first, label="Model", interactive=len(demo.names) > 1)
+                        model_info = gr.Markdown(render.model_markdown(demo.describe(first)), label="Model card")
+                        prompt = gr.Textbox(value=demo.examples(first)[0], label="Prompt", lines=4, max_lines=14,
+                                            placeholder="Leave empty to start from the beginning of a text")
+                        examples = gr.Dataset(components=[prompt], samples=[[e] for e in demo.examples(first)],
+                                              label="Example prompts")
+                        with gr.Row():
+                            generate = gr.Button("Generate", variant="primary", scale=3)
+                            stop = gr.Button("Stop", variant="secondary", scale=1)
+                        status = gr.Markdown("Press **Generate** to sample.", label="Status")
+                    with gr.Column(scale=2):
+                        temperatures = gr.Textbox(
+                            ", ".join(f"{t:g}" for t in DEFAULT_TEMPERATURES),
+                            label=f"Temperatures: one column each, up to {limits.max_temperatures}",
+                            info="numbers from 0 (greedy) up, separated by commas")
+                        gr.Markdown(TEMPERATURE_HELP, elem_classes="lm-help")
+                        max_new_tokens = gr.Slider(1, limits.max_new_tokens, step=1, label="Max new tokens",
+                                                   value=min(DEFAULT_MAX_NEW_TOKENS, limits.max_new_tokens))
+                        with gr.Row():
+                            top_k = gr.Number(0, label="Top-k (0 = off)", precision=0, minimum=0)
+                            top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.01, label="Top-p (1 = off)")
+                        with gr.Row(equal_height=True):
+                            seed = gr.Textbox("0", label="Seed", info="same seed + settings = same text", scale=2)
+                            dice = gr.Button("Random seed", scale=1)
+                        with gr.Row():
+                            stop_text = gr.Textbox("", label="Stop at (optional)", placeholder="e.g. a blank line",
+                                                   info="a sample ends once it contains this text")
+                            avoid_unk = gr.Checkbox(False, label="Never sample <unk>")
+                gr.Markdown("### Samples")
+                samples = gr.HTML(render.samples_html(_empty_progress(demo, first)), label="Samples", elem_id="samples")
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=2):
+                        gr.Markdown("### How surprised was the model by the prompt?")
+                        prompt_view = gr.HTML(
+                            '<div class="lm-empty">The prompt, coloured by surprisal, appears here.</div>',
+                            label="Prompt surprisal")
+                    with gr.Column(scale=3):
+                        gr.Markdown("### What might come next?")
+                        with gr.Row():
+                            which = gr.Dropdown([], label="Sample", info="pick a column", scale=1)
+                            position = gr.Slider(0, DEFAULT_MAX_NEW_TOKENS, value=0, step=1,
+                                                 label="Position in the sample", scale=2,
+                                                 info="tokens already written; 0 = right after the prompt")
+                            bars = gr.Slider(3, limits.max_bars, value=DEFAULT_BARS, step=1, label="Bars", scale=1)
+                        plot = gr.Plot(label="Next-token probabilities", show_label=False)
+            with gr.Tab("Inside the LSTM", id="inside"):
+                inside_text, inside_layer = _inside_tab(demo, run, model, prompt)
+            with gr.Tab("Compare", id="compare"):
+                _compare_tab(demo)
 
         def on_model(name: str) -> tuple[str, Any, str]:
             try:
@@ -117,13 +145,14 @@ def build_app(demo: Demo) -> gr.Blocks:
                     first_update = False
                     if not progress.done:
                         yield (render.samples_html(progress), prompt_update, render.status_markdown(progress),
-                               gr.skip(), gr.skip(), gr.skip(), gr.skip())
+                               gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip())
                         continue
                     longest = max(len(s.ids) for s in progress.samples)
                     choices = [(f"T = {s.temperature:g}", i) for i, s in enumerate(progress.samples)]
                     figure = _figure(demo, progress, 0, 0, DEFAULT_BARS)
                     yield (render.samples_html(progress), prompt_update, render.status_markdown(progress), progress,
-                           gr.Dropdown(choices=choices, value=0), gr.Slider(maximum=max(1, longest), value=0), figure)
+                           gr.Dropdown(choices=choices, value=0), gr.Slider(maximum=max(1, longest), value=0), figure,
+                           _text_choices(progress))
             except SettingsError as error:
                 raise gr.Error(str(error), title="Check the settings") from None
 
@@ -137,11 +166,13 @@ def build_app(demo: Demo) -> gr.Blocks:
                 raise gr.Error(str(error), title="Check the settings") from None
 
         model.change(on_model, model, [model_info, examples, prompt], api_name="model_info")
+        model.change(lambda name: gr.Dropdown(**_layer_choices(demo, name)), model, inside_layer,
+                     api_visibility="private")
         examples.click(lambda chosen: chosen[0], examples, prompt, api_visibility="private")
         dice.click(lambda: str(draw_seed()), None, seed, api_name="random_seed")
         generation = generate.click(
             on_generate, [model, prompt, temperatures, max_new_tokens, top_k, top_p, seed, stop_text, avoid_unk],
-            [samples, prompt_view, status, run, which, position, plot], api_name="generate",
+            [samples, prompt_view, status, run, which, position, plot, inside_text], api_name="generate",
             preprocess=False)  # raw values: lmdemo checks them and names the field in its message
         stop.click(None, None, None, cancels=[generation], api_visibility="private")
         explore_inputs = [run, which, position, bars]
@@ -149,6 +180,126 @@ def build_app(demo: Demo) -> gr.Blocks:
         position.release(on_explore, explore_inputs, plot, api_visibility="private")
         bars.release(on_explore, explore_inputs, plot, api_visibility="private")
     return app
+
+
+def _inside_tab(demo: Demo, run: gr.State, model: gr.Dropdown, prompt: gr.Textbox) -> tuple[gr.Dropdown, gr.Dropdown]:
+    """Units x tokens of the sampling tab's text: ranked, traced, or found by a marked span.
+
+    Returns the text and layer pickers, which the sampling tab updates after a run or a model change.
+    """
+    limits = demo.limits
+    gr.Markdown(INSIDE_HELP, elem_classes="lm-help")
+    with gr.Row():
+        text = gr.Dropdown([("the prompt", 0)], value=0, label="Text", scale=2,
+                           info="the Sample tab's model and prompt, or the prompt and one of its samples")
+        layer = gr.Dropdown(label="Layer", **_layer_choices(demo, demo.names[0]))
+        quantity = gr.Dropdown([(label, key) for key, label in QUANTITIES.items()], value="h", label="Show")
+    with gr.Row():
+        sort = gr.Dropdown([(label, key) for key, label in UNIT_SORTS.items()], value="variable", label="Units")
+        count = gr.Slider(1, limits.max_units, value=min(DEFAULT_UNITS, limits.max_units), step=1,
+                          label=f"How many units (up to {limits.max_units})")
+        # text boxes, not numbers: a browser shows an empty gr.Number as 0, and empty means "the default" here
+        at = gr.Textbox("", label="Change at position", info="for “largest change”; empty = the last token")
+        unit = gr.Textbox("", label="Unit to trace", info="empty = the top-ranked unit")
+    show = gr.Button("Show units", variant="primary")
+    gr.Markdown(SPAN_HELP, elem_classes="lm-help")
+    with gr.Row(equal_height=False):
+        first = gr.Textbox("", label="Span from position", placeholder="e.g. 22")
+        last = gr.Textbox("", label="to position (inclusive)", placeholder="e.g. 28")
+        find = gr.Button("Find units", variant="secondary")
+    status = gr.Markdown(f"Press **Show units**. At most the last {limits.max_inside_tokens} tokens of a text and "
+                         f"{limits.max_units} units are drawn.")
+    positions = gr.HTML('<div class="lm-empty">The text, with token positions, appears here.</div>')
+    heatmap = gr.Plot(show_label=False, elem_id="inside-heatmap")
+    with gr.Row(equal_height=False):
+        table = gr.Dataframe(label="Ranked units", interactive=False, scale=2)
+        trace = gr.Plot(show_label=False, scale=3)
+
+    def shown(view: UnitView) -> tuple:
+        return (render.inside_markdown(view), render.positions_html(view), render.unit_heatmap(view),
+                render.unit_table(view), render.unit_trace(view))
+
+    def on_show(current: Progress | None, name: str, prompt_text: str, choice: Any, layer_number: Any, what: str,
+                order: str, how_many: Any, at_position: Any, traced: Any) -> tuple:
+        try:
+            chosen = demo.inside_text(current, name, prompt_text, choice)
+            return shown(demo.inside(chosen, layer_number, what, order, how_many, at_position, traced))
+        except SettingsError as error:
+            raise gr.Error(str(error), title="Check the settings") from None
+
+    def on_find(current: Progress | None, name: str, prompt_text: str, choice: Any, layer_number: Any, what: str,
+                start: Any, end: Any, how_many: Any, traced: Any) -> tuple:
+        try:
+            chosen = demo.inside_text(current, name, prompt_text, choice)
+            return shown(demo.find_span(chosen, layer_number, what, start, end, how_many, traced))
+        except SettingsError as error:
+            raise gr.Error(str(error), title="Check the span") from None
+
+    reading = [run, model, prompt, text, layer, quantity]
+    outputs = [status, positions, heatmap, table, trace]
+    show.click(on_show, [*reading, sort, count, at, unit], outputs, api_name="inside")
+    find.click(on_find, [*reading, first, last, count, unit], outputs, api_name="find_units")
+    return text, layer
+
+
+def _compare_tab(demo: Demo) -> None:
+    """Two model pickers, one prompt and one set of settings; both models' results side by side."""
+    names, limits = demo.names, demo.limits
+    gr.Markdown(COMPARE_HELP, elem_classes="lm-help")
+    with gr.Row():
+        pickers = [gr.Dropdown(names, value=names[0], label="Model A"),
+                   gr.Dropdown(names, value=names[min(1, len(names) - 1)], label="Model B")]
+    prompt = gr.Textbox(demo.examples(names[0])[0], label="Prompt", lines=3, max_lines=10)
+    with gr.Row():
+        temperatures = gr.Textbox(COMPARE_TEMPERATURES, label=f"Temperatures (up to {limits.max_temperatures})")
+        max_new_tokens = gr.Slider(1, limits.max_new_tokens, value=min(DEFAULT_MAX_NEW_TOKENS, limits.max_new_tokens),
+                                   step=1, label="Max new tokens")
+        top_k = gr.Number(0, label="Top-k (0 = off)", precision=0)
+        top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.01, label="Top-p (1 = off)")
+        seed = gr.Textbox("0", label="Seed")
+    button = gr.Button("Compare", variant="primary")
+    status = gr.Markdown("Press **Compare** to run both models.")
+    sides = []
+    with gr.Row(equal_height=False):
+        for picker in pickers:
+            with gr.Column():
+                card = gr.Markdown(render.model_markdown(demo.describe(picker.value)))
+                sides.append([card, gr.HTML(), gr.HTML(),
+                              gr.Plot(show_label=False)])
+                picker.change(lambda name: render.model_markdown(demo.describe(name)), picker, card,
+                              api_visibility="private")
+
+    def on_compare(name_a: str, name_b: str, prompt_text: str, temperature_text: str, max_new: Any, k: Any, p: Any,
+                   seed_text: Any) -> tuple:
+        try:
+            sampling = demo.sampling(temperature_text, max_new, k, p, seed_text)
+            comparison = demo.compare([name_a, name_b], prompt_text, sampling)
+        except SettingsError as error:
+            raise gr.Error(str(error), title="Check the settings") from None
+        results = []
+        for progress, next_tokens in zip(comparison.runs, comparison.next_tokens):
+            results += [render.model_markdown(demo.describe(progress.model)), render.samples_html(progress),
+                        render.prompt_html(progress),
+                        render.next_token_figure(next_tokens, progress.samples[0].temperature)]
+        return (render.compare_markdown(comparison), *results)
+
+    button.click(on_compare, [*pickers, prompt, temperatures, max_new_tokens, top_k, top_p, seed],
+                 [status, *sides[0], *sides[1]], api_name="compare",
+                 preprocess=False)  # raw values: lmdemo checks them and names the field in its message
+
+
+def _layer_choices(demo: Demo, name: str) -> dict[str, Any]:
+    """The layer picker's choices for a model, the top layer chosen."""
+    layers = demo.generator(name).config.num_layers
+    names = {1: " (bottom)", layers: " (top)"} if layers > 1 else {}
+    return dict(choices=[(f"{n}{names.get(n, '')}", n) for n in range(1, layers + 1)], value=layers)
+
+
+def _text_choices(progress: Progress) -> Any:
+    """The inside tab's text picker after a run: the prompt alone or with one of the run's samples."""
+    choices = [("the prompt", 0)] + [(f"the prompt + sample at T = {s.temperature:g}", i)
+                                     for i, s in enumerate(progress.samples, 1)]
+    return gr.Dropdown(choices=choices, value=1)
 
 
 def _figure(demo: Demo, progress: Progress, index: int, at: int, count: int) -> Any:

@@ -168,6 +168,8 @@ def _eval(args: argparse.Namespace) -> int:
             config = config.replace(data=args.data)
         _, splits = encode_splits(config, trained.tokenizer)
         ids, what = splits[args.split], f"{args.split} split of {config.data}"
+        if config.eval_tokens and args.split != "train":
+            what += f" (its first {config.eval_tokens:,} tokens)"
     if ids.numel() < 2:
         raise UsageError(f"the {what} has fewer than 2 tokens")
     score = evaluate(trained.model, ids, args.batch_size or config.eval_batch_size, config.eval_bptt)

@@ -48,6 +48,8 @@ class Config:
                                   group="data")
     max_tokens: int | None = _opt(None, "cap every split at this many tokens (quick runs, tests)",
                                   group="data")
+    eval_tokens: int | None = _opt(None, "score only the first N tokens of the validation and test splits "
+                                   "(large test sets on a CPU)", group="data")
     clean_html: bool = _opt(False, "strip HTML tags such as <br /> and unescape entities", group="data")
     lowercase: bool = _opt(True, "lower-case words (word level)", group="data")
     min_freq: int = _opt(1, "drop words seen fewer times than this (they become <unk>)", group="data")
@@ -70,7 +72,8 @@ class Config:
     lr_patience: int = _opt(1, "plateau: evaluations without improvement before the rate drops")
     warmup_steps: int = _opt(0, "linear warm-up steps")
     early_stop: int | None = _opt(None, "stop after this many evaluations without improvement")
-    eval_every: int | None = _opt(None, "evaluate every N steps as well as at each epoch end")
+    eval_every: int | None = _opt(None, "also evaluate when N steps have passed since the last evaluation "
+                                  "(every epoch end evaluates)")
     log_every: int = _opt(50, "write a training record every N steps")
     save_every: float = _opt(120.0, "save resumable state every N seconds of training")
     eval_batch_size: int = _opt(10, "streams when scoring validation and test text")
@@ -95,7 +98,8 @@ class Config:
                      "eval_batch_size", "eval_bptt"):
             if getattr(self, name) <= 0:
                 out.append(f"--{name.replace('_', '-')} must be positive (got {getattr(self, name)})")
-        for name in ("max_steps", "train_docs", "max_tokens", "max_vocab", "early_stop", "eval_every", "threads"):
+        for name in ("max_steps", "train_docs", "max_tokens", "eval_tokens", "max_vocab", "early_stop",
+                     "eval_every", "threads"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 out.append(f"--{name.replace('_', '-')} must be positive (got {value})")
@@ -170,19 +174,24 @@ PRESETS: dict[str, dict[str, Any]] = {
         tie_weights=False, batch_size=128, bptt=50, epochs=20, optimizer="adam", lr=1e-3, clip=0.25,
         schedule="plateau", lr_factor=0.5, lr_patience=0,
     ),
-    # 002_…: IMDB reviews, word level, basic_english, HTML cleaned.
+    # 002_…: IMDB reviews, word level, basic_english, HTML cleaned. A 35-minute CPU recipe: a 10k
+    # vocabulary keeps the softmax affordable and the folder under 25 MB in fp32; the first 200k
+    # tokens of validation and test are scored (all 25k test reviews take ~20 min on 2 cores).
     "imdb-word": dict(
-        level="word", data="stanfordnlp/imdb", valid_split="validation", valid_fraction=0.2,
-        clean_html=True, min_freq=3, max_vocab=30_000, emb_size=400, hidden_size=400, num_layers=2,
-        dropout=0.4, tie_weights=True, batch_size=64, bptt=35, epochs=5, optimizer="adamw", lr=2e-3,
-        clip=0.25, schedule="cosine",
+        level="word", data="stanfordnlp/imdb", valid_fraction=0.2, clean_html=True, min_freq=3,
+        max_vocab=10_000, emb_size=320, hidden_size=320, num_layers=2, dropout=0.25, tie_weights=True,
+        batch_size=64, bptt=35, epochs=10, max_minutes=35.0, optimizer="adamw", lr=2e-3, weight_decay=0.01,
+        clip=1.0, schedule="cosine", warmup_steps=200, eval_every=600, eval_tokens=200_000, log_every=50,
+        save_every=300.0,
     ),
-    # 004_…: Tiny Shakespeare, characters; the standard split is first 90 % / last 10 %.
+    # 004_…: Tiny Shakespeare, characters; the standard split is first 90 % / last 10 %. A one-hour CPU
+    # recipe: the cosine schedule decays over the 58-minute budget, dropout and weight decay curb the
+    # over-fitting a plain 2x512 shows (train 1.18 vs validation 1.41 nats/char).
     "shakespeare-char": dict(
         level="char", data="../shared/data/tinyshakespeare/input.txt", valid_fraction=0.1,
-        lowercase=False, emb_size=128, hidden_size=512, num_layers=2, dropout=0.2, tie_weights=False,
-        batch_size=64, bptt=128, epochs=20, optimizer="adamw", lr=2e-3, weight_decay=0.01, clip=1.0,
-        schedule="cosine", warmup_steps=100,
+        lowercase=False, emb_size=128, hidden_size=512, num_layers=2, dropout=0.25, tie_weights=False,
+        batch_size=64, bptt=128, epochs=100, max_minutes=58.0, optimizer="adamw", lr=2e-3, weight_decay=0.1,
+        clip=1.0, schedule="cosine", warmup_steps=200, eval_every=250, log_every=25, save_every=300.0,
     ),
 }
 

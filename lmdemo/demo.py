@@ -1,12 +1,13 @@
 """The web demo's requests as plain functions: which models, what they are, sample, explain a token.
 
-Everything here returns plain data (dataclasses, lists, numbers) so the Gradio app stays a thin
-layer of widgets and the behaviour can be tested without a browser. Models are loaded once per
+Everything here returns plain data (dataclasses, lists, numbers, tensors) so the Gradio app stays a
+thin layer of widgets and the behaviour can be tested without a browser. Models are loaded once per
 process and shared: a `Generator` holds no request state.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -17,14 +18,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from lmdemo.checkpoint import TrainedModel, load_model
 from lmdemo.generation import SEED_LIMIT, Generator, Prompt, Sample, Sampling, SettingsError, TokenScore
+from lmdemo.internals import (QUANTITIES, Internals, SpanMatch, UnitScore, match_span, most_active, most_variable,
+                              read_internals, top_units)
 from lmdemo.metrics import CONFIG_FILE
 from lmdemo.training import MODEL_DIR
 
 MODELS_ENV = "LMDEMO_MODELS"
 DRAWN_SEED_LIMIT = 2**32  # seeds the random-seed button draws: short enough to read back and retype
 DEFAULT_TEMPERATURES = (0.2, 0.5, 0.8, 1.0, 1.3)
+DEFAULT_BARS = 10
+UNIT_SORTS = {"unit": "unit number", "active": "most active (mean |value|)", "variable": "most variable (std)",
+              "change": "largest change at a token"}
+INTERNALS_CACHE = 8  # texts whose internals are kept, so re-sorting or re-plotting does not re-read them
 
 EXAMPLES = {
     "char": ["ROMEO:\n", "JULIET:\nO Romeo, Romeo! wherefore art thou",
@@ -47,6 +56,8 @@ class Limits:
     max_new_tokens: int = 1000
     max_temperatures: int = 8
     max_bars: int = 50
+    max_inside_tokens: int = 300  # "Inside the LSTM" shows the last this-many tokens of a text
+    max_units: int = 64  # and draws at most this many units
 
 
 @dataclass
@@ -92,6 +103,60 @@ class NextTokens:
     position: int
     scores: list[TokenScore]
     chosen: TokenScore | None  # what the sample actually took there, if it went on
+
+
+@dataclass
+class InsideText:
+    """A text to look inside: which model reads it, its ids and how to describe it."""
+
+    model: str
+    level: str  # "char" or "word"
+    ids: list[int]
+    description: str
+    notes: list[str]
+
+
+@dataclass
+class UnitView:
+    """Chosen units of one quantity of one layer over the shown tokens, best first, and one unit's trace."""
+
+    text: InsideText
+    layer: int  # 0 = bottom
+    num_layers: int
+    quantity: str  # a key of `internals.QUANTITIES`
+    tokens: list[str]
+    start: int  # position in the text of tokens[0]
+    total: int  # tokens in the text
+    hidden_size: int
+    ranking: list[UnitScore] | list[SpanMatch]
+    ordered_by: str  # how the units were chosen, in words
+    score_label: str  # what each unit's score is
+    values: torch.Tensor  # [len(ranking), len(tokens)]
+    trace_unit: int
+    trace: list[float]
+    marked: tuple[int, int] | None = None  # the span searched for, as text positions
+    at: int | None = None  # the token whose change was ranked, as a text position
+
+    @property
+    def units(self) -> list[int]:
+        return [row.unit for row in self.ranking]
+
+    @property
+    def notes(self) -> list[str]:
+        """What was left out, in words for the page."""
+        notes = list(self.text.notes)
+        if self.start:
+            notes.append(f"showing the last {len(self.tokens)} of {self.total} tokens (positions {self.start}–"
+                         f"{self.total - 1}); the model still read them all")
+        return notes
+
+
+@dataclass
+class Comparison:
+    """The same prompt, settings and seed through several models, with each one's next-token bars after the prompt."""
+
+    runs: list[Progress]
+    next_tokens: list[NextTokens]
 
 
 def discover_models(checkpoints: Path, extra: Sequence[str] = (), environ: dict[str, str] | None = None
@@ -199,6 +264,118 @@ class Demo:
         if position < len(sample.ids):
             chosen = TokenScore(sample.ids[position], sample.tokens[position], sample.probabilities[position])
         return NextTokens(generator.tokenizer.decode(ids), position, scores, chosen)
+
+    # -- comparing -----------------------------------------------------------------------------
+    def compare(self, names: Sequence[str], prompt_text: str | None, sampling: Sampling, k: int = DEFAULT_BARS
+                ) -> Comparison:
+        """Run each model to the end on the same request; the bars show each one's first token after the prompt."""
+        runs = []
+        for name in names:
+            for progress in self.generate(name, prompt_text, sampling, every=math.inf):
+                pass
+            runs.append(progress)
+        return Comparison(runs, [self.next_tokens(run, 0, 0, k) for run in runs])
+
+    # -- looking inside ------------------------------------------------------------------------
+    def inside_text(self, run: Progress | None, name: str, prompt_text: str | None, sample: Any) -> InsideText:
+        """Sample 0: `prompt_text` read by model `name`; sample k >= 1: the last run's prompt and its k-th sample."""
+        choice = _whole(sample, "text")
+        if choice == 0:
+            generator = self.generator(name)
+            prompt = generator.prompt(prompt_text or "", self.limits.max_prompt_tokens)
+            return InsideText(name, generator.tokenizer.level, prompt.ids, f"the prompt ({len(prompt.ids)} tokens)",
+                              prompt.notes)
+        if run is None:
+            raise SettingsError("generate some text first to look inside a sample, or choose the prompt")
+        if not 1 <= choice <= len(run.samples):
+            raise SettingsError(f"sample must be from 1 to {len(run.samples)} (got {choice})")
+        chosen = run.samples[choice - 1]
+        return InsideText(run.model, run.level, [*run.prompt.ids, *chosen.ids],
+                          f"the prompt ({len(run.prompt.ids)} tokens) and its sample at T = {chosen.temperature:g} "
+                          f"({len(chosen.ids)} tokens)", list(run.prompt.notes))
+
+    def inside(self, text: InsideText, layer: Any, quantity: str, sort: str, count: Any, at: Any = None,
+               unit: Any = None) -> UnitView:
+        """The top `count` units by `sort` (a key of UNIT_SORTS); `at` is the text position a change is ranked at."""
+        if sort not in UNIT_SORTS:
+            raise SettingsError(f"sort must be one of: {', '.join(UNIT_SORTS)} (got {sort!r})")
+        internals, layer, values, count = self._matrix(text, layer, quantity, count)
+        ordered_by, position = UNIT_SORTS[sort], None
+        if sort == "unit":
+            activity = most_active(values)
+            ranking = [UnitScore(u, float(activity[u])) for u in range(min(count, internals.hidden_size))]
+            label = "mean |value|"
+        elif sort == "change":
+            position = internals.start + len(internals.ids) - 1 if at in (None, "") else _whole(at, "change at")
+            ranking = top_units(internals.change(quantity, layer, self._index(internals, position, "change at")),
+                                count, by_magnitude=True)
+            label = f"change at #{position}"
+            ordered_by = f"largest change at #{position}"
+        else:
+            ranking = top_units((most_active if sort == "active" else most_variable)(values), count)
+            label = "mean |value|" if sort == "active" else "std"
+        return self._view(text, internals, layer, quantity, ranking, ordered_by, label, unit, at=position)
+
+    def find_span(self, text: InsideText, layer: Any, quantity: str, first: Any, last: Any, count: Any,
+                  unit: Any = None) -> UnitView:
+        """Units that are high on text positions `first`..`last` (inclusive) and low elsewhere; see `match_span`."""
+        internals, layer, values, count = self._matrix(text, layer, quantity, count)
+        if first in (None, "") or last in (None, ""):
+            raise SettingsError("mark a span: give the positions of its first and last tokens")
+        first, last = _whole(first, "span start"), _whole(last, "span end")
+        if first > last:
+            raise SettingsError(f"the span's start ({first}) must not come after its end ({last})")
+        begin, end = self._index(internals, first, "span start"), self._index(internals, last, "span end")
+        if end - begin + 1 == len(internals.ids):
+            raise SettingsError("the span covers every shown token: leave some outside to compare with")
+        ranking = match_span(values, range(begin, end + 1), count)
+        return self._view(text, internals, layer, quantity, ranking, f"match with #{first}–{last}", "score", unit,
+                          marked=(first, last))
+
+    def _matrix(self, text: InsideText, layer: Any, quantity: str, count: Any
+                ) -> tuple[Internals, int, torch.Tensor, int]:
+        """The text's internals, the layer as an index, that layer's [tokens, units] values and the unit count."""
+        layers = self.generator(text.model).config.num_layers
+        number = _whole(layer, "layer")
+        if not 1 <= number <= layers:
+            raise SettingsError(f"layer must be from 1 (bottom) to {layers} (top) for {text.model} (got {number})")
+        if quantity not in QUANTITIES:
+            raise SettingsError(f"quantity must be one of: {', '.join(QUANTITIES)} (got {quantity!r})")
+        count = _whole(count, "number of units")
+        if not 1 <= count <= self.limits.max_units:
+            raise SettingsError(f"number of units must be from 1 to {self.limits.max_units} (got {count})")
+        if not text.ids:
+            raise SettingsError("the text is empty: type a prompt or choose a sample")
+        internals = _read_internals(self.generator(text.model), tuple(text.ids), self.limits.max_inside_tokens)
+        return internals, number - 1, internals.matrix(quantity, number - 1), count
+
+    @staticmethod
+    def _index(internals: Internals, position: int, what: str) -> int:
+        """A text position as an index into the shown window."""
+        last = internals.start + len(internals.ids) - 1
+        if not internals.start <= position <= last:
+            raise SettingsError(f"{what} must be a shown token position, from {internals.start} to {last} "
+                                f"(got {position})")
+        return position - internals.start
+
+    def _view(self, text: InsideText, internals: Internals, layer: int, quantity: str,
+              ranking: list[UnitScore] | list[SpanMatch], ordered_by: str, label: str, unit: Any,
+              **marks: Any) -> UnitView:
+        if unit in (None, ""):
+            traced = ranking[0].unit
+        else:
+            traced = _whole(unit, "unit")
+            if not 0 <= traced < internals.hidden_size:
+                raise SettingsError(f"unit must be from 0 to {internals.hidden_size - 1} (got {traced})")
+        values = internals.matrix(quantity, layer)
+        return UnitView(text, layer, internals.num_layers, quantity, internals.tokens, internals.start,
+                        internals.total, internals.hidden_size, ranking, ordered_by, label,
+                        values[:, [row.unit for row in ranking]].t(), traced, values[:, traced].tolist(), **marks)
+
+
+@functools.lru_cache(maxsize=INTERNALS_CACHE)
+def _read_internals(generator: Generator, ids: tuple[int, ...], max_tokens: int) -> Internals:
+    return read_internals(generator, ids, max_tokens)
 
 
 def bits_per_token(probabilities: Sequence[float]) -> float | None:

@@ -114,6 +114,17 @@ class TokenScore(NamedTuple):
     probability: float
 
 
+class CellStep(NamedTuple):
+    """One layer's step: the new hidden and cell state and the four gate activations, each [B, H]."""
+
+    h: torch.Tensor
+    c: torch.Tensor
+    input_gate: torch.Tensor
+    forget_gate: torch.Tensor
+    candidate: torch.Tensor  # g = tanh(...), what the input gate lets into the cell
+    output_gate: torch.Tensor
+
+
 class _Dense:
     """`x @ weight.T + bias`, with a large weight packed once for small-batch calls where oneDNN exists.
 
@@ -167,20 +178,29 @@ class Generator:
     # -- the cell ------------------------------------------------------------------------------
     def step(self, ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """Logits [B, V] for ids [B] and the next state ([L, B, H] each), as the model's forward gives."""
+        layers = self.layer_steps(ids, state)
+        x = layers[-1].h
+        if self.projection is not None:
+            x = self.projection(x)
+        return self.decoder(x), (torch.stack([s.h for s in layers]), torch.stack([s.c for s in layers]))
+
+    def layer_steps(self, ids: torch.Tensor, state: State) -> list[CellStep]:
+        """Every layer's cell step for ids [B] from state ([L, B, H] each), bottom layer first.
+
+        The one place the stacked cell is run: `step` decodes the top layer's h, and
+        `lmdemo.internals` keeps all of it to show what the model holds at each token.
+        """
         h_all, c_all = state
-        hs, cs = [], []
+        steps: list[CellStep] = []
         x = self.embedding[ids]
         for layer, dense in enumerate(self.layers):
             if layer == 0 and self.input_table is not None:
                 gates = self.input_table[ids] + dense(h_all[0])
             else:
                 gates = dense(torch.cat([x, h_all[layer]], 1))
-            x, c = _cell(gates, c_all[layer])
-            hs.append(x)
-            cs.append(c)
-        if self.projection is not None:
-            x = self.projection(x)
-        return self.decoder(x), (torch.stack(hs), torch.stack(cs))
+            steps.append(lstm_cell(gates, c_all[layer]))
+            x = steps[-1].h
+        return steps
 
     @torch.no_grad()
     def read(self, ids: Sequence[int]) -> tuple[torch.Tensor, State]:
@@ -344,7 +364,9 @@ def _mix(seed: int, stream: int) -> int:
     return z ^ (z >> 31)
 
 
-def _cell(gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def lstm_cell(gates: torch.Tensor, c: torch.Tensor) -> CellStep:
+    """One LSTM cell update from pre-activations [B, 4H] in PyTorch's order (input, forget, cell, output)."""
     i, f, g, o = gates.chunk(4, 1)
-    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-    return torch.sigmoid(o) * torch.tanh(c), c
+    i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+    c = f * c + i * g
+    return CellStep(o * torch.tanh(c), c, i, f, g, o)

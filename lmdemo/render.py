@@ -1,25 +1,35 @@
-"""How the demo's results look: surprisal-coloured HTML, Markdown summaries and Plotly bars.
+"""How the demo's results look: surprisal-coloured HTML, Markdown summaries and Plotly figures.
 
 Colours follow GLTR (Gehrmann et al. 2019): each token is shaded by the probability the model
-gave it, so predictable stretches read green and surprising ones red. Everything returns strings
-or figures; the Gradio app only places them.
+gave it, so predictable stretches read green and surprising ones red. Inside the LSTM, values
+that can be negative (h, c, the cell candidate) use a red-blue scale centred on 0 and gates
+(0 = shut, 1 = open) a sequential one. Everything returns strings, tables or figures; the Gradio
+app only places them.
 """
 
 from __future__ import annotations
 
 import html
+import math
 from collections.abc import Sequence
 
+import pandas as pd
 import plotly.graph_objects as go
 
-from lmdemo.demo import ModelInfo, NextTokens, Progress, bits_per_token
+from lmdemo.demo import Comparison, ModelInfo, NextTokens, Progress, UnitView, bits_per_token
 from lmdemo.generation import Sample
+from lmdemo.internals import QUANTITIES, SpanMatch
 from lmdemo.tokenizer import EOS, UNK
 
 # (lower bound of the probability, CSS class, legend label), likeliest first.
 BUCKETS = ((0.5, "p-high", "≥ 50 %"), (0.1, "p-mid", "10–50 %"), (0.01, "p-low", "1–10 %"), (0.0, "p-rare", "< 1 %"))
 PROMPT_TAIL_CHARS = 80
 BAR_COLOUR, CHOSEN_COLOUR = "#9db4d6", "#e8590c"
+# whitespace drawn as (one character for axes, a label for bars)
+WHITESPACE = {" ": ("·", "␣ (space)"), "\n": ("↵", "↵ (newline)"), "\t": ("⇥", "⇥ (tab)"), EOS: ("↵", "↵ <eos>")}
+MAX_TOKEN_LABELS = 150  # a longer window labels every n-th token on the axis; hovering names them all
+SIGNED_SCALE, GATE_SCALE = "RdBu_r", "Viridis"
+MARK_COLOUR = "#e8590c"
 
 CSS = """
 .lm-legend { display: flex; gap: .5rem; align-items: center; flex-wrap: wrap; font-size: .85rem; margin: .2rem 0 .6rem; }
@@ -43,12 +53,20 @@ CSS = """
                     font-size: .85rem; color: #5b6673; }
 .lm-help { font-size: .88rem; }
 .lm-empty { color: #8a94a1; padding: 1rem; text-align: center; border: 1px dashed #d9dee5; border-radius: .6rem; }
+.lm-positions { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: .86rem;
+                white-space: pre-wrap; word-break: break-word; line-height: 1.9; padding: .5rem .7rem;
+                border: 1px solid #d9dee5; border-radius: .6rem; background: #fff; color: #1f2933;
+                max-height: 12rem; overflow-y: auto; }
+.lm-positions sub { color: #8a94a1; font-size: .65rem; margin-right: .1rem; }
+.lm-positions .ws { color: #8a94a1; }
+.lm-positions .marked { background: #ffe0c7; outline: 1px solid #e8590c; }
 """
 
 
-def visible(token: str) -> str:
-    """A token as a label: whitespace drawn, so a space or newline is not an empty bar."""
-    return {" ": "␣ (space)", "\n": "↵ (newline)", "\t": "⇥ (tab)", EOS: "↵ <eos>"}.get(token, token)
+def visible(token: str, compact: bool = False) -> str:
+    """A token as a label: whitespace drawn, so a space or newline is not an empty bar (one character if `compact`)."""
+    shown = WHITESPACE.get(token)
+    return token if shown is None else shown[0 if compact else 1]
 
 
 def bucket(probability: float) -> str:
@@ -153,6 +171,110 @@ def next_token_figure(next_tokens: NextTokens, temperature: float | None = None)
         height=110 + 24 * len(scores), margin=dict(l=10, r=30, t=70, b=40),
         xaxis=dict(title="probability", tickformat=".0%", range=[0, min(1.0, top * 1.2) or 1.0]),
         yaxis=dict(type="category", automargin=True))
+    return figure
+
+
+def compare_markdown(comparison: Comparison) -> str:
+    """Where each model's run stands, one block per model."""
+    return "  \n".join(f"**{run.model}**: {status_markdown(run)}" for run in comparison.runs)
+
+
+# -- inside the LSTM -------------------------------------------------------------------------------
+def unit_heatmap(view: UnitView) -> go.Figure:
+    """Units (rows, best first) by tokens (columns, labelled with the token), coloured by value."""
+    positions, labels = _positions(view), [visible(t, compact=True) for t in view.tokens]
+    rows = [f"unit {unit}" for unit in view.units]
+    where = [[f"#{p} {label}" for p, label in zip(positions, labels)]] * len(rows)
+    figure = go.Figure(go.Heatmap(
+        z=view.values.tolist(), x=positions, y=rows, customdata=where, **_colour_range(view),
+        colorbar=dict(thickness=12, len=min(1.0, 300 / (140 + 16 * len(rows))), yanchor="top", y=1),
+        hovertemplate="%{y} at %{customdata}: %{z:.3f}<extra></extra>"))
+    figure.update_layout(
+        title=dict(text=f"{_what(view)}: {len(rows)} of {view.hidden_size} units, by {view.ordered_by}",
+                   x=0, font=dict(size=14)),
+        template="plotly_white", height=140 + 16 * len(rows), margin=dict(l=10, r=10, t=50, b=50),
+        yaxis=dict(autorange="reversed", type="category", automargin=True, tickfont=dict(size=10)))
+    return _token_axis(figure, view)
+
+
+def unit_trace(view: UnitView) -> go.Figure:
+    """One unit's value at each token, on the heatmap's token axis."""
+    positions = _positions(view)
+    labels = [visible(t, compact=True) for t in view.tokens]
+    figure = go.Figure(go.Scatter(
+        x=positions, y=view.trace, mode="lines+markers", marker=dict(size=4), line=dict(color="#4263eb"),
+        customdata=labels, hovertemplate="#%{x} %{customdata}: %{y:.3f}<extra></extra>"))
+    colours = _colour_range(view)
+    figure.update_layout(
+        title=dict(text=f"Unit {view.trace_unit}: {_what(view)}", x=0, font=dict(size=14)),
+        template="plotly_white", height=280, margin=dict(l=10, r=10, t=50, b=50), showlegend=False,
+        yaxis=dict(zeroline=True, range=[colours["zmin"] - 0.05, colours["zmax"] + 0.05]
+                   if view.quantity != "c" else None))
+    return _token_axis(figure, view)
+
+
+def unit_table(view: UnitView) -> pd.DataFrame:
+    """The ranked units with their scores, for a table beside the heatmap."""
+    rows = []
+    for rank, row in enumerate(view.ranking, 1):
+        cells = {"rank": rank, "unit": row.unit, view.score_label: round(row.score, 3)}
+        if isinstance(row, SpanMatch):
+            cells.update({"mean inside": round(row.inside, 3), "mean outside": round(row.outside, 3)})
+        rows.append(cells)
+    return pd.DataFrame(rows)
+
+
+def inside_markdown(view: UnitView) -> str:
+    """What is shown, from which text, and what was left out."""
+    lines = [f"**{view.text.model}** reading {view.text.description}: {_what(view)}, "
+             f"{len(view.units)} of {view.hidden_size} units by {view.ordered_by}"]
+    lines += [f"⚠️ {note}" for note in view.notes]
+    return "  \n".join(lines)
+
+
+def positions_html(view: UnitView) -> str:
+    """The shown tokens with their positions (every tenth written, all on hover), the marked span highlighted."""
+    parts = []
+    for position, token in zip(_positions(view), view.tokens):
+        marked = view.marked is not None and view.marked[0] <= position <= view.marked[1]
+        classes = " ".join(c for c in ("ws" if token in WHITESPACE else "", "marked" if marked else "") if c)
+        number = f"<sub>{position}</sub>" if position % 10 == 0 else ""
+        after = "\n" if token in ("\n", EOS) else " " if view.text.level == "word" else ""
+        parts.append(f'{number}<span class="{classes}" title="#{position}">'
+                     f'{html.escape(visible(token, compact=True))}</span>{after}')
+    return f'<div class="lm-positions">{"".join(parts)}</div>'
+
+
+def _positions(view: UnitView) -> list[int]:
+    return list(range(view.start, view.start + len(view.tokens)))
+
+
+def _what(view: UnitView) -> str:
+    return f"{QUANTITIES[view.quantity]}, layer {view.layer + 1} of {view.num_layers}"
+
+
+def _colour_range(view: UnitView) -> dict:
+    """Gates on 0..1; h and the candidate on -1..1; c symmetric around 0 up to its largest shown |value|."""
+    if view.quantity.endswith("_gate"):
+        return dict(colorscale=GATE_SCALE, zmin=0.0, zmax=1.0)
+    bound = 1.0 if view.quantity != "c" else max(float(view.values.abs().max()), *map(abs, view.trace), 1e-6)
+    return dict(colorscale=SIGNED_SCALE, zmid=0.0, zmin=-bound, zmax=bound)
+
+
+def _token_axis(figure: go.Figure, view: UnitView) -> go.Figure:
+    """Label the x axis with the tokens and draw the marked span and the token whose change was ranked."""
+    positions = _positions(view)
+    every = max(1, math.ceil(len(positions) / MAX_TOKEN_LABELS))
+    figure.update_xaxes(tickmode="array", tickvals=positions[::every],
+                        ticktext=[visible(t, compact=True) for t in view.tokens[::every]],
+                        tickangle=0 if view.text.level == "char" else None,
+                        tickfont=dict(size=10, family="ui-monospace, monospace"), showgrid=False,
+                        range=[positions[0] - 0.5, positions[-1] + 0.5])
+    if view.marked is not None:
+        figure.add_vrect(x0=view.marked[0] - 0.5, x1=view.marked[1] + 0.5, line=dict(color=MARK_COLOUR, width=2),
+                         fillcolor="rgba(0,0,0,0)")
+    if view.at is not None:
+        figure.add_vline(x=view.at, line=dict(color=MARK_COLOUR, width=1.5, dash="dot"))
     return figure
 
 

@@ -110,8 +110,9 @@ def encode_splits(config: Config, tokenizer: Tokenizer | None) -> tuple[Tokenize
         tokenizer = Tokenizer.build(corpus.train, config.level, config.min_freq, config.max_vocab, config.lowercase)
     splits = {}
     for name in ("train", "valid", "test"):
-        ids = tokenizer.encode_documents(corpus.split(name))
-        splits[name] = ids[: config.max_tokens] if config.max_tokens else ids
+        limits = [config.max_tokens] + ([config.eval_tokens] if name != "train" else [])
+        cap = min((n for n in limits if n is not None), default=None)
+        splits[name] = tokenizer.encode_documents(corpus.split(name))[:cap]
     return tokenizer, splits
 
 
@@ -226,7 +227,8 @@ class _Run:
                     stop = out_of_time
                     if save_now and not stop:
                         self._save_state()
-                if config.eval_every and counters.step % config.eval_every == 0 and not stop:
+                if config.eval_every and counters.step - max(counters.last_val_step, 0) >= config.eval_every \
+                        and not stop:
                     stop = self._validate(interval, epoch_end=False)
                     interval_start = time.monotonic()
                 if stop:

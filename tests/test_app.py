@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import html
+import json
 import os
 import re
 import socket
@@ -28,6 +30,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 PROMPT_LIMIT = 40
 GENERATE_DEFAULTS = dict(prompt_text="ROMEO:\n", temperature_text="0.2, 0.5, 0.8, 1.0, 1.3", max_new=40, k=0, p=1.0,
                          seed_text="7", stop_at="", no_unk=False)
+SPEECH = "ROMEO:\nWhat say you?\n\nJULIET:\n"  # 30 characters; JULIET: is positions 22-28
+READING = dict(name="shakespeare-tiny", prompt_text=SPEECH, text=0, layer=2, quantity="h")  # the inside tab's text
 
 
 # -- the request layer, in-process ----------------------------------------------------------------
@@ -152,8 +156,6 @@ def test_generate_gives_one_column_per_temperature_and_is_reproducible(client):
 
 
 def test_next_token_bars_after_the_prompt_and_inside_a_sample(client):
-    import json
-
     generate(client, temperature_text="0.5, 1.0")
     figure = json.loads(client.predict(1, 5, 7, api_name="/next_tokens")["plot"])
     bars = figure["data"][0]
@@ -193,22 +195,102 @@ def test_model_info_and_random_seed(client):
     assert all(seed.isdigit() for seed in seeds) and len(seeds) > 1
 
 
-def test_the_page_generates_in_a_browser_without_leaving_the_host(server):
+@contextlib.contextmanager
+def chromium_page(url: str) -> Iterator:
+    """A headless Debian Chromium page opened at `url`; `page.elsewhere` lists requests to other hosts."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page()
-            elsewhere: list[str] = []
-            page.on("request", lambda r: elsewhere.append(r.url)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.elsewhere = []
+            page.on("request", lambda r: page.elsewhere.append(r.url)
                     if urlparse(r.url).hostname not in ("127.0.0.1", "localhost", None) else None)
-            page.goto(server)
-            page.get_by_role("button", name="Generate").click()
-            page.get_by_text("Done").first.wait_for(timeout=30_000)
-            columns = page.locator("#samples .lm-col")
-            assert columns.count() == 5
-            assert len(columns.first.locator(".tok").all()) > 10
-            assert not elsewhere, f"the page fetched from other hosts: {elsewhere}"
+            page.goto(url)
+            yield page
         finally:
             browser.close()
+
+
+def test_the_page_generates_in_a_browser_without_leaving_the_host(server):
+    with chromium_page(server) as page:
+        page.get_by_role("button", name="Generate").click()
+        page.get_by_text("Done").first.wait_for(timeout=30_000)
+        columns = page.locator("#samples .lm-col")
+        assert columns.count() == 5
+        assert len(columns.first.locator(".tok").all()) > 10
+        assert not page.elsewhere, f"the page fetched from other hosts: {page.elsewhere}"
+
+
+# -- inside the LSTM and comparing models -----------------------------------------------------------
+def inside(client, sort: str = "variable", count: int = 12, at: int | None = None, unit: int | None = None,
+           **reading) -> tuple:
+    return client.predict(*{**READING, **reading}.values(), sort, count, at, unit, api_name="/inside")
+
+
+def find_units(client, first: int, last: int, count: int = 8, unit: int | None = None, **reading) -> tuple:
+    return client.predict(*{**READING, **reading}.values(), first, last, count, unit, api_name="/find_units")
+
+
+def test_inside_tab_returns_a_heatmap_and_ranked_units(client):
+    status, positions, heatmap, table, trace = inside(client)
+    cells = json.loads(heatmap["plot"])["data"][0]["z"]
+    assert len(cells) == 12 and all(len(row) == len(SPEECH) for row in cells)
+    assert "↵" in json.loads(heatmap["plot"])["layout"]["xaxis"]["ticktext"]
+    spreads = [row[2] for row in table["data"]]
+    assert table["headers"][:3] == ["rank", "unit", "std"] and spreads == sorted(spreads, reverse=True)
+    traced = json.loads(trace["plot"])
+    assert f"Unit {table['data'][0][1]}" in traced["layout"]["title"]["text"] and len(traced["data"][0]["y"]) == 30
+    assert "<sub>20</sub>" in positions and "layer 2 of 2" in status
+
+    generate(client, prompt_text=SPEECH, temperature_text="1", max_new=300)  # 330 tokens: more than are drawn
+    status, *_ = inside(client, text=1, sort="change", quantity="forget_gate", unit=5)
+    assert "sample at T = 1" in status and "showing the last 300 of 330 tokens" in status
+
+
+def test_span_search_ranks_units_by_how_well_they_pick_out_the_span(client):
+    status, positions, heatmap, table, _ = find_units(client, 22, 28)
+    assert table["headers"] == ["rank", "unit", "score", "mean inside", "mean outside"] and len(table["data"]) == 8
+    scores = [row[2] for row in table["data"]]
+    assert scores == sorted(scores, reverse=True)
+    assert all((row[3] > row[4]) == (row[2] > 0) for row in table["data"])
+    assert json.loads(heatmap["plot"])["layout"]["shapes"] and positions.count('class="marked"') == 7
+
+
+@pytest.mark.parametrize("request_, message", [
+    (lambda client: inside(client, sort="change", at=1000), "change at must be a shown token position, from 0 to 29"),
+    (lambda client: inside(client, unit=64), "unit must be from 0 to 63"),
+    (lambda client: inside(client, prompt_text=""), "the text is empty"),
+    (lambda client: find_units(client, 20, 10), "must not come after"),
+    (lambda client: find_units(client, 0, 29), "covers every shown token"),
+])
+def test_inside_refuses_bad_requests_and_the_server_stays_up(client, request_, message):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match=message):
+        request_(client)
+    assert inside(client)[0].startswith("**shakespeare-tiny**")
+
+
+def test_compare_runs_two_models_on_one_request(client):
+    prompt, settings = "the company said", dict(temperature_text="0.5, 1", max_new=20, seed_text="3")
+    status, card_a, samples_a, prompt_a, bars_a, card_b, samples_b, prompt_b, bars_b = client.predict(
+        "shakespeare-tiny", "ptb-tiny", prompt, settings["temperature_text"], settings["max_new"], 0, 1.0,
+        settings["seed_text"], api_name="/compare")
+    assert status.count("**Done**") == 2 and "**shakespeare-tiny**" in status and "**ptb-tiny**" in status
+    assert "char-level" in card_a and "word-level" in card_b
+    assert "bits/char" in prompt_a and "perplexity" in prompt_b
+    assert all(json.loads(bars["plot"])["data"][0]["x"] for bars in (bars_a, bars_b))
+    alone = generate(client, "ptb-tiny", prompt_text=prompt, **settings)[0]
+    assert len(sample_texts(samples_a)) == 2 and sample_texts(samples_b) == sample_texts(alone)
+
+
+def test_the_inside_tab_draws_its_heatmap_in_a_browser(server):
+    with chromium_page(server) as page:
+        page.get_by_role("tab", name="Inside the LSTM").click()
+        page.get_by_role("button", name="Show units").click()
+        page.locator("#inside-heatmap .hm image").wait_for(timeout=30_000)
+        labels = page.locator("#inside-heatmap .xtick text").all_text_contents()
+        assert labels[:7] == list("ROMEO:↵") and page.get_by_text("units by most variable").count() > 0
+        assert not page.elsewhere, f"the page fetched from other hosts: {page.elsewhere}"
