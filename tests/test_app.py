@@ -7,16 +7,15 @@ import html
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
+
+from servers import free_port, serving
 
 from lmdemo.demo import Demo, Limits, NoModelsError, discover_models, parse_seed, parse_temperatures
 from lmdemo.generation import SettingsError
@@ -86,46 +85,16 @@ def test_app_without_models_exits_with_one_clear_line(tmp_path):
     assert "Traceback" not in done.stderr
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(char_model, word_model, tmp_path_factory) -> Iterator[str]:
     """One `python app.py` for the module, polled until it answers, killed at the end."""
     port = free_port()
-    log = (tmp_path_factory.mktemp("app") / "app.log").open("w")
-    process = subprocess.Popen(
-        [sys.executable, "app.py", "--port", str(port), "--model", str(char_model), "--model", str(word_model),
-         "--checkpoints", str(tmp_path_factory.mktemp("no-checkpoints")), "--max-new-tokens", "300",
-         "--max-prompt-tokens", str(PROMPT_LIMIT)],
-        cwd=ROOT, env=ENV, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"app.py exited with {process.returncode}: {Path(log.name).read_text()}")
-            try:
-                with urllib.request.urlopen(url, timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"app.py did not answer within 120 s: {Path(log.name).read_text()}")
-            time.sleep(0.5)
+    command = [sys.executable, "app.py", "--port", str(port), "--model", str(char_model), "--model", str(word_model),
+               "--checkpoints", str(tmp_path_factory.mktemp("no-checkpoints")), "--max-new-tokens", "300",
+               "--max-prompt-tokens", str(PROMPT_LIMIT)]
+    with serving(command, url, tmp_path_factory.mktemp("app") / "app.log", cwd=ROOT, env=ENV):
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
 
 
 @pytest.fixture(scope="module")

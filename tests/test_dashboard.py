@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from conftest import DATA, ROOT, train_small
+from servers import free_port, serving
 from streamlit.testing.v1 import AppTest
 
 from lmdemo.metrics import MetricsWriter, find_runs, load_run, read_metrics
@@ -279,31 +276,13 @@ def test_hub_repo_offline_message(logs_root, monkeypatch):
 # --- the real server in Chromium ------------------------------------------------------------------
 
 @pytest.fixture
-def server(logs_root):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(PAGE), "--server.port", str(port), "--server.headless",
-         "true", "--browser.gatherUsageStats", "false", "--", "--logs", str(logs_root)],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def server(logs_root, tmp_path):
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(f"{url}/_stcore/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.2)
+    command = [sys.executable, "-m", "streamlit", "run", str(PAGE), "--server.port", str(port), "--server.headless",
+               "true", "--browser.gatherUsageStats", "false", "--", "--logs", str(logs_root)]
+    with serving(command, f"{url}/_stcore/health", tmp_path / "streamlit.log", timeout=60, cwd=ROOT):
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import DATA, ROOT
+from servers import free_port
 from lmdemo.metrics import read_metrics
 
 RUN = ["--data", str(DATA / "tinyshakespeare" / "input.txt"), "--level", "char", "--max-tokens", "60000",
@@ -67,12 +67,6 @@ def test_kill_9_then_resume_continues_exactly(tmp_path):
     again = lmdemo("train", "--out", str(killed), "--resume")
     output, _ = again.communicate(timeout=120)
     assert again.returncode == 2 and "already reached its limits" in output
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_process_torchrun_trains_like_one_process(tmp_path):
