@@ -18,9 +18,12 @@ class TextTooShortError(ValueError):
 class StreamBatches:
     """Windows `(inputs, targets)` of shape [B/world, <=T] over one split's id stream."""
 
-    def __init__(self, ids: torch.Tensor, batch_size: int, bptt: int, rank: int = 0, world: int = 1):
+    def __init__(self, ids: torch.Tensor, batch_size: int, bptt: int, rank: int = 0, world: int = 1,
+                 offset: int = 0):
+        """`offset` tokens are skipped first: a new offset per epoch moves every window boundary."""
         if batch_size % world:
             raise ValueError(f"batch size {batch_size} must be divisible by the {world} processes")
+        ids = ids[offset:]
         length = ids.numel() // batch_size
         if length < 2:
             raise TextTooShortError(f"{ids.numel()} tokens are too few for batch size {batch_size}: "

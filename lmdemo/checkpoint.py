@@ -176,4 +176,11 @@ def _results_table(best: dict | None, test: dict | None, level: str) -> str:
             if level == "char":
                 row += f" {record[f'{prefix}_loss'] / LN2:.4f} |"
             rows.append(row)
-    return "\n".join(rows) if len(rows) > 2 else "No evaluation was logged."
+    if len(rows) == 2:
+        return "No evaluation was logged."
+    table = "\n".join(rows)
+    if test and test.get("test_unk_rate") is not None and level == "word":
+        table += (f"\n\n{test['test_unk_rate']:.2%} of the {test.get('test_tokens', 0):,} test tokens are `<unk>` "
+                  f"(words outside the vocabulary); the model predicts `<unk>` as one word, which flatters the "
+                  f"perplexity more the smaller the vocabulary.")
+    return table

@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--token", help="Hub token (default: the logged-in one)")
 
     commands.add_parser("presets", help="list the presets and their settings")
+
+    table = commands.add_parser("table", help="a Markdown table of model folders' results, read from their logs")
+    table.add_argument("models", nargs="+", type=Path, help="model or run folders (with metrics.jsonl)")
     return parser
 
 
@@ -108,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
         return {"train": _train, "eval": _eval, "generate": _generate, "push": _push,
-                "presets": _presets}[args.command](args)
+                "presets": _presets, "table": _table}[args.command](args)
     except (UsageError, ConfigError, CorpusError, ModelLoadError, SettingsError, TextTooShortError) as error:
         print(f"lmdemo: error: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -168,7 +171,7 @@ def _eval(args: argparse.Namespace) -> int:
             config = config.replace(data=args.data)
         _, splits = encode_splits(config, trained.tokenizer)
         ids, what = splits[args.split], f"{args.split} split of {config.data}"
-        if config.eval_tokens and args.split != "train":
+        if config.eval_tokens and args.split == "valid":
             what += f" (its first {config.eval_tokens:,} tokens)"
     if ids.numel() < 2:
         raise UsageError(f"the {what} has fewer than 2 tokens")
@@ -214,4 +217,15 @@ def _push(args: argparse.Namespace) -> int:
 def _presets(args: argparse.Namespace) -> int:
     for name, values in PRESETS.items():
         print(f"{name}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
+    return 0
+
+
+def _table(args: argparse.Namespace) -> int:
+    from lmdemo.metrics import METRICS_FILE, load_run
+    from lmdemo.runs import models_table
+
+    missing = [str(folder) for folder in args.models if not (folder / METRICS_FILE).is_file()]
+    if missing:
+        raise UsageError(f"no {METRICS_FILE} in {', '.join(missing)}")
+    print(models_table(load_run(folder, name=str(folder)) for folder in args.models))
     return 0

@@ -42,9 +42,18 @@ class LSTMLanguageModel(
             self.decoder.weight = self.embedding.weight
 
     def _init_weights(self) -> None:
-        """Embedding uniform ±0.1; LSTM, projection and decoder uniform ±1/sqrt(hidden); zero decoder bias."""
+        """LSTM, projection and decoder uniform ±1/sqrt(hidden), zero decoder bias; the embedding below.
+
+        A tied embedding is also the decoder, so it starts small (uniform ±0.1) to keep the first logits
+        flat. An untied one starts at unit scale: with ±0.1 a character model's LSTM barely sees its
+        input and sat on the unigram loss for its first ~1M characters (measured: train loss 3.32 vs
+        2.38 after 60 steps of the shakespeare-char preset).
+        """
         bound = 1.0 / math.sqrt(self.config.hidden_size)
-        nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
+        if self.config.tie_weights:
+            nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
+        else:
+            nn.init.normal_(self.embedding.weight, 0.0, 1.0)
         for name, weight in self.lstm.named_parameters():
             if name.startswith("weight"):
                 nn.init.uniform_(weight, -bound, bound)

@@ -138,6 +138,40 @@ def summary_frame(runs: Iterable[Run], now: float | None = None) -> pd.DataFrame
     return frame.astype({"Parameters": "Int64", "Tokens/s": "Int64"}) if rows else frame
 
 
+def models_table(runs: Iterable[Run]) -> str:
+    """The README's table of shipped models, every figure read from the models' own logs."""
+    lines = ["| model | parameters | data | validation (best) | test | training | speed |",
+             "|---|---|---|---|---|---|---|"]
+    for run in runs:
+        config, start = run.config, run.metrics.last("start") or {}
+        best, test = run.metrics.best("val_loss") or {}, run.metrics.last("test") or {}
+        char = run.level == "char"
+        unit = "chars" if char else "tokens"
+        shape = (f"{config.get('num_layers', '?')}×{config.get('hidden_size', '?')}, emb {config.get('emb_size', '?')}"
+                 + (", tied" if config.get("tie_weights") else ""))
+        data = f"{_data_name(config)}, {config.get('vocab_size', 0):,} {'symbols' if char else 'words'}"
+        speeds = sorted(r["tokens_per_sec"] for r in run.metrics.events("train") if _number(r.get("tokens_per_sec")))
+        last = run.metrics.records[-1] if run.metrics.records else {}
+        hardware = str(start.get("hardware", "?")).split(", torch")[0]
+        lines.append(" | ".join([
+            f"| `{run.path}`", f"{int(start.get('params', 0)):,} ({shape})", data,
+            _score(best, "val", char), _score(test, "test", char),
+            f"{(last.get('time') or 0) / 60:.1f} min, {(last.get('tokens') or 0) / 1e6:.1f}M {unit}, "
+            f"{start.get('precision', '?')}, {hardware}",
+            f"{speeds[len(speeds) // 2]:,.0f} {unit}/s |" if speeds else f"{MISSING} |"]))
+    return "\n".join(lines)
+
+
+def _score(record: dict[str, Any], split: str, char: bool) -> str:
+    loss = _number(record.get(f"{split}_loss"))
+    if loss is None:
+        return MISSING
+    if char:
+        return f"{loss:.4f} nats/char = {loss / LN2:.3f} bits/char (ppl {math.exp(loss):.2f})"
+    unk = _number(record.get(f"{split}_unk_rate"))
+    return f"ppl {math.exp(loss):.2f}" + (f" (<unk> {unk:.2%} of tokens)" if unk is not None else "")
+
+
 def config_diff(first: dict[str, Any], second: dict[str, Any]) -> pd.DataFrame:
     """The settings two runs do not share, one row each; a setting only one of them has shows '—'."""
     keys = sorted(k for k in first.keys() | second.keys() if first.get(k, MISSING) != second.get(k, MISSING))

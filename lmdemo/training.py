@@ -20,6 +20,7 @@ import json
 import math
 import os
 import platform
+import random
 import shlex
 import sys
 import time
@@ -110,7 +111,7 @@ def encode_splits(config: Config, tokenizer: Tokenizer | None) -> tuple[Tokenize
         tokenizer = Tokenizer.build(corpus.train, config.level, config.min_freq, config.max_vocab, config.lowercase)
     splits = {}
     for name in ("train", "valid", "test"):
-        limits = [config.max_tokens] + ([config.eval_tokens] if name != "train" else [])
+        limits = [config.max_tokens] + ([config.eval_tokens] if name == "valid" else [])
         cap = min((n for n in limits if n is not None), default=None)
         splits[name] = tokenizer.encode_documents(corpus.split(name))[:cap]
     return tokenizer, splits
@@ -149,8 +150,7 @@ class _Run:
         tokenizer = Tokenizer.load(out / TOKENIZER_FILE) if resume else None
         self.tokenizer, self.splits = encode_splits(config, tokenizer)
         self.config = config.replace(vocab_size=self.tokenizer.vocab_size)
-        self.batches = StreamBatches(self.splits["train"], self.config.batch_size, self.config.bptt,
-                                     parallel.rank, parallel.world)
+        self.batches = self._epoch_batches(0)
         if self.splits["valid"].numel() < 2:
             raise ConfigError("the validation split has fewer than 2 tokens")
 
@@ -193,7 +193,8 @@ class _Run:
         stop = False
         self.model.train()
         while counters.epoch < config.epochs and not stop:
-            for window in range(counters.window, windows):
+            self.batches = self._epoch_batches(counters.epoch)
+            for window in range(counters.window, len(self.batches)):
                 if config.max_steps and counters.step >= config.max_steps:
                     stop = True
                     break
@@ -219,7 +220,7 @@ class _Run:
                     seconds = time.monotonic() - interval_start
                     loss_sum, tokens = self._absorb(interval)
                     self._log("train", **loss_record("train", loss_sum / tokens, config.level),
-                              tokens_per_sec=tokens / max(seconds, 1e-9), epoch=counters.epoch + (window + 1) / windows)
+                              tokens_per_sec=tokens / max(seconds, 1e-9), epoch=counters.epoch + (window + 1) / len(self.batches))
                     bar.set_postfix(loss=f"{loss_sum / tokens:.3f}", ppl=f"{math.exp(min(loss_sum / tokens, 50)):.1f}",
                                     tok_s=f"{tokens / max(seconds, 1e-9):,.0f}", refresh=False)
                     interval_start = time.monotonic()
@@ -243,6 +244,14 @@ class _Run:
         if counters.last_val_step != counters.step:
             self._validate(interval, epoch_end=False)
         return self._finish()
+
+    def _epoch_batches(self, epoch: int) -> StreamBatches:
+        """The epoch's windows; with shift_windows, epochs after the first start at a seeded random offset
+        (the same on every process and after a resume)."""
+        config = self.config
+        offset = random.Random(f"{config.seed}:{epoch}").randrange(config.bptt) if config.shift_windows and epoch else 0
+        return StreamBatches(self.splits["train"], config.batch_size, config.bptt, self.parallel.rank,
+                             self.parallel.world, offset)
 
     def _limits_reached(self) -> bool:
         config, counters = self.config, self.counters
@@ -315,7 +324,9 @@ class _Run:
         if self.splits["test"].numel() >= 2:
             score = evaluate(self.model, self.splits["test"], self.config.eval_batch_size, self.config.eval_bptt,
                              self.parallel)
-            self._log("test", **loss_record("test", score.loss, self.config.level), test_tokens=score.tokens)
+            unk_rate = (self.splits["test"] == self.tokenizer.unk_id).double().mean().item()
+            self._log("test", **loss_record("test", score.loss, self.config.level), test_tokens=score.tokens,
+                      test_unk_rate=unk_rate)
         if self.parallel.main:
             save_model(best, self.model, self.tokenizer, self.out / METRICS_FILE, self.out.name)
         self._save_state()

@@ -151,6 +151,34 @@ def test_bad_settings_come_back_as_errors_and_the_server_stays_up(client, change
     assert generate(client, max_new=5)[2].startswith("**Done**")
 
 
+def test_concurrent_users_get_their_own_results_and_errors(server, client):
+    """Six sessions at once (more than the two computed at a time): the repeated request gives the text it
+    gives alone, other requests and failing ones run beside it, and no failure leaks into another session."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    repeated = dict(temperature_text="0.5, 1.0", max_new=120, seed_text="11")
+    alone = sample_texts(generate(client, **repeated)[0])
+
+    def session(number: int) -> str | list[str]:
+        own = Client(server, verbose=False)
+        if number % 3 == 2:
+            with pytest.raises(AppError, match="temperature"):
+                generate(own, temperature_text="hot", max_new=120)
+            return "refused"
+        if number % 3 == 1:
+            return sample_texts(generate(own, "ptb-tiny", prompt_text="the", seed_text=str(number), max_new=120)[0])
+        return sample_texts(generate(own, **repeated)[0])
+
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(session, range(6)))
+    assert results[0] == results[3] == alone
+    assert results[2] == results[5] == "refused"
+    assert len(results[1]) == len(results[4]) == 5 and results[1] != results[4]
+
+
 def test_prompt_problems_are_explained_in_the_status(client):
     for prompt, note in (("", "empty prompt"), ("ROMEO€:\n", "became <unk>: '€'"),
                          ("x" * (PROMPT_LIMIT + 10), f"cut to its last {PROMPT_LIMIT} tokens")):

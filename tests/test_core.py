@@ -16,6 +16,7 @@ from lmdemo.config import ConfigError
 from lmdemo.corpus import CorpusError, load_corpus
 from lmdemo.evaluation import evaluate
 from lmdemo.metrics import read_metrics
+from lmdemo.parallel import Parallel
 
 SHAKESPEARE = DATA / "tinyshakespeare" / "input.txt"
 
@@ -110,6 +111,21 @@ def test_stream_batches_cover_the_text_in_order():
     assert torch.equal(rows, ids[:100].view(4, 25)[:, :24]) and torch.equal(targets, rows + 1)
     halves = [StreamBatches(ids, 4, 7, rank, 2).streams for rank in (0, 1)]
     assert torch.equal(torch.cat(halves), batches.streams)
+    shifted = StreamBatches(ids, 4, 7, offset=3)
+    assert torch.equal(shifted.window(0)[0][:, 0], ids[3:].view(4, 25)[:, 0])  # every boundary moves by 3
+
+
+def test_later_epochs_cut_the_text_at_other_places(tmp_path):
+    from lmdemo.training import _Run
+
+    config = Config(level="char", data=str(DATA / "tinyshakespeare" / "input.txt"), max_tokens=5_000, batch_size=4,
+                    bptt=16, emb_size=8, hidden_size=8, precision="fp32")
+    run = _Run(config, tmp_path / "run", False, False, "pytest", Parallel(), torch.device("cpu"))
+    firsts = {int(run._epoch_batches(epoch).window(0)[0][0, 0]) for epoch in range(6)}
+    assert len(firsts) > 2 and int(run._epoch_batches(0).window(0)[0][0, 0]) == int(run.splits["train"][0])
+    unshifted = _Run(config.replace(shift_windows=False), tmp_path / "plain", False, False, "pytest", Parallel(),
+                     torch.device("cpu"))
+    assert torch.equal(unshifted._epoch_batches(5).streams, unshifted._epoch_batches(0).streams)
 
 
 def test_tying_with_projection_shares_one_matrix():
@@ -125,7 +141,10 @@ def test_lstm_weights_are_really_initialised():
     torch.manual_seed(0)
     model = LSTMLanguageModel(Config(vocab_size=30, emb_size=8, hidden_size=100, tie_weights=False))
     bound = 1 / 100 ** 0.5
-    assert model.lstm.weight_hh_l1.abs().max() <= bound and model.embedding.weight.abs().max() <= 0.1
+    assert model.lstm.weight_hh_l1.abs().max() <= bound
+    assert 0.8 < model.embedding.weight.std() < 1.2  # untied: unit scale, so the LSTM sees its input
+    tied = LSTMLanguageModel(Config(vocab_size=30, emb_size=100, hidden_size=100, tie_weights=True))
+    assert tied.embedding.weight.abs().max() <= 0.1  # tied: it is the decoder too, so it starts small
     assert model.lstm.weight_ih_l0.abs().max() > 0.9 * bound and torch.all(model.decoder.bias == 0)
 
 

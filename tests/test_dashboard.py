@@ -143,8 +143,8 @@ def test_summary_and_description(logs_root):
     assert summary.loc["wide", "Parameters"] > summary.loc["small", "Parameters"]
     assert summary.loc["small", "Best val ppl"] <= summary.loc["small", "Last val ppl"]
     assert summary.loc["small", "Test ppl"] > 1 and summary.loc["small", "Status"] == "finished"
-    assert describe_model({"level": "char", "emb_size": 128, "hidden_size": 512, "num_layers": 2}) == \
-        "char · 2×512 (shakespeare-char)"
+    assert describe_model({"level": "char", "emb_size": 128, "hidden_size": 640, "num_layers": 2}) == \
+        "char · 2×640 (shakespeare-char)"
 
 
 def test_status_of_an_unfinished_run(tmp_path):

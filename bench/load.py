@@ -1,0 +1,183 @@
+"""Many users on one small server: simulated users against a real `python app.py` on 127.0.0.1.
+
+    python bench/load.py                       # 16 users, 10 requests each, the shipped models
+    python bench/load.py --users 1 4 16        # one run per user count, one server
+    python bench/load.py --users 16 --requests 70 --rss-at 100 1000   # memory after 100 and 1,000
+
+Each user is a thread with its own gradio_client session that sends a seeded mix of requests:
+"generate" (3 temperatures x 100 new tokens), "next" (next-token bars of its last sample) and
+"score" (a long prompt, one new token: the work of colouring the prompt by surprisal). Prints
+requests/s, p50/p95/p99 latency per kind and overall, errors, and the server's resident memory
+(peak, and after the requests counted by --rss-at).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_DISABLE_TELEMETRY": "1"}
+PROMPTS = {
+    "shakespeare-char": ["ROMEO:\n", "First Citizen:\nBefore we proceed any further, hear me speak.\n\n",
+                         "KING RICHARD III:\nNow is the winter of our discontent\n"],
+    "imdb-word": ["this movie was", "i have seen a lot of horror films , but", "the acting is"],
+}
+LONG_PROMPT = {
+    "shakespeare-char": ("MENENIUS:\nEither you must confess yourselves wondrous malicious, or be accused of folly. "
+                         "I shall tell you a pretty tale: it may be you have heard it; but, since it serves my "
+                         "purpose, I will venture to stale 't a little more.\n"),
+    "imdb-word": ("i rented this film because the cover looked interesting and a friend of mine said that the "
+                  "director had done good work before , but i was disappointed from the very first scene . the "
+                  "story makes no sense and the actors seem to know it ."),
+}
+MIX = {"generate": 0.5, "next": 0.25, "score": 0.25}
+
+
+@dataclass
+class Tally:
+    """What every user saw; shared between threads under one lock."""
+    latencies: dict[str, list[float]] = field(default_factory=lambda: {kind: [] for kind in MIX})
+    errors: list[str] = field(default_factory=list)
+    done: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, kind: str, seconds: float | None, error: str | None = None) -> int:
+        with self.lock:
+            if error is None:
+                self.latencies[kind].append(seconds)
+            else:
+                self.errors.append(f"{kind}: {error}")
+            self.done += 1
+            return self.done
+
+
+def generate_args(model: str, prompt: str, temperatures: str, max_new: int, seed: int) -> list:
+    """The /generate endpoint's inputs, in the order app.py declares them."""
+    return [model, prompt, temperatures, max_new, 0, 1.0, str(seed), "", False]
+
+
+def user(url: str, model: str, number: int, requests: int, deadline: float, tally: Tally,
+         on_count: callable) -> None:
+    from gradio_client import Client
+
+    client = Client(url, verbose=False)
+    draw = random.Random(number)
+    shown: tuple[int, int] | None = None  # the session's last samples: how many, how many tokens at least
+    for _ in range(requests):
+        if time.monotonic() > deadline:
+            return
+        kind = draw.choices(list(MIX), weights=list(MIX.values()))[0]
+        if kind == "next" and shown is None:
+            kind = "generate"
+        started = time.perf_counter()
+        try:
+            if kind == "generate":
+                client.predict(*generate_args(model, draw.choice(PROMPTS[model]), "0.5, 0.8, 1.0", 100,
+                                              draw.randrange(1000)), api_name="/generate")
+                shown = (3, 20)
+            elif kind == "next":
+                client.predict(draw.randrange(shown[0]), draw.randrange(shown[1]), 10, api_name="/next_tokens")
+            else:
+                client.predict(*generate_args(model, LONG_PROMPT[model], "1", 1, 0), api_name="/generate")
+                shown = (1, 1)
+            count = tally.add(kind, time.perf_counter() - started)
+        except Exception as error:  # a benchmark counts failures instead of stopping on them
+            count = tally.add(kind, None, f"{type(error).__name__}: {error}"[:200])
+        on_count(count)
+
+
+def rss_kib(pid: int, field_name: str = "VmRSS") -> int:
+    """Resident memory of a process in KiB (VmHWM is the peak so far)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field_name + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field_name} for process {pid}")
+
+
+def percentile(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
+
+
+def start_server(port: int, extra: list[str]) -> subprocess.Popen:
+    command = [sys.executable, str(ROOT / "app.py"), "--port", str(port), *extra]
+    server = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise SystemExit(f"app.py exited with {server.returncode}: {server.stderr.read()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2):
+                return server
+        except OSError:
+            time.sleep(0.5)
+    server.kill()
+    raise SystemExit("app.py did not answer within 180 s")
+
+
+def run_load(url: str, pid: int, model: str, users: int, requests: int, seconds: float,
+             rss_at: list[int]) -> None:
+    tally = Tally()
+    rss_seen: dict[int, int] = {}
+
+    def on_count(count: int) -> None:
+        if count in rss_at:
+            rss_seen[count] = rss_kib(pid)
+
+    deadline = time.monotonic() + seconds
+    started = time.perf_counter()
+    threads = [threading.Thread(target=user, args=(url, model, n, requests, deadline, tally, on_count))
+               for n in range(users)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - started
+    every = [s for values in tally.latencies.values() for s in values]
+    print(f"\n{users} user(s): {tally.done} requests in {wall:.1f} s = {tally.done / wall:.2f} requests/s, "
+          f"{len(tally.errors)} error(s)")
+    print(f"  {'kind':<9}{'count':>6}{'p50 s':>8}{'p95 s':>8}{'p99 s':>8}")
+    for kind, values in [*tally.latencies.items(), ("all", every)]:
+        if values:
+            print(f"  {kind:<9}{len(values):>6}{percentile(values, 50):>8.2f}{percentile(values, 95):>8.2f}"
+                  f"{percentile(values, 99):>8.2f}")
+    for error in tally.errors[:5]:
+        print(f"  error: {error}")
+    print(f"  server memory: now {rss_kib(pid) / 1024:.0f} MiB, peak {rss_kib(pid, 'VmHWM') / 1024:.0f} MiB"
+          + "".join(f", after {n} requests {kib / 1024:.0f} MiB" for n, kib in sorted(rss_seen.items())))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--users", type=int, nargs="+", default=[16], help="simulated users, one run per value")
+    parser.add_argument("--requests", type=int, default=10, help="requests per user (default: 10)")
+    parser.add_argument("--seconds", type=float, default=300, help="stop sending after this long (default: 300)")
+    parser.add_argument("--model", default="shakespeare-char", choices=sorted(PROMPTS), help="model to ask")
+    parser.add_argument("--port", type=int, default=7871)
+    parser.add_argument("--rss-at", type=int, nargs="*", default=[], help="read the server's memory after N requests")
+    parser.add_argument("app_args", nargs="*", help="after --: options for app.py (e.g. -- --concurrency 4)")
+    args = parser.parse_args(argv)
+    server = start_server(args.port, args.app_args)
+    try:
+        print(f"app.py {' '.join(args.app_args)} on 127.0.0.1:{args.port}; model {args.model}; "
+              f"{os.cpu_count()} CPU(s); server memory after start {rss_kib(server.pid) / 1024:.0f} MiB")
+        for users in args.users:
+            run_load(f"http://127.0.0.1:{args.port}/", server.pid, args.model, users, args.requests, args.seconds,
+                     args.rss_at)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

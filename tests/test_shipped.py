@@ -1,0 +1,44 @@
+"""The shipped models: they load, the README's table is what their logs say, and eval reproduces the logs."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from conftest import DATA, ROOT
+from test_cli import cli
+
+from lmdemo import load_model
+from lmdemo.metrics import read_metrics
+
+SHIPPED = ("shakespeare-char", "imdb-word")
+TABLE = re.compile(r"<!-- models table: (.*?) -->\n(.*?)\n<!-- end of models table -->", re.S)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_model_loads_and_is_small_enough(name):
+    folder = ROOT / "checkpoints" / name
+    trained = load_model(str(folder))
+    assert trained.model.num_parameters() == read_metrics(folder / "metrics.jsonl").last("start")["params"]
+    assert sum(f.stat().st_size for f in folder.iterdir()) <= 25 * 2**20
+    card = (folder / "README.md").read_text()
+    assert "python -m lmdemo train --preset" in card and "hardware:" in card
+
+
+def test_readme_table_is_generated_from_the_logs():
+    command, table = TABLE.search((ROOT / "README.md").read_text()).groups()
+    assert command.startswith("python -m lmdemo table ")
+    done = cli(*command.split()[3:])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == table.strip()
+
+
+def test_eval_reproduces_the_character_models_logged_validation():
+    folder = ROOT / "checkpoints" / "shakespeare-char"
+    done = cli("eval", str(folder), "--split", "valid", "--data", str(DATA / "tinyshakespeare" / "input.txt"),
+               "--json")
+    assert done.returncode == 0, done.stderr
+    best = read_metrics(folder / "metrics.jsonl").best("val_loss")
+    assert json.loads(done.stdout)["loss"] == pytest.approx(best["val_loss"], abs=1e-4)
