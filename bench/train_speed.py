@@ -1,22 +1,24 @@
 """Our trainer against the textbook training loop, side by side on the same data and settings.
 
     python bench/train_speed.py                         # both cases, 240 s of training per loop
-    python bench/train_speed.py --case word --seconds 120 --steps 20
+    python bench/train_speed.py --case word --seconds 120
 
 The textbook loop is the one in pytorch/examples' word_language_model and the write-ups: fp32,
 `nn.LSTM`, full softmax, `loss.item()` after every step, torch's default threads. Ours is
 `lmdemo.training.train` with its defaults (bf16 autocast where the CPU has native bf16, no host
-syncs between log intervals). Both get the same token ids, model shape, optimiser, learning rate,
-dropout and clipping. For each case it prints:
+syncs between log intervals, data laid out once as tensors), and for the word case also with
+`--softmax adaptive`. Every loop gets the same token ids, model shape, optimiser, learning rate,
+dropout and clipping, and trains for the same wall-clock budget (`--seconds`). For each loop it prints:
 
-- tokens/s over the same `--steps` steps (steps N to 2N: the first N warm up) and their ratio,
-  with the achieved GFLOP/s against this CPU's fp32 and bf16 peaks (see `cpu_peaks`);
-- validation perplexity after the same wall-clock training budget (`--seconds`), scored for both
-  by `lmdemo.evaluation.evaluate` on the whole held-out text.
+- tokens/s: the median over the run's log intervals after the first (the first one warms up),
+  the achieved GFLOP/s and their share of this CPU's fp32 or bf16 peak (see `cpu_peaks`);
+- the steps done in the budget and the validation perplexity of the model it ends with, scored
+  for all loops by `lmdemo.evaluation.evaluate` on the whole held-out text;
+- each loop's speed-up over the textbook loop.
 
 Cases: "word" = 2x650 tied LSTM, WikiText-2 `valid.txt` to train and `test.txt` to score, 10k words,
-batch 64 x bptt 35, Adam 1e-3 (the configuration the issue's figures use); "char" = the shakespeare-char
-shape (2x512, embedding 128) on Tiny Shakespeare, batch 64 x bptt 128, first 90 % / last 10 %.
+batch 64 x bptt 35, Adam 1e-3 (the configuration the issue's figures use); "char" = a 2x512 character
+model (embedding 128) on Tiny Shakespeare, batch 64 x bptt 128, first 90 % / last 10 %.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import math
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,7 +45,8 @@ from lmdemo.checkpoint import load_model  # noqa: E402
 from lmdemo.config import Config  # noqa: E402
 from lmdemo.evaluation import evaluate  # noqa: E402
 from lmdemo.metrics import read_metrics  # noqa: E402
-from lmdemo.training import encode_splits, native_bf16, train  # noqa: E402
+from lmdemo.model import adaptive_cutoffs  # noqa: E402
+from lmdemo.training import encode_splits, train  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 CASES = {
@@ -75,21 +79,18 @@ class TextbookLSTM(nn.Module):
         return self.decoder(self.drop(output)), hidden
 
 
-def textbook_train(config: Config, ids: torch.Tensor, seconds: float, timed: range) -> tuple[nn.Module, float, int]:
-    """Train the textbook way for `seconds`; returns the model, the tokens/s over the `timed` steps and
-    the number of steps done."""
+def textbook_train(config: Config, ids: torch.Tensor, seconds: float, interval: int) -> tuple[nn.Module, float, int]:
+    """Train the textbook way for `seconds`; returns the model, its median tokens/s over `interval`-step
+    intervals after the first, and the number of steps done."""
     torch.manual_seed(config.seed)
     model = TextbookLSTM(config.vocab_size, config.emb_size, config.hidden_size, config.num_layers,
                          config.dropout, config.tie_weights)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     batches = StreamBatches(ids, config.batch_size, config.bptt)
     model.train()
-    hidden, total_loss, step, timer = None, 0.0, 0, {}
-    started = time.perf_counter()
-    while time.perf_counter() - started < seconds:
+    hidden, total_loss, step, marks = None, 0.0, 0, [time.perf_counter()]
+    while marks[-1] - marks[0] < seconds:
         for window in range(len(batches)):
-            if step in (timed.start, timed.stop):
-                timer[step] = time.perf_counter()
             inputs, targets = batches.window(window)
             hidden = None if hidden is None else tuple(h.detach() for h in hidden)
             optimizer.zero_grad()
@@ -100,30 +101,43 @@ def textbook_train(config: Config, ids: torch.Tensor, seconds: float, timed: ran
             optimizer.step()
             total_loss += loss.item()
             step += 1
-            if time.perf_counter() - started >= seconds:
-                break
+            if step % interval == 0:
+                marks.append(time.perf_counter())
+                if marks[-1] - marks[0] >= seconds:
+                    break
         hidden = None
-    tokens = (timed.stop - timed.start) * config.batch_size * config.bptt
-    speed = tokens / (timer[timed.stop] - timer[timed.start]) if timed.stop in timer else math.nan
-    return model, speed, step
+    tokens = interval * config.batch_size * config.bptt
+    speeds = [tokens / (after - before) for before, after in zip(marks[1:], marks[2:])]
+    return model, statistics.median(speeds) if speeds else math.nan, step
 
 
-def our_train(config: Config, out: Path, seconds: float | None = None, steps: int | None = None,
-              log_every: int = 50) -> tuple[Path, list[dict]]:
-    config = config.replace(max_minutes=seconds / 60 if seconds else None, max_steps=steps, epochs=10_000,
-                            eval_every=None, log_every=log_every, save_every=1e9, eval_tokens=20_000)
+def our_train(config: Config, out: Path, seconds: float, interval: int) -> tuple[Path, float, int, str]:
+    """Train with lmdemo for `seconds`; returns the best model's folder, the median tokens/s over the log
+    intervals after the first, the steps done and the precision used."""
+    config = config.replace(max_minutes=seconds / 60, epochs=10_000, eval_every=None, log_every=interval,
+                            save_every=1e9, eval_tokens=20_000)
     best = train(config, out, progress_bar=False, command="bench")
-    return best, read_metrics(out / "metrics.jsonl").events("train")
+    metrics = read_metrics(out / "metrics.jsonl")
+    speeds = [record["tokens_per_sec"] for record in metrics.events("train")[1:]]
+    return (best, statistics.median(speeds) if speeds else math.nan, metrics.records[-1]["step"],
+            metrics.last("start")["precision"])
 
 
-def flops_per_token(config: Config) -> float:
+def flops_per_token(config: Config, ids: torch.Tensor) -> float:
     """Multiply-adds x 2 of one training token (forward + backward = 3 x forward) in the LSTM layers and
-    the decoder; the embedding lookup, element-wise gate maths and the optimiser are left out."""
+    the output layer; the embedding lookup, element-wise gate maths and the optimiser are left out. The
+    adaptive softmax scores its head for every token and a cluster only for the targets in it (`ids`
+    gives the shares)."""
     lstm = sum(4 * config.hidden_size * ((config.emb_size if layer == 0 else config.hidden_size)
                                         + config.hidden_size) for layer in range(config.num_layers))
     decoder_in = config.emb_size if config.tie_weights else config.hidden_size
     projection = config.hidden_size * config.emb_size if config.tie_weights and decoder_in != config.hidden_size else 0
-    return 3 * 2 * (lstm + projection + decoder_in * config.vocab_size)
+    scored = float(config.vocab_size)
+    if config.softmax == "adaptive":
+        cuts = adaptive_cutoffs(config.vocab_size)
+        scored = cuts[0] + len(cuts) - 1 + sum(((ids >= low) & (ids < high)).float().mean().item() * (high - low)
+                                               for low, high in zip(cuts, cuts[1:]))
+    return 3 * 2 * (lstm + projection + decoder_in * scored)
 
 
 def cpu_peaks(threads: int) -> tuple[float, float, str]:
@@ -149,48 +163,45 @@ def cpu_peaks(threads: int) -> tuple[float, float, str]:
     return fp32, bf16, how
 
 
-def run_case(name: str, seconds: float, steps: int) -> None:
+def run_case(name: str, seconds: float, interval: int) -> None:
     config = Config(**CASES[name])
     tokenizer, splits = encode_splits(config, None)
     config = config.replace(vocab_size=tokenizer.vocab_size)
-    threads = torch.get_num_threads()
-    timed = range(steps, 2 * steps)
-    flops = flops_per_token(config)
-    fp32_peak, bf16_peak, how = cpu_peaks(threads)
+    fp32_peak, bf16_peak, how = cpu_peaks(torch.get_num_threads())
     print(f"\n== {name}: {config.num_layers}x{config.hidden_size} (emb {config.emb_size}), vocab "
           f"{config.vocab_size:,}, batch {config.batch_size} x bptt {config.bptt}, {splits['train'].numel():,} "
-          f"training tokens; {flops / 1e6:.1f} MFLOP per token; peaks {fp32_peak:,.0f} (fp32) / "
-          f"{bf16_peak:,.0f} (bf16) GFLOP/s ({how})", flush=True)
+          f"training tokens, {seconds:.0f} s per loop; peaks {fp32_peak:,.0f} GFLOP/s fp32, {bf16_peak:,.0f} "
+          f"bf16 ({how})", flush=True)
+    print(f"{'loop':<28}{'tok/s':>9}{'speed-up':>10}{'GFLOP/s':>9}{'% peak':>8}{'steps':>7}{'val ppl':>9}",
+          flush=True)
 
+    def report(label: str, variant: Config, speed: float, steps: int, ppl: float, precision: str) -> None:
+        achieved = speed * flops_per_token(variant, splits["train"]) / 1e9
+        peak = bf16_peak if precision == "bf16" else fp32_peak
+        print(f"{label:<28}{speed:>9,.0f}{speed / baseline:>9.2f}x{achieved:>9,.1f}{100 * achieved / peak:>7.1f}%"
+              f"{steps:>7,}{ppl:>9.2f}", flush=True)
+
+    textbook, baseline, steps = textbook_train(config, splits["train"], seconds, interval)
+    report("textbook (fp32, full)", config, baseline, steps, evaluate(textbook, splits["valid"]).ppl, "fp32")
+    variants = {"defaults": config}
+    if config.level == "word":
+        variants["--softmax adaptive"] = config.replace(softmax="adaptive")
     with tempfile.TemporaryDirectory() as folder:
-        textbook, textbook_speed, textbook_steps = textbook_train(config, splits["train"], seconds, timed)
-        textbook_ppl = evaluate(textbook, splits["valid"]).ppl
-        _, records = our_train(config, Path(folder) / "speed", steps=2 * steps, log_every=steps)
-        ours_speed = records[1]["tokens_per_sec"]  # the log's second interval: steps N to 2N
-        best, records = our_train(config, Path(folder) / "budget", seconds=seconds)
-        ours_ppl = evaluate(load_model(best).model, splits["valid"]).ppl
-        ours_steps = records[-1]["step"]
-    precision = "bf16" if native_bf16(torch.device("cpu")) else "fp32"
-    rows = [("textbook (fp32)", textbook_speed, textbook_steps, textbook_ppl, fp32_peak),
-            (f"lmdemo ({precision})", ours_speed, ours_steps, ours_ppl, bf16_peak if precision == "bf16" else fp32_peak)]
-    print(f"{'loop':<18}{'tok/s':>10}{'GFLOP/s':>10}{'% peak':>8}{'steps in ' + str(int(seconds)) + ' s':>16}"
-          f"{'val ppl':>10}")
-    for label, speed, done, ppl, peak in rows:
-        achieved = speed * flops / 1e9
-        print(f"{label:<18}{speed:>10,.0f}{achieved:>10,.1f}{100 * achieved / peak:>7.1f}%{done:>16,}{ppl:>10.2f}")
-    print(f"speed-up {ours_speed / textbook_speed:.2f}x over steps {timed.start}-{timed.stop}; validation "
-          f"perplexity after {seconds:.0f} s: {ours_ppl:.2f} vs {textbook_ppl:.2f}", flush=True)
+        for label, variant in variants.items():
+            best, speed, steps, precision = our_train(variant, Path(folder) / label, seconds, interval)
+            ppl = evaluate(load_model(best).model, splits["valid"]).ppl
+            report(f"lmdemo {label} ({precision})", variant, speed, steps, ppl, precision)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--case", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--seconds", type=float, default=240, help="training budget per loop (default: 240)")
-    parser.add_argument("--steps", type=int, default=20,
-                        help="steps timed for tokens/s, after as many untimed ones (default: 20)")
+    parser.add_argument("--interval", type=int, default=10,
+                        help="steps per timed interval; the first interval warms up (default: 10)")
     args = parser.parse_args(argv)
     for name in args.case:
-        run_case(name, args.seconds, args.steps)
+        run_case(name, args.seconds, args.interval)
     return 0
 
 

@@ -142,7 +142,8 @@ def write_model_card(folder: Path, model: LSTMLanguageModel, metrics: Metrics | 
     data = ModelCardData(library_name="lmdemo", tags=["lstm", "language-model", "lmdemo", config.level],
                          pipeline_tag="text-generation", datasets=[dataset] if dataset else None,
                          model_name=name, eval_results=results or None)
-    size = f"{config.num_layers}×{config.hidden_size} LSTM, embedding {config.emb_size}"
+    size = f"{config.num_layers}×{config.hidden_size} LSTM, embedding {config.emb_size}" + \
+        (", adaptive softmax" if config.softmax == "adaptive" else "")
     lines = [f"# {name}", "",
              f"A {config.level}-level LSTM language model trained with lmdemo: {size}, {'tied' if config.tie_weights else 'untied'} "
              f"weights, {config.vocab_size:,} tokens in the vocabulary, {model.num_parameters():,} parameters.",
@@ -151,7 +152,7 @@ def write_model_card(folder: Path, model: LSTMLanguageModel, metrics: Metrics | 
         lines += ["## Training", "",
                   f"- data: `{config.data}`" + (f" ({config.data_config})" if config.data_config else ""),
                   f"- command: `{start.get('command', '?')}`",
-                  f"- hardware: {start.get('hardware', '?')}"]
+                  f"- hardware: {start.get('hardware', '?')}, {start.get('precision', 'fp32')} compute"]
         last = metrics.records[-1] if metrics and metrics.records else {}
         if last.get("time") is not None:
             lines.append(f"- training time: {last['time'] / 60:.1f} min over {last.get('step', '?')} steps "
@@ -161,7 +162,7 @@ def write_model_card(folder: Path, model: LSTMLanguageModel, metrics: Metrics | 
             lines.append(f"- speed: {sorted(speeds)[len(speeds) // 2]:,.0f} tokens/s (median of log intervals)")
         lines.append("")
     lines += ["## Use", "", "```bash", f"python -m lmdemo generate {name} --prompt \"...\"",
-              f"python -m lmdemo eval {name} --split test", "```", "",
+              f"python -m lmdemo eval {name} --split {'test' if test else 'valid'}", "```", "",
               "```python", "from lmdemo import load_model", f"lm = load_model({name!r})", "```", ""]
     ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n\n" + "\n".join(lines)).save(
         folder / CARD_FILE)

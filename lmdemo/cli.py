@@ -17,7 +17,8 @@ from pathlib import Path
 from lmdemo.config import PRESETS, Config, ConfigError, preset
 
 EXIT_USAGE = 2
-SHAPE_FIELDS = ("level", "emb_size", "hidden_size", "num_layers", "tie_weights", "tie_projection", "vocab_size")
+SHAPE_FIELDS = ("level", "emb_size", "hidden_size", "num_layers", "tie_weights", "tie_projection", "softmax",
+                "vocab_size")
 
 
 class UsageError(Exception):

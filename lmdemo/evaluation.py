@@ -6,7 +6,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-from torch.nn import functional as F
 
 from lmdemo.batches import StreamBatches
 from lmdemo.model import LSTMLanguageModel
@@ -46,8 +45,8 @@ def evaluate(model: LSTMLanguageModel, ids: torch.Tensor, batch_size: int = 10, 
     state = None
     for index in range(len(batches)):
         inputs, targets = (t.to(device) for t in batches.window(index))
-        logits, state = model(inputs, state)
-        total[0] += F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="sum").double()
+        loss, state = model(inputs, state, targets)
+        total[0] += loss.double() * targets.numel()
         total[1] += targets.numel()
     model.train(was_training)
     total = parallel.sum(total)

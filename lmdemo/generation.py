@@ -173,7 +173,8 @@ class Generator:
             self.layers += [_Dense(w, b) for w, b in zip(weights[1:], biases[1:])]
             self.projection = _Dense(model.projection.weight.detach().float(), None) \
                 if model.projection is not None else None
-            self.decoder = _Dense(model.decoder.weight.detach().float(), model.decoder.bias.detach().float())
+            self.decoder = _Dense(model.decoder.weight.detach().float(), model.decoder.bias.detach().float()) \
+                if model.clusters is None else model.logits  # the adaptive softmax assembles its scores
 
     # -- the cell ------------------------------------------------------------------------------
     def step(self, ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:

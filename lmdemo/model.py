@@ -11,6 +11,7 @@ import math
 import torch
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
+from torch.nn import functional as F
 
 from lmdemo.config import Config
 
@@ -36,7 +37,12 @@ class LSTMLanguageModel(
         tied_projection = config.tie_weights and config.emb_size != config.hidden_size
         # Tying needs the decoder's input size to equal the embedding size: a projection bridges them.
         self.projection = nn.Linear(config.hidden_size, config.emb_size, bias=False) if tied_projection else None
-        self.decoder = nn.Linear(config.emb_size if config.tie_weights else config.hidden_size, config.vocab_size)
+        decoder_in = config.emb_size if config.tie_weights else config.hidden_size
+        self.decoder = nn.Linear(decoder_in, config.vocab_size)
+        # Adaptive softmax: the decoder's rows stay the word vectors (so tying holds); the head scores the
+        # frequent words plus one logit per cluster of rarer words, which this layer adds.
+        self.cutoffs = adaptive_cutoffs(config.vocab_size) if config.softmax == "adaptive" else []
+        self.clusters = nn.Linear(decoder_in, len(self.cutoffs) - 1) if self.cutoffs else None
         self._init_weights()
         if config.tie_weights:
             self.decoder.weight = self.embedding.weight
@@ -61,15 +67,67 @@ class LSTMLanguageModel(
             nn.init.uniform_(self.projection.weight, -bound, bound)
         nn.init.uniform_(self.decoder.weight, -bound, bound)
         nn.init.zeros_(self.decoder.bias)
+        if self.clusters is not None:
+            nn.init.uniform_(self.clusters.weight, -bound, bound)
+            nn.init.zeros_(self.clusters.bias)
 
-    def forward(self, ids: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
-        """Logits [B, T, V] for ids [B, T], and the state to pass to the next call."""
+    def forward(self, ids: torch.Tensor, state: State | None = None,
+                targets: torch.Tensor | None = None) -> tuple[torch.Tensor, State]:
+        """Logits [B, T, V] for ids [B, T] (log-probabilities with the adaptive softmax), or with targets
+        [B, T] the mean loss in nats, which the adaptive softmax computes without scoring every word;
+        and the state to pass to the next call."""
         output, state = self.lstm(self.drop(self.embedding(ids)), state)
         output = self.drop(output)
         if self.projection is not None:
             output = self.projection(output)
-        return self.decoder(output), state
+        if targets is not None:
+            return self._loss(output.flatten(0, 1), targets.flatten()), state
+        return self.logits(output), state
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """Scores of every word for decoder inputs [..., D]; softmax of them is the model's distribution."""
+        if self.clusters is None:
+            return self.decoder(features)
+        weight, bias, cuts = self.decoder.weight, self.decoder.bias, self.cutoffs
+        head = self._head(features)
+        parts = [head[..., :cuts[0]]]
+        for index, (low, high) in enumerate(zip(cuts, cuts[1:])):
+            tail = F.linear(features, weight[low:high], bias[low:high]).float().log_softmax(-1)
+            parts.append(head[..., cuts[0] + index, None] + tail)
+        return torch.cat(parts, -1)
+
+    def _head(self, features: torch.Tensor) -> torch.Tensor:
+        frequent = F.linear(features, self.decoder.weight[:self.cutoffs[0]], self.decoder.bias[:self.cutoffs[0]])
+        return torch.cat([frequent, self.clusters(features)], -1).float().log_softmax(-1)
+
+    def _loss(self, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean negative log-likelihood of targets [N] from features [N, D]."""
+        if self.clusters is None:
+            return F.cross_entropy(self.decoder(features).float(), targets)
+        weight, bias, cuts = self.decoder.weight, self.decoder.bias, self.cutoffs
+        cluster = torch.bucketize(targets, torch.tensor(cuts[:-1], device=targets.device), right=True)
+        head_target = torch.where(cluster == 0, targets, cuts[0] + cluster - 1)
+        log_likelihood = self._head(features).gather(1, head_target[:, None]).squeeze(1)
+        for index, (low, high) in enumerate(zip(cuts, cuts[1:]), start=1):
+            rows = (cluster == index).nonzero().squeeze(1)
+            if rows.numel():
+                tail = F.linear(features[rows], weight[low:high], bias[low:high]).float().log_softmax(-1)
+                log_likelihood = log_likelihood.index_add(0, rows, tail.gather(1, targets[rows, None] - low).squeeze(1))
+        return -log_likelihood.mean()
 
     def num_parameters(self) -> int:
         """Distinct trainable parameters (a tied matrix counts once)."""
         return sum(p.numel() for p in self.parameters())
+
+
+ADAPTIVE_HEAD = 2000  # the most frequent words, scored for every token
+ADAPTIVE_GROWTH = 5  # each cluster boundary this many times the one before
+
+
+def adaptive_cutoffs(vocab_size: int) -> list[int]:
+    """Cluster boundaries [head, ..., vocab_size] over frequency-ordered ids: a head of 2,000 words (a quarter
+    of smaller vocabularies), then boundaries 5x apart, as Grave et al. suggest for Zipfian text."""
+    cuts = [min(ADAPTIVE_HEAD, max(1, vocab_size // 4))]
+    while cuts[-1] < vocab_size:
+        cuts.append(min(vocab_size, cuts[-1] * ADAPTIVE_GROWTH))
+    return cuts

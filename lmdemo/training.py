@@ -31,7 +31,6 @@ from pathlib import Path
 import torch
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
-from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
@@ -201,8 +200,7 @@ class _Run:
                 inputs, targets = (t.to(self.device) for t in self.batches.window(window))
                 self._set_lr(total_steps)
                 with autocast:
-                    logits, state = self.network(inputs, self.hidden)
-                loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+                    loss, state = self.network(inputs, self.hidden, targets)
                 self.hidden = (state[0].detach(), state[1].detach())
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
