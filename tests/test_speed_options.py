@@ -35,6 +35,21 @@ def test_bf16_autocast_trains_to_the_fp32_loss(tmp_path, fp32_one_thread):
     assert val_loss == pytest.approx(fp32_one_thread[1], abs=0.03)
 
 
+@pytest.mark.skipif(not native_bf16(torch.device("cpu")), reason="this CPU has no native bf16 (AVX512-BF16/AMX)")
+@pytest.mark.parametrize("softmax", ["full", "adaptive"])
+def test_bf16_autocast_keeps_the_loss_of_a_fixed_batch(softmax):
+    from lmdemo.config import Config
+    from lmdemo.model import LSTMLanguageModel
+
+    torch.manual_seed(0)
+    model = LSTMLanguageModel(Config(vocab_size=5000, emb_size=256, hidden_size=256, softmax=softmax)).eval()
+    ids, targets = torch.randint(0, 5000, (2, 16, 35))
+    exact, _ = model(ids, targets=targets)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fast, _ = model(ids, targets=targets)
+    assert fast.dtype == torch.float32 and fast.item() == pytest.approx(exact.item(), rel=2e-3)
+
+
 def test_bf16_without_native_support_falls_back_to_fp32(tmp_path, fp32_one_thread, monkeypatch, capsys):
     monkeypatch.setattr("lmdemo.training.native_bf16", lambda device: False)
     train_loss, val_loss, precision = losses(tmp_path / "fallback", precision="bf16", threads=1)
