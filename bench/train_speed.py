@@ -143,7 +143,8 @@ def flops_per_token(config: Config, ids: torch.Tensor) -> float:
 def cpu_peaks(threads: int) -> tuple[float, float, str]:
     """Theoretical fp32 and bf16 GFLOP/s of `threads` cores, from lscpu's flags and clock.
 
-    fp32: 2 FMA units x vector lanes (16 with AVX-512, 8 with AVX2) x 2 flops per cycle and core.
+    fp32: 2 FMA units x vector lanes (16 with AVX-512, 8 with AVX2) x 2 flops per cycle and core;
+    AMD Zen 4 (family 25) runs AVX-512 on 256-bit units, so 8 lanes there.
     bf16: AMX tiles do 1,024 bf16 flops per cycle and core; without AMX, AVX512-BF16's dot product
     doubles the AVX-512 fp32 rate; without either there is no native bf16 (0).
     """
@@ -155,7 +156,8 @@ def cpu_peaks(threads: int) -> tuple[float, float, str]:
         ghz = float(mhz.group(1)) / 1000
     else:
         ghz = float(mhz.group(1)) / (1 if "GHz" in mhz.group(0) else 1000)
-    lanes = 16 if "avx512f" in flags else 8 if "avx2" in flags else 4
+    zen4 = "AuthenticAMD" in lscpu and re.search(r"CPU family:\s*25\b", lscpu) is not None
+    lanes = 16 if "avx512f" in flags and not zen4 else 8 if "avx2" in flags else 4
     fp32 = threads * ghz * 2 * lanes * 2
     bf16 = threads * ghz * 1024 if "amx_bf16" in flags else 2 * fp32 if "avx512_bf16" in flags else 0.0
     how = (f"{threads} cores x {ghz:.2f} GHz; fp32 2 FMA x {lanes} lanes x 2; "

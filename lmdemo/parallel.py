@@ -3,6 +3,7 @@ torch.distributed (gloo on CPU, NCCL on GPU) under `torchrun --nproc_per_node=N`
 
 from __future__ import annotations
 
+import gc
 import os
 from datetime import timedelta
 
@@ -30,7 +31,11 @@ class Parallel:
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(minutes=10))
 
     def stop(self) -> None:
+        """Tear the group down together: gloo aborts a process whose peer leaves first, and the DDP
+        wrapper's reducer (freed by the collection) must go before the group it holds."""
         if self.enabled and dist.is_initialized():
+            gc.collect()
+            dist.barrier()
             dist.destroy_process_group()
 
     def sum(self, tensor: torch.Tensor) -> torch.Tensor:

@@ -123,10 +123,10 @@ def train(config: Config, out: str | Path, resume: bool = False, progress_bar: b
     parallel = Parallel()
     device = resolve_device(config, parallel)
     parallel.start(device)
-    try:
-        return _Run(config, out, resume, progress_bar, command, parallel, device).run()
-    finally:
-        parallel.stop()
+    best = _Run(config, out, resume, progress_bar, command, parallel, device).run()
+    # Only after a clean run: a rank that failed must not wait in teardown for peers mid-collective.
+    parallel.stop()
+    return best
 
 
 class _Run:
