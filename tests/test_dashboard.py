@@ -12,6 +12,7 @@ from conftest import DATA, ROOT, train_small
 from servers import free_port, serving
 from streamlit.testing.v1 import AppTest
 
+from lmdemo.config import PRESETS
 from lmdemo.metrics import MetricsWriter, find_runs, load_run, read_metrics
 from lmdemo.runs import (
     RunSourceError,
@@ -143,8 +144,9 @@ def test_summary_and_description(logs_root):
     assert summary.loc["wide", "Parameters"] > summary.loc["small", "Parameters"]
     assert summary.loc["small", "Best val ppl"] <= summary.loc["small", "Last val ppl"]
     assert summary.loc["small", "Test ppl"] > 1 and summary.loc["small", "Status"] == "finished"
-    assert describe_model({"level": "char", "emb_size": 128, "hidden_size": 640, "num_layers": 2}) == \
-        "char · 2×640 (shakespeare-char)"
+    shape = {k: PRESETS["shakespeare-char"][k] for k in ("level", "emb_size", "hidden_size", "num_layers")}
+    assert describe_model(shape) == f"char · {shape['num_layers']}×{shape['hidden_size']} (shakespeare-char)"
+    assert describe_model({**shape, "hidden_size": 7}) == f"char · {shape['num_layers']}×7"
 
 
 def test_status_of_an_unfinished_run(tmp_path):
