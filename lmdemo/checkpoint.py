@@ -143,7 +143,7 @@ def write_model_card(folder: Path, model: LSTMLanguageModel, metrics: Metrics | 
                          pipeline_tag="text-generation", datasets=[dataset] if dataset else None,
                          model_name=name, eval_results=results or None)
     size = f"{config.num_layers}×{config.hidden_size} LSTM, embedding {config.emb_size}" + \
-        (", adaptive softmax" if config.softmax == "adaptive" else "")
+        (", adaptive softmax" if config.adaptive_softmax else "")
     lines = [f"# {name}", "",
              f"A {config.level}-level LSTM language model trained with lmdemo: {size}, {'tied' if config.tie_weights else 'untied'} "
              f"weights, {config.vocab_size:,} tokens in the vocabulary, {model.num_parameters():,} parameters.",

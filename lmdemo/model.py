@@ -41,7 +41,7 @@ class LSTMLanguageModel(
         self.decoder = nn.Linear(decoder_in, config.vocab_size)
         # Adaptive softmax: the decoder's rows stay the word vectors (so tying holds); the head scores the
         # frequent words plus one logit per cluster of rarer words, which this layer adds.
-        self.cutoffs = adaptive_cutoffs(config.vocab_size) if config.softmax == "adaptive" else []
+        self.cutoffs = adaptive_cutoffs(config.vocab_size) if config.adaptive_softmax else []
         self.clusters = nn.Linear(decoder_in, len(self.cutoffs) - 1) if self.cutoffs else None
         self._init_weights()
         if config.tie_weights:
