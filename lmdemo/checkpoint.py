@@ -153,7 +153,7 @@ def write_model_card(folder: Path, model: LSTMLanguageModel, metrics: Metrics | 
                   f"- data: `{config.data}`" + (f" ({config.data_config})" if config.data_config else ""),
                   f"- command: `{start.get('command', '?')}`",
                   f"- hardware: {start.get('hardware', '?')}, {start.get('precision', 'fp32')} compute"]
-        last = metrics.records[-1] if metrics and metrics.records else {}
+        last = metrics.trained() if metrics else {}
         if last.get("time") is not None:
             lines.append(f"- training time: {last['time'] / 60:.1f} min over {last.get('step', '?')} steps "
                          f"({last.get('tokens', 0):,} tokens)")

@@ -74,6 +74,11 @@ class Metrics:
         found = self.events(event)
         return found[-1] if found else None
 
+    def trained(self) -> dict[str, Any]:
+        """The last record of training itself: the final test's record would add its scoring time."""
+        found = [r for r in self.records if r.get("event") in ("train", "val")]
+        return found[-1] if found else {}
+
     def best(self, key: str = "val_loss") -> dict[str, Any] | None:
         scored = [r for r in self.records if isinstance(r.get(key), (int, float))]
         return min(scored, key=lambda r: r[key]) if scored else None

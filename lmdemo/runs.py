@@ -151,7 +151,7 @@ def models_table(runs: Iterable[Run]) -> str:
                  + (", tied" if config.get("tie_weights") else ""))
         data = f"{_data_name(config)}, {config.get('vocab_size', 0):,} {'symbols' if char else 'words'}"
         speeds = sorted(r["tokens_per_sec"] for r in run.metrics.events("train") if _number(r.get("tokens_per_sec")))
-        last = run.metrics.records[-1] if run.metrics.records else {}
+        last = run.metrics.trained()
         hardware = str(start.get("hardware", "?")).split(", torch")[0]
         lines.append(" | ".join([
             f"| `{run.path}`", f"{int(start.get('params', 0)):,} ({shape})", data,
