@@ -7,8 +7,9 @@ The textbook loop is the one in pytorch/examples' word_language_model and the wr
 `nn.LSTM`, full softmax, `loss.item()` after every step, torch's default threads. Ours is
 `lmdemo.training.train` with its defaults (bf16 autocast where the CPU has native bf16, no host
 syncs between log intervals, data laid out once as tensors, the adaptive softmax for the 10k-word
-vocabulary), and for the word case also with `--softmax full` to show what bf16 alone is worth. Every loop gets the same token ids, model shape, optimiser, learning rate,
-dropout and clipping, and trains for the same wall-clock budget (`--seconds`). For each loop it prints:
+vocabulary), and for the word case also with `--softmax full` to show what bf16 alone is worth.
+Every loop gets the same token ids, model shape, optimiser, learning rate, dropout and clipping, and
+trains for the same wall-clock budget (`--seconds`). For each loop it prints:
 
 - tokens/s: the median over the run's log intervals after the first (the first one warms up),
   the achieved GFLOP/s and their share of this CPU's fp32 or bf16 peak (see `cpu_peaks`);
