@@ -16,10 +16,11 @@ from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, snapsho
 from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
 from lmdemo.config import Config
-from lmdemo.metrics import CONFIG_FILE, LN2, METRICS_FILE, Metrics, read_metrics
+from lmdemo.metrics import CONFIG_FILE, METRICS_FILE, Metrics, bits, read_metrics
 from lmdemo.model import LSTMLanguageModel
 from lmdemo.tokenizer import TOKENIZER_FILE, Tokenizer
 
+MODEL_DIR = "model"  # a training run's best model, inside its run folder
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "README.md"
 REQUIRED_FILES = (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE)
@@ -175,7 +176,7 @@ def _results_table(best: dict | None, test: dict | None, level: str) -> str:
         if record and record.get(f"{prefix}_loss") is not None:
             row = f"| {label} | {record[f'{prefix}_loss']:.4f} | {record[f'{prefix}_ppl']:.2f} |"
             if level == "char":
-                row += f" {record[f'{prefix}_loss'] / LN2:.4f} |"
+                row += f" {bits(record[f'{prefix}_loss']):.4f} |"
             rows.append(row)
     if len(rows) == 2:
         return "No evaluation was logged."

@@ -167,6 +167,17 @@ class Config:
         write_atomic(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
 
+def data_name(data: str, data_config: str | None = None) -> str:
+    """A readable name for training data: a local file as folder/file, a local folder by its name, or a
+    Hub dataset id as given; with its configuration in brackets."""
+    if not data:
+        return "unknown"
+    path = Path(data)
+    local = data.startswith((".", "/", "~")) or path.suffix != "" or path.exists()
+    name = ("/".join(path.parts[-2:]) if path.suffix else path.name) if local else data
+    return f"{name} ({data_config})" if data_config else name
+
+
 class ConfigError(ValueError):
     """A setting a user gave is invalid; the message says which and why."""
 

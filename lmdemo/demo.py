@@ -20,12 +20,12 @@ from typing import Any
 
 import torch
 
-from lmdemo.checkpoint import TrainedModel, load_model
+from lmdemo.checkpoint import MODEL_DIR, TrainedModel, load_model
+from lmdemo.config import data_name
 from lmdemo.generation import SEED_LIMIT, Generator, Prompt, Sample, Sampling, SettingsError, TokenScore
 from lmdemo.internals import (QUANTITIES, Internals, SpanMatch, UnitScore, match_span, most_active, most_variable,
                               read_internals, top_units)
 from lmdemo.metrics import CONFIG_FILE
-from lmdemo.training import MODEL_DIR
 
 MODELS_ENV = "LMDEMO_MODELS"
 DRAWN_SEED_LIMIT = 2**32  # seeds the random-seed button draws: short enough to read back and retype
@@ -200,7 +200,7 @@ class Demo:
         info = ModelInfo(name=name, source=trained.source, level=config.level,
                          parameters=trained.model.num_parameters(), num_layers=config.num_layers,
                          hidden_size=config.hidden_size, emb_size=config.emb_size, vocab_size=config.vocab_size,
-                         data=_data_name(config.data, config.data_config))
+                         data=data_name(config.data, config.data_config))
         metrics = trained.metrics
         if metrics is None:
             return info
@@ -449,13 +449,3 @@ def _display_name(source: str) -> str:
         return source
     folder = folder.resolve()
     return folder.parent.name if folder.name == MODEL_DIR else folder.name
-
-
-def _data_name(data: str, data_config: str | None) -> str:
-    """A readable name for the training data: a local file as folder/file, or a Hub dataset id."""
-    if not data:
-        return "unknown"
-    path = Path(data)
-    local = data.startswith((".", "/", "~")) or path.suffix != "" or path.exists()
-    name = ("/".join(path.parts[-2:]) if path.suffix else path.name) if local else data
-    return f"{name} ({data_config})" if data_config else name

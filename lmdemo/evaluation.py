@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
 from lmdemo.batches import StreamBatches
+from lmdemo.metrics import bits, perplexity
 from lmdemo.model import LSTMLanguageModel
 from lmdemo.parallel import Parallel
 
@@ -19,12 +19,12 @@ class Score:
 
     @property
     def ppl(self) -> float:
-        return math.exp(min(self.loss, 700.0))
+        return perplexity(self.loss)
 
     @property
     def bits(self) -> float:
         """Bits per token (bits per character for character models)."""
-        return self.loss / math.log(2)
+        return bits(self.loss)
 
 
 @torch.no_grad()

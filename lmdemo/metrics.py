@@ -23,13 +23,24 @@ CONFIG_FILE = "config.json"
 SCHEMA_VERSION = 1
 EVENTS = ("start", "train", "val", "test")
 LN2 = math.log(2)
+MAX_LOSS = 700.0  # exp(700) is near float64's limit: a diverged run's perplexity is huge, not an overflow
+
+
+def perplexity(loss: float) -> float:
+    """exp(mean loss in nats), the one conversion every figure goes through."""
+    return math.exp(min(loss, MAX_LOSS))
+
+
+def bits(loss: float) -> float:
+    """A loss in nats as bits (bits per character for character models)."""
+    return loss / LN2
 
 
 def loss_record(prefix: str, loss: float, level: str) -> dict[str, float]:
     """`{prefix}_loss` and `{prefix}_ppl` (and `{prefix}_bpc` for character models) from a mean loss in nats."""
-    record = {f"{prefix}_loss": loss, f"{prefix}_ppl": math.exp(min(loss, 700.0))}
+    record = {f"{prefix}_loss": loss, f"{prefix}_ppl": perplexity(loss)}
     if level == "char":
-        record[f"{prefix}_bpc"] = loss / LN2
+        record[f"{prefix}_bpc"] = bits(loss)
     return record
 
 
@@ -136,7 +147,7 @@ def _upgrade(record: dict[str, Any]) -> dict[str, Any] | None:
     for prefix in ("train", "val", "test"):
         loss, ppl = record.get(f"{prefix}_loss"), record.get(f"{prefix}_ppl")
         if isinstance(loss, (int, float)) and not isinstance(ppl, (int, float)):
-            record[f"{prefix}_ppl"] = math.exp(min(loss, 700.0))
+            record[f"{prefix}_ppl"] = perplexity(loss)
         elif isinstance(ppl, (int, float)) and not isinstance(loss, (int, float)) and ppl > 0:
             record[f"{prefix}_loss"] = math.log(ppl)
     record.setdefault("schema", 0)

@@ -23,8 +23,8 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.utils import validate_repo_id
 
-from lmdemo.config import PRESETS
-from lmdemo.metrics import CONFIG_FILE, LN2, METRICS_FILE, SCHEMA_VERSION, Run, load_run
+from lmdemo.config import PRESETS, data_name
+from lmdemo.metrics import CONFIG_FILE, METRICS_FILE, SCHEMA_VERSION, Run, bits, load_run, perplexity
 
 X_AXES = {"step": "Step", "epoch": "Epoch", "tokens": "Tokens seen", "time": "Wall time (s)"}
 MEASURES = {"ppl": "Perplexity", "loss": "Loss (nats/token)", "bpc": "Bits per character"}
@@ -71,7 +71,7 @@ def curve_frame(runs: Iterable[Run]) -> pd.DataFrame:
             loss = _number(record.get(f"{split}_loss"))
             bpc = _number(record.get(f"{split}_bpc"))
             if bpc is None and loss is not None and run.level == "char":
-                bpc = loss / LN2
+                bpc = bits(loss)
             step = _number(record.get("step"))
             rows.append({
                 "run": run.name, "split": split, "step": position if step is None else step,
@@ -126,7 +126,7 @@ def summary_frame(runs: Iterable[Run], now: float | None = None) -> pd.DataFrame
                   if _number(r.get("tokens_per_sec")) is not None]
         times = [r["time"] for r in run.metrics.records if _number(r.get("time")) is not None]
         rows.append({
-            "Run": run.name, "Model": describe_model(run.config), "Data": _data_name(run.config),
+            "Run": run.name, "Model": describe_model(run.config), "Data": _data(run.config),
             "Parameters": _number(start.get("params")), "Best val ppl": _number(best.get("val_ppl")),
             "Best at epoch": _number(best.get("epoch")), "Last val ppl": _number(last_val.get("val_ppl")),
             "Test ppl": _number(test.get("test_ppl")),
@@ -149,7 +149,7 @@ def models_table(runs: Iterable[Run]) -> str:
         unit = "chars" if char else "tokens"
         shape = (f"{config.get('num_layers', '?')}×{config.get('hidden_size', '?')}, emb {config.get('emb_size', '?')}"
                  + (", tied" if config.get("tie_weights") else ""))
-        data = f"{_data_name(config)}, {config.get('vocab_size', 0):,} {'symbols' if char else 'words'}"
+        data = f"{_data(config)}, {config.get('vocab_size', 0):,} {'symbols' if char else 'words'}"
         speeds = sorted(r["tokens_per_sec"] for r in run.metrics.events("train") if _number(r.get("tokens_per_sec")))
         last = run.metrics.trained()
         hardware = str(start.get("hardware", "?")).split(", torch")[0]
@@ -167,9 +167,9 @@ def _score(record: dict[str, Any], split: str, char: bool) -> str:
     if loss is None:
         return MISSING
     if char:
-        return f"{loss:.4f} nats/char = {loss / LN2:.3f} bits/char (ppl {math.exp(loss):.2f})"
+        return f"{loss:.4f} nats/char = {bits(loss):.3f} bits/char (ppl {perplexity(loss):.2f})"
     unk = _number(record.get(f"{split}_unk_rate"))
-    return f"ppl {math.exp(loss):.2f}" + (f" (<unk> {unk:.2%} of tokens)" if unk is not None else "")
+    return f"ppl {perplexity(loss):.2f}" + (f" (<unk> {unk:.2%} of tokens)" if unk is not None else "")
 
 
 def config_diff(first: dict[str, Any], second: dict[str, Any]) -> pd.DataFrame:
@@ -236,13 +236,8 @@ def _number(value: Any) -> float | None:
     return float(value)
 
 
-def _data_name(config: dict[str, Any]) -> str:
-    data = str(config.get("data") or "")
-    if not data:
-        return MISSING
-    local = data.startswith((".", "/", "~"))
-    name = "/".join(Path(data).parts[-2:]) if local else data
-    return f"{name} ({config['data_config']})" if config.get("data_config") else name
+def _data(config: dict[str, Any]) -> str:
+    return data_name(str(config.get("data") or ""), config.get("data_config"))
 
 
 def _text(value: Any) -> str:

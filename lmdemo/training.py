@@ -35,7 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from lmdemo.batches import StreamBatches
-from lmdemo.checkpoint import read_weights, save_model
+from lmdemo.checkpoint import MODEL_DIR, read_weights, save_model
 from lmdemo.config import Config, ConfigError
 from lmdemo.corpus import load_corpus
 from lmdemo.evaluation import evaluate
@@ -46,7 +46,6 @@ from lmdemo.parallel import Parallel
 from lmdemo.tokenizer import TOKENIZER_FILE, Tokenizer
 
 STATE_FILE = "state.safetensors"
-MODEL_DIR = "model"
 
 
 @dataclass
