@@ -17,8 +17,7 @@ from pathlib import Path
 from lmdemo.config import PRESETS, Config, ConfigError, preset
 
 EXIT_USAGE = 2
-SHAPE_FIELDS = ("level", "emb_size", "hidden_size", "num_layers", "tie_weights", "tie_projection", "softmax",
-                "vocab_size")
+BUILT_FIELDS = ("vocab_size", "cutoffs")  # set by training from the tokenizer, not options
 
 
 class UsageError(Exception):
@@ -40,7 +39,7 @@ def _field_type(f: dataclasses.Field) -> type:
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
     groups = {name: parser.add_argument_group(f"{name} options") for name in ("model", "data", "training")}
     for f in dataclasses.fields(Config):
-        if f.name == "vocab_size":
+        if f.name in BUILT_FIELDS:
             continue
         kind = _field_type(f)
         flag = "--" + f.name.replace("_", "-")
@@ -135,12 +134,7 @@ def _train(args: argparse.Namespace) -> int:
             raise UsageError("--resume needs --out with the run folder to continue")
         if not (args.out / CONFIG_FILE).exists():
             raise UsageError(f"nothing to resume in {args.out}: it has no {CONFIG_FILE}")
-        saved = Config.load(args.out / CONFIG_FILE)
-        changed = [name for name in SHAPE_FIELDS if name in explicit and explicit[name] != getattr(saved, name)]
-        if changed:
-            raise UsageError(f"cannot change {', '.join('--' + n.replace('_', '-') for n in changed)} "
-                             f"when resuming a run")
-        config = saved.replace(**explicit)
+        config = Config.load(args.out / CONFIG_FILE).replace(**explicit)
     else:
         values = preset(args.preset) if args.preset else {}
         values.update(explicit)

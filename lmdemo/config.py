@@ -30,13 +30,13 @@ class Config:
     dropout: float = _opt(0.3, "dropout on embeddings, between layers and before the decoder", group="model")
     tie_weights: bool = _opt(True, "share the embedding and decoder weights (Press & Wolf 2016); "
                              "a projection is added when emb_size != hidden_size", group="model")
-    tie_projection: bool = _opt(True, "when tying with emb_size != hidden_size, project the LSTM output "
-                                "to emb_size; off makes that combination an error", group="model")
     softmax: str = _opt("auto", "output layer: the full softmax, or Grave et al.'s adaptive softmax (frequent words "
                         "in a head, rarer ones in clusters scored only when a target falls in them: faster "
                         "training for large vocabularies; tying is kept); auto = adaptive for word-level "
                         "vocabularies of 10,000 or more, full otherwise", ("auto", "full", "adaptive"), "model")
     vocab_size: int = _opt(0, "set from the tokenizer when training starts", group="model")
+    cutoffs: list[int] | None = _opt(None, "adaptive softmax cluster boundaries, set when training starts",
+                                     group="model")
 
     # --- data ------------------------------------------------------------------------------
     data: str = _opt("", "a text file, a folder with train/valid/test.txt, a datasets.save_to_disk "
@@ -112,11 +112,11 @@ class Config:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 out.append(f"--{name.replace('_', '-')} must be positive (got {value})")
-        if self.tie_weights and self.emb_size != self.hidden_size and not self.tie_projection:
-            out.append(f"--tie-weights needs --emb-size == --hidden-size (got {self.emb_size} and "
-                       f"{self.hidden_size}) unless --tie-projection is on")
         if self.softmax == "adaptive" and self.level == "char":
             out.append("--softmax adaptive is for word-level vocabularies; a character model's softmax is already small")
+        if self.cutoffs is not None and (sorted(set(self.cutoffs)) != list(self.cutoffs) or self.cutoffs[0] < 1
+                                         or (self.vocab_size and self.cutoffs[-1] != self.vocab_size)):
+            out.append(f"cutoffs must rise from 1 to the vocabulary size (got {self.cutoffs})")
         if self.vocab_size < 0:
             out.append(f"vocab_size must not be negative (got {self.vocab_size})")
         if not 0.0 <= self.dropout < 1.0:
@@ -137,6 +137,16 @@ class Config:
                            f"(got {getattr(self, f.name)!r})")
         return out
 
+    def resolved(self, vocab_size: int) -> "Config":
+        """The config of the model actually built for a vocabulary: the vocabulary size, the softmax
+        chosen ('auto' resolved) and the adaptive clusters, so a saved config says what was built."""
+        config = self.replace(vocab_size=vocab_size)
+        if not config.adaptive_softmax:
+            return config.replace(softmax="full", cutoffs=None)
+        from lmdemo.model import adaptive_cutoffs
+
+        return config.replace(softmax="adaptive", cutoffs=config.cutoffs or adaptive_cutoffs(vocab_size))
+
     def replace(self, **changes: Any) -> "Config":
         return dataclasses.replace(self, **changes)
 
@@ -155,7 +165,13 @@ class Config:
         """Build from a saved dict, ignoring keys this version does not know."""
         known = {f.name for f in dataclasses.fields(cls)}
         values = {"softmax": "full", **values}  # saved before the adaptive softmax existed: full
-        return cls(**{k: v for k, v in values.items() if k in known})
+        config = cls(**{k: v for k, v in values.items() if k in known})
+        if config.adaptive_softmax and config.cutoffs is None and config.vocab_size:
+            # saved before the clusters were recorded: they were built without merging a small last one
+            from lmdemo.model import adaptive_cutoffs
+
+            config = config.replace(cutoffs=adaptive_cutoffs(config.vocab_size, min_last=1))
+        return config
 
     @classmethod
     def load(cls, path: str | Path) -> "Config":

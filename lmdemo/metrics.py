@@ -1,8 +1,8 @@
 """The metrics log: one JSON object per line, written by training, read by the dashboard and tests.
 
-Writes replace the whole file atomically, so a reader never sees half a record and a resumed run
-can cut the log back to the records its checkpoint had seen. The reader still survives
-hand-edited, truncated or foreign files: bad lines are skipped and reported, never raised.
+Records are appended a line at a time, and a resumed run cuts the log back to the byte offset its
+state recorded. The reader survives a half-written last line and hand-edited, truncated or foreign
+files: bad lines are skipped and reported, never raised.
 Schema (version 1) is documented in README.md.
 """
 
@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lmdemo.files import write_atomic
 
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.json"
@@ -45,24 +44,30 @@ def loss_record(prefix: str, loss: float, level: str) -> dict[str, float]:
 
 
 class MetricsWriter:
-    """Appends records by rewriting the file atomically; cheap at the few thousand records a run has."""
+    """Appends one line per record; `offset` is the log's size after the last whole record.
 
-    def __init__(self, path: str | Path, keep: int | None = None):
+    A run state records the offset, so a resumed run cuts the log back to what its state had seen (a
+    record written after the last save, or half of one, goes) and appends from there.
+    """
+
+    def __init__(self, path: str | Path, offset: int = 0):
         self.path = Path(path)
-        existing = read_metrics(self.path).records if self.path.exists() else []
-        self.records: list[dict[str, Any]] = existing[:keep] if keep is not None else existing
-        self._flush()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "ab") as f:
+            if f.tell() < offset:
+                raise ValueError(f"{self.path} is shorter than the {offset} bytes the run state recorded")
+            f.truncate(offset)
+        self.offset = offset
 
     def append(self, event: str, **values: Any) -> None:
         if event not in EVENTS:
             raise ValueError(f"unknown metrics event {event!r}")
         # A diverged run's NaN/inf is logged as null: JSON has no such numbers.
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in values.items()}
-        self.records.append({"schema": SCHEMA_VERSION, "event": event, **clean})
-        self._flush()
-
-    def _flush(self) -> None:
-        write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
+        line = (json.dumps({"schema": SCHEMA_VERSION, "event": event, **clean}) + "\n").encode()
+        with open(self.path, "ab") as f:
+            f.write(line)
+        self.offset += len(line)
 
 
 @dataclass

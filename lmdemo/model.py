@@ -41,7 +41,7 @@ class LSTMLanguageModel(
         self.decoder = nn.Linear(decoder_in, config.vocab_size)
         # Adaptive softmax: the decoder's rows stay the word vectors (so tying holds); the head scores the
         # frequent words plus one logit per cluster of rarer words, which this layer adds.
-        self.cutoffs = adaptive_cutoffs(config.vocab_size) if config.adaptive_softmax else []
+        self.cutoffs = (config.cutoffs or adaptive_cutoffs(config.vocab_size)) if config.adaptive_softmax else []
         self.clusters = nn.Linear(decoder_in, len(self.cutoffs) - 1) if self.cutoffs else None
         self._init_weights()
         if config.tie_weights:
@@ -124,10 +124,18 @@ ADAPTIVE_HEAD = 2000  # the most frequent words, scored for every token
 ADAPTIVE_GROWTH = 5  # each cluster boundary this many times the one before
 
 
-def adaptive_cutoffs(vocab_size: int) -> list[int]:
+def adaptive_cutoffs(vocab_size: int, min_last: int | None = None) -> list[int]:
     """Cluster boundaries [head, ..., vocab_size] over frequency-ordered ids: a head of 2,000 words (a quarter
-    of smaller vocabularies), then boundaries 5x apart, as Grave et al. suggest for Zipfian text."""
+    of smaller vocabularies), then boundaries 5x apart, as Grave et al. suggest for Zipfian text.
+
+    A last cluster smaller than `min_last` words (default: a quarter of the cluster before it) joins that
+    cluster: a 2-word cluster (10,002 words) would cost a logit in the head for nothing.
+    """
     cuts = [min(ADAPTIVE_HEAD, max(1, vocab_size // 4))]
     while cuts[-1] < vocab_size:
         cuts.append(min(vocab_size, cuts[-1] * ADAPTIVE_GROWTH))
+    if len(cuts) > 2:
+        before = cuts[-2] - cuts[-3]
+        if cuts[-1] - cuts[-2] < (before // 4 if min_last is None else min_last):
+            del cuts[-2]
     return cuts

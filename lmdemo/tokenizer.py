@@ -18,14 +18,17 @@ UNK = "<unk>"
 EOS = "<eos>"
 SPECIALS = (UNK, EOS)
 TOKENIZER_FILE = "tokenizer.json"
+LEVELS = ("word", "char")
 
 
 class Tokenizer:
     """Encode text to ids and back; unknown characters or words become `<unk>`, never an error."""
 
-    def __init__(self, hf: HFTokenizer):
+    def __init__(self, hf: HFTokenizer, level: str):
+        if level not in LEVELS:
+            raise ValueError(f"unknown token level {level!r}; choose one of: {', '.join(LEVELS)}")
         self.hf = hf
-        self.level = "char" if isinstance(hf.decoder, decoders.Fuse) else "word"
+        self.level = level
         self.unk_id = hf.token_to_id(UNK)
         self.eos_id = hf.token_to_id(EOS)
         self.vocab_size = hf.get_vocab_size()
@@ -54,17 +57,18 @@ class Tokenizer:
         # A literal "<unk>" in the text (WikiText, PTB) would be counted as a word and take the
         # special's id; it maps to <unk> anyway, so it is left out of the count.
         hf.train_from_iterator((_strip_specials(t) for t in texts), trainer)
-        tokenizer = cls(hf)
+        tokenizer = cls(hf, level)
         if (tokenizer.unk_id, tokenizer.eos_id) != (0, 1):
             raise RuntimeError("tokenizer specials did not get ids 0 and 1")
         return tokenizer
 
     @classmethod
-    def load(cls, path: str | Path) -> "Tokenizer":
+    def load(cls, path: str | Path, level: str) -> "Tokenizer":
+        """The file holds the pipeline; the level comes from the model's config.json, where it is stored."""
         path = Path(path)
         if path.is_dir():
             path = path / TOKENIZER_FILE
-        return cls(HFTokenizer.from_file(str(path)))
+        return cls(HFTokenizer.from_file(str(path)), level)
 
     def save(self, path: str | Path) -> None:
         from lmdemo.files import write_atomic

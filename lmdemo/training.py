@@ -1,20 +1,23 @@
 """Training: truncated BPTT over continuous streams, logged, checkpointed and resumable.
 
 A run is a folder:
-    config.json       the resolved Config (vocab_size filled in)
+    config.json       the resolved Config (vocabulary size, softmax and its clusters filled in)
     tokenizer.json    built from the training split
     metrics.jsonl     the log (see lmdemo.metrics)
     state.safetensors everything needed to resume: weights, optimiser, RNGs, LSTM state, counters
     model/            the best model so far by validation loss, as a model folder
 
-Each file is replaced atomically, and the state records how many log records it had seen, so a
-run killed at any moment (kill -9 included) resumes from its last state with a log that has no
-duplicated or missing entries. Time-based decisions (save, time limit) are taken at log intervals
-on rank 0 and broadcast, so every process of a data-parallel run takes the same branch.
+The loop follows nanoGPT's: one step, then one place (`Trainer._plan`) decides whether to log,
+validate, save and stop. Everything that shapes the run is a function of the step: the learning
+rate, when to validate and when to stop. A `--max-minutes` budget is turned into a step budget once,
+from the speed measured before the first step, and recorded in the state, so a run killed at any
+moment (kill -9 included) resumes to the same log an uninterrupted run writes. Time-based saves are
+decided at log intervals on rank 0 and broadcast, so every process takes the same branch.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -27,25 +30,30 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from lmdemo.batches import StreamBatches
-from lmdemo.checkpoint import MODEL_DIR, read_weights, save_model
+from lmdemo.checkpoint import MODEL_DIR, WEIGHTS_FILE, read_weights, save_model
 from lmdemo.config import Config, ConfigError
 from lmdemo.corpus import load_corpus
 from lmdemo.evaluation import evaluate
 from lmdemo.files import write_atomic
-from lmdemo.metrics import CONFIG_FILE, METRICS_FILE, MetricsWriter, loss_record
+from lmdemo.metrics import CONFIG_FILE, METRICS_FILE, MetricsWriter, loss_record, perplexity
 from lmdemo.model import LSTMLanguageModel
 from lmdemo.parallel import Parallel
 from lmdemo.tokenizer import TOKENIZER_FILE, Tokenizer
 
 STATE_FILE = "state.safetensors"
+# What a resumed run may change: its limits and bookkeeping. Anything else (data, batch, windows, seed,
+# model, optimiser, schedule) would continue on another grid or another trajectory.
+RESUMABLE_FIELDS = ("epochs", "max_steps", "max_minutes", "early_stop", "log_every", "save_every", "threads")
 
 
 @dataclass
@@ -57,14 +65,50 @@ class Counters:
     step: int = 0
     tokens: int = 0
     elapsed: float = 0.0  # training wall time before this process started
+    step_budget: int | None = None  # --max-minutes as steps, measured once
+    budget_minutes: float | None = None  # the --max-minutes the budget was measured for
     best_val: float = math.inf
     evals_since_best: int = 0
     lr_scale: float = 1.0  # plateau reductions so far
     evals_since_drop: int = 0
-    records: int = 0  # log records the state has seen
+    log_offset: int = 0  # bytes of metrics.jsonl the state has seen
+    interval_loss: float = 0.0  # summed over processes, since the last training record
+    interval_tokens: int = 0
     since_val_loss: float = 0.0  # summed over processes, since the last validation
     since_val_tokens: int = 0
-    last_val_step: int = -1
+    last_val_step: int = 0
+
+
+@dataclass
+class Speed:
+    """Tokens trained (all processes) since `start`, which moves on by the time spent validating and saving."""
+
+    tokens: int = 0
+    start: float = dataclasses.field(default_factory=time.monotonic)
+
+    def per_second(self) -> float:
+        return self.tokens / max(time.monotonic() - self.start, 1e-9)
+
+
+class Plan(NamedTuple):
+    """What to do after a step; decided in one place."""
+
+    log: bool
+    validate: bool
+    save: bool
+    limit: bool  # a limit (epochs, steps, budget) is reached: validate, save and stop
+
+
+@dataclass
+class Hardware:
+    """Where and how this process computes."""
+
+    device: torch.device
+    threads: int
+    precision: str  # "bf16" or "fp32", what actually runs
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.precision == "bf16" else nullcontext()
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -87,7 +131,20 @@ def resolve_device(config: Config, parallel: Parallel) -> torch.device:
     return torch.device("cpu")
 
 
-def describe_hardware(device: torch.device, threads: int, world: int) -> str:
+def set_up_hardware(config: Config, parallel: Parallel, device: torch.device) -> Hardware:
+    """Threads (cores per process unless given) and precision (bf16 only where it is native)."""
+    threads = config.threads or max(1, len(os.sched_getaffinity(0)) // parallel.local_world)
+    torch.set_num_threads(threads)
+    precision = "bf16" if config.precision != "fp32" and native_bf16(device) else "fp32"
+    if config.precision == "bf16" and precision == "fp32" and parallel.main:
+        print("lmdemo: warning: --precision bf16 needs native bf16 (AVX512-BF16 or AMX on a CPU); this "
+              "device has none (its bf16 LSTM kernels fail or run far slower), so training runs in fp32",
+              file=sys.stderr)
+    return Hardware(device, threads, precision)
+
+
+def describe_hardware(hardware: Hardware, world: int) -> str:
+    device = hardware.device
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
@@ -99,7 +156,9 @@ def describe_hardware(device: torch.device, threads: int, world: int) -> str:
                     break
         except OSError:
             pass
-    return f"{world} process(es) × {threads} thread(s) on {name} ({os.cpu_count()} CPUs), torch {torch.__version__}"
+    processes = f"{world} processes" if world > 1 else "1 process"
+    threads = f"{hardware.threads} threads" if hardware.threads > 1 else "1 thread"
+    return f"{processes} × {threads} on {name} ({os.cpu_count()} CPUs), torch {torch.__version__}"
 
 
 def encode_splits(config: Config, tokenizer: Tokenizer | None) -> tuple[Tokenizer, dict[str, torch.Tensor]]:
@@ -115,6 +174,18 @@ def encode_splits(config: Config, tokenizer: Tokenizer | None) -> tuple[Tokenize
     return tokenizer, splits
 
 
+def learning_rate(config: Config, step: int, total_steps: float, lr_scale: float = 1.0) -> float:
+    """The rate for optimiser step `step` (0-based): linear warm-up, then the schedule; a function of
+    the step alone (and of the plateau reductions so far), so a resumed run follows the same curve."""
+    factor = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+    if config.schedule == "cosine":
+        done = min(1.0, step / total_steps)
+        factor *= 0.1 + 0.45 * (1 + math.cos(math.pi * done))  # to a tenth of the peak
+    elif config.schedule == "plateau":
+        factor *= lr_scale
+    return config.lr * factor
+
+
 def train(config: Config, out: str | Path, resume: bool = False, progress_bar: bool = True,
           command: str | None = None) -> Path:
     """Train (or resume) the run in `out`; returns the folder of the best model."""
@@ -122,125 +193,144 @@ def train(config: Config, out: str | Path, resume: bool = False, progress_bar: b
     parallel = Parallel()
     device = resolve_device(config, parallel)
     parallel.start(device)
-    best = _Run(config, out, resume, progress_bar, command, parallel, device).run()
+    best = Trainer(config, out, resume, parallel, set_up_hardware(config, parallel, device), command).run(progress_bar)
     # Only after a clean run: a rank that failed must not wait in teardown for peers mid-collective.
     parallel.stop()
     return best
 
 
-class _Run:
-    def __init__(self, config: Config, out: Path, resume: bool, progress_bar: bool, command: str | None,
-                 parallel: Parallel, device: torch.device):
+class Trainer:
+    """One run: its data, model, optimiser and counters, the loop, and the run folder."""
+
+    def __init__(self, config: Config, out: Path, resume: bool, parallel: Parallel, hardware: Hardware,
+                 command: str | None = None):
         state_path = out / STATE_FILE
         if resume and not state_path.exists():
             raise ConfigError(f"nothing to resume in {out}: it has no {STATE_FILE}")
         if not resume and state_path.exists():
             raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-        self.out, self.parallel, self.device, self.progress_bar = out, parallel, device, progress_bar
-        self.threads = config.threads or max(1, len(os.sched_getaffinity(0)) // parallel.local_world)
-        torch.set_num_threads(self.threads)
-        self.precision = "bf16" if config.precision != "fp32" and native_bf16(device) else "fp32"
-        if config.precision == "bf16" and self.precision == "fp32" and parallel.main:
-            print("lmdemo: warning: --precision bf16 needs native bf16 (AVX512-BF16 or AMX on a CPU); this "
-                  "device has none (its bf16 LSTM kernels fail or run far slower), so training runs in fp32",
-                  file=sys.stderr)
-
-        tokenizer = Tokenizer.load(out / TOKENIZER_FILE) if resume else None
+        self.out, self.parallel, self.hardware = out, parallel, hardware
+        tokenizer = Tokenizer.load(out / TOKENIZER_FILE, config.level) if resume else None
         self.tokenizer, self.splits = encode_splits(config, tokenizer)
-        self.config = config.replace(vocab_size=self.tokenizer.vocab_size)
-        self.batches = self._epoch_batches(0)
+        self.config = config.resolved(self.tokenizer.vocab_size)
+        if resume:
+            _check_resumable(Config.load(out / CONFIG_FILE), self.config)
         if self.splits["valid"].numel() < 2:
             raise ConfigError("the validation split has fewer than 2 tokens")
+        self.batches = self._epoch_batches(0)
+        self.epoch_windows = len(self.batches)
 
         torch.manual_seed(self.config.seed)
-        self.model = LSTMLanguageModel(self.config).to(device)
+        self.model = LSTMLanguageModel(self.config).to(hardware.device)
         torch.manual_seed(self.config.seed + parallel.rank)  # different dropout masks per process
         self.optimizer = _optimizer(self.model, self.config)
+        self.network = DistributedDataParallel(self.model) if parallel.enabled else self.model
         self.counters = Counters()
         self.hidden: tuple[torch.Tensor, torch.Tensor] | None = None
         if resume:
-            self._load_state(state_path)
-            if self._limits_reached():
-                raise ConfigError(f"the run in {out} already reached its limits (step {self.counters.step}, "
-                                  f"epoch {self.counters.epoch}); raise --epochs, --max-steps or --max-minutes "
-                                  f"to train further")
-        elif parallel.main:
-            out.mkdir(parents=True, exist_ok=True)
-            self.config.save(out / CONFIG_FILE)
-            self.tokenizer.save(out / TOKENIZER_FILE)
-        self.log = MetricsWriter(out / METRICS_FILE, keep=self.counters.records) if parallel.main else None
-        self.network = DistributedDataParallel(self.model) if parallel.enabled else self.model
+            load_state(state_path, self)
+            self.batches = self._epoch_batches(self.counters.epoch)
         self.started = time.monotonic()
         self.last_save = self.started
+        self._measure_budget()
+        if resume and self._limit_reached():
+            raise ConfigError(f"the run in {out} already reached its limits (step {self.counters.step}, "
+                              f"epoch {self.counters.epoch}); raise --epochs, --max-steps or --max-minutes "
+                              f"to train further")
+        if parallel.main:
+            out.mkdir(parents=True, exist_ok=True)
+            self.config.save(out / CONFIG_FILE)
+            if not resume:
+                self.tokenizer.save(out / TOKENIZER_FILE)
+        self.log = MetricsWriter(out / METRICS_FILE, self.counters.log_offset) if parallel.main else None
         self._log("start", command=command or shlex.join([Path(sys.executable).name, "-m", "lmdemo", *sys.argv[1:]]),
-                  hardware=describe_hardware(device, self.threads, parallel.world), precision=self.precision,
-                  precision_asked=config.precision,
-                  world=parallel.world, params=self.model.num_parameters(), vocab_size=self.config.vocab_size,
-                  resumed=resume, **{f"{k}_tokens": v.numel() for k, v in self.splits.items()})
+                  hardware=describe_hardware(hardware, parallel.world), precision=hardware.precision,
+                  precision_asked=config.precision, world=parallel.world, params=self.model.num_parameters(),
+                  vocab_size=self.config.vocab_size, resumed=resume, step_budget=self.counters.step_budget,
+                  **{f"{k}_tokens": v.numel() for k, v in self.splits.items()})
 
     # -- the loop ----------------------------------------------------------------------------
-    def run(self) -> Path:
+    def run(self, progress_bar: bool = True) -> Path:
         config, counters = self.config, self.counters
-        windows = len(self.batches)
-        total_steps = min(config.epochs * windows, config.max_steps or math.inf)
-        bar = tqdm(total=int(total_steps), initial=counters.step, unit="step", dynamic_ncols=True,
-                   disable=not (self.progress_bar and self.parallel.main), desc=self.out.name)
-        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.precision == "bf16" else nullcontext()
-        interval = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss sum, tokens
-        interval_start = time.monotonic()
-        stop = False
+        bar = tqdm(total=int(min(self._total_steps(), 1e12)), initial=counters.step, unit="step", dynamic_ncols=True,
+                   disable=not (progress_bar and self.parallel.main), desc=self.out.name)
+        interval = torch.zeros(2, dtype=torch.float64, device=self.hardware.device)  # loss sum, tokens
+        speed = Speed()
         self.model.train()
-        while counters.epoch < config.epochs and not stop:
-            self.batches = self._epoch_batches(counters.epoch)
-            for window in range(counters.window, len(self.batches)):
-                if config.max_steps and counters.step >= config.max_steps:
-                    stop = True
-                    break
-                inputs, targets = (t.to(self.device) for t in self.batches.window(window))
-                self._set_lr(total_steps)
-                with autocast:
-                    loss, state = self.network(inputs, self.hidden, targets)
-                self.hidden = (state[0].detach(), state[1].detach())
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if config.clip > 0:
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.clip)
-                self.optimizer.step()
-                interval[0] += loss.detach().double() * targets.numel()
-                interval[1] += targets.numel()
-                counters.step += 1
-                counters.window = window + 1
-                counters.tokens += targets.numel() * self.parallel.world
-                bar.update(1)
-
-                if counters.step % config.log_every == 0:
-                    seconds = time.monotonic() - interval_start
-                    loss_sum, tokens = self._absorb(interval)
-                    self._log("train", **loss_record("train", loss_sum / tokens, config.level),
-                              tokens_per_sec=tokens / max(seconds, 1e-9), epoch=counters.epoch + (window + 1) / len(self.batches))
-                    bar.set_postfix(loss=f"{loss_sum / tokens:.3f}", ppl=f"{math.exp(min(loss_sum / tokens, 50)):.1f}",
-                                    tok_s=f"{tokens / max(seconds, 1e-9):,.0f}", refresh=False)
-                    interval_start = time.monotonic()
-                    save_now, out_of_time = self._decide()
-                    stop = out_of_time
-                    if save_now and not stop:
-                        self._save_state()
-                if config.eval_every and counters.step - max(counters.last_val_step, 0) >= config.eval_every \
-                        and not stop:
-                    stop = self._validate(interval, epoch_end=False)
-                    interval_start = time.monotonic()
-                if stop:
-                    break
-            else:
-                counters.epoch += 1
-                counters.window = 0
-                self.hidden = None  # the streams restart at the next epoch
-                stop = self._validate(interval, epoch_end=True) or stop
-                interval_start = time.monotonic()
+        while True:
+            tokens_before = self.counters.tokens
+            epoch_end = self._step(interval)
+            speed.tokens += self.counters.tokens - tokens_before
+            bar.update(1)
+            plan = self._plan(epoch_end)
+            if plan.log:
+                loss = self._log_train(interval, speed.per_second())
+                bar.set_postfix(loss=f"{loss:.3f}", ppl=f"{perplexity(loss):.1f}", tok_s=f"{speed.per_second():,.0f}",
+                                refresh=False)
+                speed = Speed()
+            paused = time.monotonic()
+            stop = plan.limit
+            if plan.validate:
+                stop = self._validate(interval, epoch_end) or stop
+            if plan.save or plan.validate:
+                save_state(self.out / STATE_FILE, self, interval)
+            speed.start += time.monotonic() - paused  # validating and saving are not training speed
+            if stop:
+                break
         bar.close()
-        if counters.last_val_step != counters.step:
-            self._validate(interval, epoch_end=False)
         return self._finish()
+
+    def _step(self, interval: torch.Tensor) -> bool:
+        """One optimiser step on the next window; True if it ended an epoch."""
+        config, counters = self.config, self.counters
+        inputs, targets = (t.to(self.hardware.device) for t in self.batches.window(counters.window))
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(config, counters.step, self._total_steps(), counters.lr_scale)
+        with self.hardware.autocast():
+            loss, state = self.network(inputs, self.hidden, targets)
+        self.hidden = (state[0].detach(), state[1].detach())
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.clip)
+        self.optimizer.step()
+        interval[0] += loss.detach().double() * targets.numel()
+        interval[1] += targets.numel()
+        counters.step += 1
+        counters.window += 1
+        counters.tokens += targets.numel() * self.parallel.world
+        if counters.window < len(self.batches):
+            return False
+        counters.epoch += 1
+        counters.window = 0
+        self.hidden = None  # the streams restart at the next epoch
+        if counters.epoch < config.epochs:
+            self.batches = self._epoch_batches(counters.epoch)
+        return True
+
+    def _plan(self, epoch_end: bool) -> Plan:
+        """The one place that decides what happens after a step."""
+        config, counters = self.config, self.counters
+        log = counters.step % config.log_every == 0
+        limit = self._limit_reached()
+        validate = epoch_end or limit or bool(config.eval_every and
+                                              counters.step - counters.last_val_step >= config.eval_every)
+        save = False
+        if log and not validate:  # time-based, so rank 0 decides for everyone; validation saves anyway
+            flag = torch.tensor([time.monotonic() - self.last_save >= config.save_every], dtype=torch.int32,
+                                device=self.hardware.device)
+            save = bool(self.parallel.from_main(flag).item())
+        return Plan(log=log, validate=validate, save=save, limit=limit)
+
+    def _limit_reached(self) -> bool:
+        config, counters = self.config, self.counters
+        return counters.epoch >= config.epochs or counters.step >= self._total_steps()
+
+    def _total_steps(self) -> float:
+        """The run's length in steps: the schedule's horizon and the stopping point."""
+        config, counters = self.config, self.counters
+        return min(config.epochs * self.epoch_windows, config.max_steps or math.inf,
+                   counters.step_budget or math.inf)
 
     def _epoch_batches(self, epoch: int) -> StreamBatches:
         """The epoch's windows; with shift_windows, epochs after the first start at a seeded random offset
@@ -250,39 +340,70 @@ class _Run:
         return StreamBatches(self.splits["train"], config.batch_size, config.bptt, self.parallel.rank,
                              self.parallel.world, offset)
 
-    def _limits_reached(self) -> bool:
+    def _measure_budget(self) -> None:
+        """Turn --max-minutes into a step budget: time a few steps and a slice of validation on copies
+        of the model and optimiser (the run itself, RNGs included, is untouched), then count the steps,
+        with their share of validations, that fit the time left. Rank 0's figure holds for all."""
         config, counters = self.config, self.counters
-        return (counters.epoch >= config.epochs or bool(config.max_steps and counters.step >= config.max_steps)
-                or bool(config.max_minutes and counters.elapsed >= config.max_minutes * 60))
+        if not config.max_minutes:
+            counters.step_budget = counters.budget_minutes = None
+            return
+        if counters.budget_minutes == config.max_minutes:
+            return
+        rng = torch.get_rng_state()
+        model = copy.deepcopy(self.model)
+        optimizer = _optimizer(model, config)
+        optimizer.load_state_dict(copy.deepcopy(self.optimizer.state_dict()))
+        hidden, timed, seconds = self.hidden, 0, 0.0
+        for index in range(2 + 50):
+            started = time.monotonic()
+            inputs, targets = (t.to(self.hardware.device) for t in
+                               self.batches.window((counters.window + index) % len(self.batches)))
+            with self.hardware.autocast():
+                loss, state = model(inputs, hidden, targets)
+            hidden = (state[0].detach(), state[1].detach())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss.item()
+            if index >= 2:  # the first steps warm up kernels and allocations
+                timed, seconds = timed + 1, seconds + time.monotonic() - started
+                if timed >= 3 and seconds >= 2.0:
+                    break
+        valid = self.splits["valid"]
+        sample = valid[:min(valid.numel(), config.eval_batch_size * config.eval_bptt * 2)]
+        started = time.monotonic()
+        evaluate(model, sample, config.eval_batch_size, config.eval_bptt)
+        eval_seconds = (time.monotonic() - started) * valid.numel() / max(sample.numel(), 1)
+        torch.set_rng_state(rng)
+        evals_per_step = (1 / config.eval_every if config.eval_every else 0) + 1 / len(self.batches)
+        per_step = seconds / timed + eval_seconds * evals_per_step
+        left = config.max_minutes * 60 - counters.elapsed - (time.monotonic() - self.started)
+        budget = torch.tensor([counters.step + max(1, int(left / per_step))], device=self.hardware.device)
+        counters.step_budget = int(self.parallel.from_main(budget).item())
+        counters.budget_minutes = config.max_minutes
 
-    def _set_lr(self, total_steps: float) -> None:
+    def _log_train(self, interval: torch.Tensor, tokens_per_sec: float) -> float:
+        """Write a training record for the steps since the last one; returns its loss."""
         config, counters = self.config, self.counters
-        factor = min(1.0, (counters.step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
-        if config.schedule == "cosine":
-            done = counters.step / total_steps
-            if config.max_minutes:
-                done = max(done, self._elapsed() / (config.max_minutes * 60))
-            factor *= 0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, done)))  # to a tenth of the peak
-        elif config.schedule == "plateau":
-            factor *= counters.lr_scale
-        for group in self.optimizer.param_groups:
-            group["lr"] = config.lr * factor
+        loss_sum, tokens = self._absorb(interval)
+        counters.interval_loss, counters.interval_tokens = 0.0, 0
+        loss = loss_sum / max(tokens, 1)
+        self._log("train", **loss_record("train", loss, config.level), tokens_per_sec=tokens_per_sec,
+                  epoch=counters.epoch + counters.window / len(self.batches))
+        return loss
 
     def _absorb(self, interval: torch.Tensor) -> tuple[float, int]:
-        """Sum the interval over processes, add it to the since-validation totals, and reset it."""
+        """Sum the interval over processes into the counters (since the last record and the last
+        validation), reset it, and return the totals since the last training record."""
         loss_sum, tokens = self.parallel.sum(interval.clone()).tolist()
         interval.zero_()
-        self.counters.since_val_loss += loss_sum
-        self.counters.since_val_tokens += int(tokens)
-        return loss_sum, max(int(tokens), 1)
-
-    def _decide(self) -> tuple[bool, bool]:
-        now = time.monotonic()
-        flags = torch.tensor([now - self.last_save >= self.config.save_every,
-                              bool(self.config.max_minutes) and self._elapsed() >= self.config.max_minutes * 60],
-                             dtype=torch.int32, device=self.device)
-        save_now, out_of_time = self.parallel.from_main(flags).tolist()
-        return bool(save_now), bool(out_of_time)
+        counters = self.counters
+        counters.interval_loss += loss_sum
+        counters.interval_tokens += int(tokens)
+        counters.since_val_loss += loss_sum
+        counters.since_val_tokens += int(tokens)
+        return counters.interval_loss, counters.interval_tokens
 
     def _validate(self, interval: torch.Tensor, epoch_end: bool) -> bool:
         """Score the validation split, keep the best model, adjust the rate; True to stop early."""
@@ -305,84 +426,107 @@ class _Run:
                 counters.lr_scale *= config.lr_factor
                 counters.evals_since_drop = 0
         self._log("val", **train_part, **loss_record("val", score.loss, config.level),
-                  epoch=counters.epoch if epoch_end else counters.epoch + counters.window / len(self.batches),
-                  epoch_end=epoch_end, best=improved)
+                  epoch=counters.epoch + counters.window / len(self.batches), epoch_end=epoch_end, best=improved)
         if improved and self.parallel.main:
             save_model(self.out / MODEL_DIR, self.model, self.tokenizer, self.out / METRICS_FILE, self.out.name)
-        self._save_state()
         return bool(config.early_stop and counters.evals_since_best >= config.early_stop)
 
     def _finish(self) -> Path:
-        """Score the best model on the test split and write the final model folder."""
+        """Score the best model on the test split and write the final model folder.
+
+        The run state keeps the last weights (saved at the last validation), so a resume with raised
+        limits continues from them; the best model is read back into a separate copy for the test.
+        """
         self.parallel.barrier()
         best = self.out / MODEL_DIR
-        if (best / "model.safetensors").exists():
-            self.model.load_state_dict(read_weights(best).state_dict())
+        model = read_weights(best).to(self.hardware.device) if (best / WEIGHTS_FILE).exists() else self.model
         if self.splits["test"].numel() >= 2:
-            score = evaluate(self.model, self.splits["test"], self.config.eval_batch_size, self.config.eval_bptt,
+            score = evaluate(model, self.splits["test"], self.config.eval_batch_size, self.config.eval_bptt,
                              self.parallel)
             unk_rate = (self.splits["test"] == self.tokenizer.unk_id).double().mean().item()
             self._log("test", **loss_record("test", score.loss, self.config.level), test_tokens=score.tokens,
                       test_unk_rate=unk_rate)
         if self.parallel.main:
-            save_model(best, self.model, self.tokenizer, self.out / METRICS_FILE, self.out.name)
-        self._save_state()
+            save_model(best, model, self.tokenizer, self.out / METRICS_FILE, self.out.name)
         return best
 
-    # -- logging and state --------------------------------------------------------------------
-    def _elapsed(self) -> float:
+    # -- logging -----------------------------------------------------------------------------
+    def elapsed(self) -> float:
         return self.counters.elapsed + time.monotonic() - self.started
 
     def _log(self, event: str, **values) -> None:
         counters = self.counters
         values = {"step": counters.step, "epoch": counters.epoch, "tokens": counters.tokens,
-                  "time": round(self._elapsed(), 3), "lr": self.optimizer.param_groups[0]["lr"], **values}
+                  "time": round(self.elapsed(), 3), "lr": self.optimizer.param_groups[0]["lr"], **values}
         if self.log is not None:
             self.log.append(event, **values)
-        counters.records += 1
 
-    def _save_state(self) -> None:
-        """Everything needed to resume, in one file written atomically by rank 0."""
-        parallel = self.parallel
-        hidden = self.hidden
-        tensors = {f"model.{name}": p.detach().cpu().contiguous() for name, p in self.model.named_parameters()}
-        tensors["rng"] = parallel.gather(torch.get_rng_state().unsqueeze(0).to(self.device)).cpu()
-        if hidden is not None:
-            tensors["hidden.h"] = parallel.gather(hidden[0], dim=1).cpu()
-            tensors["hidden.c"] = parallel.gather(hidden[1], dim=1).cpu()
-        optimizer = self.optimizer.state_dict()
-        for index, values in optimizer["state"].items():
-            for key, value in values.items():
-                tensors[f"optim.{index}.{key}"] = value.detach().cpu().contiguous()
-        counters = dataclasses.replace(self.counters, elapsed=self._elapsed())
-        metadata = {"counters": json.dumps(dataclasses.asdict(counters)),
-                    "param_groups": json.dumps(optimizer["param_groups"])}
-        if parallel.main:
-            write_atomic(self.out / STATE_FILE, save_tensors(tensors, metadata))
-        self.last_save = time.monotonic()
 
-    def _load_state(self, path: Path) -> None:
-        from safetensors import safe_open
+def _check_resumable(saved: Config, given: Config) -> None:
+    """Refuse, in one line naming them, changes a resumed run cannot honour."""
+    changed = [f.name for f in dataclasses.fields(Config)
+               if f.name not in RESUMABLE_FIELDS and getattr(saved, f.name) != getattr(given, f.name)]
+    if changed:
+        listed = ", ".join(f"--{name.replace('_', '-')} ({getattr(saved, name)!r} → {getattr(given, name)!r})"
+                           for name in changed)
+        raise ConfigError(f"cannot resume with changed settings: {listed}; a resumed run may change only "
+                          + ", ".join(f"--{name.replace('_', '-')}" for name in RESUMABLE_FIELDS))
 
-        with safe_open(str(path), "pt") as f:
-            metadata = f.metadata()
-        tensors = load_tensors(path.read_bytes())
-        with torch.no_grad():
-            for name, parameter in self.model.named_parameters():
-                parameter.copy_(tensors[f"model.{name}"])
-        state: dict[int, dict[str, torch.Tensor]] = {}
-        for key, value in tensors.items():
-            if key.startswith("optim."):
-                _, index, name = key.split(".", 2)
-                state.setdefault(int(index), {})[name] = value
-        self.optimizer.load_state_dict({"state": state, "param_groups": json.loads(metadata["param_groups"])})
-        self.counters = Counters(**json.loads(metadata["counters"]))
-        rng = tensors["rng"]
-        if rng.size(0) == self.parallel.world:
-            torch.set_rng_state(rng[self.parallel.rank].clone())
-        if "hidden.h" in tensors:
-            self.hidden = (self.parallel.mine(tensors["hidden.h"], 1).to(self.device),
-                           self.parallel.mine(tensors["hidden.c"], 1).to(self.device))
+
+# -- the run state ---------------------------------------------------------------------------------
+def save_state(path: Path, trainer: Trainer, interval: torch.Tensor) -> None:
+    """Everything needed to resume, in one file written atomically by rank 0 (all ranks take part:
+    each contributes its RNG and LSTM state)."""
+    parallel = trainer.parallel
+    trainer._absorb(interval)  # the loss since the last record travels in the counters
+    tensors = {f"model.{name}": p.detach().cpu().contiguous() for name, p in trainer.model.named_parameters()}
+    device = trainer.hardware.device
+    tensors["rng"] = parallel.gather(torch.get_rng_state().unsqueeze(0).to(device)).cpu()
+    if device.type == "cuda":
+        tensors["cuda_rng"] = parallel.gather(torch.cuda.get_rng_state(device).unsqueeze(0).to(device)).cpu()
+    if trainer.hidden is not None:
+        tensors["hidden.h"] = parallel.gather(trainer.hidden[0], dim=1).cpu()
+        tensors["hidden.c"] = parallel.gather(trainer.hidden[1], dim=1).cpu()
+    optimizer = trainer.optimizer.state_dict()
+    for index, values in optimizer["state"].items():
+        for key, value in values.items():
+            tensors[f"optim.{index}.{key}"] = value.detach().cpu().contiguous()
+    counters = dataclasses.replace(trainer.counters, elapsed=trainer.elapsed(),
+                                   log_offset=trainer.log.offset if trainer.log else 0)
+    metadata = {"counters": json.dumps(dataclasses.asdict(counters)),
+                "param_groups": json.dumps(optimizer["param_groups"])}
+    if parallel.main:
+        write_atomic(path, save_tensors(tensors, metadata))
+    trainer.last_save = time.monotonic()
+
+
+def load_state(path: Path, trainer: Trainer) -> None:
+    """Put a saved state into a freshly built trainer."""
+    with safe_open(str(path), "pt") as f:
+        metadata = f.metadata()
+    tensors = load_tensors(path.read_bytes())
+    known = {f.name for f in dataclasses.fields(Counters)}
+    saved = json.loads(metadata["counters"])
+    if "log_offset" not in saved:
+        raise ConfigError(f"{path} was written by an older lmdemo and cannot be resumed; start a new run")
+    with torch.no_grad():
+        for name, parameter in trainer.model.named_parameters():
+            parameter.copy_(tensors[f"model.{name}"])
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+    trainer.optimizer.load_state_dict({"state": state, "param_groups": json.loads(metadata["param_groups"])})
+    trainer.counters = Counters(**{k: v for k, v in saved.items() if k in known})
+    parallel, device = trainer.parallel, trainer.hardware.device
+    if tensors["rng"].size(0) == parallel.world:
+        torch.set_rng_state(tensors["rng"][parallel.rank].clone())
+    if "cuda_rng" in tensors and device.type == "cuda" and tensors["cuda_rng"].size(0) == parallel.world:
+        torch.cuda.set_rng_state(tensors["cuda_rng"][parallel.rank].clone(), device)
+    if "hidden.h" in tensors:
+        trainer.hidden = (parallel.mine(tensors["hidden.h"], 1).to(device),
+                          parallel.mine(tensors["hidden.c"], 1).to(device))
 
 
 def _optimizer(model: torch.nn.Module, config: Config) -> torch.optim.Optimizer:
