@@ -1,13 +1,13 @@
-"""Training dashboard: `streamlit run dashboard/main.py [-- --logs FOLDER]`.
+"""Training dashboard: `streamlit run dashboard/main.py [-- --logs FOLDER [--logs FOLDER ...]]`.
 
 Only layout and widgets live here; reading logs and shaping what is shown is `lmdemo.runs`.
-The logs root comes from `--logs`, else the LMDEMO_LOGS environment variable (how tests pass it),
-else this repository's runs/ and checkpoints/; the sidebar can change it.
+The logs roots come from `--logs`, else the LMDEMO_LOGS environment variable (how tests pass them),
+else this repository's runs/ and checkpoints/. They are all the page may read: the sidebar picks
+among them or a folder inside one, like TensorBoard's fixed --logdir.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -25,11 +25,14 @@ from lmdemo.metrics import Run, find_runs, load_run
 from lmdemo.runs import (
     MEASURES,
     X_AXES,
+    OutsideLogsError,
     RunSourceError,
     config_diff,
     curve_frame,
     download_run,
+    folder_within,
     log_notes,
+    logs_roots,
     smooth,
     summary_frame,
 )
@@ -38,36 +41,60 @@ DEFAULT_ROOTS = (REPO / "runs", REPO / "checkpoints")
 PALETTE = qualitative.Plotly
 LIVE_INTERVALS_S = (2, 5, 10, 30)
 TEMPLATE = "plotly_white"
+ALL = ""  # the "Logs root" option that reads every allowed root
 
 
-def requested_root() -> str:
-    """The logs root from `-- --logs PATH` or LMDEMO_LOGS, absolute; '' for the default roots."""
-    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    parser.add_argument("--logs", default=os.environ.get("LMDEMO_LOGS", ""))
-    given = parser.parse_known_args(sys.argv[1:])[0].logs
-    return str(Path(given).expanduser().absolute()) if given else ""
+def allowed_roots() -> tuple[list[Path], bool]:
+    """The roots given at start (`-- --logs`, LMDEMO_LOGS), else the default ones that exist; and which it was."""
+    given = logs_roots(sys.argv[1:], os.environ.get("LMDEMO_LOGS", ""))
+    return (given, True) if given else ([root for root in DEFAULT_ROOTS if root.is_dir()], False)
 
 
-def discover(root_text: str) -> list[Run]:
-    """The runs under the chosen root (or the default roots), telling the page what went wrong."""
-    if not root_text.strip():
-        runs, _ = find_runs([root for root in DEFAULT_ROOTS if root.is_dir()])
+def chosen_folders(roots: list[Path]) -> list[Path]:
+    """The root picked in the sidebar, or a folder typed inside it; every root by default."""
+    if not roots:
+        return []
+    options = [ALL, *map(str, roots)] if len(roots) > 1 else [str(roots[0])]
+    with st.sidebar:
+        root = st.selectbox("Logs root", options, key="logs_root",
+                            format_func=lambda option: f"All {len(roots)} roots" if option == ALL else option,
+                            help="The folders the dashboard was started with (`--logs`): the only ones it reads.")
+        typed = st.text_input("Folder inside it", key="logs_folder", disabled=root == ALL,
+                              placeholder="pick one root first" if root == ALL else "all of it",
+                              help="A sub-folder of the root (relative to it, or absolute) to narrow the runs.")
+    if root == ALL:
+        return roots
+    if not typed.strip():
+        return [Path(root)]
+    try:
+        return [folder_within(typed, Path(root), roots)]
+    except OutsideLogsError as error:
+        st.error(f"{error}.")
+        return []
+
+
+def discover(folders: list[Path], quiet: bool) -> list[Run]:
+    """The runs in the chosen folders, telling the page what went wrong (`quiet`: only that there are none)."""
+    if quiet:
+        runs = find_runs(folders)[0]
         if not runs:
             st.info("No training runs yet. Train one, e.g. `python -m lmdemo train --preset shakespeare-char "
-                    "--out runs/shakespeare`, or enter a logs folder or a Hub model repo in the sidebar.")
+                    "--out runs/shakespeare`, or enter a Hub model repo in the sidebar.")
         return runs
-    root = Path(root_text.strip()).expanduser()
-    root = root if root.is_absolute() else REPO / root
-    if not root.exists():
-        st.error(f"The logs folder `{root}` does not exist.")
+    readable = []
+    for folder in folders:
+        if not folder.exists():
+            st.error(f"The logs folder `{folder}` does not exist.")
+        elif not folder.is_dir():
+            st.error(f"`{folder}` is a file, not a folder: choose the folder that holds the runs.")
+        else:
+            readable.append(folder)
+    if not readable:
         return []
-    if not root.is_dir():
-        st.error(f"`{root}` is a file, not a folder: choose the folder that holds the runs.")
-        return []
-    runs, problems = find_runs([root])
+    runs, problems = find_runs(readable)
     hint = "" if runs else " Choose a folder that holds training runs (folders with a metrics.jsonl)."
     for problem in problems:
-        st.warning(f"{problem.replace(str(root), f'`{root}`')}.{hint}")
+        st.warning(f"{problem}.{hint}")
     return runs
 
 
@@ -85,12 +112,12 @@ def sidebar() -> tuple[list[Run], dict]:
     """Every control, and the runs they pick."""
     with st.sidebar:
         st.header("Runs")
-        root_text = st.text_input("Logs folder", value=requested_root(), key="logs_root",
-                                  placeholder="runs/ and checkpoints/ of this repo",
-                                  help="A folder searched for metrics.jsonl logs; relative to the repo root.")
+    roots, given = allowed_roots()
+    folders = chosen_folders(roots)
+    runs = discover(folders, quiet=not given and folders == roots)  # the default roots may well be empty
+    with st.sidebar:
         hub_id = st.text_input("Hub model repo", key="hub_repo", placeholder="owner/name",
                                help="Also show the training log shipped in a Hugging Face Hub model repo.")
-    runs = discover(root_text)
     if hub_id.strip():
         try:
             runs.append(hub_run(hub_id.strip()))

@@ -6,12 +6,15 @@ be tested without a browser. Runs come from `lmdemo.metrics` (local folders) or 
 
 from __future__ import annotations
 
+import argparse
 import math
+import os
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import (
@@ -38,22 +41,51 @@ class RunSourceError(ValueError):
     """A run log could not be fetched; the message says why in words a user can act on."""
 
 
-def ema(values: Sequence[float | None], weight: float) -> list[float]:
+class OutsideLogsError(ValueError):
+    """A folder asked for in the page lies outside the logs roots the dashboard was started with."""
+
+
+def logs_roots(argv: Sequence[str], environment: str = "") -> list[Path]:
+    """The only folders the dashboard may read, fixed when it starts; [] means the default ones.
+
+    `--logs PATH` (repeatable) in `argv`, else the `environment` value (LMDEMO_LOGS: paths separated
+    by os.pathsep). Relative paths are taken from the working directory, like any command's.
+    """
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--logs", action="append", default=[])
+    given = parser.parse_known_args(list(argv))[0].logs or environment.split(os.pathsep)
+    roots = [Path(os.path.abspath(Path(text.strip()).expanduser())) for text in given if text.strip()]
+    return list(dict.fromkeys(roots))
+
+
+def folder_within(text: str, root: Path, roots: Sequence[Path]) -> Path:
+    """The folder typed in the page (relative to the chosen `root`, or absolute), if it lies in one of `roots`.
+
+    Checked on the real path, `..` and links followed, before anything is read; otherwise the page
+    would open any folder the server can read. The refusal does not say whether the folder exists.
+    """
+    try:
+        folder = Path(os.path.abspath(root / Path(text.strip()).expanduser()))
+        inside = any(Path(os.path.realpath(folder)).is_relative_to(os.path.realpath(allowed)) for allowed in roots)
+    except ValueError:  # a NUL byte: no folder at all
+        inside = False
+    if not inside:
+        raise OutsideLogsError(f"{text.strip()} is outside the logs folders this dashboard was started with; "
+                               f"nothing was read (start it with --logs FOLDER to allow another)")
+    return folder
+
+
+def ema(values: Sequence[float | None] | pd.Series, weight: float) -> pd.Series:
     """TensorBoard's smoothing: an exponential moving average debiased so early points are not pulled to 0.
 
-    Missing or non-finite values are kept where they are and do not disturb the average.
+    That is pandas' `ewm(adjust=True)`. Missing or non-finite values stay gaps and do not disturb the
+    average (`ignore_na`), so a diverged step does not smear into the points after it.
     """
     if not 0.0 <= weight < 1.0:
         raise ValueError(f"smoothing weight must be in [0, 1) (got {weight})")
-    smoothed, average, count = [], 0.0, 0
-    for value in values:
-        if value is None or not math.isfinite(value):
-            smoothed.append(math.nan)
-            continue
-        average = average * weight + (1.0 - weight) * value
-        count += 1
-        smoothed.append(average / (1.0 - weight**count))
-    return smoothed
+    series = pd.Series(values, dtype=float)
+    finite = series.where(np.isfinite(series))
+    return finite.ewm(alpha=1.0 - weight, adjust=True, ignore_na=True).mean().where(finite.notna())
 
 
 def curve_frame(runs: Iterable[Run]) -> pd.DataFrame:
@@ -68,27 +100,24 @@ def curve_frame(runs: Iterable[Run]) -> pd.DataFrame:
             split = record.get("event")
             if split not in SPLITS:
                 continue
-            loss = _number(record.get(f"{split}_loss"))
-            bpc = _number(record.get(f"{split}_bpc"))
+            loss = _finite_or_none(record.get(f"{split}_loss"))
+            bpc = _finite_or_none(record.get(f"{split}_bpc"))
             if bpc is None and loss is not None and run.level == "char":
                 bpc = bits(loss)
-            step = _number(record.get("step"))
+            step = _finite_or_none(record.get("step"))
             rows.append({
                 "run": run.name, "split": split, "step": position if step is None else step,
-                "epoch": _number(record.get("epoch")), "tokens": _number(record.get("tokens")),
-                "time": _number(record.get("time")), "lr": _number(record.get("lr")),
-                "tokens_per_sec": _number(record.get("tokens_per_sec")),
-                "ppl": _number(record.get(f"{split}_ppl")), "loss": loss, "bpc": bpc,
+                "epoch": _finite_or_none(record.get("epoch")), "tokens": _finite_or_none(record.get("tokens")),
+                "time": _finite_or_none(record.get("time")), "lr": _finite_or_none(record.get("lr")),
+                "tokens_per_sec": _finite_or_none(record.get("tokens_per_sec")),
+                "ppl": _finite_or_none(record.get(f"{split}_ppl")), "loss": loss, "bpc": bpc,
             })
     return pd.DataFrame(rows, columns=CURVE_COLUMNS).astype({c: float for c in CURVE_COLUMNS[2:]})
 
 
 def smooth(frame: pd.DataFrame, column: str, weight: float) -> pd.Series:
     """`ema` of one column along each run's train, validation and test series separately, in log order."""
-    smoothed = pd.Series(math.nan, index=frame.index, dtype=float)
-    for _, series in frame.groupby(["run", "split"], sort=False)[column]:
-        smoothed[series.index] = ema(series.tolist(), weight)
-    return smoothed
+    return frame.groupby(["run", "split"], sort=False)[column].transform(lambda series: ema(series, weight))
 
 
 def describe_model(config: dict[str, Any]) -> str:
@@ -104,9 +133,9 @@ def describe_model(config: dict[str, Any]) -> str:
 def run_status(run: Run, now: float | None = None) -> str:
     """'finished' once tested or past its epoch or step budget, 'running' while its log changes, else 'stopped'."""
     last = run.metrics.records[-1] if run.metrics.records else {}
-    epochs, max_steps = _number(run.config.get("epochs")), _number(run.config.get("max_steps"))
-    if run.metrics.last("test") or (epochs is not None and (_number(last.get("epoch")) or 0) >= epochs) \
-            or (max_steps is not None and (_number(last.get("step")) or 0) >= max_steps):
+    epochs, max_steps = _finite_or_none(run.config.get("epochs")), _finite_or_none(run.config.get("max_steps"))
+    if run.metrics.last("test") or (epochs is not None and (_finite_or_none(last.get("epoch")) or 0) >= epochs) \
+            or (max_steps is not None and (_finite_or_none(last.get("step")) or 0) >= max_steps):
         return "finished"
     try:
         age = (time.time() if now is None else now) - run.metrics.path.stat().st_mtime
@@ -123,13 +152,13 @@ def summary_frame(runs: Iterable[Run], now: float | None = None) -> pd.DataFrame
             run.metrics.last("val") or {}
         best = run.metrics.best("val_loss") or {}
         speeds = [r["tokens_per_sec"] for r in run.metrics.events("train")
-                  if _number(r.get("tokens_per_sec")) is not None]
-        times = [r["time"] for r in run.metrics.records if _number(r.get("time")) is not None]
+                  if _finite_or_none(r.get("tokens_per_sec")) is not None]
+        times = [r["time"] for r in run.metrics.records if _finite_or_none(r.get("time")) is not None]
         rows.append({
             "Run": run.name, "Model": describe_model(run.config), "Data": _data(run.config),
-            "Parameters": _number(start.get("params")), "Best val ppl": _number(best.get("val_ppl")),
-            "Best at epoch": _number(best.get("epoch")), "Last val ppl": _number(last_val.get("val_ppl")),
-            "Test ppl": _number(test.get("test_ppl")),
+            "Parameters": _finite_or_none(start.get("params")),
+            "Best val ppl": _finite_or_none(best.get("val_ppl")), "Best at epoch": _finite_or_none(best.get("epoch")),
+            "Last val ppl": _finite_or_none(last_val.get("val_ppl")), "Test ppl": _finite_or_none(test.get("test_ppl")),
             "Training time": format_duration(max(times)) if times else MISSING,
             "Tokens/s": round(float(pd.Series(speeds).median())) if speeds else None,
             "Status": run_status(run, now),
@@ -150,7 +179,8 @@ def models_table(runs: Iterable[Run]) -> str:
         shape = (f"{config.get('num_layers', '?')}×{config.get('hidden_size', '?')}, emb {config.get('emb_size', '?')}"
                  + (", tied" if config.get("tie_weights") else ""))
         data = f"{_data(config)}, {config.get('vocab_size', 0):,} {'symbols' if char else 'words'}"
-        speeds = sorted(r["tokens_per_sec"] for r in run.metrics.events("train") if _number(r.get("tokens_per_sec")))
+        speeds = sorted(r["tokens_per_sec"] for r in run.metrics.events("train")
+                        if _finite_or_none(r.get("tokens_per_sec")))
         last = run.metrics.trained()
         hardware = str(start.get("hardware", "?")).split(", torch")[0]
         lines.append(" | ".join([
@@ -163,12 +193,12 @@ def models_table(runs: Iterable[Run]) -> str:
 
 
 def _score(record: dict[str, Any], split: str, char: bool) -> str:
-    loss = _number(record.get(f"{split}_loss"))
+    loss = _finite_or_none(record.get(f"{split}_loss"))
     if loss is None:
         return MISSING
     if char:
         return f"{loss:.4f} nats/char = {bits(loss):.3f} bits/char (ppl {perplexity(loss):.2f})"
-    unk = _number(record.get(f"{split}_unk_rate"))
+    unk = _finite_or_none(record.get(f"{split}_unk_rate"))
     return f"ppl {perplexity(loss):.2f}" + (f" (<unk> {unk:.2%} of tokens)" if unk is not None else "")
 
 
@@ -230,7 +260,8 @@ def format_duration(seconds: float) -> str:
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
-def _number(value: Any) -> float | None:
+def _finite_or_none(value: Any) -> float | None:
+    """A log value as a float, or None for a missing, non-numeric or non-finite one (a hand-edited log)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return None
     return float(value)

@@ -2,27 +2,37 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import math
+import os
+import socket
 import sys
+import tomllib
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 from conftest import DATA, ROOT, train_small
 from servers import free_port, serving
 from streamlit.testing.v1 import AppTest
 
+import lmdemo.metrics
 from lmdemo.config import PRESETS
 from lmdemo.metrics import MetricsWriter, find_runs, load_run, read_metrics
 from lmdemo.runs import (
+    OutsideLogsError,
     RunSourceError,
     config_diff,
     curve_frame,
     describe_model,
     download_run,
     ema,
+    folder_within,
     format_duration,
     log_notes,
+    logs_roots,
     run_status,
     smooth,
     summary_frame,
@@ -31,6 +41,19 @@ from lmdemo.runs import (
 PAGE = ROOT / "dashboard" / "main.py"
 CHROMIUM = Path("/usr/bin/chromium")
 OLD_LOG = '{"step": 1, "loss": 5.0}\n{"step": 2, "loss": 4.5}\n{"step": 2, "val_loss": 4.6}\n'
+# A log whose figures are known by hand: best validation loss 1.5 at epoch 1 (ppl e^1.5 = 4.4817),
+# last 1.75 (ppl 5.7546), test 1.6 (ppl 4.9530), speeds 100, 300, 200 (median 200), 125 s in all.
+KNOWN_LOG = "".join(json.dumps({"schema": 1, **record}) + "\n" for record in [
+    {"event": "start", "step": 0, "params": 1234},
+    {"event": "train", "step": 10, "epoch": 0.5, "time": 30, "tokens_per_sec": 100, "train_loss": 2.5},
+    {"event": "val", "step": 10, "epoch": 0.5, "time": 35, "val_loss": 2.0},
+    {"event": "train", "step": 20, "epoch": 1.0, "time": 60, "tokens_per_sec": 300, "train_loss": 1.5},
+    {"event": "val", "step": 20, "epoch": 1.0, "time": 65, "val_loss": 1.5},
+    {"event": "train", "step": 30, "epoch": 1.5, "time": 90, "tokens_per_sec": 200, "train_loss": 1.2},
+    {"event": "val", "step": 30, "epoch": 1.5, "time": 95, "val_loss": 1.75},
+    {"event": "test", "step": 30, "epoch": 1.5, "time": 125, "test_loss": 1.6},
+])
+LATER_VAL = json.dumps({"schema": 1, "event": "val", "step": 40, "epoch": 2.0, "time": 130, "val_loss": 1.25}) + "\n"
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +85,12 @@ def chart(page: AppTest, index: int = 0) -> dict:
     return json.loads(page.get("plotly_chart")[index].proto.spec)
 
 
+def values(trace: dict, axis: str = "y") -> list[float]:
+    """A trace's x or y values: plotly sends arrays as base64 (`bdata`) with their dtype."""
+    data = trace[axis]
+    return np.frombuffer(base64.b64decode(data["bdata"]), dtype=data["dtype"]).tolist() if "bdata" in data else data
+
+
 def messages(page: AppTest) -> str:
     return " | ".join(str(e.value) for kind in ("error", "warning", "info") for e in getattr(page, kind))
 
@@ -69,11 +98,14 @@ def messages(page: AppTest) -> str:
 # --- lmdemo.runs and the reader -------------------------------------------------------------------
 
 def test_ema_is_debiased_and_leaves_gaps():
-    assert ema([3.0, 3.0, 3.0], 0.9) == pytest.approx([3.0, 3.0, 3.0])  # no pull towards 0 at the start
-    assert ema([1.0, 2.0], 0.0) == [1.0, 2.0]
-    assert ema([1.0, 3.0], 0.5) == pytest.approx([1.0, (0.5 * 0.5 + 0.5 * 3.0) / 0.75])
-    smoothed = ema([1.0, None, math.inf, 1.0], 0.5)
-    assert smoothed[0] == 1.0 and math.isnan(smoothed[1]) and math.isnan(smoothed[2]) and smoothed[3] == 1.0
+    # By hand, weight 0.5: 1; (0.5·1 + 3) / 1.5 = 7/3; (0.25·1 + 0.5·3 + 2) / 1.75 = 15/7.
+    assert ema([1.0, 3.0, 2.0], 0.5).tolist() == pytest.approx([1.0, 7 / 3, 15 / 7])
+    assert ema([3.0, 3.0, 3.0], 0.9).tolist() == pytest.approx([3.0, 3.0, 3.0])  # no pull towards 0 at the start
+    assert ema([1.0, 2.0], 0.0).tolist() == [1.0, 2.0]
+    smoothed = ema([1.0, None, math.inf, 3.0], 0.5).tolist()  # gaps stay gaps and are skipped: 7/3 again
+    assert smoothed[0] == 1.0 and math.isnan(smoothed[1]) and math.isnan(smoothed[2])
+    assert smoothed[3] == pytest.approx(7 / 3)
+    assert ema(pd.Series([1.0, 3.0], index=[5, 9]), 0.5).index.tolist() == [5, 9]  # lines up with its frame
     with pytest.raises(ValueError):
         ema([1.0], 1.0)
 
@@ -82,7 +114,15 @@ def test_smooth_keeps_runs_and_splits_apart(logs_root):
     frame = curve_frame(find_runs([logs_root])[0])
     frame["smoothed"] = smooth(frame, "ppl", 0.9)
     for _, rows in frame.groupby(["run", "split"]):
-        assert rows.smoothed.iloc[0] == pytest.approx(rows.ppl.iloc[0])
+        assert rows.smoothed.tolist() == pytest.approx(ema(rows.ppl, 0.9).tolist())
+
+
+def test_log_values_that_are_not_finite_numbers_are_gaps(tmp_path):
+    log = json.dumps({"schema": 1, "event": "train", "step": 1, "epoch": True, "tokens": "12", "time": 1e999,
+                      "lr": 0.5, "train_loss": 2.0}) + "\n"
+    row = curve_frame([load_run(write_run(tmp_path / "odd", log))]).iloc[0]
+    assert math.isnan(row.epoch) and math.isnan(row.tokens) and math.isnan(row.time)
+    assert row.lr == 0.5 and row.loss == 2.0
 
 
 def test_reader_skips_corrupt_lines_and_flags_a_half_written_tail(tmp_path):
@@ -142,11 +182,19 @@ def test_summary_and_description(logs_root):
     assert list(summary.index) == ["small", "wide"]
     assert summary.loc["small", "Model"] == "char · 1×16"
     assert summary.loc["wide", "Parameters"] > summary.loc["small", "Parameters"]
-    assert summary.loc["small", "Best val ppl"] <= summary.loc["small", "Last val ppl"]
     assert summary.loc["small", "Test ppl"] > 1 and summary.loc["small", "Status"] == "finished"
     shape = {k: PRESETS["shakespeare-char"][k] for k in ("level", "emb_size", "hidden_size", "num_layers")}
     assert describe_model(shape) == f"char · {shape['num_layers']}×{shape['hidden_size']} (shakespeare-char)"
     assert describe_model({**shape, "hidden_size": 7}) == f"char · {shape['num_layers']}×7"
+
+
+def test_summary_figures_of_a_hand_written_log(tmp_path):
+    row = summary_frame([load_run(write_run(tmp_path / "known", KNOWN_LOG))]).iloc[0]
+    assert row["Best val ppl"] == pytest.approx(4.4817, abs=1e-4) and row["Best at epoch"] == 1.0
+    assert row["Last val ppl"] == pytest.approx(5.7546, abs=1e-4)
+    assert row["Test ppl"] == pytest.approx(4.9530, abs=1e-4)
+    assert (row["Parameters"], row["Tokens/s"], row["Training time"], row["Status"]) == (
+        1234, 200, "2 min 05 s", "finished")
 
 
 def test_status_of_an_unfinished_run(tmp_path):
@@ -167,6 +215,26 @@ def test_download_run_offline_and_bad_ids():
         download_run("someone/not-cached-lmdemo-model")
     with pytest.raises(RunSourceError, match="owner/name"):
         download_run("not a repo id")
+
+
+def test_logs_roots_from_arguments_or_environment(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert logs_roots(["--logs", "a", "--other", "--logs", str(tmp_path / "b" / ".." / "c"), "--logs", "a"]) == [
+        tmp_path / "a", tmp_path / "c"]
+    assert logs_roots([], os.pathsep.join(["a", str(tmp_path / "d"), ""])) == [tmp_path / "a", tmp_path / "d"]
+    assert logs_roots(["--logs", "a"], "d") == [tmp_path / "a"]  # the command line wins
+    assert logs_roots([], "") == []  # the default roots
+
+
+def test_folder_within_refuses_what_resolves_outside_the_roots(tmp_path):
+    root, other = write_run(tmp_path / "root" / "run", OLD_LOG).parent, tmp_path / "other"
+    outside = write_run(tmp_path / "outside", OLD_LOG)
+    (root / "link").symlink_to(outside, target_is_directory=True)
+    assert folder_within("run", root, [root]) == root / "run"
+    assert folder_within(str(other / "x"), root, [root, other]) == other / "x"  # inside another allowed root
+    for typed in ("..", "../outside", "run/../../outside", str(outside), "link", "link/sub", "/", "run\0"):
+        with pytest.raises(OutsideLogsError, match="outside the logs folders"):
+            folder_within(typed, root, [root, other])
 
 
 def test_format_duration():
@@ -212,17 +280,51 @@ def test_single_run_selection_and_config_diff(logs_root, monkeypatch):
     assert len(page.dataframe) == 1  # no diff for a single run
 
 
-def test_another_root_from_the_sidebar(logs_root, tmp_path, monkeypatch):
-    page = open_page(tmp_path / "missing", monkeypatch)
-    assert page.error and not page.multiselect[0].options
-    page.text_input(key="logs_root").input(str(logs_root)).run()
+def test_several_roots_a_root_or_a_folder_inside_it(logs_root, tmp_path, monkeypatch):
+    other = write_run(tmp_path / "other" / "known", KNOWN_LOG).parent
+    page = open_page(os.pathsep.join([str(tmp_path / "missing"), str(logs_root), str(other)]), monkeypatch)
+    assert page.selectbox(key="logs_root").options == ["All 3 roots", str(tmp_path / "missing"), str(logs_root),
+                                                       str(other)]
+    assert "does not exist" in page.error[0].value
+    assert page.multiselect[0].options == [f"{logs_root.name}/small", f"{logs_root.name}/wide", "other/known"]
+    page.selectbox(key="logs_root").set_value(str(logs_root)).run()
     assert not page.error and page.multiselect[0].value == ["small", "wide"]
+    page.text_input(key="logs_folder").input("wide").run()
+    assert page.multiselect[0].options == ["wide"]
 
 
-def test_live_view_toggle(logs_root, monkeypatch):
-    page = open_page(logs_root, monkeypatch)
+@pytest.mark.parametrize("typed", ["outside", "../outside", "known/../../outside", "link", "/"])
+def test_a_folder_outside_the_roots_is_refused_and_not_read(tmp_path, monkeypatch, typed):
+    root = write_run(tmp_path / "root" / "known", KNOWN_LOG).parent
+    outside = write_run(tmp_path / "outside", OLD_LOG)
+    (root / "link").symlink_to(outside, target_is_directory=True)
+    read = []
+    for name in ("find_runs", "read_metrics"):
+        original = getattr(lmdemo.metrics, name)
+        monkeypatch.setattr(lmdemo.metrics, name, lambda path, original=original: read.append(path) or original(path))
+    page = open_page(root, monkeypatch)
+    assert page.multiselect[0].options == ["known"]
+    read.clear()
+    page.text_input(key="logs_folder").input(str(outside) if typed == "outside" else typed).run()
+    assert not page.exception and "outside the logs folders" in page.error[0].value
+    assert not page.multiselect[0].options and not page.get("plotly_chart")
+    assert read == []
+
+
+def test_live_view_shows_a_record_appended_after_the_first_render(tmp_path, monkeypatch):
+    log = write_run(tmp_path / "live", KNOWN_LOG) / "metrics.jsonl"
+    page = open_page(tmp_path, monkeypatch)
     page.toggle(key="live").set_value(True).run()
-    assert not page.exception and page.get("plotly_chart")
+
+    def shown() -> tuple[float, int]:
+        validation = next(t for t in chart(page)["data"] if t["name"] == "live · validation")
+        return page.dataframe[0].value["Last val ppl"].iloc[0], len(values(validation))
+
+    assert shown() == (pytest.approx(5.7546, abs=1e-4), 3)
+    with log.open("a") as output:
+        output.write(LATER_VAL)
+    page.run()
+    assert shown() == (pytest.approx(3.4903, abs=1e-4), 4)  # e^1.25
 
 
 @pytest.mark.parametrize("layout, kind, expected", [
@@ -277,18 +379,53 @@ def test_hub_repo_offline_message(logs_root, monkeypatch):
 
 # --- the real server in Chromium ------------------------------------------------------------------
 
-@pytest.fixture
-def server(logs_root, tmp_path):
+def test_streamlit_config_listens_on_loopback_without_usage_statistics():
+    config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    assert config["server"]["address"] == "127.0.0.1"
+    assert config["browser"]["gatherUsageStats"] is False
+
+
+@pytest.fixture(scope="module")
+def live_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second root with one hand-written run that a test appends to."""
+    root = tmp_path_factory.mktemp("live")
+    write_run(root / "known", KNOWN_LOG)
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(logs_root, live_root, tmp_path_factory):
+    """`streamlit run` from the repository root, so with the repo's .streamlit/config.toml and nothing else."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "streamlit", "run", str(PAGE), "--server.port", str(port), "--server.headless",
-               "true", "--browser.gatherUsageStats", "false", "--", "--logs", str(logs_root)]
-    with serving(command, f"{url}/_stcore/health", tmp_path / "streamlit.log", timeout=60, cwd=ROOT):
+    command = [sys.executable, "-m", "streamlit", "run", str(PAGE), "--server.port", str(port),
+               "--", "--logs", str(logs_root), "--logs", str(live_root)]
+    log = tmp_path_factory.mktemp("server") / "streamlit.log"
+    with serving(command, f"{url}/_stcore/health", log, timeout=60, cwd=ROOT):
         yield url
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium")
-def test_chart_in_a_real_browser(server):
+def outward_address() -> str | None:
+    """This machine's address on the route out (no packet is sent), if it has one that is not loopback."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: only picks the interface
+        except OSError:
+            return None
+        address = probe.getsockname()[0]
+    return None if address.startswith("127.") or address == "0.0.0.0" else address
+
+
+def test_real_server_is_not_reachable_from_other_machines(server):
+    address = outward_address()
+    if address is None:
+        pytest.skip("this machine has no non-loopback IPv4 address")
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((address, int(server.rsplit(":", 1)[1])), timeout=5).close()
+
+
+@pytest.fixture
+def browser_page():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -296,11 +433,35 @@ def test_chart_in_a_real_browser(server):
             "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
             "--disable-component-update", "--no-first-run"])
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(server)
-            page.wait_for_selector("[data-testid=stPlotlyChart] .js-plotly-plot", timeout=30_000)
-            legend = page.locator(".js-plotly-plot .legend").first.text_content()
-            assert "small · validation" in legend and "wide · validation" in legend
-            assert page.get_by_text("Training dashboard").first.is_visible()
+            yield browser.new_page(viewport={"width": 1400, "height": 1000})
         finally:
             browser.close()
+
+
+# The number of points plotly drew for the first trace whose name ends with `suffix` (0 if none yet).
+POINTS = """suffix => {
+    const plot = document.querySelector('[data-testid=stPlotlyChart] .js-plotly-plot');
+    const index = plot && plot._fullData ? plot._fullData.findIndex(t => t.name.endsWith(suffix)) : -1;
+    return index < 0 ? 0 : plot.calcdata[index].length;
+}"""
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium")
+def test_chart_in_a_real_browser(server, browser_page):
+    browser_page.goto(server)
+    browser_page.wait_for_selector("[data-testid=stPlotlyChart] .js-plotly-plot", timeout=30_000)
+    legend = browser_page.locator(".js-plotly-plot .legend").first.text_content()
+    assert "/small · validation" in legend and "/wide · validation" in legend and "/known · validation" in legend
+    assert browser_page.get_by_text("Training dashboard").first.is_visible()
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium")
+def test_auto_refresh_in_a_real_browser_draws_an_appended_record(server, live_root, browser_page):
+    browser_page.goto(server)
+    browser_page.wait_for_function(POINTS, arg="/known · validation", timeout=30_000)
+    assert browser_page.evaluate(POINTS, "/known · validation") == 3
+    browser_page.get_by_text("Auto-refresh").click()
+    browser_page.wait_for_selector("text=Every (seconds)", timeout=10_000)
+    with (live_root / "known" / "metrics.jsonl").open("a") as output:
+        output.write(LATER_VAL)
+    browser_page.wait_for_function(f"() => ({POINTS})('/known · validation') === 4", timeout=30_000)
