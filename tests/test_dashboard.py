@@ -269,6 +269,10 @@ def test_log_scale_measure_and_axis(logs_root, monkeypatch):
     assert layout["xaxis"]["title"]["text"] == "Tokens seen"
     assert layout["yaxis"]["title"]["text"] == "Bits per character"
     assert not page.exception
+    frame = curve_frame(find_runs([logs_root])[0])
+    expected = frame[(frame.run == "small") & (frame.split == "val")]
+    drawn = next(t for t in chart(page)["data"] if t["name"] == "small · validation")
+    assert values(drawn, "x") == expected.tokens.tolist() and values(drawn) == pytest.approx(expected.bpc.tolist())
 
 
 def test_single_run_selection_and_config_diff(logs_root, monkeypatch):
