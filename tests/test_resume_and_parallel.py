@@ -15,10 +15,13 @@ from conftest import DATA, ROOT
 from servers import free_port
 from lmdemo.metrics import read_metrics
 
-RUN = ["--data", str(DATA / "tinyshakespeare" / "input.txt"), "--level", "char", "--max-tokens", "60000",
-       "--emb-size", "32", "--hidden-size", "128", "--num-layers", "2", "--batch-size", "16", "--bptt", "64",
-       "--dropout", "0.1", "--log-every", "4", "--eval-every", "24", "--max-steps", "96", "--save-every", "0",
-       "--precision", "fp32", "--threads", "1", "--quiet"]
+SMALL = ["--data", str(DATA / "tinyshakespeare" / "input.txt"), "--level", "char", "--max-tokens", "60000",
+         "--emb-size", "32", "--hidden-size", "128", "--num-layers", "2", "--batch-size", "16", "--bptt", "64",
+         "--dropout", "0.1", "--log-every", "4", "--eval-every", "24", "--precision", "fp32", "--threads", "1", "--quiet"]
+RUN = [*SMALL, "--max-steps", "96", "--save-every", "0"]
+# The shipped presets' recipe: a cosine over a minutes budget, state saved every second.
+PRESET_LIKE = [*SMALL, "--schedule", "cosine", "--warmup-steps", "10", "--epochs", "100", "--max-minutes", "0.12",
+               "--save-every", "1"]
 
 
 def lmdemo(*args: str, launcher: tuple[str, ...] = ()) -> subprocess.Popen:
@@ -40,26 +43,31 @@ def comparable(run: Path) -> list[tuple]:
 
 
 def test_kill_9_then_resume_continues_exactly(tmp_path):
+    """The victim's minutes budget becomes a step budget before its first step; an uninterrupted run of
+    that many steps is the reference, and the killed run, resumed, must write the same log."""
     reference, killed = tmp_path / "reference", tmp_path / "killed"
-    uninterrupted = lmdemo("train", *RUN, "--out", str(reference))
-
-    victim = lmdemo("train", *RUN, "--out", str(killed))
+    victim = lmdemo("train", *PRESET_LIKE, "--out", str(killed))
+    log = killed / "metrics.jsonl"
     deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and victim.poll() is None and not (log.exists() and read_metrics(log).events("start")):
+        time.sleep(0.02)
+    budget = read_metrics(log).last("start")["step_budget"]
+    uninterrupted = lmdemo("train", *[a for a in PRESET_LIKE if a not in ("--max-minutes", "0.12")],
+                           "--max-steps", str(budget), "--out", str(reference))
     while time.monotonic() < deadline and victim.poll() is None:
-        log = killed / "metrics.jsonl"
-        if (killed / "state.safetensors").exists() and log.exists() and \
-                len(read_metrics(log).events("train")) >= 9:
+        if (killed / "state.safetensors").exists() and len(read_metrics(log).events("train")) >= 9:
             break
         time.sleep(0.02)
     assert victim.poll() is None, "the run finished before it could be killed"
     victim.send_signal(signal.SIGKILL)
     victim.wait()
-    steps_done = read_metrics(killed / "metrics.jsonl").events("train")[-1]["step"]
-    assert steps_done < 96
+    steps_done = read_metrics(log).events("train")[-1]["step"]
+    assert 36 <= steps_done < budget
 
     finish(lmdemo("train", "--out", str(killed), "--resume", "--quiet"))
     finish(uninterrupted)
     assert comparable(killed) == comparable(reference)
+    assert read_metrics(log).events("val")[-1]["step"] == budget
     starts = read_metrics(killed / "metrics.jsonl").events("start")
     assert [s["resumed"] for s in starts] == [False, True]
     assert (killed / "model" / "model.safetensors").exists()
