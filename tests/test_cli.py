@@ -9,10 +9,14 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import DATA, ROOT
+from lmdemo import LSTMLanguageModel, load_model
 from lmdemo.cli import main
 from lmdemo.config import PRESETS, Config
+from lmdemo.evaluation import evaluate
+from lmdemo.training import encode_splits
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -57,6 +61,18 @@ def test_generate_rejects_bad_settings(char_model, capsys):
     assert "seed must be" in capsys.readouterr().err
 
 
+def test_generate_continues_the_prompt_with_the_models_own_greedy_choices(char_model, capsys):
+    """The CLI's T = 0 text is what the model's argmax gives, step by step, after the prompt."""
+    assert main(["generate", str(char_model), "--prompt", "ROMEO:", "--temperature", "0", "--max-tokens", "20"]) == 0
+    trained = load_model(str(char_model))
+    ids = trained.tokenizer.encode("ROMEO:")
+    with torch.no_grad():
+        for _ in range(20):
+            logits, _ = trained.model(torch.tensor([ids]))
+            ids.append(int(logits[0, -1].argmax()))
+    assert capsys.readouterr().out == f"--- temperature 0\n{trained.tokenizer.decode(ids)}\n"
+
+
 def test_train_eval_generate_round_trip(tmp_path):
     out = tmp_path / "run"
     trained = cli("train", "--data", str(DATA / "wikitext-2"), "--train-split", "valid", "--valid-split", "test",
@@ -84,8 +100,16 @@ def test_every_preset_trains_end_to_end_on_a_local_slice(name, tmp_path):
         ["--data", str(DATA / ("ptb" if name.startswith("ptb") else "wikitext-2")), "--train-split", "valid",
          "--valid-split", "test", "--train-docs", "100000"]
     assert main(["train", "--preset", name, *data, "--max-tokens", "3000", "--emb-size", "16", "--hidden-size", "16",
-                 "--batch-size", "4", "--max-steps", "6", "--out", str(tmp_path / name), "--quiet"]) == 0
-    config = json.loads((tmp_path / name / "model" / "config.json").read_text())
+                 "--batch-size", "4", "--max-steps", "10", "--out", str(tmp_path / name), "--quiet"]) == 0
+    trained = load_model(str(tmp_path / name / "model"))
+    config = trained.config
     for key, value in PRESETS[name].items():
-        if key not in {"data", "emb_size", "hidden_size", "batch_size", "train_docs", "train_split", "valid_split"}:
-            assert config[key] == value, key
+        if key not in {"data", "emb_size", "hidden_size", "batch_size", "train_docs", "train_split", "valid_split",
+                       "softmax"}:
+            assert getattr(config, key) == value, key
+    # it learned: the trained model beats the one it started from on the validation text
+    _, splits = encode_splits(config, trained.tokenizer)
+    torch.manual_seed(config.seed)
+    initial = LSTMLanguageModel(config)
+    valid = splits["valid"][:3000]
+    assert evaluate(trained.model, valid).loss < evaluate(initial, valid).loss

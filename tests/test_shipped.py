@@ -17,11 +17,25 @@ SHIPPED = ("shakespeare-char", "imdb-word")
 TABLE = re.compile(r"<!-- models table: (.*?) -->\n(.*?)\n<!-- end of models table -->", re.S)
 
 
+def parameters_by_hand(config) -> int:
+    """Count from the architecture on paper, not from the code that logged the figure."""
+    vocab, emb, hidden = config.vocab_size, config.emb_size, config.hidden_size
+    decoder_in = emb if config.tie_weights else hidden
+    count = vocab * emb + vocab  # embedding, decoder bias
+    count += 0 if config.tie_weights else vocab * hidden  # an untied decoder matrix
+    count += hidden * emb if config.tie_weights and emb != hidden else 0  # projection
+    for layer in range(config.num_layers):
+        count += 4 * hidden * ((emb if layer == 0 else hidden) + hidden + 2)  # weights and two biases
+    if config.cutoffs:
+        count += (decoder_in + 1) * (len(config.cutoffs) - 1)  # one head logit per tail cluster
+    return count
+
+
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_model_loads_and_is_small_enough(name):
     folder = ROOT / "checkpoints" / name
     trained = load_model(str(folder))
-    assert trained.model.num_parameters() == read_metrics(folder / "metrics.jsonl").last("start")["params"]
+    assert parameters_by_hand(trained.config) == read_metrics(folder / "metrics.jsonl").last("start")["params"]
     assert sum(f.stat().st_size for f in folder.iterdir()) <= 25 * 2**20
     card = (folder / "README.md").read_text()
     assert "python -m lmdemo train --preset" in card and "hardware:" in card
