@@ -11,6 +11,7 @@ import sys
 
 import pytest
 import torch
+from safetensors import safe_open
 from torch.nn import functional as F
 
 from conftest import DATA, ROOT, train_small
@@ -183,3 +184,16 @@ def test_the_tokenizer_level_is_the_stored_one_not_a_guess(tmp_path):
 def test_perplexity_has_one_cap_everywhere():
     assert perplexity(800.0) == perplexity(700.0) == loss_record("val", 800.0, "word")["val_ppl"]
     assert math.isfinite(perplexity(1e9)) and perplexity(0.0) == 1.0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_a_gpu_the_state_carries_the_cuda_random_numbers_and_resumes_exactly(tmp_path):
+    options = [*TINY[:-4], "--device", "cuda", "--dropout", "0.3", "--max-tokens", "20000", "--batch-size", "8",
+               "--bptt", "16", "--eval-every", "10", "--log-every", "5", "--schedule", "constant", "--quiet"]
+    assert cli("train", *options, "--max-steps", "40", "--out", str(tmp_path / "reference")).returncode == 0
+    assert cli("train", *options, "--max-steps", "20", "--out", str(tmp_path / "resumed")).returncode == 0
+    with safe_open(str(tmp_path / "resumed" / "state.safetensors"), "pt") as f:
+        assert "cuda_rng" in f.keys()
+    assert cli("train", "--out", str(tmp_path / "resumed"), "--resume", "--max-steps", "40", "--quiet").returncode == 0
+    for a, b in zip(trajectory(tmp_path / "resumed"), trajectory(tmp_path / "reference")):
+        assert a[:4] == b[:4] and a[4:] == pytest.approx(b[4:], abs=1e-4)  # dropout masks continue as drawn
