@@ -188,8 +188,8 @@ def test_perplexity_has_one_cap_everywhere():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_on_a_gpu_the_state_carries_the_cuda_random_numbers_and_resumes_exactly(tmp_path):
-    options = [*TINY[:-4], "--device", "cuda", "--dropout", "0.3", "--max-tokens", "20000", "--batch-size", "8",
-               "--bptt", "16", "--eval-every", "10", "--log-every", "5", "--schedule", "constant", "--quiet"]
+    options = [*TINY, "--device", "cuda", "--dropout", "0.3", "--max-tokens", "20000", "--batch-size", "8",
+               "--bptt", "16", "--eval-every", "10", "--log-every", "5", "--schedule", "constant"]
     assert cli("train", *options, "--max-steps", "40", "--out", str(tmp_path / "reference")).returncode == 0
     assert cli("train", *options, "--max-steps", "20", "--out", str(tmp_path / "resumed")).returncode == 0
     with safe_open(str(tmp_path / "resumed" / "state.safetensors"), "pt") as f:
