@@ -3,7 +3,8 @@
     python app.py                                   # every model folder under checkpoints/
     python app.py --model runs/my-model --port 7861 # add a local folder or a Hub repo id
 
-A thin Gradio layer over `lmdemo.demo` (requests) and `lmdemo.render` (HTML and figures).
+A thin Gradio layer over `lmdemo.registry` (the models), `lmdemo.forms` (form values), `lmdemo.demo`
+and `lmdemo.inside` (the requests) and `lmdemo.render` (HTML and figures).
 """
 
 from __future__ import annotations
@@ -24,15 +25,18 @@ import torch  # noqa: E402
 
 from lmdemo import render  # noqa: E402
 from lmdemo.checkpoint import ModelLoadError  # noqa: E402
-from lmdemo.demo import (DEFAULT_BARS, DEFAULT_TEMPERATURES, MODELS_ENV, UNIT_SORTS, Demo, Limits,  # noqa: E402
-                         NoModelsError, Progress, UnitView, discover_models, draw_seed)
+from lmdemo.demo import DEFAULT_BARS, DEFAULT_TEMPERATURES, Demo, Progress  # noqa: E402
+from lmdemo.forms import FIELD_CHARS, Limits, draw_seed, read_sampling  # noqa: E402
 from lmdemo.generation import SettingsError  # noqa: E402
+from lmdemo.inside import UNIT_SORTS, Inside, UnitView  # noqa: E402
 from lmdemo.internals import QUANTITIES  # noqa: E402
+from lmdemo.registry import MODELS_ENV, Models, NoModelsError, discover_models  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_MAX_NEW_TOKENS = 200
 DEFAULT_UNITS = 32
 COMPARE_TEMPERATURES = "0.5, 1"
+MODEL_QUEUE = "model"  # the one concurrency group of every event that runs a model
 
 INTRO = """# LSTM language models, up close
 Pick a model, give it a prompt and compare what it writes at several **temperatures** side by side.
@@ -61,11 +65,15 @@ COMPARE_HELP = """The same prompt, settings and seed through two models, side by
 each was by the prompt, and what each expects right after it."""
 
 
-def build_app(demo: Demo) -> gr.Blocks:
+def build_app(models: Models, limits: Limits = Limits(), concurrency: int = 2) -> gr.Blocks:
     """The page: a sampling tab (controls on the right, samples below, next-token bars at the bottom),
-    a look inside the LSTM at the sampling tab's text, and two models compared on one request."""
-    first = demo.names[0]
-    limits = demo.limits
+    a look inside the LSTM at the sampling tab's text, and two models compared on one request.
+
+    Every event that runs a model joins one concurrency group of `concurrency` slots, whichever tab
+    or endpoint it comes from, so `--concurrency` bounds the requests computed at once.
+    """
+    demo, first = Demo(models, limits), models.names[0]
+    heavy = dict(concurrency_id=MODEL_QUEUE, concurrency_limit=concurrency)
 
     with gr.Blocks(title="LSTM language models") as app:
         run = gr.State(None)
@@ -74,11 +82,13 @@ def build_app(demo: Demo) -> gr.Blocks:
             with gr.Tab("Sample", id="sample"):
                 with gr.Row(equal_height=False):
                     with gr.Column(scale=3):
-                        model = gr.Dropdown(demo.names, value=first, label="Model", interactive=len(demo.names) > 1)
-                        model_info = gr.Markdown(render.model_markdown(demo.describe(first)), label="Model card")
-                        prompt = gr.Textbox(value=demo.examples(first)[0], label="Prompt", lines=4, max_lines=14,
+                        model = gr.Dropdown(models.names, value=first, label="Model",
+                                            interactive=len(models.names) > 1)
+                        model_info = gr.Markdown(render.model_markdown(models.describe(first)), label="Model card")
+                        prompt = gr.Textbox(value=models.examples(first)[0], label="Prompt", lines=4, max_lines=14,
+                                            max_length=limits.max_prompt_chars,
                                             placeholder="Leave empty to start from the beginning of a text")
-                        examples = gr.Dataset(components=[prompt], samples=[[e] for e in demo.examples(first)],
+                        examples = gr.Dataset(components=[prompt], samples=[[e] for e in models.examples(first)],
                                               label="Example prompts")
                         with gr.Row():
                             generate = gr.Button("Generate", variant="primary", scale=3)
@@ -88,7 +98,7 @@ def build_app(demo: Demo) -> gr.Blocks:
                         temperatures = gr.Textbox(
                             ", ".join(f"{t:g}" for t in DEFAULT_TEMPERATURES),
                             label=f"Temperatures: one column each, up to {limits.max_temperatures}",
-                            info="numbers from 0 (greedy) up, separated by commas")
+                            info="numbers from 0 (greedy) up, separated by commas", max_length=FIELD_CHARS)
                         gr.Markdown(TEMPERATURE_HELP, elem_classes="lm-help")
                         max_new_tokens = gr.Slider(1, limits.max_new_tokens, step=1, label="Max new tokens",
                                                    value=min(DEFAULT_MAX_NEW_TOKENS, limits.max_new_tokens))
@@ -96,14 +106,16 @@ def build_app(demo: Demo) -> gr.Blocks:
                             top_k = gr.Number(0, label="Top-k (0 = off)", precision=0, minimum=0)
                             top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.01, label="Top-p (1 = off)")
                         with gr.Row(equal_height=True):
-                            seed = gr.Textbox("0", label="Seed", info="same seed + settings = same text", scale=2)
+                            seed = gr.Textbox("0", label="Seed", info="same seed + settings = same text", scale=2,
+                                              max_length=FIELD_CHARS)
                             dice = gr.Button("Random seed", scale=1)
                         with gr.Row():
                             stop_text = gr.Textbox("", label="Stop at (optional)", placeholder="e.g. a blank line",
-                                                   info="a sample ends once it contains this text")
+                                                   info="a sample ends once it contains this text",
+                                                   max_length=FIELD_CHARS)
                             avoid_unk = gr.Checkbox(False, label="Never sample <unk>")
                 gr.Markdown("### Samples")
-                samples = gr.HTML(render.samples_html(_empty_progress(demo, first)), label="Samples", elem_id="samples")
+                samples = gr.HTML(render.NO_SAMPLES, label="Samples", elem_id="samples")
                 with gr.Row(equal_height=False):
                     with gr.Column(scale=2):
                         gr.Markdown("### How surprised was the model by the prompt?")
@@ -120,13 +132,13 @@ def build_app(demo: Demo) -> gr.Blocks:
                             bars = gr.Slider(3, limits.max_bars, value=DEFAULT_BARS, step=1, label="Bars", scale=1)
                         plot = gr.Plot(label="Next-token probabilities", show_label=False)
             with gr.Tab("Inside the LSTM", id="inside"):
-                inside_text, inside_layer = _inside_tab(demo, run, model, prompt)
+                inside_text, inside_layer = _inside_tab(Inside(models, limits), run, model, prompt, heavy)
             with gr.Tab("Compare", id="compare"):
-                _compare_tab(demo)
+                _compare_tab(demo, heavy)
 
         def on_model(name: str) -> tuple[str, Any, str]:
             try:
-                shown, info = demo.examples(name), demo.describe(name)
+                shown, info = models.examples(name), models.describe(name)
             except SettingsError as error:
                 raise gr.Error(str(error), title="Unknown model") from None
             return render.model_markdown(info), gr.Dataset(samples=[[e] for e in shown]), shown[0]
@@ -134,7 +146,7 @@ def build_app(demo: Demo) -> gr.Blocks:
         def on_generate(name: str, prompt_text: str, temperature_text: str, max_new: Any, k: Any, p: Any,
                         seed_text: Any, stop_at: str, no_unk: bool) -> Iterator[tuple]:
             try:
-                sampling = demo.sampling(temperature_text, max_new, k, p, seed_text, stop_at, no_unk)
+                sampling = read_sampling(limits, temperature_text, max_new, k, p, seed_text, stop_at, no_unk)
                 progress_stream = demo.generate(name, prompt_text, sampling)
                 first_update = True
                 for progress in progress_stream:
@@ -161,51 +173,53 @@ def build_app(demo: Demo) -> gr.Blocks:
                 raise gr.Error("Generate some text first: the bars explain a sample's next tokens.",
                                title="Nothing to explain yet")
             try:
-                return _figure(demo, current, int(index or 0), int(at or 0), int(count or DEFAULT_BARS))
-            except (SettingsError, ValueError, TypeError) as error:
+                return _figure(demo, current, index, at, count)
+            except SettingsError as error:
                 raise gr.Error(str(error), title="Check the settings") from None
 
         model.change(on_model, model, [model_info, examples, prompt], api_name="model_info")
-        model.change(lambda name: gr.Dropdown(**_layer_choices(demo, name)), model, inside_layer,
+        model.change(lambda name: gr.Dropdown(**_layer_choices(models, name)), model, inside_layer,
                      api_visibility="private")
         examples.click(lambda chosen: chosen[0], examples, prompt, api_visibility="private")
         dice.click(lambda: str(draw_seed()), None, seed, api_name="random_seed")
         generation = generate.click(
             on_generate, [model, prompt, temperatures, max_new_tokens, top_k, top_p, seed, stop_text, avoid_unk],
             [samples, prompt_view, status, run, which, position, plot, inside_text], api_name="generate",
-            preprocess=False)  # raw values: lmdemo checks them and names the field in its message
+            preprocess=False, **heavy)  # raw values: lmdemo checks them and names the field in its message
         stop.click(None, None, None, cancels=[generation], api_visibility="private")
         explore_inputs = [run, which, position, bars]
-        which.input(on_explore, explore_inputs, plot, api_name="next_tokens")
-        position.release(on_explore, explore_inputs, plot, api_visibility="private")
-        bars.release(on_explore, explore_inputs, plot, api_visibility="private")
+        which.input(on_explore, explore_inputs, plot, api_name="next_tokens", **heavy)
+        position.release(on_explore, explore_inputs, plot, api_visibility="private", **heavy)
+        bars.release(on_explore, explore_inputs, plot, api_visibility="private", **heavy)
     return app
 
 
-def _inside_tab(demo: Demo, run: gr.State, model: gr.Dropdown, prompt: gr.Textbox) -> tuple[gr.Dropdown, gr.Dropdown]:
+def _inside_tab(inside: Inside, run: gr.State, model: gr.Dropdown, prompt: gr.Textbox, heavy: dict[str, Any]
+                ) -> tuple[gr.Dropdown, gr.Dropdown]:
     """Units x tokens of the sampling tab's text: ranked, traced, or found by a marked span.
 
     Returns the text and layer pickers, which the sampling tab updates after a run or a model change.
     """
-    limits = demo.limits
+    limits = inside.limits
     gr.Markdown(INSIDE_HELP, elem_classes="lm-help")
     with gr.Row():
         text = gr.Dropdown([("the prompt", 0)], value=0, label="Text", scale=2,
                            info="the Sample tab's model and prompt, or the prompt and one of its samples")
-        layer = gr.Dropdown(label="Layer", **_layer_choices(demo, demo.names[0]))
+        layer = gr.Dropdown(label="Layer", **_layer_choices(inside.models, inside.models.names[0]))
         quantity = gr.Dropdown([(label, key) for key, label in QUANTITIES.items()], value="h", label="Show")
     with gr.Row():
         sort = gr.Dropdown([(label, key) for key, label in UNIT_SORTS.items()], value="variable", label="Units")
         count = gr.Slider(1, limits.max_units, value=min(DEFAULT_UNITS, limits.max_units), step=1,
                           label=f"How many units (up to {limits.max_units})")
         # text boxes, not numbers: a browser shows an empty gr.Number as 0, and empty means "the default" here
-        at = gr.Textbox("", label="Change at position", info="for “largest change”; empty = the last token")
-        unit = gr.Textbox("", label="Unit to trace", info="empty = the top-ranked unit")
+        at = gr.Textbox("", label="Change at position", info="for “largest change”; empty = the last token",
+                        max_length=FIELD_CHARS)
+        unit = gr.Textbox("", label="Unit to trace", info="empty = the top-ranked unit", max_length=FIELD_CHARS)
     show = gr.Button("Show units", variant="primary")
     gr.Markdown(SPAN_HELP, elem_classes="lm-help")
     with gr.Row(equal_height=False):
-        first = gr.Textbox("", label="Span from position", placeholder="e.g. 22")
-        last = gr.Textbox("", label="to position (inclusive)", placeholder="e.g. 28")
+        first = gr.Textbox("", label="Span from position", placeholder="e.g. 22", max_length=FIELD_CHARS)
+        last = gr.Textbox("", label="to position (inclusive)", placeholder="e.g. 28", max_length=FIELD_CHARS)
         find = gr.Button("Find units", variant="secondary")
     status = gr.Markdown(f"Press **Show units**. At most the last {limits.max_inside_tokens} tokens of a text and "
                          f"{limits.max_units} units are drawn.")
@@ -222,75 +236,78 @@ def _inside_tab(demo: Demo, run: gr.State, model: gr.Dropdown, prompt: gr.Textbo
     def on_show(current: Progress | None, name: str, prompt_text: str, choice: Any, layer_number: Any, what: str,
                 order: str, how_many: Any, at_position: Any, traced: Any) -> tuple:
         try:
-            chosen = demo.inside_text(current, name, prompt_text, choice)
-            return shown(demo.inside(chosen, layer_number, what, order, how_many, at_position, traced))
+            chosen = inside.text(current, name, prompt_text, choice)
+            return shown(inside.units(chosen, layer_number, what, order, how_many, at_position, traced))
         except SettingsError as error:
             raise gr.Error(str(error), title="Check the settings") from None
 
     def on_find(current: Progress | None, name: str, prompt_text: str, choice: Any, layer_number: Any, what: str,
                 start: Any, end: Any, how_many: Any, traced: Any) -> tuple:
         try:
-            chosen = demo.inside_text(current, name, prompt_text, choice)
-            return shown(demo.find_span(chosen, layer_number, what, start, end, how_many, traced))
+            chosen = inside.text(current, name, prompt_text, choice)
+            return shown(inside.find_span(chosen, layer_number, what, start, end, how_many, traced))
         except SettingsError as error:
             raise gr.Error(str(error), title="Check the span") from None
 
     reading = [run, model, prompt, text, layer, quantity]
     outputs = [status, positions, heatmap, table, trace]
-    show.click(on_show, [*reading, sort, count, at, unit], outputs, api_name="inside")
-    find.click(on_find, [*reading, first, last, count, unit], outputs, api_name="find_units")
+    show.click(on_show, [*reading, sort, count, at, unit], outputs, api_name="inside", **heavy)
+    find.click(on_find, [*reading, first, last, count, unit], outputs, api_name="find_units", **heavy)
     return text, layer
 
 
-def _compare_tab(demo: Demo) -> None:
+def _compare_tab(demo: Demo, heavy: dict[str, Any]) -> None:
     """Two model pickers, one prompt and one set of settings; both models' results side by side."""
-    names, limits = demo.names, demo.limits
+    models, limits = demo.models, demo.limits
+    names = models.names
     gr.Markdown(COMPARE_HELP, elem_classes="lm-help")
     with gr.Row():
         pickers = [gr.Dropdown(names, value=names[0], label="Model A"),
                    gr.Dropdown(names, value=names[min(1, len(names) - 1)], label="Model B")]
-    prompt = gr.Textbox(demo.examples(names[0])[0], label="Prompt", lines=3, max_lines=10)
+    prompt = gr.Textbox(models.examples(names[0])[0], label="Prompt", lines=3, max_lines=10,
+                        max_length=limits.max_prompt_chars)
     with gr.Row():
-        temperatures = gr.Textbox(COMPARE_TEMPERATURES, label=f"Temperatures (up to {limits.max_temperatures})")
+        temperatures = gr.Textbox(COMPARE_TEMPERATURES, label=f"Temperatures (up to {limits.max_temperatures})",
+                                  max_length=FIELD_CHARS)
         max_new_tokens = gr.Slider(1, limits.max_new_tokens, value=min(DEFAULT_MAX_NEW_TOKENS, limits.max_new_tokens),
                                    step=1, label="Max new tokens")
         top_k = gr.Number(0, label="Top-k (0 = off)", precision=0)
         top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.01, label="Top-p (1 = off)")
-        seed = gr.Textbox("0", label="Seed")
+        seed = gr.Textbox("0", label="Seed", max_length=FIELD_CHARS)
     button = gr.Button("Compare", variant="primary")
     status = gr.Markdown("Press **Compare** to run both models.")
     sides = []
     with gr.Row(equal_height=False):
         for picker in pickers:
             with gr.Column():
-                card = gr.Markdown(render.model_markdown(demo.describe(picker.value)))
+                card = gr.Markdown(render.model_markdown(models.describe(picker.value)))
                 sides.append([card, gr.HTML(), gr.HTML(),
                               gr.Plot(show_label=False)])
-                picker.change(lambda name: render.model_markdown(demo.describe(name)), picker, card,
+                picker.change(lambda name: render.model_markdown(models.describe(name)), picker, card,
                               api_visibility="private")
 
     def on_compare(name_a: str, name_b: str, prompt_text: str, temperature_text: str, max_new: Any, k: Any, p: Any,
                    seed_text: Any) -> tuple:
         try:
-            sampling = demo.sampling(temperature_text, max_new, k, p, seed_text)
+            sampling = read_sampling(limits, temperature_text, max_new, k, p, seed_text)
             comparison = demo.compare([name_a, name_b], prompt_text, sampling)
         except SettingsError as error:
             raise gr.Error(str(error), title="Check the settings") from None
         results = []
         for progress, next_tokens in zip(comparison.runs, comparison.next_tokens):
-            results += [render.model_markdown(demo.describe(progress.model)), render.samples_html(progress),
+            results += [render.model_markdown(models.describe(progress.model)), render.samples_html(progress),
                         render.prompt_html(progress),
-                        render.next_token_figure(next_tokens, progress.samples[0].temperature)]
+                        render.next_token_figure(next_tokens)]
         return (render.compare_markdown(comparison), *results)
 
     button.click(on_compare, [*pickers, prompt, temperatures, max_new_tokens, top_k, top_p, seed],
                  [status, *sides[0], *sides[1]], api_name="compare",
-                 preprocess=False)  # raw values: lmdemo checks them and names the field in its message
+                 preprocess=False, **heavy)  # raw values: lmdemo checks them and names the field in its message
 
 
-def _layer_choices(demo: Demo, name: str) -> dict[str, Any]:
+def _layer_choices(models: Models, name: str) -> dict[str, Any]:
     """The layer picker's choices for a model, the top layer chosen."""
-    layers = demo.generator(name).config.num_layers
+    layers = models.describe(name).num_layers
     names = {1: " (bottom)", layers: " (top)"} if layers > 1 else {}
     return dict(choices=[(f"{n}{names.get(n, '')}", n) for n in range(1, layers + 1)], value=layers)
 
@@ -302,14 +319,9 @@ def _text_choices(progress: Progress) -> Any:
     return gr.Dropdown(choices=choices, value=1)
 
 
-def _figure(demo: Demo, progress: Progress, index: int, at: int, count: int) -> Any:
+def _figure(demo: Demo, progress: Progress, index: Any, at: Any, count: Any) -> Any:
     explained = demo.next_tokens(progress, index, at, count)
-    return render.next_token_figure(explained, progress.samples[index].temperature)
-
-
-def _empty_progress(demo: Demo, name: str) -> Progress:
-    generator = demo.generator(name)
-    return Progress(name, generator.tokenizer.level, "", generator.prompt(""), [], [], 0.0)
+    return render.next_token_figure(explained)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -326,7 +338,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="interface to listen on; 0.0.0.0 for all (default: $GRADIO_SERVER_NAME or 127.0.0.1)")
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
                         help="port (default: $GRADIO_SERVER_PORT or 7860)")
-    parser.add_argument("--concurrency", type=int, default=2, help="requests computed at once (default: 2)")
+    parser.add_argument("--concurrency", type=int, default=2,
+                        help="requests computed at once, over all endpoints that run a model (default: 2)")
     parser.add_argument("--queue-size", type=int, default=32,
                         help="requests waiting at most; more are turned away (default: 32)")
     parser.add_argument("--threads", type=int, help="torch threads per request (default: CPU cores / concurrency)")
@@ -334,8 +347,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"most new tokens a request may ask for (default: {Limits.max_new_tokens})")
     parser.add_argument("--max-prompt-tokens", type=int, default=Limits.max_prompt_tokens,
                         help=f"longer prompts keep their last this-many tokens (default: {Limits.max_prompt_tokens})")
+    parser.add_argument("--max-prompt-chars", type=int, default=Limits.max_prompt_chars,
+                        help=f"longer prompts are refused with a message (default: {Limits.max_prompt_chars})")
     args = parser.parse_args(argv)
-    for name in ("port", "concurrency", "queue_size", "threads", "max_new_tokens", "max_prompt_tokens"):
+    for name in ("port", "concurrency", "queue_size", "threads", "max_new_tokens", "max_prompt_tokens",
+                 "max_prompt_chars"):
         value = getattr(args, name)
         if value is not None and value <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive (got {value})")
@@ -346,12 +362,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // args.concurrency))
     try:
-        demo = Demo(discover_models(args.checkpoints, args.model),
-                    Limits(max_prompt_tokens=args.max_prompt_tokens, max_new_tokens=args.max_new_tokens))
+        models = Models(discover_models(args.checkpoints, args.model))
     except (NoModelsError, ModelLoadError) as error:
         print(f"app.py: error: {error}", file=sys.stderr)
         return 2
-    app = build_app(demo)
+    limits = Limits(max_prompt_chars=args.max_prompt_chars, max_prompt_tokens=args.max_prompt_tokens,
+                    max_new_tokens=args.max_new_tokens)
+    app = build_app(models, limits, args.concurrency)
     app.queue(default_concurrency_limit=args.concurrency, max_size=args.queue_size)
     theme = gr.themes.Soft(primary_hue="indigo", font=["ui-sans-serif", "system-ui", "sans-serif"],
                            font_mono=["ui-monospace", "SFMono-Regular", "monospace"])

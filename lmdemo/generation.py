@@ -5,12 +5,19 @@ of its time in set-up and in a matrix kernel that reads the weights once per row
 runs the LSTM cell by hand on weights laid out once: each layer's input and recurrent matrices
 are fused into one matrix (one matmul per layer per step), pre-packed for oneDNN when PyTorch has
 it, and for small vocabularies the first layer's input projection of every token is precomputed,
-turning that matmul into a row lookup. The prompt is read once by the model itself.
+turning that matmul into a row lookup. If a packed call fails at run time (a oneDNN build that
+packs but cannot run the kernel), that matrix falls back to the plain matmul for good.
+
+The prompt is read once, by the model itself, into a `Reading`: each prompt token's probability (the
+surprisal colouring), the distribution of the next token (the bars right after the prompt) and the
+state that sampling, and the bars at any later position of a sample, continue from.
 
 All temperatures of a request are rows of one batch: one forward pass per step serves them all.
 Randomness never comes from the global seed. Each row draws its uniforms from its own
-`torch.Generator`, seeded from the request's seed and how many earlier rows have the same
-temperature, and picks a token by inverse CDF (one uniform per row per step). Hence:
+`torch.Generator` (imported as `RandomGenerator`, so it is never mistaken for this module's
+`Generator`), seeded from the request's seed and how many earlier rows have the same temperature,
+and picks a token by inverse CDF (one uniform per row per step). A temperature below
+`GREEDY_BELOW` is greedy, exactly like 0. Hence:
 
 - the same prompt, settings and seed give the same text, whatever else the process is doing;
 - a temperature's sample is the same whether it is asked for alone or beside other temperatures
@@ -32,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
+from torch import Generator as RandomGenerator
 from torch.nn import functional as F
 
 from lmdemo.checkpoint import TrainedModel
@@ -41,6 +49,9 @@ LOOKUP_LIMIT = 4_000_000  # floats in a precomputed first-layer table (16 MB)
 PACK_MIN = 2**18  # weights smaller than this (1 MB) run faster unpacked: oneDNN's call costs ~20-40 us
 SEED_LIMIT = 2**64
 TEMPERATURE_LIMIT = 100.0
+# Temperatures below this are greedy: logits / T would overflow float32 (inf, then NaN probabilities)
+# for T near 1e-38, and long before that the softmax puts all its mass on the argmax anyway.
+GREEDY_BELOW = 1e-6
 UNIFORM_CHUNK = 64  # uniforms drawn per row at a time: fixed, so a run's draws do not depend on its length
 _MASK64 = SEED_LIMIT - 1
 
@@ -114,6 +125,19 @@ class TokenScore(NamedTuple):
     probability: float
 
 
+@dataclass
+class Reading:
+    """A text as the model read it, once: what it gave each token, what it expects next, its state after.
+
+    Sampling continues from `state`, the prompt's colouring is `scores` and the bars after the prompt
+    are `next_log_probs`, so one request reads its prompt through the model once.
+    """
+
+    scores: list[TokenScore]  # each token with the probability the model gave it
+    next_log_probs: torch.Tensor  # [V]: the distribution of the token after the text
+    state: State  # ([L, 1, H], [L, 1, H]) after the last token
+
+
 class CellStep(NamedTuple):
     """One layer's step: the new hidden and cell state and the four gate activations, each [B, H]."""
 
@@ -143,8 +167,12 @@ class _Dense:
                 self.packed = None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed is not None:
-            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+        packed = self.packed
+        if packed is not None:
+            try:
+                return torch.ops.mkldnn._linear_pointwise(x, packed, self.bias, "none", [], "")
+            except (RuntimeError, NotImplementedError):  # a private op: if it fails, the plain matmul from now on
+                self.packed = None
         return F.linear(x, self.weight, self.bias)
 
 
@@ -204,14 +232,28 @@ class Generator:
         return steps
 
     @torch.no_grad()
-    def read(self, ids: Sequence[int]) -> tuple[torch.Tensor, State]:
-        """Log-probabilities [len(ids)+1, V] of each next token, and the state after the last id.
+    def read(self, ids: Sequence[int], state: State | None = None) -> tuple[torch.Tensor, State]:
+        """Log-probabilities of each next token and the state after the last id, by the model's own forward.
 
-        Row 0 is the distribution at the start of a text (after `start_id`).
+        From the start of a text (no `state`): [len(ids)+1, V], row 0 the distribution after
+        `start_id`. From `state`: [len(ids), V], row i the distribution after ids[i].
         """
-        sequence = torch.tensor([self.start_id, *ids], dtype=torch.long)
-        logits, state = self.trained.model(sequence.unsqueeze(0))
+        sequence = torch.tensor(list(ids) if state is not None else [self.start_id, *ids], dtype=torch.long)
+        logits, state = self.trained.model(sequence.unsqueeze(0), state)
         return F.log_softmax(logits[0].float(), -1), state
+
+    def reading(self, ids: Sequence[int], after: Reading | None = None) -> Reading:
+        """Read `ids` from the start of a text, or on from `after` (a prompt's reading) without re-reading it."""
+        ids = list(ids)
+        if after is None:
+            log_probs, state = self.read(ids)
+        elif not ids:
+            return after
+        else:
+            log_probs, state = self.read(ids, after.state)
+            log_probs = torch.cat([after.next_log_probs.unsqueeze(0), log_probs])
+        chosen = log_probs[torch.arange(len(ids)), torch.tensor(ids, dtype=torch.long)].exp()
+        return Reading(self._scores(ids, chosen.tolist()), log_probs[-1], state)
 
     @property
     def start_id(self) -> int:
@@ -223,20 +265,41 @@ class Generator:
 
     # -- prompts -------------------------------------------------------------------------------
     def prompt(self, text: str, max_tokens: int | None = None) -> Prompt:
-        """Encode a prompt, keeping at most its last `max_tokens`, and say what was changed."""
-        ids, notes = self.tokenizer.encode(text), []
-        if not ids:
-            notes.append("empty prompt: the model starts from the beginning of a text")
-        unknown = self.unknown_pieces(text)
+        """Encode a prompt, keeping at most its last `max_tokens`, and say what was changed.
+
+        Only the end of a long text is encoded: the last `max_tokens` + 1 characters for character
+        models, whole lines from the end (where word encoding restarts) for word models, widened
+        until they hold more than `max_tokens` tokens.
+        """
+        kept, ids = self._encode_end(text, max_tokens)
+        notes = [] if ids else ["empty prompt: the model starts from the beginning of a text"]
+        if max_tokens is not None and len(ids) > max_tokens:
+            notes.append(f"prompt cut to its last {max_tokens} tokens (it had {len(text):,} characters)")
+            ids = ids[-max_tokens:]
+        unknown = ids.count(self.tokenizer.unk_id)
         if unknown:
             unit = "character" if self.tokenizer.level == "char" else "word"
-            shown = ", ".join(repr(piece) for piece in list(dict.fromkeys(unknown))[:5])
-            notes.append(f"{len(unknown)} {unit}{'s' if len(unknown) > 1 else ''} not in the model's "
-                         f"vocabulary became <unk>: {shown}")
-        if max_tokens is not None and len(ids) > max_tokens:
-            notes.append(f"prompt cut to its last {max_tokens} tokens (it had {len(ids)})")
-            ids = ids[-max_tokens:]
+            pieces = self.unknown_pieces(kept)[-unknown:]
+            shown = ", ".join(repr(piece) for piece in list(dict.fromkeys(pieces))[:5])
+            notes.append(f"{unknown} {unit}{'s' if unknown > 1 else ''} not in the model's vocabulary "
+                         f"became <unk>: {shown}")
         return Prompt(ids, notes)
+
+    def _encode_end(self, text: str, max_tokens: int | None) -> tuple[str, list[int]]:
+        """The shortest end of `text` that encodes to more than `max_tokens` ids (or all of it), and its ids.
+
+        Its ids are the end of the whole text's ids: a character model reads one token per character,
+        and a word model's window starts at a line, where `Tokenizer.encode` starts afresh.
+        """
+        size = len(text) if max_tokens is None else max_tokens + 1
+        while True:
+            start = max(0, len(text) - size)
+            if start and self.tokenizer.level == "word":
+                start = text.rfind("\n", 0, start) + 1
+            ids = self.tokenizer.encode(text[start:])
+            if start == 0 or len(ids) > max_tokens:
+                return text[start:], ids
+            size *= 4
 
     def unknown_pieces(self, text: str) -> list[str]:
         """The characters or words of `text` that the vocabulary lacks, in order."""
@@ -246,13 +309,17 @@ class Generator:
 
     # -- sampling ------------------------------------------------------------------------------
     @torch.no_grad()
-    def stream(self, prompt_ids: Sequence[int], sampling: Sampling) -> Iterator[list[Sample]]:
-        """Yield the samples (one per temperature, in order) after each new token."""
+    def stream(self, prompt: Sequence[int] | Reading, sampling: Sampling) -> Iterator[list[Sample]]:
+        """Yield the samples (one per temperature, in order) after each new token.
+
+        `prompt` is its ids, or its `Reading` when the caller has read it already.
+        """
         samples = [Sample(float(t)) for t in sampling.temperatures]
-        log_probs, (h, c) = self.read(prompt_ids)
+        reading = prompt if isinstance(prompt, Reading) else self.reading(prompt)
+        h, c = reading.state
         live = list(range(len(samples)))  # rows still sampling, in batch order
         live_rows = torch.tensor(live)
-        logits = log_probs[-1].expand(len(live), -1)
+        logits = reading.next_log_probs.expand(len(live), -1)
         state = (h.expand(-1, len(live), -1).contiguous(), c.expand(-1, len(live), -1).contiguous())
         temperatures = torch.tensor([s.temperature for s in samples])
         uniforms = _Uniforms(sampling.seed, sampling.temperatures)
@@ -285,27 +352,18 @@ class Generator:
             if index + 1 < sampling.max_new_tokens:
                 logits, state = self.step(next_ids, state)
 
-    def generate(self, prompt_ids: Sequence[int], sampling: Sampling) -> list[Sample]:
+    def generate(self, prompt: Sequence[int] | Reading, sampling: Sampling) -> list[Sample]:
         """The finished samples of `stream`."""
         samples: list[Sample] = []
-        for samples in self.stream(prompt_ids, sampling):
+        for samples in self.stream(prompt, sampling):
             pass
         return samples
 
     # -- looking at distributions --------------------------------------------------------------
-    def next_tokens(self, ids: Sequence[int], k: int = 10) -> list[TokenScore]:
-        """The k most likely next tokens after `ids` (from the start of a text), likeliest first."""
-        log_probs, _ = self.read(ids)
-        top = log_probs[-1].exp().topk(min(k, log_probs.size(-1)))
+    def next_tokens(self, reading: Reading, k: int = 10) -> list[TokenScore]:
+        """The k most likely tokens after a read text, likeliest first."""
+        top = reading.next_log_probs.exp().topk(min(k, reading.next_log_probs.size(-1)))
         return self._scores(top.indices.tolist(), top.values.tolist())
-
-    def surprisal(self, ids: Sequence[int]) -> list[TokenScore]:
-        """Each token of `ids` with the probability the model gave it, reading left to right."""
-        if not ids:
-            return []
-        log_probs, _ = self.read(ids)
-        chosen = log_probs[torch.arange(len(ids)), torch.tensor(list(ids))]
-        return self._scores(list(ids), chosen.exp().tolist())
 
     def _scores(self, ids: list[int], probabilities: list[float]) -> list[TokenScore]:
         return [TokenScore(i, token, p) for i, token, p in zip(ids, self.tokenizer.tokens(ids), probabilities)]
@@ -313,7 +371,8 @@ class Generator:
 
 def choose_next(logits: torch.Tensor, temperatures: torch.Tensor, uniforms: torch.Tensor, top_k: int = 0,
                 top_p: float = 1.0, banned: torch.Tensor | None = None) -> torch.Tensor:
-    """One token per row of `logits` [B, V]: argmax where the temperature is 0, else inverse-CDF sampling.
+    """One token per row of `logits` [B, V]: argmax where the temperature is below `GREEDY_BELOW`, else
+    inverse-CDF sampling.
 
     Top-k and then top-p are applied to the temperature-scaled distribution; top-p keeps the
     smallest set of likeliest tokens whose mass reaches p. `banned` ids get probability 0.
@@ -322,7 +381,8 @@ def choose_next(logits: torch.Tensor, temperatures: torch.Tensor, uniforms: torc
     if banned is not None:
         logits = logits.index_fill(1, banned, -math.inf)
     greedy = logits.argmax(-1)
-    scaled = logits / torch.where(temperatures > 0, temperatures, 1.0).unsqueeze(1)
+    sampled_rows = temperatures >= GREEDY_BELOW
+    scaled = logits / torch.where(sampled_rows, temperatures, 1.0).unsqueeze(1)
     vocab = scaled.size(-1)
     if 0 < top_k < vocab:
         kept = scaled.topk(top_k, -1).indices
@@ -335,7 +395,7 @@ def choose_next(logits: torch.Tensor, temperatures: torch.Tensor, uniforms: torc
     cdf = probs.cumsum(-1)
     targets = (uniforms.float() * cdf[:, -1]).unsqueeze(1).contiguous()
     sampled = torch.searchsorted(cdf, targets, right=True).squeeze(1).clamp_max(vocab - 1)
-    return torch.where(temperatures > 0, sampled, greedy)
+    return torch.where(sampled_rows, sampled, greedy)
 
 
 class _Uniforms:
@@ -345,7 +405,7 @@ class _Uniforms:
         seen: Counter[float] = Counter()
         self.generators = []
         for t in temperatures:
-            self.generators.append(torch.Generator().manual_seed(_mix(seed, seen[float(t)])))
+            self.generators.append(RandomGenerator().manual_seed(_mix(seed, seen[float(t)])))
             seen[float(t)] += 1
         self.chunks: list[torch.Tensor] = []
 

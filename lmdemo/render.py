@@ -16,9 +16,12 @@ from collections.abc import Sequence
 import pandas as pd
 import plotly.graph_objects as go
 
-from lmdemo.demo import Comparison, ModelInfo, NextTokens, Progress, UnitView, bits_per_token
+from lmdemo.demo import Comparison, NextTokens, Progress
 from lmdemo.generation import Sample
+from lmdemo.inside import UnitView
 from lmdemo.internals import QUANTITIES, SpanMatch
+from lmdemo.metrics import bits, perplexity
+from lmdemo.registry import ModelInfo
 from lmdemo.tokenizer import EOS, UNK
 
 # (lower bound of the probability, CSS class, legend label), likeliest first.
@@ -30,6 +33,7 @@ WHITESPACE = {" ": ("·", "␣ (space)"), "\n": ("↵", "↵ (newline)"), "\t": 
 MAX_TOKEN_LABELS = 150  # a longer window labels every n-th token on the axis; hovering names them all
 SIGNED_SCALE, GATE_SCALE = "RdBu_r", "Viridis"
 MARK_COLOUR = "#e8590c"
+NO_SAMPLES = '<div class="lm-empty">Samples appear here.</div>'
 
 CSS = """
 .lm-legend { display: flex; gap: .5rem; align-items: center; flex-wrap: wrap; font-size: .85rem; margin: .2rem 0 .6rem; }
@@ -94,7 +98,7 @@ def coloured_tokens(scores: Sequence[tuple[str, float]], level: str) -> str:
 def samples_html(progress: Progress) -> str:
     """One column per temperature: the prompt's end in grey, then the sample coloured by surprisal."""
     if not progress.samples:
-        return '<div class="lm-empty">Samples appear here.</div>'
+        return NO_SAMPLES
     level, tail = progress.level, progress.prompt_text[-PROMPT_TAIL_CHARS:]
     columns = []
     for sample in progress.samples:
@@ -110,7 +114,7 @@ def samples_html(progress: Progress) -> str:
 
 def prompt_html(progress: Progress) -> str:
     """The prompt as the model read it, coloured by surprisal, with its bits per character or perplexity."""
-    level, scores = progress.level, [(s.token, s.probability) for s in progress.prompt_scores]
+    level, scores = progress.level, [(s.token, s.probability) for s in progress.reading.scores]
     if not scores:
         return '<div class="lm-empty">Empty prompt: the model started from the beginning of a text.</div>'
     return (f'<div class="lm-prompt"><header>Prompt as the model read it: {_surprisal_summary(scores, level)}</header>'
@@ -147,7 +151,7 @@ def model_markdown(info: ModelInfo) -> str:
             f"Trained on `{info.data}`{trained} · {measured}")
 
 
-def next_token_figure(next_tokens: NextTokens, temperature: float | None = None) -> go.Figure:
+def next_token_figure(next_tokens: NextTokens) -> go.Figure:
     """Horizontal bars of the top next tokens, likeliest on top; the token the sample took is highlighted."""
     scores = list(reversed(next_tokens.scores))
     chosen_id = next_tokens.chosen.id if next_tokens.chosen else None
@@ -157,14 +161,13 @@ def next_token_figure(next_tokens: NextTokens, temperature: float | None = None)
         marker_color=[CHOSEN_COLOUR if s.id == chosen_id else BAR_COLOUR for s in scores],
         text=[f"{s.probability:.1%}" for s in scores], textposition="outside", cliponaxis=False,
         hovertemplate="%{y}: %{x:.2%}<extra></extra>"))
-    context = next_tokens.context[-40:].replace("\n", "↵")
+    context = html.escape(next_tokens.context[-40:].replace("\n", "↵"))  # Plotly titles read HTML tags
     title = f"Next token after “…{context}”" if next_tokens.context else "First token of a text"
     if next_tokens.chosen is not None:
         taken = visible(next_tokens.chosen.token)
         missing = "" if chosen_id in {s.id for s in scores} else " (not in the top list)"
-        title += f"<br><span style='font-size:12px;color:#5b6673'>the sample" \
-                 f"{f' at T = {temperature:g}' if temperature is not None else ''} took " \
-                 f"<b>{html.escape(taken)}</b> ({next_tokens.chosen.probability:.1%}){missing}</span>"
+        title += (f"<br><span style='font-size:12px;color:#5b6673'>the sample at T = {next_tokens.temperature:g} "
+                  f"took <b>{html.escape(taken)}</b> ({next_tokens.chosen.probability:.1%}){missing}</span>")
     top = max((s.probability for s in scores), default=1.0)
     figure.update_layout(
         title=dict(text=title, x=0, font=dict(size=14)), template="plotly_white", showlegend=False,
@@ -281,9 +284,9 @@ def _token_axis(figure: go.Figure, view: UnitView) -> go.Figure:
 def _sample_summary(sample: Sample, level: str, done: bool) -> str:
     count = len(sample.ids)
     text = f"{count} {'chars' if level == 'char' else 'tokens'}"
-    bits = bits_per_token(sample.probabilities)
-    if bits is not None:
-        text += f" · {bits:.2f} bits/char" if level == "char" else f" · ppl {2 ** bits:,.1f}"
+    loss = mean_surprisal(sample.probabilities)
+    if loss is not None:
+        text += f" · {bits(loss):.2f} bits/char" if level == "char" else f" · ppl {perplexity(loss):,.1f}"
     if sample.stopped_by:
         text += " · ended at " + ("<eos>" if sample.stopped_by == "eos" else "stop string")
     elif not done:
@@ -292,7 +295,14 @@ def _sample_summary(sample: Sample, level: str, done: bool) -> str:
 
 
 def _surprisal_summary(scores: Sequence[tuple[str, float]], level: str) -> str:
-    bits = bits_per_token([p for _, p in scores])
+    loss = mean_surprisal([p for _, p in scores])
     if level == "char":
-        return f"{len(scores)} characters, {bits:.2f} bits/char"
-    return f"{len(scores)} tokens, perplexity {2 ** bits:,.1f}"
+        return f"{len(scores)} characters, {bits(loss):.2f} bits/char"
+    return f"{len(scores)} tokens, perplexity {perplexity(loss):,.1f}"
+
+
+def mean_surprisal(probabilities: Sequence[float]) -> float | None:
+    """Mean -ln p in nats (the loss `metrics.bits` and `metrics.perplexity` convert); None for no tokens."""
+    if not probabilities:
+        return None
+    return -sum(math.log(max(p, 1e-45)) for p in probabilities) / len(probabilities)

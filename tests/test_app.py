@@ -9,16 +9,22 @@ import os
 import re
 import subprocess
 import sys
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
+import torch
 
 from servers import free_port, serving
 
-from lmdemo.demo import Demo, Limits, NoModelsError, discover_models, parse_seed, parse_temperatures
-from lmdemo.generation import SettingsError
+from lmdemo import render
+from lmdemo.demo import Demo, NextTokens
+from lmdemo.forms import FIELD_CHARS, Limits, parse_number, parse_seed, parse_temperatures, read_prompt, read_sampling
+from lmdemo.generation import SettingsError, TokenScore
+from lmdemo.registry import Models, NoModelsError, discover_models
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_DISABLE_TELEMETRY": "1",
@@ -58,11 +64,27 @@ def test_form_values_are_parsed_or_refused_with_a_reason():
             parse_seed(bad)
 
 
+def test_oversized_form_values_are_refused_before_they_are_parsed():
+    limits = Limits(max_prompt_chars=50, max_prompt_tokens=20)
+    assert read_prompt("x" * 50, limits) == "x" * 50 and read_prompt(None, limits) == ""
+    with pytest.raises(SettingsError, match="the prompt has 51 characters; at most 50 are read"):
+        read_prompt("x" * 51, limits)
+    with pytest.raises(SettingsError, match="the prompt must be text"):
+        read_prompt(["x"], limits)
+    long = "1" * (FIELD_CHARS + 1)
+    for parse, message in ((lambda: parse_number(long, "top-p"), "top-p is"), (lambda: parse_seed(long), "seed is"),
+                           (lambda: parse_temperatures(long), "temperatures is"),
+                           (lambda: read_sampling(limits, "1", 5, 0, 1, 0, stop=long), "the stop text is")):
+        with pytest.raises(SettingsError, match=f"{message} {FIELD_CHARS + 1} characters long; at most {FIELD_CHARS}"):
+            parse()
+
+
 def test_demo_streams_progress_and_explains_tokens(char_model):
-    demo = Demo({"char": str(char_model)}, Limits(max_new_tokens=50))
-    info = demo.describe("char")
+    models, limits = Models({"char": str(char_model)}), Limits(max_new_tokens=50)
+    demo = Demo(models, limits)
+    info = models.describe("char")
     assert info.level == "char" and info.test_bpc and info.validation_ppl
-    sampling = demo.sampling("0, 1", "30", "0", "1", "3")
+    sampling = read_sampling(limits, "0, 1", "30", "0", "1", "3")
     finished = []
     for progress in demo.generate("char", "", sampling, every=0.0):
         finished.append(progress.done)
@@ -71,9 +93,48 @@ def test_demo_streams_progress_and_explains_tokens(char_model):
     assert "empty prompt" in final.prompt.notes[0]
     assert [len(s.ids) for s in final.samples] == [30, 30]
     explained = demo.next_tokens(final, 1, 4, k=5)
-    assert len(explained.scores) == 5 and explained.chosen.id == final.samples[1].ids[4]
+    # the bars are the model's own distribution after the text, read in one plain forward pass
+    generator, sample = models.generator("char"), final.samples[1]
+    with torch.no_grad():
+        logits, _ = generator.trained.model(torch.tensor([[generator.start_id, *sample.ids[:4]]]))
+    expected = logits[0, -1].log_softmax(-1).exp()
+    top = expected.topk(5)
+    assert [s.id for s in explained.scores] == top.indices.tolist()
+    torch.testing.assert_close(torch.tensor([s.probability for s in explained.scores]), top.values,
+                               atol=1e-5, rtol=1e-4)
+    assert explained.chosen.probability == pytest.approx(float(expected[sample.ids[4]]), rel=1e-3)
+    assert explained.context == generator.tokenizer.decode(sample.ids[:4]) and explained.temperature == 1.0
     with pytest.raises(SettingsError, match="max new tokens"):
-        demo.sampling("1", 51, 0, 1, 0)
+        read_sampling(limits, "1", 51, 0, 1, 0)
+
+
+def test_one_generate_reads_the_prompt_through_the_model_once(char_model, monkeypatch):
+    models = Models({"char": str(char_model)})
+    demo = Demo(models)
+    model = models.generator("char").trained.model
+    forward, calls = model.forward, []
+
+    def counted(ids, *args, **kwargs):
+        calls.append(ids.size(1))
+        return forward(ids, *args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", counted)
+    prompt = "ROMEO:\nWhat say you?\n"
+    for progress in demo.generate("char", prompt, read_sampling(demo.limits, "0.5, 1", 20, 0, 1, 1)):
+        pass
+    demo.next_tokens(progress, 0, 0)  # the bars the page draws when a generation ends
+    assert calls == [1 + len(prompt)], "the prompt is read once: its surprisal, the sampling and the bars share it"
+    calls.clear()
+    demo.next_tokens(progress, 1, 5)  # bars inside a sample read only the sample, from the prompt's state
+    assert calls == [5]
+
+
+def test_the_next_token_title_escapes_the_context():
+    taken = TokenScore(5, "<", 0.6)
+    shown = NextTokens("<script>alert(1)</script> <b>bold", 3, 0.5, [taken, TokenScore(6, "x", 0.3)], taken)
+    title = render.next_token_figure(shown).layout.title.text
+    assert "<script>" not in title and "<b>bold" not in title
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; &lt;b&gt;bold" in title and "<b>&lt;</b>" in title
 
 
 # -- the served app ---------------------------------------------------------------------------------
@@ -185,11 +246,69 @@ def test_prompt_problems_are_explained_in_the_status(client):
         assert note in generate(client, prompt_text=prompt, max_new=5)[2]
 
 
+def test_a_too_long_prompt_is_refused_at_once_with_a_message(server, client):
+    from gradio_client.exceptions import AppError
+
+    config = json.loads(urllib.request.urlopen(server + "config", timeout=10).read())
+    boxes = [c["props"] for c in config["components"] if c["type"] == "textbox"]
+    assert boxes and all(box.get("max_length") for box in boxes), "every text box bounds its input in the page"
+    huge = "x" * 100_001  # API callers bypass the page's bound
+    started = time.monotonic()
+    for request in (lambda: generate(client, prompt_text=huge, max_new=5),
+                    lambda: client.predict("shakespeare-tiny", "ptb-tiny", huge, "1", 5, 0, 1.0, "0",
+                                           api_name="/compare"),
+                    lambda: inside(client, prompt_text=huge)):
+        with pytest.raises(AppError, match="the prompt has 100,001 characters; at most"):
+            request()
+    assert time.monotonic() - started < 20
+    assert generate(client, max_new=5)[2].startswith("**Done**")
+
+
 def test_model_info_and_random_seed(client):
     card, _, prompt = client.predict("ptb-tiny", api_name="/model_info")
     assert "word-level LSTM" in card and "perplexity" in card and prompt
     seeds = {client.predict(api_name="/random_seed") for _ in range(3)}
     assert all(seed.isdigit() for seed in seeds) and len(seeds) > 1
+
+
+@pytest.fixture(scope="module")
+def one_at_a_time(char_model, tmp_path_factory) -> Iterator[str]:
+    """A `python app.py --concurrency 1`: one model request computed at a time, whatever its endpoint."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    command = [sys.executable, "app.py", "--port", str(port), "--model", str(char_model), "--concurrency", "1",
+               "--checkpoints", str(tmp_path_factory.mktemp("no-checkpoints")), "--max-new-tokens", "5000"]
+    with serving(command, url, tmp_path_factory.mktemp("app-1") / "app.log", cwd=ROOT, env=ENV):
+        yield url
+
+
+def test_concurrency_limits_model_requests_across_endpoints(one_at_a_time):
+    """--concurrency 1: an /inside request sent while a long /generate is computing waits in the queue until the
+    generation ends, although the two are different endpoints (each used to have a limit of its own)."""
+    from gradio_client import Client
+    from gradio_client.utils import Status
+
+    long = Client(one_at_a_time, verbose=False).submit(
+        "shakespeare-tiny", "ROMEO:\n", "0.5, 0.8, 1, 1.2, 1.5, 2", 5000, 0, 1.0, "1", "", False, api_name="/generate")
+    deadline = time.monotonic() + 60
+    while not long.outputs() and time.monotonic() < deadline:  # it streams: it is computing
+        time.sleep(0.02)
+    short = Client(one_at_a_time, verbose=False).submit(*READING.values(), "variable", 8, None, None,
+                                                        api_name="/inside")
+    window, seen = time.monotonic() + 2.0, []
+    while time.monotonic() < window:  # alone, /inside takes well under a second
+        seen.append(short.status().code)
+        time.sleep(0.02)
+    streamed = len(long.outputs())
+    while len(long.outputs()) == streamed and not long.done():
+        time.sleep(0.02)
+    assert not long.done(), "the generation ended before the window did: make it longer"
+    # the generation was still computing after the window, so /inside must not have run in it
+    statuses = [code.value for code in dict.fromkeys(seen)]
+    assert Status.PROCESSING not in seen and Status.FINISHED not in seen, f"/inside ran beside /generate: {statuses}"
+    assert Status.IN_QUEUE in seen
+    long.cancel()  # a streamed generation stops at its next token; then the waiting request runs
+    assert short.result(timeout=60)[0].startswith("**shakespeare-tiny**")
 
 
 @contextlib.contextmanager

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lmdemo import generation, load_model
-from lmdemo.generation import Generator, Sampling, SettingsError, choose_next
+from lmdemo.generation import GREEDY_BELOW, Generator, Sampling, SettingsError, choose_next
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -160,16 +160,40 @@ def test_stream_yields_every_token_and_records_probabilities(char_generator):
     assert sample.tokens == char_generator.tokenizer.tokens(sample.ids)
 
 
-def test_next_tokens_and_surprisal(char_generator):
+def test_a_reading_gives_what_a_plain_forward_pass_gives(char_generator):
+    """Surprisal and next-token bars against the model's forward + log_softmax, computed here on the same ids."""
     ids = char_generator.prompt("ROMEO:").ids
-    top = char_generator.next_tokens(ids, k=5)
-    assert len(top) == 5
-    assert [s.probability for s in top] == sorted((s.probability for s in top), reverse=True)
-    scores = char_generator.surprisal(ids)
-    assert [s.token for s in scores] == list("ROMEO:")
-    after_prompt = {s.id: s.probability for s in char_generator.next_tokens(ids[:3], k=char_generator.tokenizer.vocab_size)}
-    assert scores[3].probability == pytest.approx(after_prompt[ids[3]], rel=1e-5)
-    assert char_generator.surprisal([]) == []
+    with torch.no_grad():
+        logits, (h, c) = char_generator.trained.model(torch.tensor([[char_generator.start_id, *ids]]))
+    expected = logits[0].log_softmax(-1)  # row i: the distribution of token i; the last row: the token after
+    reading = char_generator.reading(ids)
+    assert [s.token for s in reading.scores] == list("ROMEO:")
+    torch.testing.assert_close(torch.tensor([s.probability for s in reading.scores]),
+                               expected[torch.arange(len(ids)), torch.tensor(ids)].exp(), atol=1e-6, rtol=1e-5)
+    top = char_generator.next_tokens(reading, k=5)
+    assert [s.id for s in top] == expected[-1].topk(5).indices.tolist()
+    torch.testing.assert_close(torch.tensor([s.probability for s in top]), expected[-1].topk(5).values.exp(),
+                               atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(reading.state, (h, c))
+    # reading on from a reading equals reading the whole text at once
+    on = char_generator.reading(ids[3:], after=char_generator.reading(ids[:3]))
+    torch.testing.assert_close(torch.tensor([s.probability for s in on.scores]),
+                               torch.tensor([s.probability for s in reading.scores[3:]]), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(on.next_log_probs, reading.next_log_probs, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(on.state, reading.state, atol=1e-6, rtol=1e-5)
+    empty = char_generator.reading([])
+    assert empty.scores == [] and torch.equal(empty.next_log_probs, char_generator.read([])[0][0])
+
+
+def test_a_long_prompt_is_encoded_only_as_far_as_it_is_kept(char_generator, word_generator, monkeypatch):
+    for generator, text in ((char_generator, "ROMEO:\nWhat say you?\n" * 200),
+                            (word_generator, "the company said it would\n" * 300 + "the end")):
+        tokenizer = generator.tokenizer
+        whole, encode, encoded = tokenizer.encode(text), tokenizer.encode, []
+        monkeypatch.setattr(tokenizer, "encode", lambda t: encoded.append(len(t)) or encode(t))
+        prompt = generator.prompt(text, max_tokens=50)
+        assert prompt.ids == whole[-50:]
+        assert sum(encoded) < len(text) / 4, f"encoded {sum(encoded)} of {len(text)} characters to keep 50 tokens"
 
 
 def test_prompt_notes(char_generator, word_generator):
@@ -178,7 +202,7 @@ def test_prompt_notes(char_generator, word_generator):
     assert "word not in the model's vocabulary" in word_generator.prompt("the zzyzxq said").notes[0]
     cut = char_generator.prompt("ROMEO: hello", max_tokens=5)
     assert char_generator.tokenizer.decode(cut.ids) == "hello"
-    assert "cut to its last 5 tokens (it had 12)" in cut.notes[0]
+    assert "cut to its last 5 tokens (it had 12 characters)" in cut.notes[0]
 
 
 @pytest.mark.parametrize("settings, message", [
@@ -196,3 +220,31 @@ def test_prompt_notes(char_generator, word_generator):
 def test_bad_settings_are_refused_with_a_reason(settings, message):
     with pytest.raises(SettingsError, match=message):
         Sampling(**settings).check(max_new_tokens_limit=1000)
+
+
+def test_a_tiny_temperature_is_greedy(char_generator):
+    prompt = char_generator.prompt("KING:\n").ids
+    greedy = char_generator.generate(prompt, Sampling(temperatures=(0,), max_new_tokens=40))[0].ids
+    for tiny in (1e-39, 1e-30, GREEDY_BELOW / 2):  # 1e-39: logits / T overflows float32
+        sampling = Sampling(temperatures=(tiny,), max_new_tokens=40, seed=3)
+        assert char_generator.generate(prompt, sampling)[0].ids == greedy
+    logits = torch.tensor([[0.5, 3.0, -1.0, 2.9]]).expand(50, -1)
+    assert choose_next(logits, torch.full((50,), 1e-39), torch.linspace(0, 0.999, 50)).tolist() == [1] * 50
+
+
+def test_decoding_falls_back_to_the_plain_path_when_onednn_fails_at_call_time(char_model, monkeypatch):
+    trained = load_model(char_model)
+    sampling = Sampling(temperatures=(0.0, 1.0), max_new_tokens=40, seed=2)
+    plain = Generator(trained)
+    prompt = plain.prompt("ROMEO:\n").ids
+    expected = [s.text for s in plain.generate(prompt, sampling)]
+    monkeypatch.setattr(generation, "PACK_MIN", 0)  # pack every matrix, as large models do
+    packed = Generator(trained)
+    if not any(dense.packed is not None for dense in packed.layers):
+        pytest.skip("this PyTorch build has no oneDNN packing")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("oneDNN refused")
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", broken)
+    assert [s.text for s in packed.generate(prompt, sampling)] == expected

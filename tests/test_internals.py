@@ -11,10 +11,13 @@ from torch.nn import functional as F
 from lmdemo import generation, render
 from lmdemo.checkpoint import TrainedModel, save_model
 from lmdemo.config import Config
-from lmdemo.demo import Demo, Limits
+from lmdemo.demo import Demo
+from lmdemo.forms import Limits, read_sampling
 from lmdemo.generation import Generator, SettingsError
+from lmdemo.inside import Inside
 from lmdemo.internals import match_span, most_active, most_variable, read_internals, top_units
 from lmdemo.model import LSTMLanguageModel
+from lmdemo.registry import Models
 from lmdemo.tokenizer import Tokenizer
 
 TEXT = "ROMEO:\nWhat say you?\n\nJULIET:\nNothing.\n"
@@ -106,8 +109,7 @@ def test_unit_rankings():
 
 
 def test_span_search_finds_the_unit_that_fires_on_the_span_and_ignores_scale():
-    generator = torch.Generator().manual_seed(0)
-    values = torch.rand(40, 6, generator=generator) * 0.1
+    values = torch.rand(40, 6, generator=torch.Generator().manual_seed(0)) * 0.1
     values[10:13, 4] += 1.0  # unit 4 lights up on tokens 10-12
     values[:, 1] *= 50  # unit 1 is large everywhere but has no pattern
     values[10:13, 5] -= 1.0  # unit 5 is low on the span
@@ -121,36 +123,43 @@ def test_span_search_finds_the_unit_that_fires_on_the_span_and_ignores_scale():
 
 
 # -- the request layer, on random models saved as folders (no training) -----------------------------
+LIMITS = Limits(max_inside_tokens=20, max_units=8, max_new_tokens=30)
+
+
 @pytest.fixture(scope="module")
-def demo(tiny, tmp_path_factory) -> Demo:
+def models(tiny, tmp_path_factory) -> Models:
     folder = tmp_path_factory.mktemp("tiny")
     torch.manual_seed(4)
     words = Tokenizer.build(["the cat sat on the mat .", "a dog ran"], "word")
     word_config = Config(level="word", emb_size=8, hidden_size=12, num_layers=2, dropout=0.0, vocab_size=len(words))
-    return Demo({"chars": str(save_model(folder / "chars", tiny.model, tiny.tokenizer)),
-                 "words": str(save_model(folder / "words", LSTMLanguageModel(word_config), words))},
-                Limits(max_inside_tokens=20, max_units=8, max_new_tokens=30))
+    return Models({"chars": str(save_model(folder / "chars", tiny.model, tiny.tokenizer)),
+                   "words": str(save_model(folder / "words", LSTMLanguageModel(word_config), words))})
 
 
-def test_inside_ranks_units_and_says_what_it_cut(demo):
-    text = demo.inside_text(None, "chars", TEXT, 0)
-    view = demo.inside(text, 3, "forget_gate", "variable", 5)
+@pytest.fixture(scope="module")
+def inside(models) -> Inside:
+    return Inside(models, LIMITS)
+
+
+def test_inside_ranks_units_and_says_what_it_cut(inside):
+    text = inside.text(None, "chars", TEXT, 0)
+    view = inside.units(text, 3, "forget_gate", "variable", 5)
     assert view.start == len(TEXT) - 20 and len(view.tokens) == 20 and view.values.shape == (5, 20)
     assert [row.score for row in view.ranking] == sorted((row.score for row in view.ranking), reverse=True)
     assert view.trace_unit == view.units[0] and len(view.trace) == 20
     assert "last 20 of" in render.inside_markdown(view)
     figure = render.unit_heatmap(view)
     assert len(figure.data[0].z) == 5 and "↵" in figure.layout.xaxis.ticktext
-    changed = demo.inside(text, 1, "c", "change", 3, at=len(TEXT) - 1, unit=9)
+    changed = inside.units(text, 1, "c", "change", 3, at=len(TEXT) - 1, unit=9)
     assert changed.at == len(TEXT) - 1 and changed.trace_unit == 9 and changed.score_label.startswith("change")
     assert render.unit_trace(changed).data[0].y == tuple(changed.trace)
-    by_number = demo.inside(text, 1, "h", "unit", 4)
+    by_number = inside.units(text, 1, "h", "unit", 4)
     assert by_number.units == [0, 1, 2, 3]
 
 
-def test_span_search_through_the_demo(demo):
-    text = demo.inside_text(None, "chars", TEXT, 0)
-    view = demo.find_span(text, 2, "h", len(TEXT) - 5, len(TEXT) - 3, 6)
+def test_span_search_through_the_demo(inside):
+    text = inside.text(None, "chars", TEXT, 0)
+    view = inside.find_span(text, 2, "h", len(TEXT) - 5, len(TEXT) - 3, 6)
     assert view.marked == (len(TEXT) - 5, len(TEXT) - 3) and len(view.ranking) == 6
     table = render.unit_table(view)
     assert list(table.columns) == ["rank", "unit", "score", "mean inside", "mean outside"]
@@ -158,28 +167,34 @@ def test_span_search_through_the_demo(demo):
 
 
 @pytest.mark.parametrize("call, message", [
-    (lambda d, t: d.inside(t, 4, "h", "active", 5), "layer must be from 1 \\(bottom\\) to 3"),
-    (lambda d, t: d.inside(t, 1, "z", "active", 5), "quantity must be one of"),
-    (lambda d, t: d.inside(t, 1, "h", "loudest", 5), "sort must be one of"),
-    (lambda d, t: d.inside(t, 1, "h", "active", 9), "number of units must be from 1 to 8"),
-    (lambda d, t: d.inside(t, 1, "h", "change", 5, at=2), "change at must be a shown token position"),
-    (lambda d, t: d.inside(t, 1, "h", "active", 5, unit=10), "unit must be from 0 to 9"),
-    (lambda d, t: d.find_span(t, 1, "h", None, 30, 5), "mark a span"),
-    (lambda d, t: d.find_span(t, 1, "h", 31, 30, 5), "must not come after"),
-    (lambda d, t: d.find_span(t, 1, "h", len(TEXT) - 20, len(TEXT) - 1, 5), "covers every shown token"),
-    (lambda d, t: d.inside_text(None, "chars", TEXT, 1), "generate some text first"),
-    (lambda d, t: d.inside(d.inside_text(None, "chars", "", 0), 1, "h", "active", 5), "the text is empty"),
+    (lambda i, t: i.units(t, 4, "h", "active", 5), "layer must be from 1 \\(bottom\\) to 3"),
+    (lambda i, t: i.units(t, 1, "z", "active", 5), "quantity must be one of"),
+    (lambda i, t: i.units(t, 1, "h", "loudest", 5), "sort must be one of"),
+    (lambda i, t: i.units(t, 1, "h", "active", 9), "number of units must be from 1 to 8"),
+    (lambda i, t: i.units(t, 1, "h", "change", 5, at=2), "change at must be a shown token position"),
+    (lambda i, t: i.units(t, 1, "h", "active", 5, unit=10), "unit must be from 0 to 9"),
+    (lambda i, t: i.find_span(t, 1, "h", None, 30, 5), "mark a span"),
+    (lambda i, t: i.find_span(t, 1, "h", 31, 30, 5), "must not come after"),
+    (lambda i, t: i.find_span(t, 1, "h", len(TEXT) - 20, len(TEXT) - 1, 5), "covers every shown token"),
+    (lambda i, t: i.text(None, "chars", TEXT, 1), "generate some text first"),
+    (lambda i, t: i.units(i.text(None, "chars", "", 0), 1, "h", "active", 5), "the text is empty"),
 ])
-def test_inside_refuses_bad_requests_with_a_reason(demo, call, message):
+def test_inside_refuses_bad_requests_with_a_reason(inside, call, message):
     with pytest.raises(SettingsError, match=message):
-        call(demo, demo.inside_text(None, "chars", TEXT, 0))
+        call(inside, inside.text(None, "chars", TEXT, 0))
 
 
-def test_compare_runs_both_models_on_one_request(demo):
-    sampling = demo.sampling("0, 1", 12, 0, 1.0, 5)
+def test_compare_runs_both_models_on_one_request(models):
+    demo = Demo(models, LIMITS)
+    sampling = read_sampling(LIMITS, "0, 1", 12, 0, 1.0, 5)
     comparison = demo.compare(["chars", "words"], "the cat", sampling)
     assert [run.model for run in comparison.runs] == ["chars", "words"]
     assert all(run.done and len(run.samples) == 2 for run in comparison.runs)
     assert [n.position for n in comparison.next_tokens] == [0, 0]
-    assert comparison.runs[1].samples[0].text == demo.compare(["words"], "the cat", sampling).runs[0].samples[0].text
+    for run, bars in zip(comparison.runs, comparison.next_tokens):  # what each model alone gives: the Sample tab
+        generator = models.generator(run.model)
+        alone = generator.generate(generator.prompt("the cat").ids, sampling)
+        assert [s.text for s in run.samples] == [s.text for s in alone]
+        log_probs, _ = generator.read(generator.prompt("the cat").ids)
+        assert [s.id for s in bars.scores] == log_probs[-1].topk(len(bars.scores)).indices.tolist()
     assert render.compare_markdown(comparison).count("**Done**") == 2

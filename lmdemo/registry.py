@@ -1,0 +1,119 @@
+"""Which models the web demo serves, loaded once per process, and what the model picker says about each.
+
+A `Generator` holds no request state, so one per model serves every request and thread.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lmdemo.checkpoint import MODEL_DIR, load_model
+from lmdemo.config import data_name
+from lmdemo.generation import Generator, SettingsError
+from lmdemo.metrics import CONFIG_FILE
+
+MODELS_ENV = "LMDEMO_MODELS"
+EXAMPLES = {
+    "char": ["ROMEO:\n", "JULIET:\nO Romeo, Romeo! wherefore art thou",
+             "First Citizen:\nBefore we proceed any further, hear me speak.\n\n",
+             "KING RICHARD III:\nNow is the winter of our discontent\n"],
+    "word": ["this movie was", "i expected a lot more from this film , but", "the acting was superb and the story",
+             "one of the worst films i have ever seen ."],
+}
+
+
+class NoModelsError(RuntimeError):
+    """Nothing to serve: no shipped checkpoint, no --model and no LMDEMO_MODELS."""
+
+
+@dataclass
+class ModelInfo:
+    """What the model picker shows about a model."""
+
+    name: str
+    source: str
+    level: str
+    parameters: int
+    num_layers: int
+    hidden_size: int
+    emb_size: int
+    vocab_size: int
+    data: str
+    steps: int | None = None
+    validation_ppl: float | None = None
+    validation_bpc: float | None = None
+    test_ppl: float | None = None
+    test_bpc: float | None = None
+    metrics_problems: list[str] = field(default_factory=list)
+
+
+def discover_models(checkpoints: Path, extra: Sequence[str] = (), environ: dict[str, str] | None = None
+                    ) -> dict[str, str]:
+    """Display name -> source for every model to serve: shipped folders, then --model, then LMDEMO_MODELS."""
+    environ = os.environ if environ is None else environ
+    sources = sorted(str(p.parent) for p in checkpoints.glob(f"*/{CONFIG_FILE}")) if checkpoints.is_dir() else []
+    sources += list(extra)
+    sources += [s.strip() for s in environ.get(MODELS_ENV, "").split(",") if s.strip()]
+    names: dict[str, str] = {}
+    for source in dict.fromkeys(sources):
+        name = _display_name(source)
+        names[name if name not in names else source] = source
+    if not names:
+        raise NoModelsError(f"no models to serve: add a model folder (with {CONFIG_FILE}) under {checkpoints}/, "
+                            f"pass --model FOLDER_OR_HUB_ID, or set {MODELS_ENV}")
+    return names
+
+
+class Models:
+    """The loaded models by display name."""
+
+    def __init__(self, sources: dict[str, str]):
+        """Load every model now, so a bad one fails at start-up rather than at a user's first click."""
+        self.generators = {name: Generator(load_model(source)) for name, source in sources.items()}
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.generators)
+
+    def generator(self, name: str) -> Generator:
+        """The model called `name`; an unknown name is a setting the user can fix."""
+        if name not in self.generators:
+            raise SettingsError(f"unknown model {name!r}; choose one of: {', '.join(self.generators)}")
+        return self.generators[name]
+
+    def describe(self, name: str) -> ModelInfo:
+        """The model's shape, data and measured quality, from its config and metrics log."""
+        trained = self.generator(name).trained
+        config = trained.config
+        info = ModelInfo(name=name, source=trained.source, level=config.level,
+                         parameters=trained.model.num_parameters(), num_layers=config.num_layers,
+                         hidden_size=config.hidden_size, emb_size=config.emb_size, vocab_size=config.vocab_size,
+                         data=data_name(config.data, config.data_config))
+        metrics = trained.metrics
+        if metrics is None:
+            return info
+        best, test = metrics.best("val_loss"), metrics.last("test")
+        if best:
+            info.validation_ppl, info.validation_bpc = best.get("val_ppl"), best.get("val_bpc")
+        if test:
+            info.test_ppl, info.test_bpc = test.get("test_ppl"), test.get("test_bpc")
+        steps = [r["step"] for r in metrics.records if isinstance(r.get("step"), int)]
+        info.steps = max(steps) if steps else None
+        info.metrics_problems = list(metrics.problems)
+        return info
+
+    def examples(self, name: str) -> list[str]:
+        """Prompts in the style of the model's training text."""
+        return list(EXAMPLES[self.generator(name).tokenizer.level])
+
+
+def _display_name(source: str) -> str:
+    """A folder's name (a training run's `model/` is named after its run), or a Hub repo id as given."""
+    folder = Path(source).expanduser()
+    if not folder.is_dir():
+        return source
+    folder = folder.resolve()
+    return folder.parent.name if folder.name == MODEL_DIR else folder.name
