@@ -350,7 +350,8 @@ def run_case(name: str, seconds: float, interval: int, threads: int, select_toke
     case_started = time.perf_counter()
     torch.set_num_threads(threads)
     config = Config(**CASES[name], threads=threads)
-    tokenizer, splits = encode_splits(config, None)
+    tokenizer, encoded = encode_splits(config, None)
+    splits = {split: encoded[split].ids for split in encoded}
     config = config.replace(vocab_size=tokenizer.vocab_size)
     held_out = splits["valid"]
     select_tokens = select_tokens or SELECT_TOKENS[name] or held_out.numel() // 2

@@ -85,7 +85,7 @@ def load_model(source: str | Path, revision: str | None = None) -> TrainedModel:
         raise ModelLoadError(f"{text} is not a model folder: missing {', '.join(missing)}")
     try:
         model = read_weights(folder)
-        tokenizer = Tokenizer.load(folder / TOKENIZER_FILE, model.config.level)
+        tokenizer = Tokenizer.load(folder / TOKENIZER_FILE, model.config.level, model.config.tokenize)
     except Exception as error:  # corrupt JSON or safetensors, wrong shapes: one message for the user
         raise ModelLoadError(f"cannot load the model in {text}: {str(error).splitlines()[0]}") from None
     if tokenizer.vocab_size != model.config.vocab_size:

@@ -148,7 +148,9 @@ def _train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from lmdemo.checkpoint import load_model
     from lmdemo.evaluation import evaluate
-    from lmdemo.training import encode_splits
+    from lmdemo.corpus import documents
+    from lmdemo.metrics import bits_per_character
+    from lmdemo.training import Split, encode_splits
 
     trained = load_model(args.model, args.revision)
     config = trained.config
@@ -157,31 +159,32 @@ def _eval(args: argparse.Namespace) -> int:
     if args.text_file is not None:
         if not args.text_file.is_file():
             raise UsageError(f"no such file: {args.text_file}")
-        ids = trained.tokenizer.encode_documents(
-            [args.text_file.read_text(encoding="utf-8", errors="replace")] if config.level == "char"
-            else args.text_file.read_text(encoding="utf-8", errors="replace").splitlines())
+        text = args.text_file.read_text(encoding="utf-8", errors="replace")
+        docs = documents(text, config.level)
+        split = Split(trained.tokenizer.encode_documents(docs), trained.tokenizer.characters(docs))
         what = str(args.text_file)
     else:
         if args.data:
             config = config.replace(data=args.data)
         _, splits = encode_splits(config, trained.tokenizer)
-        ids, what = splits[args.split], f"{args.split} split of {config.data}"
+        split, what = splits[args.split], f"{args.split} split of {config.data}"
         if config.eval_tokens and args.split == "valid":
             what += f" (its first {config.eval_tokens:,} tokens)"
+    ids = split.ids
     if ids.numel() < 2:
         raise UsageError(f"the {what} has fewer than 2 tokens")
     score = evaluate(trained.model, ids, args.batch_size or config.eval_batch_size, config.eval_bptt)
-    unk = (ids == trained.tokenizer.unk_id).float().mean().item()
-    result = {"data": what, "tokens": score.tokens, "loss": round(score.loss, 4), "ppl": round(score.ppl, 2),
-              "unk_rate": round(unk, 4)}
-    if config.level == "char":
-        result["bpc"] = round(score.bits, 4)
+    unk_id = trained.tokenizer.unk_id
+    unk = (ids == unk_id).float().mean().item() if unk_id is not None else 0.0
+    bpc = bits_per_character(score.loss, split.tokens_per_character)
+    result = {"data": what, "tokens": score.tokens, "characters": split.characters, "loss": round(score.loss, 4),
+              "ppl": round(score.ppl, 2), "bpc": round(bpc, 4), "unk_rate": round(unk, 4)}
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"{what}: loss {result['loss']:.4f} nats/token, perplexity {result['ppl']:.2f}"
-              + (f", {result['bpc']:.4f} bits/char" if "bpc" in result else "")
-              + f" over {score.tokens:,} tokens (<unk> {unk:.2%})")
+        bound = " (a lower bound: <unk> words are never spelt out)" if unk > 0 and config.level == "word" else ""
+        print(f"{what}: loss {result['loss']:.4f} nats/token, perplexity {result['ppl']:.2f}, "
+              f"{result['bpc']:.4f} bits/char{bound} over {score.tokens:,} tokens (<unk> {unk:.2%})")
     return 0
 
 

@@ -47,7 +47,7 @@ def load_corpus(config: Config) -> Corpus:
     source = Path(config.data).expanduser()
     if source.is_file():
         text = source.read_text(encoding="utf-8", errors="replace")
-        splits = _carve({"train": _documents(text, config.level)}, config, shuffle=False)
+        splits = _carve({"train": documents(text, config.level)}, config, shuffle=False)
     elif source.is_dir() and _is_saved_dataset(source):
         splits = _carve(_dataset_splits(config, saved=source), config, shuffle=True)
     elif source.is_dir() and any(source.glob("*.txt")):
@@ -91,7 +91,8 @@ def _head(docs: list[str], max_tokens: int, level: str) -> list[str]:
     return kept
 
 
-def _documents(text: str, level: str) -> list[str]:
+def documents(text: str, level: str) -> list[str]:
+    """A text as documents: a character model reads it whole, the others line by line."""
     if level == "char":
         return [text]
     lines = text.split("\n")
@@ -133,7 +134,7 @@ def _folder_splits(folder: Path, config: Config) -> dict[str, list[str]]:
                             ("test", config.test_split)):
         path = _split_file(folder, split_name)
         if path is not None:
-            found[key] = _documents(path.read_text(encoding="utf-8", errors="replace"), config.level)
+            found[key] = documents(path.read_text(encoding="utf-8", errors="replace"), config.level)
     if "train" not in found:
         raise CorpusError(f"no training file in {folder}: expected {config.train_split}.txt "
                           f"(or pass --train-split with the name of a file there)")

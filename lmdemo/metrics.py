@@ -35,12 +35,17 @@ def bits(loss: float) -> float:
     return loss / LN2
 
 
-def loss_record(prefix: str, loss: float, level: str) -> dict[str, float]:
-    """`{prefix}_loss` and `{prefix}_ppl` (and `{prefix}_bpc` for character models) from a mean loss in nats."""
-    record = {f"{prefix}_loss": loss, f"{prefix}_ppl": perplexity(loss)}
-    if level == "char":
-        record[f"{prefix}_bpc"] = bits(loss)
-    return record
+def bits_per_character(loss: float, tokens_per_character: float) -> float:
+    """Bits per character of the scored text: the unit that compares models of any tokenisation
+    (total nats ÷ characters ÷ ln 2). For word models with `<unk>` it is a lower bound: an unknown
+    word is never spelt out, and lower-casing or dropped punctuation make the text easier."""
+    return bits(loss) * tokens_per_character
+
+
+def loss_record(prefix: str, loss: float, tokens_per_character: float) -> dict[str, float]:
+    """`{prefix}_loss` (nats/token), `{prefix}_ppl` and `{prefix}_bpc` (bits per character of the text)."""
+    return {f"{prefix}_loss": loss, f"{prefix}_ppl": perplexity(loss),
+            f"{prefix}_bpc": bits_per_character(loss, tokens_per_character)}
 
 
 class MetricsWriter:

@@ -1,12 +1,24 @@
-"""Character- and word-level tokenizers, stored as one Hugging Face `tokenizer.json`.
+"""Character, word and subword tokenizers, stored as one Hugging Face `tokenizer.json`.
 
 The `tokenizers` library gives a fast Rust encoder and a standard file any tool can read; this
-module only chooses its pieces. Word level follows torchtext's `basic_english`: lower-case,
-split off . , ( ) ! ? and the apostrophe, drop " ; : and <br />. Lines end with `<eos>`.
+module only chooses its pieces, and it is the one place where levels differ:
+
+- `char`: every character a token.
+- `word`, `tokenize="basic_english"`: torchtext's rules: lower-case, split off . , ( ) ! ? and the
+  apostrophe, drop " ; : and <br />.
+- `word`, `tokenize="whitespace"`: `line.split()`, tokens exactly as written, as PTB and WikiText
+  are distributed (already tokenised, with their own `<unk>`).
+- `bpe`: byte-level BPE learnt on the training split: cased, open vocabulary (never `<unk>`), any
+  Unicode text round-trips exactly.
+
+Word and subword levels end every line (document) with `<eos>`. `pieces` gives each token's share
+of the readable text (word level detokenised: "i ' m" reads "i'm", PTB's "do n't" reads "don't"),
+so a display can colour token by token and still read as text.
 """
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -18,57 +30,85 @@ UNK = "<unk>"
 EOS = "<eos>"
 SPECIALS = (UNK, EOS)
 TOKENIZER_FILE = "tokenizer.json"
-LEVELS = ("word", "char")
+LEVELS = ("word", "char", "bpe")
+TOKENIZE_RULES = ("basic_english", "whitespace")
+DEFAULT_BPE_VOCAB = 8000
+
+# Detokenising word-level text: tokens written against the word before them, or the word after.
+_NO_SPACE_BEFORE = {".", ",", "!", "?", ")", ":", ";", "%", "n't", "'s", "'re", "'ve", "'m", "'ll", "'d"}
+_NO_SPACE_AFTER = {"("}
+_CONTRACTION_ENDS = {"s", "t", "m", "re", "ve", "ll", "d"}  # basic_english splits "i'm" into i ' m
+_WIKITEXT_JOINERS = {"@-@": "-", "@,@": ",", "@.@": "."}  # WikiText's " @-@ " is a hyphen inside a word
 
 
 class Tokenizer:
     """Encode text to ids and back; unknown characters or words become `<unk>`, never an error."""
 
-    def __init__(self, hf: HFTokenizer, level: str):
+    def __init__(self, hf: HFTokenizer, level: str, tokenize: str = "basic_english"):
         if level not in LEVELS:
             raise ValueError(f"unknown token level {level!r}; choose one of: {', '.join(LEVELS)}")
+        if tokenize not in TOKENIZE_RULES:
+            raise ValueError(f"unknown tokenize rule {tokenize!r}; choose one of: {', '.join(TOKENIZE_RULES)}")
         self.hf = hf
         self.level = level
-        self.unk_id = hf.token_to_id(UNK)
+        self.tokenize = tokenize
+        self.unk_id = hf.token_to_id(UNK)  # None at the bpe level: bytes cover every text
         self.eos_id = hf.token_to_id(EOS)
         self.vocab_size = hf.get_vocab_size()
         self._id_to_token = [hf.id_to_token(i) for i in range(self.vocab_size)]
+        if level == "bpe":
+            to_byte = {char: byte for byte, char in _byte_alphabet().items()}
+            self._bytes = [b"\n" if token == EOS else bytes(to_byte[c] for c in token) for token in self._id_to_token]
 
     # -- building and files --------------------------------------------------------------------
     @classmethod
     def build(cls, texts: Iterable[str], level: str, min_freq: int = 1, max_vocab: int | None = None,
-              lowercase: bool = True) -> "Tokenizer":
-        """Learn a vocabulary from `texts`, most frequent first, specials at ids 0 and 1."""
-        hf = HFTokenizer(models.WordLevel(unk_token=UNK))
-        if level == "char":
-            hf.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-            hf.decoder = decoders.Fuse()
+              lowercase: bool = True, tokenize: str = "basic_english") -> "Tokenizer":
+        """Learn a vocabulary from `texts`, most frequent first, specials first (at the bpe level
+        `max_vocab` is the vocabulary size to learn, 8,000 by default)."""
+        if level == "bpe":
+            hf = HFTokenizer(models.BPE())
+            hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+            hf.decoder = decoders.ByteLevel()
+            specials = [EOS]
+            trainer = trainers.BpeTrainer(vocab_size=max_vocab or DEFAULT_BPE_VOCAB, min_frequency=min_freq,
+                                          special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                          show_progress=False)
         else:
-            steps = [normalizers.Replace(Regex(r"<br\s*/?>"), " "), normalizers.Replace(Regex(r"[\";:]"), " ")]
-            hf.normalizer = normalizers.Sequence(([normalizers.Lowercase()] if lowercase else []) + steps)
-            hf.pre_tokenizer = pre_tokenizers.Sequence([
-                pre_tokenizers.WhitespaceSplit(),
-                pre_tokenizers.Split(Regex(r"[.,()!?']"), behavior="isolated"),
-            ])
-        hf.add_special_tokens(list(SPECIALS))
-        trainer = trainers.WordLevelTrainer(
-            vocab_size=(max_vocab + len(SPECIALS)) if max_vocab else 2**31 - 1,
-            min_frequency=min_freq, special_tokens=list(SPECIALS), show_progress=False)
+            hf = HFTokenizer(models.WordLevel(unk_token=UNK))
+            if level == "char":
+                hf.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+                hf.decoder = decoders.Fuse()
+            elif tokenize == "whitespace":
+                hf.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+            else:
+                steps = [normalizers.Replace(Regex(r"<br\s*/?>"), " "), normalizers.Replace(Regex(r"[\";:]"), " ")]
+                hf.normalizer = normalizers.Sequence(([normalizers.Lowercase()] if lowercase else []) + steps)
+                hf.pre_tokenizer = pre_tokenizers.Sequence([
+                    pre_tokenizers.WhitespaceSplit(),
+                    pre_tokenizers.Split(Regex(r"[.,()!?']"), behavior="isolated"),
+                ])
+            specials = list(SPECIALS)
+            trainer = trainers.WordLevelTrainer(
+                vocab_size=(max_vocab + len(SPECIALS)) if max_vocab else 2**31 - 1,
+                min_frequency=min_freq, special_tokens=specials, show_progress=False)
+        hf.add_special_tokens(specials)
         # A literal "<unk>" in the text (WikiText, PTB) would be counted as a word and take the
         # special's id; it maps to <unk> anyway, so it is left out of the count.
         hf.train_from_iterator((_strip_specials(t) for t in texts), trainer)
-        tokenizer = cls(hf, level)
-        if (tokenizer.unk_id, tokenizer.eos_id) != (0, 1):
-            raise RuntimeError("tokenizer specials did not get ids 0 and 1")
+        tokenizer = cls(hf, level, tokenize)
+        if [tokenizer._id_to_token[i] for i in range(len(specials))] != specials:
+            raise RuntimeError("tokenizer specials did not get the first ids")
         return tokenizer
 
     @classmethod
-    def load(cls, path: str | Path, level: str) -> "Tokenizer":
-        """The file holds the pipeline; the level comes from the model's config.json, where it is stored."""
+    def load(cls, path: str | Path, level: str, tokenize: str = "basic_english") -> "Tokenizer":
+        """The file holds the pipeline; the level and rule come from the model's config.json, where
+        they are stored."""
         path = Path(path)
         if path.is_dir():
             path = path / TOKENIZER_FILE
-        return cls(HFTokenizer.from_file(str(path)), level)
+        return cls(HFTokenizer.from_file(str(path)), level, tokenize)
 
     def save(self, path: str | Path) -> None:
         from lmdemo.files import write_atomic
@@ -79,9 +119,33 @@ class Tokenizer:
         write_atomic(path, self.hf.to_str(pretty=True))
 
     # -- encoding ------------------------------------------------------------------------------
+    @property
+    def unit(self) -> str:
+        """What one token is, in words for messages."""
+        return {"char": "character", "word": "word", "bpe": "subword token"}[self.level]
+
+    @property
+    def by_line(self) -> bool:
+        """Whether text is read line by line (each line ending in `<eos>`), so encoding can start
+        afresh at any line; character models read newlines as characters."""
+        return self.level != "char"
+
+    @property
+    def end_id(self) -> int | None:
+        """The token that ends a line or document (`<eos>`), if the model was trained with one."""
+        return self.eos_id if self.by_line else None
+
+    @property
+    def start_id(self) -> int:
+        """What a text starts after, as in training: the end of a previous line or document."""
+        if self.by_line:
+            return self.eos_id
+        newline = self.hf.token_to_id("\n")
+        return newline if newline is not None else self.unk_id
+
     def encode(self, text: str) -> list[int]:
-        """Ids of `text`. Word level: each newline becomes `<eos>`."""
-        if self.level == "char":
+        """Ids of `text`. Word and subword levels: each newline becomes `<eos>`."""
+        if not self.by_line:
             return self.hf.encode(text, add_special_tokens=False).ids
         ids: list[int] = []
         lines = text.split("\n")
@@ -92,34 +156,72 @@ class Tokenizer:
         return ids
 
     def encode_documents(self, docs: Sequence[str]) -> torch.Tensor:
-        """One stream of ids for a corpus split: word level ends every document with `<eos>`."""
+        """One stream of ids for a corpus split: word and subword levels end every document with `<eos>`."""
         encodings = self.hf.encode_batch(list(docs), add_special_tokens=False)
         chunks = []
         for enc in encodings:
             chunks.append(torch.tensor(enc.ids, dtype=torch.long))
-            if self.level == "word":
+            if self.by_line:
                 chunks.append(torch.tensor([self.eos_id], dtype=torch.long))
         return torch.cat(chunks) if chunks else torch.zeros(0, dtype=torch.long)
 
+    def characters(self, docs: Sequence[str]) -> int:
+        """Characters of a split as the documents hold them, each document's end counting as one
+        (the newline a text file has there): what bits per character divide by."""
+        return sum(len(doc) for doc in docs) + (len(docs) if self.by_line else 0)
+
+    # -- decoding ------------------------------------------------------------------------------
     def tokens(self, ids: Iterable[int]) -> list[str]:
-        """The token strings (with `<unk>`/`<eos>` shown) for display, one per id."""
+        """The raw token strings (with `<unk>`/`<eos>` shown), one per id: what the model sees."""
+        if self.level == "bpe":
+            return [EOS if i == self.eos_id else self._bytes[i].decode("utf-8", "backslashreplace") for i in ids]
         return [self._id_to_token[i] for i in ids]
 
-    def decode(self, ids: Iterable[int]) -> str:
-        """Text of `ids`; word level joins words with spaces and turns `<eos>` into a newline."""
-        pieces = self.tokens(ids)
+    def pieces(self, ids: Sequence[int], context: Sequence[int] = ()) -> list[str]:
+        """Each token's share of the readable text, so that `"".join(pieces)` is `decode(ids)`;
+        `context` (the ids before, such as a prompt) decides the first token's spacing."""
+        ids = list(ids)
         if self.level == "char":
-            return "".join(pieces)
-        lines: list[list[str]] = [[]]
-        for piece in pieces:
-            if piece == EOS:
-                lines.append([])
-            else:
-                lines[-1].append(piece)
-        return "\n".join(" ".join(line) for line in lines)
+            return self.tokens(ids)
+        if self.level == "bpe":
+            decoder = codecs.getincrementaldecoder("utf-8")("replace")
+            for i in context:
+                decoder.decode(self._bytes[i])
+            return [decoder.decode(self._bytes[i]) for i in ids]
+        return self._word_pieces(self.tokens([*context[-1:], *ids]), len(context[-1:]))
+
+    def _word_pieces(self, tokens: list[str], skip: int) -> list[str]:
+        pieces = []
+        for index in range(skip, len(tokens)):
+            token, before = tokens[index], tokens[index - 1] if index else None
+            after = tokens[index + 1] if index + 1 < len(tokens) else None
+            text = "\n" if token == EOS else _WIKITEXT_JOINERS.get(token, token)
+            glued = (before is None or before == EOS or token == EOS or token in _NO_SPACE_BEFORE
+                     or before in _NO_SPACE_AFTER or token in _WIKITEXT_JOINERS or before in _WIKITEXT_JOINERS
+                     or (token == "'" and after in _CONTRACTION_ENDS and before not in _NO_SPACE_BEFORE)
+                     or (before == "'" and token in _CONTRACTION_ENDS and index >= 2 and tokens[index - 2] != EOS))
+            pieces.append(text if glued else " " + text)
+        return pieces
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Readable text of `ids`: `<eos>` as a line break; words detokenised."""
+        return "".join(self.pieces(ids))
 
     def __len__(self) -> int:
         return self.vocab_size
+
+
+def _byte_alphabet() -> dict[int, str]:
+    """GPT-2's byte-to-character map that byte-level BPE tokens are written in."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    mapping, extra = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            mapping[byte] = chr(byte)
+        else:
+            mapping[byte] = chr(256 + extra)
+            extra += 1
+    return mapping
 
 
 def _strip_specials(text: str) -> str:

@@ -161,16 +161,33 @@ def describe_hardware(hardware: Hardware, world: int) -> str:
     return f"{processes} × {threads} on {name} ({os.cpu_count()} CPUs), torch {torch.__version__}"
 
 
-def encode_splits(config: Config, tokenizer: Tokenizer | None) -> tuple[Tokenizer, dict[str, torch.Tensor]]:
-    """Load the corpus, build the tokenizer if none is given, and encode every split to one id stream."""
+@dataclass
+class Split:
+    """A split's id stream and the characters of the text it covers (for bits per character)."""
+
+    ids: torch.Tensor
+    characters: int
+
+    @property
+    def tokens_per_character(self) -> float:
+        return self.ids.numel() / max(self.characters, 1)
+
+
+def encode_splits(config: Config, tokenizer: Tokenizer | None) -> tuple[Tokenizer, dict[str, Split]]:
+    """Load the corpus, build the tokenizer if none is given, and encode every split to one id stream.
+    A stream cut short (max_tokens, eval_tokens) covers that share of the split's characters."""
     corpus = load_corpus(config)
     if tokenizer is None:
-        tokenizer = Tokenizer.build(corpus.train, config.level, config.min_freq, config.max_vocab, config.lowercase)
+        tokenizer = Tokenizer.build(corpus.train, config.level, config.min_freq, config.max_vocab, config.lowercase,
+                                    config.tokenize)
     splits = {}
     for name in ("train", "valid", "test"):
+        docs = corpus.split(name)
+        ids = tokenizer.encode_documents(docs)
         limits = [config.max_tokens] + ([config.eval_tokens] if name == "valid" else [])
         cap = min((n for n in limits if n is not None), default=None)
-        splits[name] = tokenizer.encode_documents(corpus.split(name))[:cap]
+        kept = ids[:cap]
+        splits[name] = Split(kept, round(tokenizer.characters(docs) * kept.numel() / max(ids.numel(), 1)))
     return tokenizer, splits
 
 
@@ -210,12 +227,12 @@ class Trainer:
         if not resume and state_path.exists():
             raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
         self.out, self.parallel, self.hardware = out, parallel, hardware
-        tokenizer = Tokenizer.load(out / TOKENIZER_FILE, config.level) if resume else None
+        tokenizer = Tokenizer.load(out / TOKENIZER_FILE, config.level, config.tokenize) if resume else None
         self.tokenizer, self.splits = encode_splits(config, tokenizer)
         self.config = config.resolved(self.tokenizer.vocab_size)
         if resume:
             _check_resumable(Config.load(out / CONFIG_FILE), self.config)
-        if self.splits["valid"].numel() < 2:
+        if self.splits["valid"].ids.numel() < 2:
             raise ConfigError("the validation split has fewer than 2 tokens")
         self.batches = self._epoch_batches(0)
         self.epoch_windows = len(self.batches)
@@ -247,7 +264,8 @@ class Trainer:
                   hardware=describe_hardware(hardware, parallel.world), precision=hardware.precision,
                   precision_asked=config.precision, world=parallel.world, params=self.model.num_parameters(),
                   vocab_size=self.config.vocab_size, resumed=resume, step_budget=self.counters.step_budget,
-                  **{f"{k}_tokens": v.numel() for k, v in self.splits.items()})
+                  **{f"{k}_tokens": v.ids.numel() for k, v in self.splits.items()},
+                  **{f"{k}_characters": v.characters for k, v in self.splits.items()})
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self, progress_bar: bool = True) -> Path:
@@ -337,7 +355,7 @@ class Trainer:
         (the same on every process and after a resume)."""
         config = self.config
         offset = random.Random(f"{config.seed}:{epoch}").randrange(config.bptt) if config.shift_windows and epoch else 0
-        return StreamBatches(self.splits["train"], config.batch_size, config.bptt, self.parallel.rank,
+        return StreamBatches(self.splits["train"].ids, config.batch_size, config.bptt, self.parallel.rank,
                              self.parallel.world, offset)
 
     def _measure_budget(self) -> None:
@@ -370,7 +388,7 @@ class Trainer:
                 timed, seconds = timed + 1, seconds + time.monotonic() - started
                 if timed >= 3 and seconds >= 2.0:
                     break
-        valid = self.splits["valid"]
+        valid = self.splits["valid"].ids
         sample = valid[:min(valid.numel(), config.eval_batch_size * config.eval_bptt * 2)]
         started = time.monotonic()
         evaluate(model, sample, config.eval_batch_size, config.eval_bptt)
@@ -389,7 +407,8 @@ class Trainer:
         loss_sum, tokens = self._absorb(interval)
         counters.interval_loss, counters.interval_tokens = 0.0, 0
         loss = loss_sum / max(tokens, 1)
-        self._log("train", **loss_record("train", loss, config.level), tokens_per_sec=tokens_per_sec,
+        self._log("train", **loss_record("train", loss, self.splits["train"].tokens_per_character),
+                  tokens_per_sec=tokens_per_sec,
                   epoch=counters.epoch + counters.window / len(self.batches))
         return loss
 
@@ -409,9 +428,10 @@ class Trainer:
         """Score the validation split, keep the best model, adjust the rate; True to stop early."""
         config, counters = self.config, self.counters
         self._absorb(interval)
-        score = evaluate(self.model, self.splits["valid"], config.eval_batch_size, config.eval_bptt, self.parallel)
-        train_part = (loss_record("train", counters.since_val_loss / counters.since_val_tokens, config.level)
-                      if counters.since_val_tokens else {})
+        valid = self.splits["valid"]
+        score = evaluate(self.model, valid.ids, config.eval_batch_size, config.eval_bptt, self.parallel)
+        train_part = (loss_record("train", counters.since_val_loss / counters.since_val_tokens,
+                                  self.splits["train"].tokens_per_character) if counters.since_val_tokens else {})
         counters.since_val_loss, counters.since_val_tokens = 0.0, 0
         counters.last_val_step = counters.step
         improved = score.loss < counters.best_val - 1e-4 * abs(counters.best_val) if math.isfinite(counters.best_val) \
@@ -425,7 +445,7 @@ class Trainer:
             if config.schedule == "plateau" and counters.evals_since_drop > config.lr_patience:
                 counters.lr_scale *= config.lr_factor
                 counters.evals_since_drop = 0
-        self._log("val", **train_part, **loss_record("val", score.loss, config.level),
+        self._log("val", **train_part, **loss_record("val", score.loss, valid.tokens_per_character),
                   epoch=counters.epoch + counters.window / len(self.batches), epoch_end=epoch_end, best=improved)
         if improved and self.parallel.main:
             save_model(self.out / MODEL_DIR, self.model, self.tokenizer, self.out / METRICS_FILE, self.out.name)
@@ -440,12 +460,13 @@ class Trainer:
         self.parallel.barrier()
         best = self.out / MODEL_DIR
         model = read_weights(best).to(self.hardware.device) if (best / WEIGHTS_FILE).exists() else self.model
-        if self.splits["test"].numel() >= 2:
-            score = evaluate(model, self.splits["test"], self.config.eval_batch_size, self.config.eval_bptt,
-                             self.parallel)
-            unk_rate = (self.splits["test"] == self.tokenizer.unk_id).double().mean().item()
-            self._log("test", **loss_record("test", score.loss, self.config.level), test_tokens=score.tokens,
-                      test_unk_rate=unk_rate)
+        test = self.splits["test"]
+        if test.ids.numel() >= 2:
+            score = evaluate(model, test.ids, self.config.eval_batch_size, self.config.eval_bptt, self.parallel)
+            unk_rate = (test.ids == self.tokenizer.unk_id).double().mean().item() if self.tokenizer.unk_id is not None \
+                else 0.0
+            self._log("test", **loss_record("test", score.loss, test.tokens_per_character), test_tokens=score.tokens,
+                      test_characters=test.characters, test_unk_rate=unk_rate)
         if self.parallel.main:
             save_model(best, model, self.tokenizer, self.out / METRICS_FILE, self.out.name)
         return best

@@ -48,7 +48,8 @@ def tiny(**changes) -> Config:
 def test_the_textbook_loop_is_lmdemos_trainer_in_fp32_with_the_full_softmax(bench, tmp_path, one_thread):
     """Same start, data order, dropout masks, optimiser, clipping, selection: the same kept model."""
     config = tiny()
-    tokenizer, splits = encode_splits(config, None)
+    tokenizer, encoded = encode_splits(config, None)
+    splits = {split: encoded[split].ids for split in encoded}
     config = config.replace(vocab_size=tokenizer.vocab_size)
     windows = -(-(splits["train"].numel() // config.batch_size - 1) // config.bptt)
     steps = windows + windows // 2  # an epoch end and a final validation

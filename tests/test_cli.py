@@ -111,5 +111,5 @@ def test_every_preset_trains_end_to_end_on_a_local_slice(name, tmp_path):
     _, splits = encode_splits(config, trained.tokenizer)
     torch.manual_seed(config.seed)
     initial = LSTMLanguageModel(config)
-    valid = splits["valid"][:3000]
+    valid = splits["valid"].ids[:3000]
     assert evaluate(trained.model, valid).loss < evaluate(initial, valid).loss

@@ -123,7 +123,7 @@ def test_later_epochs_cut_the_text_at_other_places(tmp_path):
     hardware = set_up_hardware(config, Parallel(), torch.device("cpu"))
     run = Trainer(config, tmp_path / "run", False, Parallel(), hardware, "pytest")
     firsts = {int(run._epoch_batches(epoch).window(0)[0][0, 0]) for epoch in range(6)}
-    assert len(firsts) > 2 and int(run._epoch_batches(0).window(0)[0][0, 0]) == int(run.splits["train"][0])
+    assert len(firsts) > 2 and int(run._epoch_batches(0).window(0)[0][0, 0]) == int(run.splits["train"].ids[0])
     unshifted = Trainer(config.replace(shift_windows=False), tmp_path / "plain", False, Parallel(), hardware, "pytest")
     assert torch.equal(unshifted._epoch_batches(5).streams, unshifted._epoch_batches(0).streams)
 
