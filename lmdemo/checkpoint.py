@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import safetensors.torch
+import torch
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, snapshot_download
 from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
-from lmdemo.config import Config
+from lmdemo.config import Config, data_name
 from lmdemo.metrics import CONFIG_FILE, METRICS_FILE, Metrics, bits, read_metrics
 from lmdemo.model import LSTMLanguageModel
 from lmdemo.tokenizer import TOKENIZER_FILE, Tokenizer
@@ -46,12 +47,18 @@ class TrainedModel:
 
 
 def save_model(folder: str | Path, model: LSTMLanguageModel, tokenizer: Tokenizer,
-               metrics_path: str | Path | None = None, name: str | None = None) -> Path:
-    """Write a complete model folder; it replaces `folder` only once it is whole."""
+               metrics_path: str | Path | None = None, name: str | None = None, bf16: bool = False) -> Path:
+    """Write a complete model folder; it replaces `folder` only once it is whole. `bf16` stores the
+    weights at half the size (they are upcast to fp32 on load)."""
     folder = Path(folder)
     staging = folder.with_name(f".{folder.name}.staging")
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging)
+    if bf16:
+        weights = safetensors.torch.load_file(staging / WEIGHTS_FILE)
+        safetensors.torch.save_file({k: v.to(torch.bfloat16) for k, v in weights.items()}, staging / WEIGHTS_FILE,
+                                    metadata={"format": "pt"})
+        os.chmod(staging / WEIGHTS_FILE, 0o644)
     tokenizer.save(staging / TOKENIZER_FILE)
     metrics = None
     if metrics_path is not None and Path(metrics_path).exists():
@@ -60,6 +67,14 @@ def save_model(folder: str | Path, model: LSTMLanguageModel, tokenizer: Tokenize
     write_model_card(staging, model, metrics, name or folder.name)
     _replace_dir(staging, folder)
     return folder
+
+
+def export_model(source: str | Path, out: str | Path, name: str | None = None, bf16: bool = False) -> Path:
+    """A copy of a model folder (or Hub repo) under `name`, with its log and a card for that name."""
+    trained = load_model(source)
+    metrics = trained.folder / METRICS_FILE
+    return save_model(out, trained.model, trained.tokenizer, metrics if metrics.exists() else None,
+                      name or Path(out).name, bf16)
 
 
 def _replace_dir(new: Path, old: Path) -> None:
@@ -120,69 +135,99 @@ def push_model(folder: str | Path, repo_id: str, private: bool = False, token: s
     missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
     if missing:
         raise ModelLoadError(f"{folder} is not a model folder: missing {', '.join(missing)}")
+    trained = load_model(folder)
+    write_model_card(folder, trained.model, trained.metrics, repo_id.split("/")[-1], repo_id)
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True)
     commit = api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message="Upload lmdemo model")
     return str(commit.commit_url)
 
 
-def write_model_card(folder: Path, model: LSTMLanguageModel, metrics: Metrics | None, name: str) -> None:
-    """README.md with Hub front matter: the measured figures come from the metrics log."""
+def write_model_card(folder: Path, model: LSTMLanguageModel, metrics: Metrics | None, name: str,
+                     repo_id: str | None = None) -> None:
+    """README.md with Hub front matter; the measured figures come from the metrics log. `repo_id` (the
+    Hub repo it is pushed to) goes into the usage snippets; without it they use the model's name."""
     config = model.config
     start = metrics.last("start") if metrics else None
     best = metrics.best("val_loss") if metrics else None
     test = metrics.last("test") if metrics else None
-    dataset = config.data if config.data and not Path(config.data).exists() else None
+    dataset = hub_dataset(config)
+    local = data_name(config.data, config.data_config)
     results = []
     for record, split, prefix in ((best, "validation", "val"), (test, "test", "test")):
-        if record and record.get(f"{prefix}_ppl") is not None:
-            results.append(EvalResult(task_type="text-generation", dataset_type=dataset or "text",
-                                      dataset_name=dataset or Path(config.data).name or "text",
-                                      dataset_split=split, metric_type="perplexity",
-                                      metric_value=round(record[f"{prefix}_ppl"], 3)))
+        for metric, key, digits in (("perplexity", "ppl", 3), ("bits_per_character", "bpc", 4)):
+            if record and record.get(f"{prefix}_{key}") is not None:
+                results.append(EvalResult(task_type="text-generation", task_name="Language modelling",
+                                          dataset_type=dataset or local, dataset_name=dataset or local,
+                                          dataset_config=config.data_config, dataset_split=split,
+                                          metric_type=metric, metric_value=round(record[f"{prefix}_{key}"], digits)))
     data = ModelCardData(library_name="lmdemo", tags=["lstm", "language-model", "lmdemo", config.level],
                          pipeline_tag="text-generation", datasets=[dataset] if dataset else None,
                          model_name=name, eval_results=results or None)
+    tokens = {"char": "characters", "word": f"words ({config.tokenize} tokenisation)",
+              "bpe": "byte-level BPE subwords"}[config.level]
     size = f"{config.num_layers}×{config.hidden_size} LSTM, embedding {config.emb_size}" + \
         (", adaptive softmax" if config.adaptive_softmax else "")
+    source = f"[{dataset}](https://huggingface.co/datasets/{dataset})" if dataset else f"`{local}`"
     lines = [f"# {name}", "",
-             f"A {config.level}-level LSTM language model trained with lmdemo: {size}, {'tied' if config.tie_weights else 'untied'} "
-             f"weights, {config.vocab_size:,} tokens in the vocabulary, {model.num_parameters():,} parameters.",
-             "", "## Results", "", _results_table(best, test, config.level), ""]
+             f"An LSTM language model over {tokens}, trained with lmdemo on {source}: "
+             f"{size}, {'tied' if config.tie_weights else 'untied'} weights, {config.vocab_size:,} tokens in the "
+             f"vocabulary, {model.num_parameters():,} parameters.",
+             "", "## Results", "", _results_table(best, test, config), ""]
     if start:
         lines += ["## Training", "",
-                  f"- data: `{config.data}`" + (f" ({config.data_config})" if config.data_config else ""),
+                  f"- data: {source}" + (f", from the local copy `{local}`" if dataset and local != dataset else ""),
                   f"- command: `{start.get('command', '?')}`",
                   f"- hardware: {start.get('hardware', '?')}, {start.get('precision', 'fp32')} compute"]
         last = metrics.trained() if metrics else {}
         if last.get("time") is not None:
-            lines.append(f"- training time: {last['time'] / 60:.1f} min over {last.get('step', '?')} steps "
+            lines.append(f"- training time: {last['time'] / 60:.1f} min over {last.get('step', '?'):,} steps "
                          f"({last.get('tokens', 0):,} tokens)")
         speeds = [r["tokens_per_sec"] for r in metrics.events("train") if r.get("tokens_per_sec")]
         if speeds:
             lines.append(f"- speed: {sorted(speeds)[len(speeds) // 2]:,.0f} tokens/s (median of log intervals)")
         lines.append("")
-    lines += ["## Use", "", "```bash", f"python -m lmdemo generate {name} --prompt \"...\"",
-              f"python -m lmdemo eval {name} --split {'test' if test else 'valid'}", "```", "",
-              "```python", "from lmdemo import load_model", f"lm = load_model({name!r})", "```", ""]
+    repo = repo_id or name
+    lines += ["## Use", "", "```bash", "pip install -r requirements.txt   # in a checkout of lmdemo",
+              f"python -m lmdemo generate {repo} --prompt \"...\" --temperature 0.5 1.0",
+              f"python -m lmdemo eval {repo} --split {'test' if test else 'valid'}"
+              + (f" --data {dataset}" if dataset else ""), "```", "",
+              "```python", "from lmdemo import Generator, Sampling, load_model", "",
+              f"generator = Generator(load_model({repo!r}))   # a Hub repo id or a downloaded folder",
+              "prompt = generator.prompt(\"...\")",
+              "for sample in generator.generate(prompt.ids, Sampling(temperatures=[0.8], seed=0)):",
+              "    print(sample.text)", "```", ""]
     ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n\n" + "\n".join(lines)).save(
         folder / CARD_FILE)
 
 
-def _results_table(best: dict | None, test: dict | None, level: str) -> str:
-    head = "| split | loss (nats/token) | perplexity |" + (" bits/char |" if level == "char" else "")
-    rows = [head, "|---|---|---|" + ("---|" if level == "char" else "")]
+def hub_dataset(config: Config) -> str | None:
+    """The Hugging Face dataset the model was trained on: `dataset_id`, or `data` when it is a Hub id."""
+    if config.dataset_id:
+        return config.dataset_id
+    data = config.data
+    local = not data or data.startswith((".", "/", "~")) or Path(data).suffix != "" or Path(data).exists()
+    return None if local else data
+
+
+def _results_table(best: dict | None, test: dict | None, config: Config) -> str:
+    rows = ["| split | loss (nats/token) | perplexity | bits per character |", "|---|---|---|---|"]
     for record, label, prefix in ((best, "validation (best)", "val"), (test, "test", "test")):
         if record and record.get(f"{prefix}_loss") is not None:
-            row = f"| {label} | {record[f'{prefix}_loss']:.4f} | {record[f'{prefix}_ppl']:.2f} |"
-            if level == "char":
-                row += f" {bits(record[f'{prefix}_loss']):.4f} |"
-            rows.append(row)
+            bpc = record.get(f"{prefix}_bpc")
+            if bpc is None and config.level == "char":
+                bpc = bits(record[f"{prefix}_loss"])
+            rows.append(f"| {label} | {record[f'{prefix}_loss']:.4f} | {record[f'{prefix}_ppl']:.2f} | "
+                        f"{'—' if bpc is None else f'{bpc:.4f}'} |")
     if len(rows) == 2:
         return "No evaluation was logged."
     table = "\n".join(rows)
-    if test and test.get("test_unk_rate") is not None and level == "word":
+    if config.level == "word" and test and test.get("test_unk_rate"):
         table += (f"\n\n{test['test_unk_rate']:.2%} of the {test.get('test_tokens', 0):,} test tokens are `<unk>` "
-                  f"(words outside the vocabulary); the model predicts `<unk>` as one word, which flatters the "
-                  f"perplexity more the smaller the vocabulary.")
+                  f"(words outside the vocabulary). The model predicts `<unk>` as one word and never spells it out, "
+                  f"which flatters the perplexity more the smaller the vocabulary; for the same reason, and because "
+                  f"the text is lower-cased and some punctuation dropped, its bits per character are a lower bound.")
+    table += ("\n\nBits per character are the total bits over the characters of the scored text"
+              + (" (HTML tags cleaned)" if config.clean_html else "") + ", the unit that compares models with "
+              "different tokenisations.")
     return table

@@ -94,6 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--private", action="store_true", help="create the repo as private")
     push.add_argument("--token", help="Hub token (default: the logged-in one)")
 
+    export = commands.add_parser("export", help="copy a model folder under a new name (and its card), "
+                                                "optionally with bf16 weights")
+    export.add_argument("model", help="model folder or Hugging Face repo id")
+    export.add_argument("out", type=Path, help="the new model folder (its name is the model's name)")
+    export.add_argument("--bf16", action="store_true", help="store the weights in bf16: half the size, "
+                                                             "upcast on load (measure the cost with eval)")
+
     commands.add_parser("presets", help="list the presets and their settings")
 
     table = commands.add_parser("table", help="a Markdown table of model folders' results, read from their logs")
@@ -110,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-        return {"train": _train, "eval": _eval, "generate": _generate, "push": _push,
+        return {"train": _train, "eval": _eval, "generate": _generate, "push": _push, "export": _export,
                 "presets": _presets, "table": _table}[args.command](args)
     except (UsageError, ConfigError, CorpusError, ModelLoadError, SettingsError, TextTooShortError) as error:
         print(f"lmdemo: error: {error}", file=sys.stderr)
@@ -209,6 +216,13 @@ def _push(args: argparse.Namespace) -> int:
     from lmdemo.checkpoint import push_model
 
     print(push_model(args.model, args.repo_id, private=args.private, token=args.token))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from lmdemo.checkpoint import export_model
+
+    print(export_model(args.model, args.out, bf16=args.bf16))
     return 0
 
 

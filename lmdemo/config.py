@@ -43,6 +43,8 @@ class Config:
     data: str = _opt("", "a text file, a folder with train/valid/test.txt, a datasets.save_to_disk "
                      "folder, or a Hugging Face dataset id", group="data")
     data_config: str | None = _opt(None, "Hugging Face dataset configuration name", group="data")
+    dataset_id: str | None = _opt(None, "the Hugging Face dataset that --data is (a copy of), named in model cards "
+                                  "(default: --data when it is a Hub id)", group="data")
     text_column: str = _opt("text", "dataset column that holds the text", group="data")
     train_split: str = _opt("train", "name of the training split", group="data")
     valid_split: str = _opt("validation", "name of the validation split (carved from train if absent)",
@@ -205,13 +207,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     # 001_…: PTB, 2x650 tied, Adam 1e-3, clip 5, bptt 30; reported valid 78.0 / test 75.1. PTB is
     # distributed tokenised: split on whitespace, as the write-up's data code does.
     "ptb-tied-650": dict(
-        level="word", tokenize="whitespace", data="ptb_text_only", text_column="sentence", emb_size=650, hidden_size=650,
+        level="word", tokenize="whitespace", data="ptb_text_only", dataset_id="ptb_text_only",
+        text_column="sentence", emb_size=650, hidden_size=650,
         num_layers=2, dropout=0.5, tie_weights=True, batch_size=20, bptt=30, epochs=40,
         optimizer="adam", lr=1e-3, weight_decay=1e-5, clip=5.0, schedule="plateau", lr_factor=0.5,
         lr_patience=2, lowercase=False,
     ),
     # 000_…: WikiText-2, 2x1024 tied, dropout 0.65.
     "wikitext2-tied-1024": dict(
+        dataset_id="Salesforce/wikitext",
         level="word", tokenize="whitespace", data="Salesforce/wikitext", data_config="wikitext-2-v1", emb_size=1024,
         hidden_size=1024, num_layers=2, dropout=0.65, tie_weights=True, batch_size=128, bptt=50,
         epochs=50, optimizer="adam", lr=1e-3, clip=0.25, schedule="plateau", lr_factor=0.5,
@@ -219,6 +223,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
     # 003_…: 10,000 CNN/DailyMail highlights, 3x512, basic_english, min_freq 3; reported test 220.6.
     "cnndm-3x512": dict(
+        dataset_id="abisee/cnn_dailymail",
         level="word", data="abisee/cnn_dailymail", data_config="3.0.0", text_column="highlights",
         train_docs=10_000, min_freq=3, emb_size=512, hidden_size=512, num_layers=3, dropout=0.65,
         tie_weights=False, batch_size=128, bptt=50, epochs=20, optimizer="adam", lr=1e-3, clip=0.25,
@@ -229,6 +234,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # cheap, and a 256-wide tied embedding under a 2x384 LSTM keeps the folder under 25 MB in bf16.
     # Validation during training scores the first 200k tokens; the final test all 25k test reviews.
     "imdb-word": dict(
+        dataset_id="stanfordnlp/imdb",
         level="word", data="stanfordnlp/imdb", valid_fraction=0.2, clean_html=True, min_freq=3,
         emb_size=256, hidden_size=384, num_layers=2, dropout=0.25, tie_weights=True,
         batch_size=64, bptt=35, epochs=10, max_minutes=25.0, optimizer="adamw", lr=2e-3,
@@ -238,6 +244,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The same reviews as byte-level BPE subwords (8,000, learnt on the training split): cased, nothing
     # is <unk>, so its bits per character are the honest figure to set against imdb-word's lower bound.
     "imdb-bpe": dict(
+        dataset_id="stanfordnlp/imdb",
         level="bpe", data="stanfordnlp/imdb", valid_fraction=0.2, clean_html=True, max_vocab=8000,
         emb_size=384, hidden_size=384, num_layers=2, dropout=0.2, tie_weights=True,
         batch_size=64, bptt=64, epochs=10, max_minutes=25.0, optimizer="adamw", lr=2e-3,
@@ -250,6 +257,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # and a high peak rate decays (cosine) over 26 minutes. 2x512 rather than wider: on a 2-core AMD EPYC
     # with bf16 it reads 11,100 chars/s against 7,300 for 2x640, and the schedule needs the data.
     "shakespeare-char": dict(
+        dataset_id="karpathy/tiny_shakespeare",
         level="char", data="../shared/data/tinyshakespeare/input.txt", valid_fraction=0.1,
         lowercase=False, emb_size=128, hidden_size=512, num_layers=2, dropout=0.3, tie_weights=False,
         batch_size=64, bptt=128, epochs=100, max_minutes=26.0, optimizer="adamw", lr=4e-3, weight_decay=0.1,

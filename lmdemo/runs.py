@@ -169,37 +169,51 @@ def summary_frame(runs: Iterable[Run], now: float | None = None) -> pd.DataFrame
 
 def models_table(runs: Iterable[Run]) -> str:
     """The README's table of shipped models, every figure read from the models' own logs."""
-    lines = ["| model | parameters | data | validation (best) | test | training | speed |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| model | parameters | data | validation (best) | test | bits/char (test, else validation) | training "
+             "| speed |",
+             "|---|---|---|---|---|---|---|---|"]
     for run in runs:
         config, start = run.config, run.metrics.last("start") or {}
         best, test = run.metrics.best("val_loss") or {}, run.metrics.last("test") or {}
-        char = run.level == "char"
-        unit = "chars" if char else "tokens"
+        unit = "chars" if run.level == "char" else "tokens"
         shape = (f"{config.get('num_layers', '?')}×{config.get('hidden_size', '?')}, emb {config.get('emb_size', '?')}"
                  + (", tied" if config.get("tie_weights") else ""))
-        data = f"{_data(config)}, {config.get('vocab_size', 0):,} {'symbols' if char else 'words'}"
+        kind = {"char": "symbols", "word": "words", "bpe": "BPE tokens"}.get(run.level, "tokens")
+        data = f"{_data(config)}, {config.get('vocab_size', 0):,} {kind}"
         speeds = sorted(r["tokens_per_sec"] for r in run.metrics.events("train")
                         if _finite_or_none(r.get("tokens_per_sec")))
         last = run.metrics.trained()
         hardware = str(start.get("hardware", "?")).split(", torch")[0]
         lines.append(" | ".join([
             f"| `{run.path}`", f"{int(start.get('params', 0)):,} ({shape})", data,
-            _score(best, "val", char), _score(test, "test", char),
+            _score(best, "val", run.level), _score(test, "test", run.level),
+            _bits_per_char(test, "test", run.level) if test else _bits_per_char(best, "val", run.level),
             f"{(last.get('time') or 0) / 60:.1f} min, {(last.get('tokens') or 0) / 1e6:.1f}M {unit}, "
             f"{start.get('precision', '?')}, {hardware}",
             f"{speeds[len(speeds) // 2]:,.0f} {unit}/s |" if speeds else f"{MISSING} |"]))
     return "\n".join(lines)
 
 
-def _score(record: dict[str, Any], split: str, char: bool) -> str:
+def _score(record: dict[str, Any], split: str, level: str) -> str:
     loss = _finite_or_none(record.get(f"{split}_loss"))
     if loss is None:
         return MISSING
-    if char:
-        return f"{loss:.4f} nats/char = {bits(loss):.3f} bits/char (ppl {perplexity(loss):.2f})"
+    if level == "char":
+        return f"{loss:.4f} nats/char (ppl {perplexity(loss):.2f})"
     unk = _finite_or_none(record.get(f"{split}_unk_rate"))
-    return f"ppl {perplexity(loss):.2f}" + (f" (<unk> {unk:.2%} of tokens)" if unk is not None else "")
+    return f"ppl {perplexity(loss):.2f}" + (f" (<unk> {unk:.2%} of tokens)" if unk else "")
+
+
+def _bits_per_char(record: dict[str, Any], split: str, level: str) -> str:
+    """Bits per character; a lower bound (≥) where `<unk>` words were never spelt out."""
+    bpc = _finite_or_none(record.get(f"{split}_bpc"))
+    loss = _finite_or_none(record.get(f"{split}_loss"))
+    if bpc is None and level == "char" and loss is not None:
+        bpc = bits(loss)
+    if bpc is None:
+        return MISSING
+    bound = "≥ " if level == "word" and _finite_or_none(record.get("test_unk_rate")) != 0 else ""
+    return f"{bound}{bpc:.3f}" + ("" if split == "test" else " (validation)")
 
 
 def config_diff(first: dict[str, Any], second: dict[str, Any]) -> pd.DataFrame:
