@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy
+
 from lmdemo.config import Config
 
 SPLIT_FILE_NAMES = {
@@ -60,7 +62,9 @@ def load_corpus(config: Config) -> Corpus:
         splits = _carve(_dataset_splits(config), config, shuffle=True)
 
     if config.train_docs is not None and config.train_docs < len(splits["train"]):
-        picked = sorted(random.Random(config.seed).sample(range(len(splits["train"])), config.train_docs))
+        # As the CNN/DailyMail write-up draws its subset (and datasets' filter keeps the file's order).
+        picked = sorted(numpy.random.default_rng(config.seed).choice(len(splits["train"]), config.train_docs,
+                                                                     replace=False).tolist())
         splits["train"] = [splits["train"][i] for i in picked]
     corpus = Corpus(**{name: _prepare(docs, config) for name, docs in splits.items()})
     for name in ("train", "valid"):
