@@ -173,6 +173,20 @@ def _improved(loss: float, best: float) -> bool:
     return loss < best - 1e-4 * abs(best) if math.isfinite(best) else math.isfinite(loss)
 
 
+def textbook_step(model: TextbookLSTM, optimizer: torch.optim.Optimizer, config: Config, inputs: torch.Tensor,
+                  targets: torch.Tensor, hidden: tuple | None) -> tuple[torch.Tensor, tuple]:
+    """One step of pytorch/examples' loop: detach the carried state, forward, full softmax, clip, update."""
+    hidden = None if hidden is None else tuple(h.detach() for h in hidden)
+    optimizer.zero_grad()
+    output, hidden = model(inputs, hidden)
+    loss = F.cross_entropy(output.reshape(-1, config.vocab_size), targets.reshape(-1))
+    loss.backward()
+    if config.clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
+    optimizer.step()
+    return loss, hidden
+
+
 def textbook_train(config: Config, init: LSTMLanguageModel, ids: torch.Tensor, select: torch.Tensor,
                    seconds: float, interval: int, max_steps: int | None = None) -> LoopResult:
     """Train the textbook way from `init`'s weights for `seconds` (or `max_steps`): `loss.item()` every step,
@@ -202,14 +216,7 @@ def textbook_train(config: Config, init: LSTMLanguageModel, ids: torch.Tensor, s
                 stop = True
                 break
             inputs, targets = batches.window(window)
-            hidden = None if hidden is None else tuple(h.detach() for h in hidden)
-            optimizer.zero_grad()
-            output, hidden = model(inputs, hidden)
-            loss = F.cross_entropy(output.reshape(-1, config.vocab_size), targets.reshape(-1))
-            loss.backward()
-            if config.clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
-            optimizer.step()
+            loss, hidden = textbook_step(model, optimizer, config, inputs, targets, hidden)
             before = time.perf_counter()
             total_loss += loss.item()  # the textbook's host sync, every step
             item_seconds += time.perf_counter() - before
@@ -252,14 +259,7 @@ def sync_cost(config: Config, init: LSTMLanguageModel, ids: torch.Tensor, second
             sync = step % 2 == 0
             before = time.perf_counter()
             inputs, targets = batches.window(window)
-            hidden = None if hidden is None else tuple(h.detach() for h in hidden)
-            optimizer.zero_grad()
-            output, hidden = model(inputs, hidden)
-            loss = F.cross_entropy(output.reshape(-1, config.vocab_size), targets.reshape(-1))
-            loss.backward()
-            if config.clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
-            optimizer.step()
+            loss, hidden = textbook_step(model, optimizer, config, inputs, targets, hidden)
             if sync:
                 on_host += loss.item()
             else:
