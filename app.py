@@ -62,7 +62,9 @@ on/off unit scores about 1/√(p(1−p)) for a span that is a share p of the tex
 preference."""
 
 COMPARE_HELP = """The same prompt, settings and seed through two models, side by side: their samples, how surprised
-each was by the prompt, and what each expects right after it."""
+each was by the prompt, and what each expects right after it. Models that cut text into different tokens
+(characters, words, subwords) are compared in **bits per character** of the text: the table under the button
+puts both models' figures side by side."""
 
 
 def build_app(models: Models, limits: Limits = Limits(), concurrency: int = 2) -> gr.Blocks:
@@ -72,7 +74,7 @@ def build_app(models: Models, limits: Limits = Limits(), concurrency: int = 2) -
     Every event that runs a model joins one concurrency group of `concurrency` slots, whichever tab
     or endpoint it comes from, so `--concurrency` bounds the requests computed at once.
     """
-    demo, first = Demo(models, limits), models.names[0]
+    demo, first = Demo(models, limits), models.default
     heavy = dict(concurrency_id=MODEL_QUEUE, concurrency_limit=concurrency)
 
     with gr.Blocks(title="LSTM language models") as app:
@@ -205,7 +207,7 @@ def _inside_tab(inside: Inside, run: gr.State, model: gr.Dropdown, prompt: gr.Te
     with gr.Row():
         text = gr.Dropdown([("the prompt", 0)], value=0, label="Text", scale=2,
                            info="the Sample tab's model and prompt, or the prompt and one of its samples")
-        layer = gr.Dropdown(label="Layer", **_layer_choices(inside.models, inside.models.names[0]))
+        layer = gr.Dropdown(label="Layer", **_layer_choices(inside.models, inside.models.default))
         quantity = gr.Dropdown([(label, key) for key, label in QUANTITIES.items()], value="h", label="Show")
     with gr.Row():
         sort = gr.Dropdown([(label, key) for key, label in UNIT_SORTS.items()], value="variable", label="Units")
@@ -259,12 +261,11 @@ def _inside_tab(inside: Inside, run: gr.State, model: gr.Dropdown, prompt: gr.Te
 def _compare_tab(demo: Demo, heavy: dict[str, Any]) -> None:
     """Two model pickers, one prompt and one set of settings; both models' results side by side."""
     models, limits = demo.models, demo.limits
-    names = models.names
+    names, (first, second) = models.names, models.compare_pair
     gr.Markdown(COMPARE_HELP, elem_classes="lm-help")
     with gr.Row():
-        pickers = [gr.Dropdown(names, value=names[0], label="Model A"),
-                   gr.Dropdown(names, value=names[min(1, len(names) - 1)], label="Model B")]
-    prompt = gr.Textbox(models.examples(names[0])[0], label="Prompt", lines=3, max_lines=10,
+        pickers = [gr.Dropdown(names, value=first, label="Model A"), gr.Dropdown(names, value=second, label="Model B")]
+    prompt = gr.Textbox(models.examples(first)[0], label="Prompt", lines=3, max_lines=10,
                         max_length=limits.max_prompt_chars)
     with gr.Row():
         temperatures = gr.Textbox(COMPARE_TEMPERATURES, label=f"Temperatures (up to {limits.max_temperatures})",
@@ -294,9 +295,8 @@ def _compare_tab(demo: Demo, heavy: dict[str, Any]) -> None:
         except SettingsError as error:
             raise gr.Error(str(error), title="Check the settings") from None
         results = []
-        for progress, next_tokens in zip(comparison.runs, comparison.next_tokens):
-            results += [render.model_markdown(models.describe(progress.model)), render.samples_html(progress),
-                        render.prompt_html(progress),
+        for progress, next_tokens, info in zip(comparison.runs, comparison.next_tokens, comparison.infos):
+            results += [render.model_markdown(info), render.samples_html(progress), render.prompt_html(progress),
                         render.next_token_figure(next_tokens)]
         return (render.compare_markdown(comparison), *results)
 

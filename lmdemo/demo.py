@@ -17,7 +17,7 @@ from typing import Any
 
 from lmdemo.forms import Limits, parse_whole, read_prompt
 from lmdemo.generation import Prompt, Reading, Sample, Sampling, SettingsError, TokenScore
-from lmdemo.registry import Models
+from lmdemo.registry import ModelInfo, Models, bits_are_lower_bound
 
 DEFAULT_TEMPERATURES = (0.2, 0.5, 0.8, 1.0, 1.3)
 DEFAULT_BARS = 10
@@ -28,7 +28,9 @@ class Progress:
     """A generation request so far: what the model read, how it scored it, and the samples."""
 
     model: str
-    level: str  # "char" or "word"
+    unit: str  # what one token is, in words ("character", "word", "subword token")
+    by_line: bool  # whether the model reads text line by line (newlines are not tokens of their own)
+    lower_bound: bool  # whether its bits per character understate the text's cost (words with <unk>)
     prompt_text: str
     prompt: Prompt
     reading: Reading  # the prompt as the model read it: its scores, the next token's odds, the state
@@ -50,10 +52,12 @@ class NextTokens:
 
 @dataclass
 class Comparison:
-    """The same prompt, settings and seed through several models, with each one's next-token bars after the prompt."""
+    """The same prompt, settings and seed through several models, with each one's next-token bars after the
+    prompt and what each model is (its card, with its measured bits per character)."""
 
     runs: list[Progress]
     next_tokens: list[NextTokens]
+    infos: list[ModelInfo]
 
 
 class Demo:
@@ -72,7 +76,9 @@ class Demo:
         start = time.perf_counter()
         prompt = generator.prompt(prompt_text, self.limits.max_prompt_tokens)
         reading = generator.reading(prompt.ids)
-        progress = Progress(name, generator.tokenizer.level, prompt_text, prompt, reading, [], 0.0)
+        tokenizer = generator.tokenizer
+        progress = Progress(name, tokenizer.unit, tokenizer.by_line, bits_are_lower_bound(tokenizer), prompt_text,
+                            prompt, reading, [], 0.0)
         last_shown = -every
         for samples in generator.stream(reading, sampling):
             progress.samples, progress.seconds = samples, time.perf_counter() - start
@@ -106,4 +112,5 @@ class Demo:
             for progress in self.generate(name, prompt_text, sampling, every=math.inf):
                 pass
             runs.append(progress)
-        return Comparison(runs, [self.next_tokens(run, 0, 0, k) for run in runs])
+        return Comparison(runs, [self.next_tokens(run, 0, 0, k) for run in runs],
+                          [self.models.describe(name) for name in names])

@@ -53,6 +53,11 @@ TEMPERATURE_LIMIT = 100.0
 # for T near 1e-38, and long before that the softmax puts all its mass on the argmax anyway.
 GREEDY_BELOW = 1e-6
 UNIFORM_CHUNK = 64  # uniforms drawn per row at a time: fixed, so a run's draws do not depend on its length
+# While a sample streams, only its last pieces are re-derived after each token (a word piece can change
+# with the token after it: "i '" + "m" reads "i'm"), from this many ids of context; a finished sample's
+# pieces are derived from the whole text once more.
+REPIECE = 4
+PIECE_CONTEXT = 8
 _MASK64 = SEED_LIMIT - 1
 
 
@@ -70,8 +75,8 @@ class Sampling:
     top_p: float = 1.0  # 1 = off
     seed: int = 0
     stop: str | None = None  # end a sample with the token that completes this text
-    stop_at_eos: bool = True  # word models: end a sample at <eos>
-    avoid_unk: bool = False  # never sample <unk> (its logit is masked)
+    stop_at_eos: bool = True  # models that end lines with <eos> (word, bpe): end a sample there
+    avoid_unk: bool = False  # never sample <unk> (its logit is masked); nothing to do without one (bpe)
 
     def check(self, max_new_tokens_limit: int | None = None) -> None:
         if not self.temperatures:
@@ -97,14 +102,22 @@ def _is_int(value: object) -> bool:
 
 @dataclass
 class Sample:
-    """One temperature's continuation; `probabilities[i]` is the model's (temperature 1) P(ids[i])."""
+    """One temperature's continuation; `probabilities[i]` is the model's (temperature 1) P(ids[i]).
+
+    `pieces[i]` is token i's share of the readable text after the prompt (`Tokenizer.pieces`), so a
+    display can colour token by token and still read as text; `text` is their join.
+    """
 
     temperature: float
     ids: list[int] = field(default_factory=list)
-    tokens: list[str] = field(default_factory=list)  # ids as token strings, for display
+    tokens: list[str] = field(default_factory=list)  # ids as raw token strings, as the model sees them
     probabilities: list[float] = field(default_factory=list)
-    text: str = ""
+    pieces: list[str] = field(default_factory=list)
     stopped_by: str | None = None  # "eos" or "stop" once finished early
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
 
     @property
     def finished(self) -> bool:
@@ -113,10 +126,19 @@ class Sample:
 
 @dataclass
 class Prompt:
-    """A prompt as the model reads it, with what had to change to make it readable."""
+    """A prompt as the model reads it, with what had to change to make it readable.
+
+    `pieces[i]` is token i's share of the readable text (as in `Sample`); `text` is their join: the
+    prompt as the model read it (at the word level lower-cased and detokenised, cut to what was kept).
+    """
 
     ids: list[int]
     notes: list[str]
+    pieces: list[str] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
 
 
 class TokenScore(NamedTuple):
@@ -257,44 +279,42 @@ class Generator:
 
     @property
     def start_id(self) -> int:
-        """What a text starts after: <eos> for word models, a newline for character models."""
-        if self.tokenizer.level == "word":
-            return self.tokenizer.eos_id
-        newline = self.tokenizer.hf.token_to_id("\n")
-        return newline if newline is not None else self.tokenizer.unk_id
+        """What a text starts after, as in training (`Tokenizer.start_id`)."""
+        return self.tokenizer.start_id
 
     # -- prompts -------------------------------------------------------------------------------
     def prompt(self, text: str, max_tokens: int | None = None) -> Prompt:
         """Encode a prompt, keeping at most its last `max_tokens`, and say what was changed.
 
-        Only the end of a long text is encoded: the last `max_tokens` + 1 characters for character
-        models, whole lines from the end (where word encoding restarts) for word models, widened
-        until they hold more than `max_tokens` tokens.
+        Only the end of a long text is encoded: the last `max_tokens` + 1 characters, widened (to whole
+        lines when the tokenizer reads by line, where its encoding restarts) until they hold more than
+        `max_tokens` tokens.
         """
+        tokenizer = self.tokenizer
         kept, ids = self._encode_end(text, max_tokens)
         notes = [] if ids else ["empty prompt: the model starts from the beginning of a text"]
         if max_tokens is not None and len(ids) > max_tokens:
             notes.append(f"prompt cut to its last {max_tokens} tokens (it had {len(text):,} characters)")
             ids = ids[-max_tokens:]
-        unknown = ids.count(self.tokenizer.unk_id)
+        unknown = ids.count(tokenizer.unk_id) if tokenizer.unk_id is not None else 0
         if unknown:
-            unit = "character" if self.tokenizer.level == "char" else "word"
             pieces = self.unknown_pieces(kept)[-unknown:]
             shown = ", ".join(repr(piece) for piece in list(dict.fromkeys(pieces))[:5])
-            notes.append(f"{unknown} {unit}{'s' if unknown > 1 else ''} not in the model's vocabulary "
+            notes.append(f"{unknown} {tokenizer.unit}{'s' if unknown > 1 else ''} not in the model's vocabulary "
                          f"became <unk>: {shown}")
-        return Prompt(ids, notes)
+        return Prompt(ids, notes, tokenizer.pieces(ids))
 
     def _encode_end(self, text: str, max_tokens: int | None) -> tuple[str, list[int]]:
         """The shortest end of `text` that encodes to more than `max_tokens` ids (or all of it), and its ids.
 
-        Its ids are the end of the whole text's ids: a character model reads one token per character,
-        and a word model's window starts at a line, where `Tokenizer.encode` starts afresh.
+        Its ids are the end of the whole text's ids: a tokenizer that reads by line starts afresh at
+        each line, so the window starts at one; one that does not (characters) reads a token per
+        character, so any start will do.
         """
         size = len(text) if max_tokens is None else max_tokens + 1
         while True:
             start = max(0, len(text) - size)
-            if start and self.tokenizer.level == "word":
+            if start and self.tokenizer.by_line:
                 start = text.rfind("\n", 0, start) + 1
             ids = self.tokenizer.encode(text[start:])
             if start == 0 or len(ids) > max_tokens:
@@ -302,7 +322,9 @@ class Generator:
             size *= 4
 
     def unknown_pieces(self, text: str) -> list[str]:
-        """The characters or words of `text` that the vocabulary lacks, in order."""
+        """The characters or words of `text` that the vocabulary lacks, in order (none without `<unk>`)."""
+        if self.tokenizer.unk_id is None:
+            return []
         encoding = self.tokenizer.hf.encode(text, add_special_tokens=False)
         return [text[start:end] for token, (start, end) in zip(encoding.ids, encoding.offsets)
                 if token == self.tokenizer.unk_id]
@@ -312,10 +334,12 @@ class Generator:
     def stream(self, prompt: Sequence[int] | Reading, sampling: Sampling) -> Iterator[list[Sample]]:
         """Yield the samples (one per temperature, in order) after each new token.
 
-        `prompt` is its ids, or its `Reading` when the caller has read it already.
+        `prompt` is its ids, or its `Reading` when the caller has read it already (its tokens are then
+        the text before, which decides how the first piece of a sample is spaced).
         """
         samples = [Sample(float(t)) for t in sampling.temperatures]
         reading = prompt if isinstance(prompt, Reading) else self.reading(prompt)
+        context = [score.id for score in reading.scores]
         h, c = reading.state
         live = list(range(len(samples)))  # rows still sampling, in batch order
         live_rows = torch.tensor(live)
@@ -323,23 +347,27 @@ class Generator:
         state = (h.expand(-1, len(live), -1).contiguous(), c.expand(-1, len(live), -1).contiguous())
         temperatures = torch.tensor([s.temperature for s in samples])
         uniforms = _Uniforms(sampling.seed, sampling.temperatures)
-        banned = torch.tensor([self.tokenizer.unk_id]) if sampling.avoid_unk else None
-        end_at_eos = sampling.stop_at_eos and self.tokenizer.level == "word"
+        unk_id, end_id = self.tokenizer.unk_id, self.tokenizer.end_id
+        banned = torch.tensor([unk_id]) if sampling.avoid_unk and unk_id is not None else None
+        end_at_eos = sampling.stop_at_eos and end_id is not None
         for index in range(sampling.max_new_tokens):
+            last = index + 1 == sampling.max_new_tokens
             next_ids = choose_next(logits, temperatures, uniforms.at(index)[live_rows],
                                    sampling.top_k, sampling.top_p, banned)
             chosen = logits.float().log_softmax(-1).gather(1, next_ids.unsqueeze(1)).squeeze(1).exp()
             for row, token, probability in zip(live, next_ids.tolist(), chosen.tolist()):
                 sample = samples[row]
-                if end_at_eos and token == self.tokenizer.eos_id:
+                if end_at_eos and token == end_id:
                     sample.stopped_by = "eos"
+                    self._repiece(sample, context, whole=True)
                     continue
                 sample.ids.append(token)
                 sample.tokens.append(self.tokenizer.tokens([token])[0])
                 sample.probabilities.append(probability)
-                sample.text = self.tokenizer.decode(sample.ids)
+                self._repiece(sample, context, whole=last)
                 if sampling.stop and sampling.stop in sample.text:
                     sample.stopped_by = "stop"
+                    self._repiece(sample, context, whole=True)
             yield samples
             keep = [position for position, row in enumerate(live) if not samples[row].finished]
             if not keep:
@@ -349,8 +377,19 @@ class Generator:
                 live_rows, rows = torch.tensor(live), torch.tensor(keep)
                 next_ids, temperatures = next_ids[rows], temperatures[rows]
                 state = (state[0][:, rows], state[1][:, rows])
-            if index + 1 < sampling.max_new_tokens:
+            if not last:
                 logits, state = self.step(next_ids, state)
+
+    def _repiece(self, sample: Sample, context: list[int], whole: bool) -> None:
+        """Bring `sample.pieces` up to date after a new token: the last `REPIECE` pieces while it streams
+        (read with the token before them and `PIECE_CONTEXT` ids before that), all of them when `whole`."""
+        ids = sample.ids
+        if whole or len(ids) <= REPIECE + 1:
+            sample.pieces = self.tokenizer.pieces(ids, context=context)
+            return
+        begin = len(ids) - REPIECE - 1  # its piece is read again only as context for the next one
+        before = [*context[-PIECE_CONTEXT:], *ids[max(0, begin - PIECE_CONTEXT):begin]][-PIECE_CONTEXT:]
+        sample.pieces[begin + 1:] = self.tokenizer.pieces(ids[begin:], context=before)[1:]
 
     def generate(self, prompt: Sequence[int] | Reading, sampling: Sampling) -> list[Sample]:
         """The finished samples of `stream`."""

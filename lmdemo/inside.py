@@ -31,7 +31,6 @@ class InsideText:
     """A text to look inside: which model reads it, its ids and how to describe it."""
 
     model: str
-    level: str  # "char" or "word"
     ids: list[int]
     description: str
     notes: list[str]
@@ -45,7 +44,8 @@ class UnitView:
     layer: int  # 0 = bottom
     num_layers: int
     quantity: str  # a key of `internals.QUANTITIES`
-    tokens: list[str]
+    tokens: list[str]  # the shown tokens as the model sees them (raw)
+    pieces: list[str]  # and each one's share of the readable text (`Tokenizer.pieces`)
     start: int  # position in the text of tokens[0]
     total: int  # tokens in the text
     hidden_size: int
@@ -85,14 +85,13 @@ class Inside:
             prompt_text = read_prompt(prompt_text, self.limits)
             generator = self.models.generator(name)
             prompt = generator.prompt(prompt_text, self.limits.max_prompt_tokens)
-            return InsideText(name, generator.tokenizer.level, prompt.ids, f"the prompt ({len(prompt.ids)} tokens)",
-                              prompt.notes)
+            return InsideText(name, prompt.ids, f"the prompt ({len(prompt.ids)} tokens)", prompt.notes)
         if run is None:
             raise SettingsError("generate some text first to look inside a sample, or choose the prompt")
         if not 1 <= choice <= len(run.samples):
             raise SettingsError(f"sample must be from 1 to {len(run.samples)} (got {choice})")
         chosen = run.samples[choice - 1]
-        return InsideText(run.model, run.level, [*run.prompt.ids, *chosen.ids],
+        return InsideText(run.model, [*run.prompt.ids, *chosen.ids],
                           f"the prompt ({len(run.prompt.ids)} tokens) and its sample at T = {chosen.temperature:g} "
                           f"({len(chosen.ids)} tokens)", list(run.prompt.notes))
 
@@ -116,7 +115,7 @@ class Inside:
         else:
             ranking = top_units((most_active if sort == "active" else most_variable)(values), count)
             label = "mean |value|" if sort == "active" else "std"
-        return _view(text, internals, layer, quantity, ranking, ordered_by, label, unit, at=position)
+        return self._view(text, internals, layer, quantity, ranking, ordered_by, label, unit, at=position)
 
     def find_span(self, text: InsideText, layer: Any, quantity: str, first: Any, last: Any, count: Any,
                   unit: Any = None) -> UnitView:
@@ -131,8 +130,8 @@ class Inside:
         if end - begin + 1 == len(internals.ids):
             raise SettingsError("the span covers every shown token: leave some outside to compare with")
         ranking = match_span(values, range(begin, end + 1), count)
-        return _view(text, internals, layer, quantity, ranking, f"match with #{first}–{last}", "score", unit,
-                     marked=(first, last))
+        return self._view(text, internals, layer, quantity, ranking, f"match with #{first}–{last}", "score", unit,
+                          marked=(first, last))
 
     def _matrix(self, text: InsideText, layer: Any, quantity: str, count: Any
                 ) -> tuple[Internals, int, torch.Tensor, int]:
@@ -152,6 +151,19 @@ class Inside:
         internals = _read_internals(generator, tuple(text.ids), self.limits.max_inside_tokens)
         return internals, number - 1, internals.matrix(quantity, number - 1), count
 
+    def _view(self, text: InsideText, internals: Internals, layer: int, quantity: str,
+              ranking: list[UnitScore] | list[SpanMatch], ordered_by: str, label: str, unit: Any,
+              **marks: Any) -> UnitView:
+        """The chosen units' values and the traced unit (the top-ranked one unless `unit` names another)."""
+        traced = parse_whole(unit, "unit", empty=ranking[0].unit)
+        if not 0 <= traced < internals.hidden_size:
+            raise SettingsError(f"unit must be from 0 to {internals.hidden_size - 1} (got {traced})")
+        values = internals.matrix(quantity, layer)
+        pieces = self.models.generator(text.model).tokenizer.pieces(internals.ids, context=text.ids[:internals.start])
+        return UnitView(text, layer, internals.num_layers, quantity, internals.tokens, pieces, internals.start,
+                        internals.total, internals.hidden_size, ranking, ordered_by, label,
+                        values[:, [row.unit for row in ranking]].t(), traced, values[:, traced].tolist(), **marks)
+
 
 @functools.lru_cache(maxsize=INTERNALS_CACHE)
 def _read_internals(generator: Generator, ids: tuple[int, ...], max_tokens: int) -> Internals:
@@ -166,15 +178,3 @@ def _index(internals: Internals, position: int, what: str) -> int:
                             f"(got {position})")
     return position - internals.start
 
-
-def _view(text: InsideText, internals: Internals, layer: int, quantity: str,
-          ranking: list[UnitScore] | list[SpanMatch], ordered_by: str, label: str, unit: Any,
-          **marks: Any) -> UnitView:
-    """The chosen units' values and the traced unit (the top-ranked one unless `unit` names another)."""
-    traced = parse_whole(unit, "unit", empty=ranking[0].unit)
-    if not 0 <= traced < internals.hidden_size:
-        raise SettingsError(f"unit must be from 0 to {internals.hidden_size - 1} (got {traced})")
-    values = internals.matrix(quantity, layer)
-    return UnitView(text, layer, internals.num_layers, quantity, internals.tokens, internals.start,
-                    internals.total, internals.hidden_size, ranking, ordered_by, label,
-                    values[:, [row.unit for row in ranking]].t(), traced, values[:, traced].tolist(), **marks)

@@ -14,15 +14,24 @@ from lmdemo.checkpoint import MODEL_DIR, load_model
 from lmdemo.config import data_name
 from lmdemo.generation import Generator, SettingsError
 from lmdemo.metrics import CONFIG_FILE
+from lmdemo.tokenizer import Tokenizer
 
 MODELS_ENV = "LMDEMO_MODELS"
+# Example prompts in the style of each level's shipped model: Shakespeare's plays, IMDB reviews as
+# lower-cased words, IMDB reviews as written (cased subwords).
 EXAMPLES = {
     "char": ["ROMEO:\n", "JULIET:\nO Romeo, Romeo! wherefore art thou",
              "First Citizen:\nBefore we proceed any further, hear me speak.\n\n",
              "KING RICHARD III:\nNow is the winter of our discontent\n"],
-    "word": ["this movie was", "i expected a lot more from this film , but", "the acting was superb and the story",
-             "one of the worst films i have ever seen ."],
+    "word": ["this movie was", "i expected a lot more from this film, but", "the acting was superb and the story",
+             "one of the worst films i have ever seen."],
+    "bpe": ["This movie was", "I expected a lot more from this film, but", "The acting was superb and the story",
+            "One of the worst films I have ever seen. The plot"],
 }
+# The app shows its best first: it opens on the first of these models that is served (else the first
+# served), and its Compare tab on this pair when both are, two tokenisations of the same reviews.
+DEFAULT_PREFERENCE = ("imdb-bpe", "imdb-word")
+COMPARE_PREFERENCE = ("imdb-word", "imdb-bpe")
 
 
 class NoModelsError(RuntimeError):
@@ -42,6 +51,8 @@ class ModelInfo:
     emb_size: int
     vocab_size: int
     data: str
+    unit: str = "token"  # what one token is, in words
+    lower_bound: bool = False  # whether bits per character understate the text's cost (words with <unk>)
     steps: int | None = None
     validation_ppl: float | None = None
     validation_bpc: float | None = None
@@ -70,13 +81,29 @@ def discover_models(checkpoints: Path, extra: Sequence[str] = (), environ: dict[
 class Models:
     """The loaded models by display name."""
 
-    def __init__(self, sources: dict[str, str]):
+    def __init__(self, sources: dict[str, str], default_preference: Sequence[str] = DEFAULT_PREFERENCE,
+                 compare_preference: Sequence[str] = COMPARE_PREFERENCE):
         """Load every model now, so a bad one fails at start-up rather than at a user's first click."""
         self.generators = {name: Generator(load_model(source)) for name, source in sources.items()}
+        self.default_preference, self.compare_preference = tuple(default_preference), tuple(compare_preference)
 
     @property
     def names(self) -> list[str]:
         return list(self.generators)
+
+    @property
+    def default(self) -> str:
+        """The model the app opens on: the first preferred one that is served, else the first served."""
+        return next((name for name in self.default_preference if name in self.generators), self.names[0])
+
+    @property
+    def compare_pair(self) -> tuple[str, str]:
+        """The Compare tab's first two models: the preferred pair when both are served, else the default
+        and the next other model (the default twice when it is the only one)."""
+        if len(self.compare_preference) == 2 and all(name in self.generators for name in self.compare_preference):
+            return self.compare_preference[0], self.compare_preference[1]
+        first = self.default
+        return first, next((name for name in self.names if name != first), first)
 
     def generator(self, name: str) -> Generator:
         """The model called `name`; an unknown name is a setting the user can fix."""
@@ -91,7 +118,8 @@ class Models:
         info = ModelInfo(name=name, source=trained.source, level=config.level,
                          parameters=trained.model.num_parameters(), num_layers=config.num_layers,
                          hidden_size=config.hidden_size, emb_size=config.emb_size, vocab_size=config.vocab_size,
-                         data=data_name(config.data, config.data_config))
+                         data=data_name(config.data, config.data_config), unit=trained.tokenizer.unit,
+                         lower_bound=bits_are_lower_bound(trained.tokenizer))
         metrics = trained.metrics
         if metrics is None:
             return info
@@ -106,8 +134,15 @@ class Models:
         return info
 
     def examples(self, name: str) -> list[str]:
-        """Prompts in the style of the model's training text."""
-        return list(EXAMPLES[self.generator(name).tokenizer.level])
+        """Prompts in the style of the model's training text (an empty prompt for a level without examples)."""
+        return list(EXAMPLES.get(self.generator(name).tokenizer.level, [""]))
+
+
+def bits_are_lower_bound(tokenizer: Tokenizer) -> bool:
+    """Whether bits per character understate what the text costs: a word vocabulary with `<unk>` never
+    spells an unknown word out, and lower-casing and dropped punctuation make the text easier.
+    Characters and byte-level subwords spell every text out."""
+    return tokenizer.unk_id is not None and tokenizer.unit == "word"
 
 
 def _display_name(source: str) -> str:

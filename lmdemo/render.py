@@ -1,7 +1,9 @@
 """How the demo's results look: surprisal-coloured HTML, Markdown summaries and Plotly figures.
 
 Colours follow GLTR (Gehrmann et al. 2019): each token is shaded by the probability the model
-gave it, so predictable stretches read green and surprising ones red. Inside the LSTM, values
+gave it, so predictable stretches read green and surprising ones red. Text is drawn as its readable
+pieces (`Tokenizer.pieces`), one span per token. Surprise is given in bits per character of the
+readable text, which compares models of any tokenisation. Inside the LSTM, values
 that can be negative (h, c, the cell candidate) use a red-blue scale centred on 0 and gates
 (0 = shut, 1 = open) a sequential one. Everything returns strings, tables or figures; the Gradio
 app only places them.
@@ -20,7 +22,7 @@ from lmdemo.demo import Comparison, NextTokens, Progress
 from lmdemo.generation import Sample
 from lmdemo.inside import UnitView
 from lmdemo.internals import QUANTITIES, SpanMatch
-from lmdemo.metrics import bits, perplexity
+from lmdemo.metrics import bits, bits_per_character, perplexity
 from lmdemo.registry import ModelInfo
 from lmdemo.tokenizer import EOS, UNK
 
@@ -34,6 +36,9 @@ MAX_TOKEN_LABELS = 150  # a longer window labels every n-th token on the axis; h
 SIGNED_SCALE, GATE_SCALE = "RdBu_r", "Viridis"
 MARK_COLOUR = "#e8590c"
 NO_SAMPLES = '<div class="lm-empty">Samples appear here.</div>'
+NEWLINE = '<span class="nl">↵</span>\n'
+LOWER_BOUND = ("a lower bound: an <unk> is never spelt out, and lower-casing and dropped punctuation make the "
+               "text easier")
 
 CSS = """
 .lm-legend { display: flex; gap: .5rem; align-items: center; flex-wrap: wrap; font-size: .85rem; margin: .2rem 0 .6rem; }
@@ -46,7 +51,7 @@ CSS = """
 .lm-col header small { color: #5b6673; font-size: .78rem; text-align: right; }
 .lm-text { padding: .6rem .7rem; white-space: pre-wrap; word-break: break-word; line-height: 1.55;
            font-size: .92rem; max-height: 34rem; overflow-y: auto; }
-.lm-text.char { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: .86rem; }
+.lm-text.mono { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: .86rem; }
 .lm-text .ctx { color: #8a94a1; }
 .lm-text .tok { border-radius: .2rem; color: #1f2933; }
 .lm-text .nl, .lm-legend .nl { color: #8a94a1; font-size: .75em; }
@@ -56,6 +61,8 @@ CSS = """
 .lm-prompt header { padding: .4rem .7rem; background: #f3f5f8; border-bottom: 1px solid #d9dee5;
                     font-size: .85rem; color: #5b6673; }
 .lm-help { font-size: .88rem; }
+.lm-bound { border-bottom: 1px dotted #5b6673; cursor: help; }
+.lm-note { color: #5b6673; font-size: .8rem; }
 .lm-empty { color: #8a94a1; padding: 1rem; text-align: center; border: 1px dashed #d9dee5; border-radius: .6rem; }
 .lm-positions { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: .86rem;
                 white-space: pre-wrap; word-break: break-word; line-height: 1.9; padding: .5rem .7rem;
@@ -63,62 +70,73 @@ CSS = """
                 max-height: 12rem; overflow-y: auto; }
 .lm-positions sub { color: #8a94a1; font-size: .65rem; margin-right: .1rem; }
 .lm-positions .ws { color: #8a94a1; }
+.lm-positions .part { display: inline-block; min-width: .4em; border-bottom: 1px dotted #8a94a1; }
 .lm-positions .marked { background: #ffe0c7; outline: 1px solid #e8590c; }
+.lm-positions span[title]:hover { background: #e7ecf5; }
 """
 
 
 def visible(token: str, compact: bool = False) -> str:
-    """A token as a label: whitespace drawn, so a space or newline is not an empty bar (one character if `compact`)."""
+    """A token as a label: whitespace drawn, so a space or newline is not an empty bar (one character if
+    `compact`), and spaces inside a token (a subword's leading space) shown as "·" or "␣"."""
     shown = WHITESPACE.get(token)
-    return token if shown is None else shown[0 if compact else 1]
+    if shown is not None:
+        return shown[0 if compact else 1]
+    return token.replace(" ", "·" if compact else "␣").replace("\n", "↵").replace("\t", "⇥")
 
 
 def bucket(probability: float) -> str:
     return next(css for floor, css, _ in BUCKETS if probability >= floor)
 
 
-def legend() -> str:
+def legend(lower_bound: bool = False) -> str:
+    """The colour key; with `lower_bound`, the note that the bits per character below are a lower bound."""
     chips = "".join(f'<span class="tok {css}">{label}</span>' for _, css, label in BUCKETS)
-    return f'<div class="lm-legend">probability the model gave each token: {chips}</div>'
+    note = f' <span class="lm-note">Bits per character are {html.escape(LOWER_BOUND)}.</span>' if lower_bound else ""
+    return f'<div class="lm-legend">probability the model gave each token: {chips}{note}</div>'
 
 
-def coloured_tokens(scores: Sequence[tuple[str, float]], level: str) -> str:
-    """Tokens as spans shaded by probability, each with its probability and surprisal as a tooltip."""
+def coloured_tokens(pieces: Sequence[str], tokens: Sequence[str], probabilities: Sequence[float]) -> str:
+    """Each token's readable piece as a span shaded by its probability, with the raw token, its probability
+    and its surprisal as a tooltip."""
     parts = []
-    for index, (token, probability) in enumerate(scores):
-        newline = token in ("\n", EOS)
-        shown = '<span class="nl">↵</span>\n' if newline else html.escape(token if token != UNK else "⟨unk⟩")
-        tooltip = html.escape(f"{visible(token)!s}: p = {probability:.1%}", quote=True)
-        if level == "word" and index and not newline and scores[index - 1][0] != EOS:
-            parts.append(" ")
+    for piece, token, probability in zip(pieces, tokens, probabilities):
+        shown = html.escape(piece.replace(UNK, "⟨unk⟩") if token == UNK else piece).replace("\n", NEWLINE)
+        tooltip = html.escape(f"{visible(token)}: p = {probability:.1%}, {_surprisal_bits(probability):.1f} bits",
+                              quote=True)
         parts.append(f'<span class="tok {bucket(probability)}" title="{tooltip}">{shown}</span>')
     return "".join(parts)
 
 
 def samples_html(progress: Progress) -> str:
-    """One column per temperature: the prompt's end in grey, then the sample coloured by surprisal."""
+    """One column per temperature: the end of the prompt as read in grey, then the sample coloured by surprisal."""
     if not progress.samples:
         return NO_SAMPLES
-    level, tail = progress.level, progress.prompt_text[-PROMPT_TAIL_CHARS:]
+    read = progress.prompt.text
+    tail = read[-PROMPT_TAIL_CHARS:]
+    context = f'<span class="ctx">{"…" if len(read) > len(tail) else ""}{html.escape(tail)}</span>'
     columns = []
     for sample in progress.samples:
-        scores = list(zip(sample.tokens, sample.probabilities))
-        context = f'<span class="ctx">{"…" if len(progress.prompt_text) > len(tail) else ""}{html.escape(tail)}</span>'
-        gap = " " if level == "word" and tail and not tail.endswith(("\n", " ")) and scores else ""
         columns.append(
             f'<section class="lm-col"><header><b>T = {sample.temperature:g}</b>'
-            f"<small>{_sample_summary(sample, level, progress.done)}</small></header>"
-            f'<div class="lm-text {level}">{context}{gap}{coloured_tokens(scores, level)}</div></section>')
-    return legend() + f'<div class="lm-samples">{"".join(columns)}</div>'
+            f"<small>{_sample_summary(sample, progress.unit, progress.done)}</small></header>"
+            f'<div class="{_text_classes(progress)}">{context}'
+            f"{coloured_tokens(sample.pieces, sample.tokens, sample.probabilities)}</div></section>")
+    return legend(progress.lower_bound) + f'<div class="lm-samples">{"".join(columns)}</div>'
 
 
 def prompt_html(progress: Progress) -> str:
-    """The prompt as the model read it, coloured by surprisal, with its bits per character or perplexity."""
-    level, scores = progress.level, [(s.token, s.probability) for s in progress.reading.scores]
+    """The prompt as the model read it, coloured by surprisal, with its bits per character and perplexity."""
+    scores = progress.reading.scores
     if not scores:
         return '<div class="lm-empty">Empty prompt: the model started from the beginning of a text.</div>'
-    return (f'<div class="lm-prompt"><header>Prompt as the model read it: {_surprisal_summary(scores, level)}</header>'
-            f'<div class="lm-text {level}">{coloured_tokens(scores, level)}</div></div>')
+    probabilities = [s.probability for s in scores]
+    summary = html.escape(surprisal_summary(probabilities, progress.prompt.text, progress.unit))
+    if progress.lower_bound:
+        summary += f' (<span class="lm-bound" title="{html.escape(LOWER_BOUND, quote=True)}">a lower bound</span>)'
+    return (f'<div class="lm-prompt"><header>Prompt as the model read it: {summary}</header>'
+            f'<div class="{_text_classes(progress)}">'
+            f"{coloured_tokens(progress.prompt.pieces, [s.token for s in scores], probabilities)}</div></div>")
 
 
 def status_markdown(progress: Progress) -> str:
@@ -133,20 +151,23 @@ def status_markdown(progress: Progress) -> str:
 
 
 def model_markdown(info: ModelInfo) -> str:
-    """The model card in two lines: shape and data, then measured quality."""
-    unit = "bits/char" if info.level == "char" else "perplexity"
+    """The model card in two lines: shape and data, then measured quality: bits per character of the
+    validation and test text when the log has them (older word-level logs do not), else perplexity."""
     quality = []
     splits = (("test", info.test_ppl, info.test_bpc), ("validation", info.validation_ppl, info.validation_bpc))
     for split, ppl, bpc in splits:
-        if info.level == "char" and bpc is not None:
-            quality.append(f"{split} **{bpc:.3f}** bits/char (perplexity {ppl:.2f})")
+        if bpc is not None:
+            per_token = f" (perplexity {ppl:,.2f} per token)" if ppl is not None else ""
+            quality.append(f"{split} **{bpc:.3f}** bits/char{per_token}")
         elif ppl is not None:
-            quality.append(f"{split} perplexity **{ppl:.1f}**")
-    measured = " · ".join(quality) if quality else f"no {unit} logged"
+            quality.append(f"{split} perplexity **{ppl:,.1f}** per token")
+    measured = " · ".join(quality) if quality else "no validation or test figures logged"
+    if info.lower_bound and any(bpc is not None for _, _, bpc in splits):
+        measured += f" · bits/char are {LOWER_BOUND.replace('<unk>', '`<unk>`')}"
     trained = f", {info.steps:,} steps" if info.steps else ""
     if info.metrics_problems:
         measured += f" · ⚠️ metrics log: {len(info.metrics_problems)} unreadable line(s) skipped"
-    return (f"**{info.name}** — {info.level}-level LSTM, {info.num_layers}×{info.hidden_size} "
+    return (f"**{info.name}** — {info.level}-level LSTM over {info.unit}s, {info.num_layers}×{info.hidden_size} "
             f"(embedding {info.emb_size}), {info.parameters / 1e6:.2f} M parameters, vocabulary {info.vocab_size:,}  \n"
             f"Trained on `{info.data}`{trained} · {measured}")
 
@@ -178,8 +199,36 @@ def next_token_figure(next_tokens: NextTokens) -> go.Figure:
 
 
 def compare_markdown(comparison: Comparison) -> str:
-    """Where each model's run stands, one block per model."""
-    return "  \n".join(f"**{run.model}**: {status_markdown(run)}" for run in comparison.runs)
+    """Where each model's run stands, one block per model, then both models' bits per character side by
+    side: the one measure that compares models whatever their tokens are."""
+    status = "  \n".join(f"**{run.model}**: {status_markdown(run)}" for run in comparison.runs)
+    return f"{status}\n\n{bits_table(comparison)}"
+
+
+def bits_table(comparison: Comparison) -> str:
+    """A Markdown table, one column per model: bits per character of the prompt, of each sample and of the
+    model's validation and test text (as logged in training), with a note where a figure is a lower bound."""
+    runs, infos = comparison.runs, comparison.infos
+    rows = [["tokens", *(f"{info.unit}s" for info in infos)],
+            ["prompt", *(_bpc_cell(_text_bpc([s.probability for s in run.reading.scores], run.prompt.text),
+                                   run.lower_bound) for run in runs)]]
+    for index in range(max(len(run.samples) for run in runs)):
+        cells = []
+        for run in runs:
+            sample = run.samples[index] if index < len(run.samples) else None
+            cells.append("—" if sample is None else _bpc_cell(_text_bpc(sample.probabilities, sample.text),
+                                                               run.lower_bound))
+        temperatures = {f"{run.samples[index].temperature:g}" for run in runs if index < len(run.samples)}
+        rows.append([f"sample at T = {', '.join(sorted(temperatures))}", *cells])
+    rows.append(["validation (training log)", *(_bpc_cell(info.validation_bpc, info.lower_bound) for info in infos)])
+    rows.append(["test (training log)", *(_bpc_cell(info.test_bpc, info.lower_bound) for info in infos)])
+    header = ["**bits per character**", *(f"**{run.model}**" for run in runs)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_markdown_cell(cell) for cell in row) + " |" for row in rows]
+    notes = ["Lower is better; bits per character compare models whatever their tokens are."]
+    if any(run.lower_bound for run in runs):
+        notes.append(f"\\* {LOWER_BOUND.replace('<unk>', '`<unk>`')}.")
+    return "\n".join(lines) + "\n\n" + " ".join(notes)
 
 
 # -- inside the LSTM -------------------------------------------------------------------------------
@@ -236,15 +285,21 @@ def inside_markdown(view: UnitView) -> str:
 
 
 def positions_html(view: UnitView) -> str:
-    """The shown tokens with their positions (every tenth written, all on hover), the marked span highlighted."""
+    """The shown text, one span per token (its readable piece; a token that is only whitespace drawn), with
+    the positions (every tenth written, all on hover, with the raw token), the marked span highlighted."""
     parts = []
-    for position, token in zip(_positions(view), view.tokens):
+    for position, token, piece in zip(_positions(view), view.tokens, view.pieces):
         marked = view.marked is not None and view.marked[0] <= position <= view.marked[1]
-        classes = " ".join(c for c in ("ws" if token in WHITESPACE else "", "marked" if marked else "") if c)
+        blank = piece != "" and not piece.strip()  # only whitespace: drawn, so it can be seen and pointed at
+        kind = "ws" if blank else "part" if piece == "" else ""  # part: bytes of a character a later token ends
+        classes = " ".join(c for c in (kind, "marked" if marked else "") if c)
         number = f"<sub>{position}</sub>" if position % 10 == 0 else ""
-        after = "\n" if token in ("\n", EOS) else " " if view.text.level == "word" else ""
-        parts.append(f'{number}<span class="{classes}" title="#{position}">'
-                     f'{html.escape(visible(token, compact=True))}</span>{after}')
+        shown = visible(token, compact=True) if blank else piece.replace(UNK, "⟨unk⟩") if token == UNK else piece
+        after = "\n" if "\n" in piece else ""
+        tooltip = html.escape(f"#{position} {visible(token)}" + (" (part of a character)" if kind == "part" else ""),
+                              quote=True)
+        parts.append(f'{number}<span class="{classes}" title="{tooltip}">{html.escape(shown.rstrip(chr(10)))}</span>'
+                     f"{after}")
     return f'<div class="lm-positions">{"".join(parts)}</div>'
 
 
@@ -268,9 +323,9 @@ def _token_axis(figure: go.Figure, view: UnitView) -> go.Figure:
     """Label the x axis with the tokens and draw the marked span and the token whose change was ranked."""
     positions = _positions(view)
     every = max(1, math.ceil(len(positions) / MAX_TOKEN_LABELS))
-    figure.update_xaxes(tickmode="array", tickvals=positions[::every],
-                        ticktext=[visible(t, compact=True) for t in view.tokens[::every]],
-                        tickangle=0 if view.text.level == "char" else None,
+    labels = [visible(t, compact=True) for t in view.tokens[::every]]
+    figure.update_xaxes(tickmode="array", tickvals=positions[::every], ticktext=labels,
+                        tickangle=0 if all(len(label) <= 1 for label in labels) else None,  # upright single characters
                         tickfont=dict(size=10, family="ui-monospace, monospace"), showgrid=False,
                         range=[positions[0] - 0.5, positions[-1] + 0.5])
     if view.marked is not None:
@@ -281,12 +336,11 @@ def _token_axis(figure: go.Figure, view: UnitView) -> go.Figure:
     return figure
 
 
-def _sample_summary(sample: Sample, level: str, done: bool) -> str:
-    count = len(sample.ids)
-    text = f"{count} {'chars' if level == 'char' else 'tokens'}"
-    loss = mean_surprisal(sample.probabilities)
-    if loss is not None:
-        text += f" · {bits(loss):.2f} bits/char" if level == "char" else f" · ppl {perplexity(loss):,.1f}"
+def _sample_summary(sample: Sample, unit: str, done: bool) -> str:
+    text = _count(len(sample.ids), unit)
+    bpc = _text_bpc(sample.probabilities, sample.text)
+    if bpc is not None:
+        text += f" · {bpc:.2f} bits/char"
     if sample.stopped_by:
         text += " · ended at " + ("<eos>" if sample.stopped_by == "eos" else "stop string")
     elif not done:
@@ -294,11 +348,16 @@ def _sample_summary(sample: Sample, level: str, done: bool) -> str:
     return html.escape(text)
 
 
-def _surprisal_summary(scores: Sequence[tuple[str, float]], level: str) -> str:
-    loss = mean_surprisal([p for _, p in scores])
-    if level == "char":
-        return f"{len(scores)} characters, {bits(loss):.2f} bits/char"
-    return f"{len(scores)} tokens, perplexity {perplexity(loss):,.1f}"
+def surprisal_summary(probabilities: Sequence[float], text: str, unit: str) -> str:
+    """"N units, X bits/char (perplexity P per token)" for tokens read with these probabilities that make
+    up `text` (bits per character left out when `text` is empty, e.g. one partial UTF-8 byte)."""
+    loss = mean_surprisal(probabilities)
+    if loss is None:
+        return _count(0, unit)
+    bpc = _text_bpc(probabilities, text)
+    per_token = f"perplexity {perplexity(loss):,.2f} per token"
+    figures = f"{bpc:.2f} bits/char ({per_token})" if bpc is not None else per_token
+    return f"{_count(len(probabilities), unit)}, {figures}"
 
 
 def mean_surprisal(probabilities: Sequence[float]) -> float | None:
@@ -306,3 +365,32 @@ def mean_surprisal(probabilities: Sequence[float]) -> float | None:
     if not probabilities:
         return None
     return -sum(math.log(max(p, 1e-45)) for p in probabilities) / len(probabilities)
+
+
+def _text_bpc(probabilities: Sequence[float], text: str) -> float | None:
+    """Bits per character of a scored text: its tokens' total bits ÷ its characters (None if it has none)."""
+    loss = mean_surprisal(probabilities)
+    if loss is None or not text:
+        return None
+    return bits_per_character(loss, len(probabilities) / len(text))
+
+
+def _surprisal_bits(probability: float) -> float:
+    return bits(-math.log(max(probability, 1e-45)))
+
+
+def _count(number: int, unit: str) -> str:
+    return f"{number:,} {unit}{'' if number == 1 else 's'}"
+
+
+def _text_classes(progress: Progress) -> str:
+    """A text read as one stream of characters (newlines included) is laid out as written: monospaced."""
+    return "lm-text" if progress.by_line else "lm-text mono"
+
+
+def _bpc_cell(bpc: float | None, lower_bound: bool) -> str:
+    return "—" if bpc is None else f"{bpc:.3f}{'*' if lower_bound else ''}"
+
+
+def _markdown_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("*", "\\*")

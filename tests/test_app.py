@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import html
+import importlib.util
 import json
+import math
 import os
 import re
 import subprocess
@@ -19,12 +21,14 @@ import pytest
 import torch
 
 from servers import free_port, serving
+from test_generation import bpe_model_folder
 
 from lmdemo import render
 from lmdemo.demo import Demo, NextTokens
 from lmdemo.forms import FIELD_CHARS, Limits, parse_number, parse_seed, parse_temperatures, read_prompt, read_sampling
 from lmdemo.generation import SettingsError, TokenScore
-from lmdemo.registry import Models, NoModelsError, discover_models
+from lmdemo.inside import Inside
+from lmdemo.registry import EXAMPLES, Models, NoModelsError, discover_models
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_DISABLE_TELEMETRY": "1",
@@ -108,6 +112,76 @@ def test_demo_streams_progress_and_explains_tokens(char_model):
         read_sampling(limits, "1", 51, 0, 1, 0)
 
 
+def test_bits_per_character_of_a_char_model_are_its_loss_over_ln_2(char_model):
+    """The prompt's figure is sum(-log2 p) / characters, with p from a plain forward pass; a sample's the same
+    over its text; the card's validation figure is the logged validation loss / ln 2."""
+    models = Models({"char": str(char_model)})
+    generator = models.generator("char")
+    for progress in Demo(models).generate("char", SPEECH, read_sampling(Limits(), "1", 40, 0, 1, 2)):
+        pass
+    ids, sample = progress.prompt.ids, progress.samples[0]
+    with torch.no_grad():
+        logits, _ = generator.trained.model(torch.tensor([[generator.start_id, *ids, *sample.ids]]))
+    nats = -logits[0, :-1].log_softmax(-1).gather(1, torch.tensor([[*ids, *sample.ids]]).t()).squeeze(1)
+    prompt_bpc = float(nats[:len(ids)].sum()) / math.log(2) / len(SPEECH)
+    sample_bpc = float(nats[len(ids):].sum()) / math.log(2) / len(sample.text)
+    assert len(sample.text) == len(sample.ids) == 40
+    assert f"{len(SPEECH)} characters, {prompt_bpc:.2f} bits/char (perplexity " in render.prompt_html(progress)
+    assert f"40 characters · {sample_bpc:.2f} bits/char" in render.samples_html(progress)
+    assert "lower bound" not in render.prompt_html(progress) + render.samples_html(progress)
+    best = generator.trained.metrics.best("val_loss")
+    card = render.model_markdown(models.describe("char"))
+    assert f"validation **{best['val_loss'] / math.log(2):.3f}** bits/char" in card and "lower bound" not in card
+
+
+def test_the_app_opens_on_the_preferred_models(char_model, word_model, tmp_path_factory):
+    """imdb-bpe, else imdb-word, else the first model; Compare on imdb-word against imdb-bpe when both are served."""
+    bpe = str(bpe_model_folder(tmp_path_factory))
+    assert Models({"a": str(char_model), "b": str(word_model)}).compare_pair == ("a", "b")
+    fallback = Models({"shakespeare-char": str(char_model), "imdb-word": str(word_model)})
+    assert fallback.default == "imdb-word" and fallback.compare_pair == ("imdb-word", "shakespeare-char")
+    models = Models({"shakespeare-char": str(char_model), "imdb-word": str(word_model), "imdb-bpe": bpe})
+    assert models.default == "imdb-bpe" and models.compare_pair == ("imdb-word", "imdb-bpe")
+    assert models.examples("imdb-bpe") == EXAMPLES["bpe"] and EXAMPLES["bpe"][0][0].isupper()
+    spec = importlib.util.spec_from_file_location("lmdemo_app", ROOT / "app.py")
+    app_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app_module)
+    page = app_module.build_app(models)
+    shown = {block.label: block.value for block in page.blocks.values()
+             if type(block).__name__ in ("Dropdown", "Textbox") and block.label}
+    assert (shown["Model"], shown["Model A"], shown["Model B"]) == ("imdb-bpe", "imdb-word", "imdb-bpe")
+    assert shown["Prompt"] in (EXAMPLES["bpe"][0], EXAMPLES["word"][0])
+
+
+def test_a_bpe_model_runs_through_every_tab(char_model, tmp_path_factory):
+    """Sampling, next-token bars, surprisal colouring, Inside and Compare on a byte-level BPE model (no <unk>)."""
+    models = Models({"bpe": str(bpe_model_folder(tmp_path_factory)), "char": str(char_model)})
+    demo, limits = Demo(models), Limits()
+    sampling = read_sampling(limits, "0.5, 1", 30, 0, 1, 4, avoid_unk=True)
+    for progress in demo.generate("bpe", "This movie was", sampling):
+        pass
+    tokenizer = models.generator("bpe").tokenizer
+    for sample in progress.samples:
+        assert sample.text == "".join(sample.pieces) and sample.pieces == tokenizer.pieces(sample.ids,
+                                                                                        context=progress.prompt.ids)
+    assert sample_texts(render.samples_html(progress))[1] == "This movie was" + progress.samples[1].text
+    assert "subword tokens, " in render.prompt_html(progress) and "bits/char" in render.prompt_html(progress)
+    assert "lower bound" not in render.prompt_html(progress)
+    bars = render.next_token_figure(demo.next_tokens(progress, 1, 3, 5))
+    assert len(bars.data[0].y) == 5
+    card = render.model_markdown(models.describe("bpe"))
+    assert "LSTM over subword tokens" in card and "bits/char" in card and "lower bound" not in card
+    inside = Inside(models, limits)
+    view = inside.units(inside.text(progress, "bpe", "This movie was", 2), 2, "c", "variable", 4)
+    assert view.tokens == tokenizer.tokens([*progress.prompt.ids, *progress.samples[1].ids])
+    shown = html.unescape(re.sub(r"<sub>\d+</sub>|<[^>]+>", "", render.positions_html(view)))
+    assert shown.replace("·", " ") == "This movie was" + progress.samples[1].text
+    render.unit_heatmap(view)
+    comparison = demo.compare(["char", "bpe"], "This movie was", sampling)
+    table = render.compare_markdown(comparison)
+    assert re.search(r"\| prompt \| \d+\.\d{3} \| \d+\.\d{3} \|", table) and "subword tokens" in table
+
+
 def test_one_generate_reads_the_prompt_through_the_model_once(char_model, monkeypatch):
     models = Models({"char": str(char_model)})
     demo = Demo(models)
@@ -152,6 +226,7 @@ def server(char_model, word_model, tmp_path_factory) -> Iterator[str]:
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
     command = [sys.executable, "app.py", "--port", str(port), "--model", str(char_model), "--model", str(word_model),
+               "--model", str(bpe_model_folder(tmp_path_factory)),
                "--checkpoints", str(tmp_path_factory.mktemp("no-checkpoints")), "--max-new-tokens", "300",
                "--max-prompt-tokens", str(PROMPT_LIMIT)]
     with serving(command, url, tmp_path_factory.mktemp("app") / "app.log", cwd=ROOT, env=ENV):
@@ -170,7 +245,7 @@ def generate(client, name: str = "shakespeare-tiny", **changes) -> tuple:
 
 
 def sample_texts(samples_html: str) -> list[str]:
-    bodies = re.findall(r'<div class="lm-text [a-z]+">(.*?)</div></section>', samples_html, flags=re.S)
+    bodies = re.findall(r'<div class="lm-text[a-z ]*">(.*?)</div></section>', samples_html, flags=re.S)
     return [html.unescape(re.sub(r"<[^>]+>", "", body)) for body in bodies]
 
 
@@ -183,6 +258,10 @@ def test_generate_gives_one_column_per_temperature_and_is_reproducible(client):
     assert sample_texts(generate(client, seed_text="8")[0]) != texts
     word = sample_texts(generate(client, "ptb-tiny", prompt_text="the company said", temperature_text="1")[0])
     assert len(word) == 1 and word[0].startswith("the company said")
+    subwords, prompt_view, status, *_ = generate(client, "imdb-bpe-tiny", prompt_text="This movie was",
+                                                 temperature_text="0.5, 1.5")
+    assert [text[:len("This movie was")] for text in sample_texts(subwords)] == ["This movie was"] * 2
+    assert re.search(r"\d+ subword tokens, [\d.]+ bits/char", prompt_view) and status.startswith("**Done**")
 
 
 def test_next_token_bars_after_the_prompt_and_inside_a_sample(client):
@@ -266,7 +345,10 @@ def test_a_too_long_prompt_is_refused_at_once_with_a_message(server, client):
 
 def test_model_info_and_random_seed(client):
     card, _, prompt = client.predict("ptb-tiny", api_name="/model_info")
-    assert "word-level LSTM" in card and "perplexity" in card and prompt
+    assert "word-level LSTM over words" in card and "bits/char" in card and "perplexity" in card and prompt
+    assert "lower bound" in card
+    card, _, prompt = client.predict("imdb-bpe-tiny", api_name="/model_info")
+    assert "bpe-level LSTM over subword tokens" in card and "bits/char" in card and prompt == EXAMPLES["bpe"][0]
     seeds = {client.predict(api_name="/random_seed") for _ in range(3)}
     assert all(seed.isdigit() for seed in seeds) and len(seeds) > 1
 
@@ -396,7 +478,12 @@ def test_compare_runs_two_models_on_one_request(client):
         settings["seed_text"], api_name="/compare")
     assert status.count("**Done**") == 2 and "**shakespeare-tiny**" in status and "**ptb-tiny**" in status
     assert "char-level" in card_a and "word-level" in card_b
-    assert "bits/char" in prompt_a and "perplexity" in prompt_b
+    # both models in bits per character, side by side, the word model's marked as a lower bound
+    row = re.search(r"^\| prompt \| (\d+\.\d+) \| (\d+\.\d+)\\\* \|$", status, flags=re.M)
+    assert row and "lower bound" in status and "bits per character" in status
+    for figure, view in zip(row.groups(), (prompt_a, prompt_b)):
+        assert float(figure) == pytest.approx(float(re.search(r"([\d.]+) bits/char", view).group(1)), abs=0.006)
+    assert "lower bound" in prompt_b and "lower bound" not in prompt_a
     assert all(json.loads(bars["plot"])["data"][0]["x"] for bars in (bars_a, bars_b))
     alone = generate(client, "ptb-tiny", prompt_text=prompt, **settings)[0]
     assert len(sample_texts(samples_a)) == 2 and sample_texts(samples_b) == sample_texts(alone)

@@ -2,13 +2,32 @@
 
 from __future__ import annotations
 
+import dataclasses
+import html
+import re
 import threading
+from pathlib import Path
 
 import pytest
 import torch
+from conftest import DATA, train_small
 
-from lmdemo import generation, load_model
+from lmdemo import generation, load_model, render
+from lmdemo.checkpoint import MODEL_DIR, TrainedModel
+from lmdemo.config import Config
 from lmdemo.generation import GREEDY_BELOW, Generator, Sampling, SettingsError, choose_next
+from lmdemo.model import LSTMLanguageModel
+from lmdemo.tokenizer import EOS, Tokenizer
+
+
+def bpe_model_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny byte-level BPE model on IMDB (300 subwords, 20k training tokens), trained once per test session:
+    every module that asks finds it at the same path under the session's temporary folder."""
+    out = tmp_path_factory.getbasetemp() / "shared-bpe" / "imdb-bpe-tiny"
+    if not (out / MODEL_DIR / "config.json").is_file():
+        train_small(out, level="bpe", data=str(DATA / "imdb"), train_split="train", valid_split="valid",
+                    test_split="test", max_vocab=300, max_tokens=20_000)
+    return out / MODEL_DIR
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -28,6 +47,30 @@ def char_generator(char_model) -> Generator:
 @pytest.fixture(scope="module")
 def word_generator(word_model) -> Generator:
     return Generator(load_model(word_model))
+
+
+@pytest.fixture(scope="module")
+def bpe_generator(tmp_path_factory) -> Generator:
+    return Generator(load_model(bpe_model_folder(tmp_path_factory)))
+
+
+@pytest.fixture(scope="module")
+def forced_words() -> Generator:
+    """A random word model over a vocabulary this module controls: samples are forced with `forcing`."""
+    torch.manual_seed(5)
+    tokenizer = Tokenizer.build(["i'm sure it's good. the cat (a dog) sat, too! do you know?"], "word")
+    config = Config(level="word", emb_size=8, hidden_size=12, num_layers=2, dropout=0.0, vocab_size=len(tokenizer))
+    return Generator(TrainedModel(LSTMLanguageModel(config).eval(), tokenizer, "random", Path("."), None))
+
+
+def forcing(monkeypatch, generator: Generator, tokens: list[str]) -> list[int]:
+    """Make every row of the next sampling take `tokens`, one per step; returns their ids."""
+    ids = [generator.tokenizer.hf.token_to_id(token) for token in tokens]
+    assert None not in ids, "every forced token must be in the vocabulary"
+    steps = iter(ids)
+    monkeypatch.setattr(generation, "choose_next",
+                        lambda logits, *args, **kwargs: torch.full((logits.size(0),), next(steps)))
+    return ids
 
 
 def texts(generator: Generator, prompt: str, **settings) -> list[str]:
@@ -136,6 +179,54 @@ def test_a_sample_ends_with_the_stop_string(char_generator):
         assert sample.text.endswith("e") and "e" not in sample.text[:-1]
 
 
+def test_word_samples_read_as_text_and_keep_one_piece_per_token(forced_words, monkeypatch):
+    """The tokens are forced, so the detokenised text is known; its pieces are right at every streamed step
+    (an apostrophe's spacing changes with the token after it) and the page draws the text, one span per token."""
+    tokens = ["i", "'", "m", "sure", "it", "'", "s", "good", ".", "the", "cat", "(", "a", "dog", ")", "sat", ",",
+              "too", "!", "do", "you", "know", "?"]
+    ids = forcing(monkeypatch, forced_words, tokens)
+    tokenizer, prompt = forced_words.tokenizer, forced_words.prompt("the cat")
+    sampling = Sampling(temperatures=(1.0,), max_new_tokens=len(tokens), stop_at_eos=False)
+    for samples in forced_words.stream(prompt.ids, sampling):
+        sample = samples[0]
+        assert sample.pieces == tokenizer.pieces(sample.ids, context=prompt.ids), f"after {len(sample.ids)} tokens"
+        assert sample.text == "".join(sample.pieces) and len(sample.pieces) == len(sample.ids)
+    assert sample.ids == ids and sample.tokens == tokens
+    assert sample.text == " i'm sure it's good. the cat (a dog) sat, too! do you know?"
+    progress = type("Run", (), dict(samples=[sample], prompt=prompt, unit="word", by_line=True, lower_bound=True,
+                                    done=True))
+    page = render.samples_html(progress)
+    body = re.search(r'<div class="lm-text[^"]*">(.*?)</div></section>', page, flags=re.S).group(1)
+    spans = re.findall(r'<span class="tok [^"]*" title="[^"]*">([^<]*)</span>', body)
+    assert [html.unescape(span) for span in spans] == sample.pieces
+    shown = html.unescape(re.sub(r"<[^>]+>", "", body))
+    assert shown == "the cat i'm sure it's good. the cat (a dog) sat, too! do you know?"
+    assert " ." not in shown and " ' " not in shown and " ," not in shown and "( " not in shown
+    assert "lower bound" in page
+
+
+def test_a_bpe_model_generates_and_its_pieces_make_its_text(bpe_generator):
+    """Byte-level BPE: no <unk> (avoiding it changes nothing), lines end in <eos>, a text starts after one."""
+    tokenizer = bpe_generator.tokenizer
+    assert tokenizer.unk_id is None and bpe_generator.start_id == tokenizer.end_id == tokenizer.eos_id
+    prompt = bpe_generator.prompt("This movie was Ünïcode-ish ✓")
+    assert tokenizer.decode(prompt.ids) == prompt.text == "This movie was Ünïcode-ish ✓" and not prompt.notes
+    sampling = Sampling(temperatures=(0.0, 1.0, 1.5), max_new_tokens=80, seed=2)
+    streamed = []
+    for samples in bpe_generator.stream(prompt.ids, sampling):
+        streamed.append([list(s.pieces) == tokenizer.pieces(s.ids, context=prompt.ids) for s in samples])
+    assert all(all(row) for row in streamed)
+    for sample in samples:
+        assert sample.text == "".join(sample.pieces) == tokenizer.decode([*prompt.ids, *sample.ids])[len(prompt.text):]
+        assert len(sample.pieces) == len(sample.ids) == len(sample.probabilities) and tokenizer.eos_id not in sample.ids
+    assert bpe_generator.generate(prompt.ids, dataclasses.replace(sampling, avoid_unk=True)) == samples
+    long = bpe_generator.generate([], Sampling(temperatures=(1.5,) * 4, max_new_tokens=300, seed=1))
+    assert any(s.stopped_by == "eos" for s in long), "a line ends at <eos>"
+    text = "A first review.\nA second one, longer than the first.\nThe end"
+    assert bpe_generator.prompt(text, max_tokens=6).ids == tokenizer.encode(text)[-6:]
+    assert EOS not in "".join(tokenizer.pieces(tokenizer.encode(text)))
+
+
 def test_word_samples_end_at_eos_and_can_avoid_unk(word_generator):
     tokenizer = word_generator.tokenizer
     prompt = word_generator.prompt("the company said").ids
@@ -199,7 +290,8 @@ def test_a_long_prompt_is_encoded_only_as_far_as_it_is_kept(char_generator, word
 def test_prompt_notes(char_generator, word_generator):
     assert "empty prompt" in char_generator.prompt("").notes[0]
     assert "€" in char_generator.prompt("Hail €").notes[0]
-    assert "word not in the model's vocabulary" in word_generator.prompt("the zzyzxq said").notes[0]
+    assert "1 word not in the model's vocabulary became <unk>: 'zzyzxq'" in word_generator.prompt("the zzyzxq said").notes[0]
+    assert "1 character not in the model's vocabulary" in char_generator.prompt("Hail €").notes[0]
     cut = char_generator.prompt("ROMEO: hello", max_tokens=5)
     assert char_generator.tokenizer.decode(cut.ids) == "hello"
     assert "cut to its last 5 tokens (it had 12 characters)" in cut.notes[0]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import html
+import math
+import re
 from pathlib import Path
 
 import pytest
@@ -157,6 +160,17 @@ def test_inside_ranks_units_and_says_what_it_cut(inside):
     assert by_number.units == [0, 1, 2, 3]
 
 
+def test_a_word_text_is_shown_as_it_reads_one_span_per_token(inside, models):
+    text = inside.text(None, "words", "the cat sat on the mat.\na dog ran, the zebra sat", 0)
+    view = inside.units(text, 1, "h", "active", 3)
+    assert view.tokens == models.generator("words").tokenizer.tokens(text.ids)  # the model's own tokens
+    page = render.positions_html(view)
+    spans = re.findall(r'<span class="[^"]*" title="#(\d+) [^"]*">([^<]*)</span>', page)
+    assert [int(position) for position, _ in spans] == list(range(view.start, view.start + len(view.tokens)))
+    shown = html.unescape(re.sub(r"<sub>\d+</sub>|<[^>]+>", "", page))
+    assert shown == "the cat sat on the mat.↵\na dog ran ⟨unk⟩ the ⟨unk⟩ sat"  # <eos> drawn as ↵
+
+
 def test_span_search_through_the_demo(inside):
     text = inside.text(None, "chars", TEXT, 0)
     view = inside.find_span(text, 2, "h", len(TEXT) - 5, len(TEXT) - 3, 6)
@@ -197,4 +211,13 @@ def test_compare_runs_both_models_on_one_request(models):
         assert [s.text for s in run.samples] == [s.text for s in alone]
         log_probs, _ = generator.read(generator.prompt("the cat").ids)
         assert [s.id for s in bars.scores] == log_probs[-1].topk(len(bars.scores)).indices.tolist()
-    assert render.compare_markdown(comparison).count("**Done**") == 2
+    summary = render.compare_markdown(comparison)
+    assert summary.count("**Done**") == 2
+    # bits per character side by side: each model's total bits on the prompt over the prompt as it reads it
+    row = re.search(r"^\| prompt \| (\d+\.\d+) \| (\d+\.\d+)\\\* \|$", summary, flags=re.M)
+    assert row, summary
+    assert comparison.runs[1].prompt.text == "the cat"
+    for run, figure in zip(comparison.runs, row.groups()):
+        total = -sum(math.log2(score.probability) for score in run.reading.scores)
+        assert float(figure) == pytest.approx(total / len(run.prompt.text), abs=5e-4)
+    assert "| tokens | characters | words |" in summary and "lower bound" in summary
