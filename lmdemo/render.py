@@ -295,11 +295,12 @@ def positions_html(view: UnitView) -> str:
         classes = " ".join(c for c in (kind, "marked" if marked else "") if c)
         number = f"<sub>{position}</sub>" if position % 10 == 0 else ""
         shown = visible(token, compact=True) if blank else piece.replace(UNK, "⟨unk⟩") if token == UNK else piece
+        lead = "" if blank else shown[:len(shown) - len(shown.lstrip(" "))]  # a word's space goes before its number
         after = "\n" if "\n" in piece else ""
         tooltip = html.escape(f"#{position} {visible(token)}" + (" (part of a character)" if kind == "part" else ""),
                               quote=True)
-        parts.append(f'{number}<span class="{classes}" title="{tooltip}">{html.escape(shown.rstrip(chr(10)))}</span>'
-                     f"{after}")
+        parts.append(f'{lead}{number}<span class="{classes}" title="{tooltip}">'
+                     f"{html.escape(shown[len(lead):].rstrip(chr(10)))}</span>{after}")
     return f'<div class="lm-positions">{"".join(parts)}</div>'
 
 
