@@ -115,7 +115,7 @@ def build_app(models: Models, limits: Limits = Limits(), concurrency: int = 2) -
                             stop_text = gr.Textbox("", label="Stop at (optional)", placeholder="e.g. a blank line",
                                                    info="a sample ends once it contains this text",
                                                    max_length=FIELD_CHARS)
-                            avoid_unk = gr.Checkbox(False, label="Never sample <unk>")
+                            avoid_unk = gr.Checkbox(False, **_unk_choice(models, first))
                 gr.Markdown("### Samples")
                 samples = gr.HTML(render.NO_SAMPLES, label="Samples", elem_id="samples")
                 with gr.Row(equal_height=False):
@@ -182,6 +182,7 @@ def build_app(models: Models, limits: Limits = Limits(), concurrency: int = 2) -
         model.change(on_model, model, [model_info, examples, prompt], api_name="model_info")
         model.change(lambda name: gr.Dropdown(**_layer_choices(models, name)), model, inside_layer,
                      api_visibility="private")
+        model.change(lambda name: gr.Checkbox(**_unk_choice(models, name)), model, avoid_unk, api_visibility="private")
         examples.click(lambda chosen: chosen[0], examples, prompt, api_visibility="private")
         dice.click(lambda: str(draw_seed()), None, seed, api_name="random_seed")
         generation = generate.click(
@@ -310,6 +311,13 @@ def _layer_choices(models: Models, name: str) -> dict[str, Any]:
     layers = models.describe(name).num_layers
     names = {1: " (bottom)", layers: " (top)"} if layers > 1 else {}
     return dict(choices=[(f"{n}{names.get(n, '')}", n) for n in range(1, layers + 1)], value=layers)
+
+
+def _unk_choice(models: Models, name: str) -> dict[str, Any]:
+    """The "never sample <unk>" box: only a model with an `<unk>` token can sample one."""
+    has_unk = models.describe(name).has_unk
+    return dict(label="Never sample <unk>" if has_unk else "Never sample <unk> (this model has none)",
+                interactive=has_unk)
 
 
 def _text_choices(progress: Progress) -> Any:

@@ -52,6 +52,7 @@ class ModelInfo:
     vocab_size: int
     data: str
     unit: str = "token"  # what one token is, in words
+    has_unk: bool = True  # whether the vocabulary has `<unk>` (byte-level subwords need none)
     lower_bound: bool = False  # whether bits per character understate the text's cost (words with <unk>)
     steps: int | None = None
     validation_ppl: float | None = None
@@ -119,6 +120,7 @@ class Models:
                          parameters=trained.model.num_parameters(), num_layers=config.num_layers,
                          hidden_size=config.hidden_size, emb_size=config.emb_size, vocab_size=config.vocab_size,
                          data=data_name(config.data, config.data_config), unit=trained.tokenizer.unit,
+                         has_unk=trained.tokenizer.unk_id is not None,
                          lower_bound=bits_are_lower_bound(trained.tokenizer))
         metrics = trained.metrics
         if metrics is None:

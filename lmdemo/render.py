@@ -326,7 +326,7 @@ def _token_axis(figure: go.Figure, view: UnitView) -> go.Figure:
     every = max(1, math.ceil(len(positions) / MAX_TOKEN_LABELS))
     labels = [visible(t, compact=True) for t in view.tokens[::every]]
     figure.update_xaxes(tickmode="array", tickvals=positions[::every], ticktext=labels,
-                        tickangle=0 if all(len(label) <= 1 for label in labels) else None,  # upright single characters
+                        tickangle=0 if all(len(label) <= 1 for label in labels) else None,  # upright characters
                         tickfont=dict(size=10, family="ui-monospace, monospace"), showgrid=False,
                         range=[positions[0] - 0.5, positions[-1] + 0.5])
     if view.marked is not None:
