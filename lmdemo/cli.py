@@ -208,7 +208,7 @@ def _generate(args: argparse.Namespace) -> int:
         print(f"note: {note}", file=sys.stderr)
     for sample in generator.generate(prompt.ids, sampling):
         print(f"--- temperature {sample.temperature:g}")
-        print(args.prompt + ("" if generator.tokenizer.level == "char" else " ") + sample.text)
+        print(args.prompt + sample.text)
     return 0
 
 

@@ -131,6 +131,13 @@ class Tokenizer:
         return self.level != "char"
 
     @property
+    def lossy(self) -> bool:
+        """Whether the text the model reads has lost something (lower-casing, dropped punctuation,
+        `<unk>` for unknown words): its bits per character are then a lower bound, since the model
+        never pays to spell out what is lost. Characters and byte-level subwords spell everything."""
+        return self.level == "word"
+
+    @property
     def end_id(self) -> int | None:
         """The token that ends a line or document (`<eos>`), if the model was trained with one."""
         return self.eos_id if self.by_line else None
@@ -181,14 +188,15 @@ class Tokenizer:
         """Each token's share of the readable text, so that `"".join(pieces)` is `decode(ids)`;
         `context` (the ids before, such as a prompt) decides the first token's spacing."""
         ids = list(ids)
-        if self.level == "char":
-            return self.tokens(ids)
+        if self.level == "char":  # an unknown character stands for one character
+            return ["\ufffd" if i == self.unk_id else token for i, token in zip(ids, self.tokens(ids))]
         if self.level == "bpe":
             decoder = codecs.getincrementaldecoder("utf-8")("replace")
             for i in context:
                 decoder.decode(self._bytes[i])
             return [decoder.decode(self._bytes[i]) for i in ids]
-        return self._word_pieces(self.tokens([*context[-1:], *ids]), len(context[-1:]))
+        before = list(context[-2:])  # "it ' s": the suffix's spacing depends on the two tokens before
+        return self._word_pieces(self.tokens([*before, *ids]), len(before))
 
     def _word_pieces(self, tokens: list[str], skip: int) -> list[str]:
         pieces = []

@@ -25,12 +25,14 @@ import os
 import platform
 import random
 import shlex
+import signal
 import sys
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from safetensors import safe_open
@@ -88,6 +90,33 @@ class Speed:
 
     def per_second(self) -> float:
         return self.tokens / max(time.monotonic() - self.start, 1e-9)
+
+
+class StopRequest:
+    """Ctrl-C or SIGTERM once: training stops at the next log interval the way it stops at a limit
+    (validate, save, score the best model on the test split); a second time aborts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for number in (signal.SIGINT, signal.SIGTERM):
+                self._previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+        self._previous.clear()
+
+    def _handle(self, number: int, frame: object) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("lmdemo: stopping at the next log interval (validate, save, test); once more to abort",
+              file=sys.stderr, flush=True)
 
 
 class Plan(NamedTuple):
@@ -249,6 +278,7 @@ class Trainer:
             self.batches = self._epoch_batches(self.counters.epoch)
         self.started = time.monotonic()
         self.last_save = self.started
+        self.stop = StopRequest()
         self._measure_budget()
         if resume and self._limit_reached():
             raise ConfigError(f"the run in {out} already reached its limits (step {self.counters.step}, "
@@ -269,12 +299,17 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self, progress_bar: bool = True) -> Path:
-        config, counters = self.config, self.counters
+        counters = self.counters
         bar = tqdm(total=int(min(self._total_steps(), 1e12)), initial=counters.step, unit="step", dynamic_ncols=True,
                    disable=not (progress_bar and self.parallel.main), desc=self.out.name)
         interval = torch.zeros(2, dtype=torch.float64, device=self.hardware.device)  # loss sum, tokens
         speed = Speed()
         self.model.train()
+        with self.stop:
+            best = self._loop(bar, interval, speed)
+        return best
+
+    def _loop(self, bar: tqdm, interval: torch.Tensor, speed: Speed) -> Path:
         while True:
             tokens_before = self.counters.tokens
             epoch_end = self._step(interval)
@@ -331,14 +366,15 @@ class Trainer:
         config, counters = self.config, self.counters
         log = counters.step % config.log_every == 0
         limit = self._limit_reached()
+        save = False
+        if log:  # time-based saves and stop requests: rank 0 decides for everyone
+            flags = torch.tensor([time.monotonic() - self.last_save >= config.save_every, self.stop.requested],
+                                 dtype=torch.int32, device=self.hardware.device)
+            save, stop = (bool(flag) for flag in self.parallel.from_main(flags).tolist())
+            limit = limit or stop
         validate = epoch_end or limit or bool(config.eval_every and
                                               counters.step - counters.last_val_step >= config.eval_every)
-        save = False
-        if log and not validate:  # time-based, so rank 0 decides for everyone; validation saves anyway
-            flag = torch.tensor([time.monotonic() - self.last_save >= config.save_every], dtype=torch.int32,
-                                device=self.hardware.device)
-            save = bool(self.parallel.from_main(flag).item())
-        return Plan(log=log, validate=validate, save=save, limit=limit)
+        return Plan(log=log, validate=validate, save=save and not validate, limit=limit)
 
     def _limit_reached(self) -> bool:
         config, counters = self.config, self.counters
@@ -403,7 +439,7 @@ class Trainer:
 
     def _log_train(self, interval: torch.Tensor, tokens_per_sec: float) -> float:
         """Write a training record for the steps since the last one; returns its loss."""
-        config, counters = self.config, self.counters
+        counters = self.counters
         loss_sum, tokens = self._absorb(interval)
         counters.interval_loss, counters.interval_tokens = 0.0, 0
         loss = loss_sum / max(tokens, 1)

@@ -47,3 +47,10 @@ def word_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train_small(tmp_path_factory.mktemp("word") / "ptb-tiny", level="word", data=str(DATA / "ptb"),
                        train_split="valid", valid_split="test", test_split="test", lowercase=False,
                        max_tokens=20_000)
+
+
+@pytest.fixture(scope="session")
+def bpe_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A byte-level BPE model on IMDB reviews (300 subwords, 20k training tokens)."""
+    return train_small(tmp_path_factory.mktemp("bpe") / "imdb-bpe-tiny", level="bpe", data=str(DATA / "imdb"),
+                       train_split="train", valid_split="valid", test_split="test", max_vocab=300, max_tokens=20_000)

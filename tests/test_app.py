@@ -21,7 +21,6 @@ import pytest
 import torch
 
 from servers import free_port, serving
-from test_generation import bpe_model_folder
 
 from lmdemo import render
 from lmdemo.demo import Demo, NextTokens
@@ -134,9 +133,9 @@ def test_bits_per_character_of_a_char_model_are_its_loss_over_ln_2(char_model):
     assert f"validation **{best['val_loss'] / math.log(2):.3f}** bits/char" in card and "lower bound" not in card
 
 
-def test_the_app_opens_on_the_preferred_models(char_model, word_model, tmp_path_factory):
+def test_the_app_opens_on_the_preferred_models(char_model, word_model, bpe_model):
     """imdb-bpe, else imdb-word, else the first model; Compare on imdb-word against imdb-bpe when both are served."""
-    bpe = str(bpe_model_folder(tmp_path_factory))
+    bpe = str(bpe_model)
     assert Models({"a": str(char_model), "b": str(word_model)}).compare_pair == ("a", "b")
     fallback = Models({"shakespeare-char": str(char_model), "imdb-word": str(word_model)})
     assert fallback.default == "imdb-word" and fallback.compare_pair == ("imdb-word", "shakespeare-char")
@@ -155,9 +154,9 @@ def test_the_app_opens_on_the_preferred_models(char_model, word_model, tmp_path_
     assert [box.interactive for box in boxes] == [False], "the default model (bpe) has no <unk> to avoid"
 
 
-def test_a_bpe_model_runs_through_every_tab(char_model, tmp_path_factory):
+def test_a_bpe_model_runs_through_every_tab(char_model, bpe_model):
     """Sampling, next-token bars, surprisal colouring, Inside and Compare on a byte-level BPE model (no <unk>)."""
-    models = Models({"bpe": str(bpe_model_folder(tmp_path_factory)), "char": str(char_model)})
+    models = Models({"bpe": str(bpe_model), "char": str(char_model)})
     demo, limits = Demo(models), Limits()
     sampling = read_sampling(limits, "0.5, 1", 30, 0, 1, 4, avoid_unk=True)
     for progress in demo.generate("bpe", "This movie was", sampling):
@@ -223,12 +222,12 @@ def test_app_without_models_exits_with_one_clear_line(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def server(char_model, word_model, tmp_path_factory) -> Iterator[str]:
+def server(char_model, word_model, bpe_model, tmp_path_factory) -> Iterator[str]:
     """One `python app.py` for the module, polled until it answers, killed at the end."""
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
     command = [sys.executable, "app.py", "--port", str(port), "--model", str(char_model), "--model", str(word_model),
-               "--model", str(bpe_model_folder(tmp_path_factory)),
+               "--model", str(bpe_model),
                "--checkpoints", str(tmp_path_factory.mktemp("no-checkpoints")), "--max-new-tokens", "300",
                "--max-prompt-tokens", str(PROMPT_LIMIT)]
     with serving(command, url, tmp_path_factory.mktemp("app") / "app.log", cwd=ROOT, env=ENV):

@@ -12,7 +12,6 @@ from conftest import DATA, train_small
 from lmdemo import Config, LSTMLanguageModel, Tokenizer, load_model
 from lmdemo.batches import StreamBatches
 from lmdemo.checkpoint import ModelLoadError, save_model
-from lmdemo.config import ConfigError
 from lmdemo.corpus import CorpusError, load_corpus
 from lmdemo.evaluation import evaluate
 from lmdemo.metrics import read_metrics

@@ -10,24 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import DATA, train_small
 
 from lmdemo import generation, load_model, render
-from lmdemo.checkpoint import MODEL_DIR, TrainedModel
+from lmdemo.checkpoint import TrainedModel
 from lmdemo.config import Config
 from lmdemo.generation import GREEDY_BELOW, Generator, Sampling, SettingsError, choose_next
 from lmdemo.model import LSTMLanguageModel
 from lmdemo.tokenizer import EOS, Tokenizer
-
-
-def bpe_model_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny byte-level BPE model on IMDB (300 subwords, 20k training tokens), trained once per test session:
-    every module that asks finds it at the same path under the session's temporary folder."""
-    out = tmp_path_factory.getbasetemp() / "shared-bpe" / "imdb-bpe-tiny"
-    if not (out / MODEL_DIR / "config.json").is_file():
-        train_small(out, level="bpe", data=str(DATA / "imdb"), train_split="train", valid_split="valid",
-                    test_split="test", max_vocab=300, max_tokens=20_000)
-    return out / MODEL_DIR
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -50,8 +39,8 @@ def word_generator(word_model) -> Generator:
 
 
 @pytest.fixture(scope="module")
-def bpe_generator(tmp_path_factory) -> Generator:
-    return Generator(load_model(bpe_model_folder(tmp_path_factory)))
+def bpe_generator(bpe_model) -> Generator:
+    return Generator(load_model(bpe_model))
 
 
 @pytest.fixture(scope="module")

@@ -66,7 +66,14 @@ def test_word_level_text_reads_detokenised_and_keeps_a_piece_per_token(tokenize,
     ids = [tokenizer.hf.token_to_id(t) for t in tokens]
     pieces = tokenizer.pieces(ids)
     assert len(pieces) == len(ids) and "".join(pieces) == tokenizer.decode(ids) == readable
-    assert tokenizer.pieces(ids[1:], context=ids[:1])[0] == pieces[1]  # a prompt before sets the spacing
+    for cut in range(1, len(ids)):  # a prompt before sets the spacing, wherever it ends
+        assert tokenizer.pieces(ids[cut:], context=ids[:cut]) == pieces[cut:], cut
+
+
+def test_an_unknown_character_reads_as_one_replacement_character():
+    tokenizer = Tokenizer.build(["abc"], "char")
+    ids = tokenizer.encode("a☃c")
+    assert tokenizer.tokens(ids) == ["a", "<unk>", "c"] and tokenizer.decode(ids) == "a\ufffdc"
 
 
 def test_bits_per_character_agree_across_levels(char_model, tmp_path, capsys):

@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -197,3 +199,25 @@ def test_on_a_gpu_the_state_carries_the_cuda_random_numbers_and_resumes_exactly(
     assert cli("train", "--out", str(tmp_path / "resumed"), "--resume", "--max-steps", "40", "--quiet").returncode == 0
     for a, b in zip(trajectory(tmp_path / "resumed"), trajectory(tmp_path / "reference")):
         assert a[:4] == b[:4] and a[4:] == pytest.approx(b[4:], abs=1e-4)  # dropout masks continue as drawn
+
+
+def test_ctrl_c_stops_cleanly_keeping_the_best_model_and_a_resumable_state(tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "lmdemo", "train", *TINY, "--max-tokens", "20000", "--batch-size",
+                                "8", "--bptt", "16", "--log-every", "5", "--epochs", "100", "--test-fraction", "0.1",
+                                "--out", str(out)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(records(out, "train")) < 3:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr
+    assert "stopping at the next log interval" in stderr and "best model:" in stdout
+    log = records(out)
+    assert [r["event"] for r in log[-2:]] == ["val", "test"] and log[-2]["step"] % 5 == 0
+    assert (out / "model" / "model.safetensors").exists()
+    resumed = cli("train", "--out", str(out), "--resume", "--max-steps", str(log[-2]["step"] + 10), "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    assert records(out, "val")[-1]["step"] == log[-2]["step"] + 10
