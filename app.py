@@ -30,7 +30,7 @@ from lmdemo.forms import FIELD_CHARS, Limits, draw_seed, read_sampling  # noqa: 
 from lmdemo.generation import SettingsError  # noqa: E402
 from lmdemo.inside import UNIT_SORTS, Inside, UnitView  # noqa: E402
 from lmdemo.internals import QUANTITIES  # noqa: E402
-from lmdemo.registry import MODELS_ENV, Models, NoModelsError, discover_models  # noqa: E402
+from lmdemo.registry import MODELS_ENV, MODELS_FILE, Models, NoModelsError, discover_models  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_MAX_NEW_TOKENS = 200
@@ -80,6 +80,8 @@ def build_app(models: Models, limits: Limits = Limits(), concurrency: int = 2) -
     with gr.Blocks(title="LSTM language models") as app:
         run = gr.State(None)
         gr.Markdown(INTRO)
+        if models.skipped:
+            gr.Markdown(skipped_markdown(models.skipped), elem_id="skipped-models")
         with gr.Tabs():
             with gr.Tab("Sample", id="sample"):
                 with gr.Row(equal_height=False):
@@ -195,6 +197,12 @@ def build_app(models: Models, limits: Limits = Limits(), concurrency: int = 2) -
         position.release(on_explore, explore_inputs, plot, api_visibility="private", **heavy)
         bars.release(on_explore, explore_inputs, plot, api_visibility="private", **heavy)
     return app
+
+
+def skipped_markdown(skipped: dict[str, str]) -> str:
+    """The page's notice about models that are not served, one line each with its reason."""
+    lines = [f"- `{name}`: {reason}" for name, reason in skipped.items()]
+    return ("**Not served** (could not be loaded; the other models work):\n" + "\n".join(lines))
 
 
 def _inside_tab(inside: Inside, run: gr.State, model: gr.Dropdown, prompt: gr.Textbox, heavy: dict[str, Any]
@@ -335,15 +343,22 @@ def _figure(demo: Demo, progress: Progress, index: Any, at: Any, count: Any) -> 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python app.py", description="Serve the LSTM language-model demo (Gradio).",
-        epilog=f"Models: every folder with config.json under --checkpoints, then each --model, then the "
-               f"comma-separated {MODELS_ENV} environment variable. A model is a local folder written by "
-               f"`python -m lmdemo train` or a Hugging Face Hub repo id (HF_HUB_OFFLINE=1 uses the local cache only).")
+        epilog=f"Models: every folder with config.json under --checkpoints, then the lines of --models-file, then "
+               f"each --model, then the comma-separated {MODELS_ENV} environment variable. A model is a local folder "
+               f"written by `python -m lmdemo train` or a Hugging Face Hub repo id (HF_HUB_OFFLINE=1 uses the local "
+               f"cache only). A model that cannot be loaded is skipped with a warning; none loading is an error.")
     parser.add_argument("--model", action="append", default=[], metavar="FOLDER_OR_REPO",
                         help="also serve this model folder or Hub repo id (repeatable)")
     parser.add_argument("--checkpoints", type=Path, default=ROOT / "checkpoints",
                         help="folder of shipped model folders (default: checkpoints/ beside app.py)")
-    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
-                        help="interface to listen on; 0.0.0.0 for all (default: $GRADIO_SERVER_NAME or 127.0.0.1)")
+    parser.add_argument("--models-file", type=Path, default=ROOT / MODELS_FILE,
+                        help=f"file listing models, one folder or Hub repo id a line (default: {MODELS_FILE} beside "
+                             f"app.py, which a Space made by `python -m lmdemo space` has)")
+    on_space = os.environ.get("SYSTEM") == "spaces"  # what Hugging Face Spaces set, as gradio checks
+    host = os.environ.get("GRADIO_SERVER_NAME") or ("0.0.0.0" if on_space else "127.0.0.1")
+    parser.add_argument("--host", default=host,
+                        help="interface to listen on; 0.0.0.0 for all (default: $GRADIO_SERVER_NAME, else 0.0.0.0 "
+                             "on a Hugging Face Space, else 127.0.0.1)")
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
                         help="port (default: $GRADIO_SERVER_PORT or 7860)")
     parser.add_argument("--concurrency", type=int, default=2,
@@ -370,10 +385,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // args.concurrency))
     try:
-        models = Models(discover_models(args.checkpoints, args.model))
+        models = Models(discover_models(args.checkpoints, args.model, models_file=args.models_file), skip_broken=True)
     except (NoModelsError, ModelLoadError) as error:
         print(f"app.py: error: {error}", file=sys.stderr)
         return 2
+    for name, reason in models.skipped.items():
+        print(f"app.py: warning: skipped {name}: {reason}", file=sys.stderr, flush=True)
     limits = Limits(max_prompt_chars=args.max_prompt_chars, max_prompt_tokens=args.max_prompt_tokens,
                     max_new_tokens=args.max_new_tokens)
     app = build_app(models, limits, args.concurrency)

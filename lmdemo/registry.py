@@ -17,6 +17,7 @@ from lmdemo.metrics import CONFIG_FILE
 from lmdemo.tokenizer import Tokenizer
 
 MODELS_ENV = "LMDEMO_MODELS"
+MODELS_FILE = "models.txt"  # one folder or Hub repo id a line, beside app.py (a Space lists its models there)
 # Example prompts in the style of each level's shipped model: Shakespeare's plays, IMDB reviews as
 # lower-cased words, IMDB reviews as written (cased subwords).
 EXAMPLES = {
@@ -35,7 +36,7 @@ COMPARE_PREFERENCE = ("imdb-word", "imdb-bpe")
 
 
 class NoModelsError(RuntimeError):
-    """Nothing to serve: no shipped checkpoint, no --model and no LMDEMO_MODELS."""
+    """Nothing to serve: no shipped checkpoint, no --model and no LMDEMO_MODELS, or none of them loads."""
 
 
 @dataclass
@@ -62,11 +63,14 @@ class ModelInfo:
     metrics_problems: list[str] = field(default_factory=list)
 
 
-def discover_models(checkpoints: Path, extra: Sequence[str] = (), environ: dict[str, str] | None = None
-                    ) -> dict[str, str]:
-    """Display name -> source for every model to serve: shipped folders, then --model, then LMDEMO_MODELS."""
+def discover_models(checkpoints: Path, extra: Sequence[str] = (), environ: dict[str, str] | None = None,
+                    models_file: Path | None = None) -> dict[str, str]:
+    """Display name -> source for every model to serve: shipped folders, then the lines of `models_file`
+    (when it exists), then --model, then LMDEMO_MODELS."""
     environ = os.environ if environ is None else environ
     sources = sorted(str(p.parent) for p in checkpoints.glob(f"*/{CONFIG_FILE}")) if checkpoints.is_dir() else []
+    if models_file is not None and models_file.is_file():
+        sources += read_models_file(models_file)
     sources += list(extra)
     sources += [s.strip() for s in environ.get(MODELS_ENV, "").split(",") if s.strip()]
     names: dict[str, str] = {}
@@ -74,18 +78,40 @@ def discover_models(checkpoints: Path, extra: Sequence[str] = (), environ: dict[
         name = _display_name(source)
         names[name if name not in names else source] = source
     if not names:
-        raise NoModelsError(f"no models to serve: add a model folder (with {CONFIG_FILE}) under {checkpoints}/, "
-                            f"pass --model FOLDER_OR_HUB_ID, or set {MODELS_ENV}")
+        listed = f", list them in {models_file}" if models_file is not None else ""
+        raise NoModelsError(f"no models to serve: add a model folder (with {CONFIG_FILE}) under {checkpoints}/"
+                            f"{listed}, pass --model FOLDER_OR_HUB_ID, or set {MODELS_ENV}")
     return names
+
+
+def read_models_file(path: Path) -> list[str]:
+    """The models listed in a file: one folder or Hub repo id a line; blank lines and `#` comments skipped."""
+    lines = (line.split("#", 1)[0].strip() for line in path.read_text(encoding="utf-8").splitlines())
+    return [line for line in lines if line]
 
 
 class Models:
     """The loaded models by display name."""
 
     def __init__(self, sources: dict[str, str], default_preference: Sequence[str] = DEFAULT_PREFERENCE,
-                 compare_preference: Sequence[str] = COMPARE_PREFERENCE):
-        """Load every model now, so a bad one fails at start-up rather than at a user's first click."""
-        self.generators = {name: Generator(load_model(source)) for name, source in sources.items()}
+                 compare_preference: Sequence[str] = COMPARE_PREFERENCE, skip_broken: bool = False):
+        """Load every model now, so a bad one fails at start-up rather than at a user's first click.
+
+        With `skip_broken`, a model that cannot be loaded (a missing Hub repo, a corrupt file) is left out
+        and its reason kept in `skipped`; only when none loads is that an error (`NoModelsError`)."""
+        self.generators: dict[str, Generator] = {}
+        self.skipped: dict[str, str] = {}  # display name -> why it is not served
+        for name, source in sources.items():
+            if not skip_broken:
+                self.generators[name] = Generator(load_model(source))
+                continue
+            try:
+                self.generators[name] = Generator(load_model(source))
+            except Exception as error:  # noqa: BLE001 - any failure of one model leaves the others served
+                self.skipped[name] = (str(error).splitlines() or [type(error).__name__])[0]
+        if not self.generators:
+            reasons = "; ".join(f"{name}: {reason}" for name, reason in self.skipped.items())
+            raise NoModelsError(f"no model could be loaded ({reasons})" if reasons else "no models to serve")
         self.default_preference, self.compare_preference = tuple(default_preference), tuple(compare_preference)
 
     @property
@@ -95,19 +121,29 @@ class Models:
     @property
     def default(self) -> str:
         """The model the app opens on: the first preferred one that is served, else the first served."""
-        return next((name for name in self.default_preference if name in self.generators), self.names[0])
+        return next((found for name in self.default_preference if (found := self._served(name))), self.names[0])
 
     @property
     def compare_pair(self) -> tuple[str, str]:
         """The Compare tab's first two models: the preferred pair when both are served, else the default
         and the next other model (the default twice when it is the only one)."""
-        if len(self.compare_preference) == 2 and all(name in self.generators for name in self.compare_preference):
-            return self.compare_preference[0], self.compare_preference[1]
+        pair = [self._served(name) for name in self.compare_preference]
+        if len(pair) == 2 and all(pair):
+            return pair[0], pair[1]
         first = self.default
         return first, next((name for name in self.names if name != first), first)
 
+    def _served(self, preferred: str) -> str | None:
+        """The served model a preference names: that name, else a Hub repo id with that name (`user/imdb-bpe`
+        for `imdb-bpe`, as a Space serves the models it pulls from the Hub)."""
+        if preferred in self.generators:
+            return preferred
+        return next((name for name in self.generators if name.rsplit("/", 1)[-1] == preferred), None)
+
     def generator(self, name: str) -> Generator:
         """The model called `name`; an unknown name is a setting the user can fix."""
+        if name in self.skipped:
+            raise SettingsError(f"model {name!r} is not served: {self.skipped[name]}")
         if name not in self.generators:
             raise SettingsError(f"unknown model {name!r}; choose one of: {', '.join(self.generators)}")
         return self.generators[name]
