@@ -142,6 +142,9 @@ class Models:
 
     def generator(self, name: str) -> Generator:
         """The model called `name`; an unknown name is a setting the user can fix."""
+        private = self.__dict__.get("private", {}).get(name)  # a session's own model (lmdemo.live)
+        if private is not None:
+            return private
         if name in self.skipped:
             raise SettingsError(f"model {name!r} is not served: {self.skipped[name]}")
         if name not in self.generators:
@@ -174,6 +177,17 @@ class Models:
     def examples(self, name: str) -> list[str]:
         """Prompts in the style of the model's training text (an empty prompt for a level without examples)."""
         return list(EXAMPLES.get(self.generator(name).tokenizer.level, [""]))
+
+    # -- private models: trained in the app (lmdemo.live), known only to the session that trained them ----
+    def add_private(self, name: str, generator: Generator) -> None:
+        """Serve `generator` under `name` without listing it: `names`, the pickers and error messages
+        show only the shipped models, so only whoever holds the name (the session that trained it) uses it."""
+        if name in self.generators:
+            raise ValueError(f"{name!r} is already a served model")
+        self.__dict__.setdefault("private", {})[name] = generator
+
+    def remove_private(self, name: str) -> None:
+        self.__dict__.get("private", {}).pop(name, None)
 
 
 def bits_are_lower_bound(tokenizer: Tokenizer) -> bool:
