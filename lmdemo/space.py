@@ -27,7 +27,7 @@ from huggingface_hub.utils import validate_repo_id
 from lmdemo.checkpoint import MODEL_DIR, REQUIRED_FILES, hub_dataset, push_model
 from lmdemo.config import PRESETS, Config
 from lmdemo.metrics import CONFIG_FILE
-from lmdemo.registry import MODELS_ENV, MODELS_FILE
+from lmdemo.registry import MODELS_ENV, MODELS_FILE, read_models_file
 
 ROOT = Path(__file__).resolve().parents[1]  # the lmdemo checkout whose app the Space runs
 PACKAGE = "lmdemo"
@@ -164,8 +164,6 @@ def space_problems(folder: Path) -> list[str]:
 
 def space_models(folder: Path) -> list[str]:
     """The model repo ids a Space folder serves, from its models.txt."""
-    from lmdemo.registry import read_models_file
-
     return read_models_file(folder / MODELS_FILE)
 
 
@@ -173,8 +171,6 @@ def upload_space(folder: str | Path, space_id: str, token: str | None = None, pr
     """Create the Space (a Gradio Space, kept if it exists) and upload the folder as one commit; returns the
     commit URL. Every model it lists must be a model repo the token can see, since the Space's build
     downloads them."""
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
-
     folder = Path(folder)
     check_repo_id(space_id, "Space")
     problems = space_problems(folder)
@@ -189,9 +185,12 @@ def upload_space(folder: str | Path, space_id: str, token: str | None = None, pr
         api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
         commit = api.upload_folder(repo_id=space_id, repo_type="space", folder_path=folder,
                                    commit_message="Deploy the lmdemo web demo",
-                                   delete_patterns=["*.py"])  # modules no longer in lmdemo leave the Space too
-    except (HfHubHTTPError, OfflineModeIsEnabled) as error:
-        raise SpaceError(f"cannot upload the Space {space_id}: {str(error).splitlines()[0]}") from None
+                                   delete_patterns=["*.py", f"{PACKAGE}/*"])  # what lmdemo no longer has goes
+    except SpaceError:
+        raise
+    except Exception as error:  # noqa: BLE001 - the Hub refused, or no network (HF_HUB_OFFLINE, no route): one line
+        reason = (str(error).splitlines() or [type(error).__name__])[0]
+        raise SpaceError(f"cannot upload the Space {space_id}: {reason}") from None
     return str(commit.commit_url)
 
 
