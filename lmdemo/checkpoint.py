@@ -129,14 +129,16 @@ def _download(repo_id: str, revision: str | None) -> Path:
                              f"{str(error).splitlines()[0]}") from None
 
 
-def push_model(folder: str | Path, repo_id: str, private: bool = False, token: str | None = None) -> str:
-    """Upload a model folder as a Hub model repo; returns the commit URL."""
+def push_model(folder: str | Path, repo_id: str, private: bool = False, token: str | None = None,
+               space: str | None = None) -> str:
+    """Upload a model folder as a Hub model repo; returns the commit URL. `space` (OWNER/NAME): the Space that
+    serves the model, linked from its card."""
     folder = Path(folder)
     missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
     if missing:
         raise ModelLoadError(f"{folder} is not a model folder: missing {', '.join(missing)}")
     trained = load_model(folder)
-    write_model_card(folder, trained.model, trained.metrics, repo_id.split("/")[-1], repo_id)
+    write_model_card(folder, trained.model, trained.metrics, repo_id.split("/")[-1], repo_id, space)
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True)
     commit = api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message="Upload lmdemo model")
@@ -144,9 +146,10 @@ def push_model(folder: str | Path, repo_id: str, private: bool = False, token: s
 
 
 def write_model_card(folder: Path, model: LSTMLanguageModel, metrics: Metrics | None, name: str,
-                     repo_id: str | None = None) -> None:
+                     repo_id: str | None = None, space: str | None = None) -> None:
     """README.md with Hub front matter; the measured figures come from the metrics log. `repo_id` (the
-    Hub repo it is pushed to) goes into the usage snippets; without it they use the model's name."""
+    Hub repo it is pushed to) goes into the usage snippets; without it they use the model's name. `space`
+    (a Hub Space id) is linked as the place to try the model."""
     config = model.config
     start = metrics.last("start") if metrics else None
     best = metrics.best("val_loss") if metrics else None
@@ -188,6 +191,9 @@ def write_model_card(folder: Path, model: LSTMLanguageModel, metrics: Metrics | 
             lines.append(f"- speed: {sorted(speeds)[len(speeds) // 2]:,.0f} tokens/s (median of log intervals)")
         lines.append("")
     repo = repo_id or name
+    if space:
+        lines += ["## Try it", "", f"In the web demo on the Hub: [{space}](https://huggingface.co/spaces/{space}) "
+                  "(samples at several temperatures side by side, surprisal colouring, next-token bars).", ""]
     lines += ["## Use", "", "```bash", "pip install -r requirements.txt   # in a checkout of lmdemo",
               f"python -m lmdemo generate {repo} --prompt \"...\" --temperature 0.5 1.0",
               f"python -m lmdemo eval {repo} --split {'test' if test else 'valid'}"

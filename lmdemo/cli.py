@@ -1,4 +1,4 @@
-"""`python -m lmdemo train|eval|generate|push|presets`: the one command-line interface.
+"""`python -m lmdemo train|eval|generate|push|space|presets`: the one command-line interface.
 
 Every Config field is a `train` option, generated from the dataclass so help and validation can
 never drift from the code. Mistakes end with one line on stderr and exit code 2.
@@ -88,11 +88,26 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--stop", help="end a sample once it contains this text")
     generate.add_argument("--avoid-unk", action="store_true", help="never sample <unk>")
 
-    push = commands.add_parser("push", help="upload a model folder to the Hugging Face Hub")
-    push.add_argument("model", type=Path, help="model folder (for example runs/NAME/model)")
-    push.add_argument("repo_id", help="target repo, as user/name")
+    push = commands.add_parser("push", help="upload a model folder (or every shipped one) to the Hugging Face Hub")
+    push.add_argument("model", type=Path, nargs="?", help="model folder (for example runs/NAME/model)")
+    push.add_argument("repo_id", nargs="?", help="target repo, as user/name")
+    push.add_argument("--all", metavar="OWNER", help="instead: push every model folder under checkpoints/ as "
+                                                     "OWNER/<folder name>")
+    push.add_argument("--space", metavar="OWNER/NAME", help="the Space that serves the model(s), linked from the cards")
     push.add_argument("--private", action="store_true", help="create the repo as private")
     push.add_argument("--token", help="Hub token (default: the logged-in one)")
+
+    space = commands.add_parser("space", help="write a Hugging Face Space serving Hub models, and upload it",
+                                description="Write a Gradio Space folder: the web demo's code, its run-time "
+                                            "requirements and the model repos to serve (preloaded by the Space's "
+                                            "build), no weights; then create the Space and upload the folder.")
+    space.add_argument("space_id", metavar="OWNER/NAME", help="the Space's repo id")
+    space.add_argument("--model", action="append", required=True, metavar="REPO_ID",
+                       help="a Hub model repo to serve (repeatable; push it first with `push`)")
+    space.add_argument("--out", type=Path, help="the Space folder to write (default: runs/space-NAME)")
+    space.add_argument("--dry-run", action="store_true", help="write the folder only, upload nothing")
+    space.add_argument("--private", action="store_true", help="create the Space as private")
+    space.add_argument("--token", help="Hub token (default: the logged-in one)")
 
     export = commands.add_parser("export", help="copy a model folder under a new name (and its card), "
                                                 "optionally with bf16 weights")
@@ -117,8 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-        return {"train": _train, "eval": _eval, "generate": _generate, "push": _push, "export": _export,
-                "presets": _presets, "table": _table}[args.command](args)
+        return {"train": _train, "eval": _eval, "generate": _generate, "push": _push, "space": _space,
+                "export": _export, "presets": _presets, "table": _table}[args.command](args)
     except (UsageError, ConfigError, CorpusError, ModelLoadError, SettingsError, TextTooShortError) as error:
         print(f"lmdemo: error: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -214,8 +229,36 @@ def _generate(args: argparse.Namespace) -> int:
 
 def _push(args: argparse.Namespace) -> int:
     from lmdemo.checkpoint import push_model
+    from lmdemo.space import SpaceError, push_models, shipped_models
 
-    print(push_model(args.model, args.repo_id, private=args.private, token=args.token))
+    if args.all is None:
+        if args.model is None or args.repo_id is None:
+            raise UsageError("push needs a model folder and a repo id, or --all OWNER")
+        print(push_model(args.model, args.repo_id, private=args.private, token=args.token, space=args.space))
+        return 0
+    if args.model is not None:
+        raise UsageError("push --all OWNER takes no model folder: it pushes every folder under checkpoints/")
+    try:
+        for repo_id, url in push_models(shipped_models(), args.all, args.space, args.private, args.token):
+            print(f"{repo_id}: {url}")
+    except SpaceError as error:
+        raise UsageError(str(error)) from None
+    return 0
+
+
+def _space(args: argparse.Namespace) -> int:
+    from lmdemo.space import SpaceError, build_space, upload_space
+
+    try:
+        out = args.out or Path("runs") / f"space-{args.space_id.rsplit('/', 1)[-1]}"
+        folder = build_space(args.space_id, args.model, out)
+        print(f"Space folder: {folder}")
+        if args.dry_run:
+            print("dry run: nothing uploaded")
+            return 0
+        print(upload_space(folder, args.space_id, token=args.token, private=args.private))
+    except SpaceError as error:
+        raise UsageError(str(error)) from None
     return 0
 
 
