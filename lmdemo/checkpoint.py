@@ -177,6 +177,9 @@ def write_model_card(folder: Path, model: LSTMLanguageModel, metrics: Metrics | 
              f"{size}, {'tied' if config.tie_weights else 'untied'} weights, {config.vocab_size:,} tokens in the "
              f"vocabulary, {model.num_parameters():,} parameters.",
              "", "## Results", "", _results_table(best, test, config), ""]
+    if _stored_in_bf16(folder / WEIGHTS_FILE):
+        lines += ["The weights are stored in bf16 (half the size; upcast to fp32 on load). The figures above were "
+                  "measured with the fp32 weights during training; `eval` on this folder scores the stored ones.", ""]
     if start:
         lines += ["## Training", "",
                   f"- data: {source}" + (f", from the local copy `{local}`" if dataset and local != dataset else ""),
@@ -205,6 +208,11 @@ def write_model_card(folder: Path, model: LSTMLanguageModel, metrics: Metrics | 
               "    print(sample.text)", "```", ""]
     ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n\n" + "\n".join(lines)).save(
         folder / CARD_FILE)
+
+
+def _stored_in_bf16(weights: Path) -> bool:
+    with safetensors.safe_open(str(weights), "pt") as f:
+        return any(f.get_slice(name).get_dtype() == "BF16" for name in f.keys())
 
 
 def hub_dataset(config: Config) -> str | None:

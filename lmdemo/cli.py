@@ -188,7 +188,7 @@ def _eval(args: argparse.Namespace) -> int:
     else:
         if args.data:
             config = config.replace(data=args.data)
-        _, splits = encode_splits(config, trained.tokenizer)
+        _, splits = encode_splits(config, trained.tokenizer, [args.split])
         split, what = splits[args.split], f"{args.split} split of {config.data}"
         if config.eval_tokens and args.split == "valid":
             what += f" (its first {config.eval_tokens:,} tokens)"

@@ -30,6 +30,7 @@ import sys
 import threading
 import time
 from contextlib import nullcontext
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -202,15 +203,16 @@ class Split:
         return self.ids.numel() / max(self.characters, 1)
 
 
-def encode_splits(config: Config, tokenizer: Tokenizer | None) -> tuple[Tokenizer, dict[str, Split]]:
-    """Load the corpus, build the tokenizer if none is given, and encode every split to one id stream.
-    A stream cut short (max_tokens, eval_tokens) covers that share of the split's characters."""
+def encode_splits(config: Config, tokenizer: Tokenizer | None,
+                  names: Sequence[str] = ("train", "valid", "test")) -> tuple[Tokenizer, dict[str, Split]]:
+    """Load the corpus, build the tokenizer if none is given, and encode the named splits to one id stream
+    each. A stream cut short (max_tokens, eval_tokens) covers that share of the split's characters."""
     corpus = load_corpus(config)
     if tokenizer is None:
         tokenizer = Tokenizer.build(corpus.train, config.level, config.min_freq, config.max_vocab, config.lowercase,
                                     config.tokenize)
     splits = {}
-    for name in ("train", "valid", "test"):
+    for name in names:
         docs = corpus.split(name)
         ids = tokenizer.encode_documents(docs)
         limits = [config.max_tokens] + ([config.eval_tokens] if name == "valid" else [])
