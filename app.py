@@ -31,6 +31,8 @@ from lmdemo.generation import SettingsError  # noqa: E402
 from lmdemo.inside import UNIT_SORTS, Inside, UnitView  # noqa: E402
 from lmdemo.internals import QUANTITIES  # noqa: E402
 from lmdemo.registry import MODELS_ENV, MODELS_FILE, Models, NoModelsError, discover_models  # noqa: E402
+from lmdemo import curves, live  # noqa: E402
+from lmdemo.live import LiveTraining, TrainLimits  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_MAX_NEW_TOKENS = 200
@@ -67,12 +69,14 @@ each was by the prompt, and what each expects right after it. Models that cut te
 puts both models' figures side by side."""
 
 
-def build_app(models: Models, limits: Limits = Limits(), concurrency: int = 2) -> gr.Blocks:
+def build_app(models: Models, limits: Limits = Limits(), concurrency: int = 2,
+              training: LiveTraining | None = None) -> gr.Blocks:
     """The page: a sampling tab (controls on the right, samples below, next-token bars at the bottom),
     a look inside the LSTM at the sampling tab's text, and two models compared on one request.
 
     Every event that runs a model joins one concurrency group of `concurrency` slots, whichever tab
-    or endpoint it comes from, so `--concurrency` bounds the requests computed at once.
+    or endpoint it comes from, so `--concurrency` bounds the requests computed at once. With `training`,
+    a Train tab trains a visitor's own model (see `_train_tab`); the Training curves tab is always there.
     """
     demo, first = Demo(models, limits), models.default
     heavy = dict(concurrency_id=MODEL_QUEUE, concurrency_limit=concurrency)
@@ -138,7 +142,14 @@ def build_app(models: Models, limits: Limits = Limits(), concurrency: int = 2) -
             with gr.Tab("Inside the LSTM", id="inside"):
                 inside_text, inside_layer = _inside_tab(Inside(models, limits), run, model, prompt, heavy)
             with gr.Tab("Compare", id="compare"):
-                _compare_tab(demo, heavy)
+                compare_pickers = _compare_tab(demo, heavy)
+            if training is not None:
+                with gr.Tab("Train", id="train"):
+                    connect_training = _train_tab(training)
+            with gr.Tab("Training curves", id="curves"):
+                curve_picker = _curves_tab(models)
+        if training is not None:
+            connect_training(app, [model, *compare_pickers, curve_picker])
 
         def on_model(name: str) -> tuple[str, Any, str]:
             try:
@@ -267,8 +278,10 @@ def _inside_tab(inside: Inside, run: gr.State, model: gr.Dropdown, prompt: gr.Te
     return text, layer
 
 
-def _compare_tab(demo: Demo, heavy: dict[str, Any]) -> None:
-    """Two model pickers, one prompt and one set of settings; both models' results side by side."""
+def _compare_tab(demo: Demo, heavy: dict[str, Any]) -> list[gr.Dropdown]:
+    """Two model pickers, one prompt and one set of settings; both models' results side by side.
+
+    Returns the pickers, whose choices a session's own trained models join."""
     models, limits = demo.models, demo.limits
     names, (first, second) = models.names, models.compare_pair
     gr.Markdown(COMPARE_HELP, elem_classes="lm-help")
@@ -312,6 +325,177 @@ def _compare_tab(demo: Demo, heavy: dict[str, Any]) -> None:
     button.click(on_compare, [*pickers, prompt, temperatures, max_new_tokens, top_k, top_p, seed],
                  [status, *sides[0], *sides[1]], api_name="compare",
                  preprocess=False, **heavy)  # raw values: lmdemo checks them and names the field in its message
+    return pickers
+
+
+TRAIN_HELP = """Train a small LSTM on a text and watch it learn: the loss curves and, after every validation that
+improves it, samples from the best weights so far at two temperatures with one fixed seed, so what changes from one
+update to the next is the learning, not luck. The best weights are what **Stop** keeps and **Download** gives you.
+One training job runs at a time on this server, with one CPU thread so sampling stays quick; others wait in line
+and see their place. When training ends, your model joins the **Sample**, **Inside** and **Compare** pickers and
+the **Training curves** tab, for this session only; leaving the page stops your job and deletes your models."""
+
+CURVES_HELP = """The training logs (`metrics.jsonl`) of the served models, and of models you trained here, drawn with
+the training dashboard's code: the training curve dashed and smoothed (its raw points faint), validation solid, the
+test score a star. **Bits per character** compare models whatever they read (characters, words, subwords)."""
+
+
+def _train_tab(training: LiveTraining) -> Any:
+    """Text (a bundled corpus, pasted, or an uploaded .txt), level, size and time budget; Train streams the
+    curves, samples and status of a job of `training`, Stop ends it keeping the best model, Download zips it.
+
+    Returns `connect(app, pickers)`, which wires the events once the model pickers a finished model joins exist
+    (Sample, Compare A and B, Training curves). `/train` (text, level, size, seconds) streams the same updates
+    over the API and ends with the model's name in the session; `/stop_training` stops the session's job.
+    """
+    limits, models = training.limits, training.models
+    models.set_visitor(_visitor)  # a session's trained models answer that session only
+    gr.Markdown(TRAIN_HELP, elem_classes="lm-help")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=3):
+            sources = [(corpus.title, key) for key, corpus in live.CORPORA.items()]
+            source = gr.Radio([*sources, ("Paste a text", "paste"), ("Upload a .txt file", "upload")],
+                              value=sources[0][1], label="Text")
+            about = gr.Markdown(_source_note(sources[0][1], limits), elem_classes="lm-note")
+            text = gr.Textbox("", label="Your text", lines=8, max_lines=16, max_length=limits.max_chars,
+                              visible=False, placeholder="Paste a text: a few pages at least")
+            upload = gr.File(label="A UTF-8 .txt file", file_types=[".txt"], type="filepath", visible=False)
+        with gr.Column(scale=2):
+            level = gr.Radio([(label, key) for key, label in live.LEVELS.items()], value=live.DEFAULT_LEVEL,
+                             label="Level: what one token is")
+            size = gr.Radio([(size.label, key) for key, size in live.SIZES.items()], value=live.DEFAULT_SIZE,
+                            label="Model size (layers × units)")
+            seconds = gr.Slider(limits.min_seconds, limits.max_seconds, value=limits.default_seconds,
+                                step=5 if limits.max_seconds - limits.min_seconds >= 50 else 1,
+                                label="Time budget (seconds)", info=f"at most {limits.max_seconds:g} s on this server")
+            with gr.Row():
+                train = gr.Button("Train", variant="primary", scale=3, elem_id="train-button")
+                stop = gr.Button("Stop", variant="secondary", scale=1, elem_id="train-stop")
+            stopped = gr.Markdown("")
+    status = gr.Markdown("Pick a text and press **Train**.", elem_id="train-status")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=1):
+            curve = gr.Plot(show_label=False, elem_id="train-curve")
+        with gr.Column(scale=1):
+            samples = gr.HTML('<div class="lm-empty">Samples from the model appear here as it learns.</div>',
+                              elem_id="train-samples")
+    with gr.Row(equal_height=True):
+        name = gr.Textbox("", label="Your model", interactive=False, max_length=200, scale=3,
+                          info="its name in the pickers and the API (this session only)")
+        download = gr.DownloadButton("Download the model (zip)", interactive=False, scale=1)
+    points = gr.JSON(visible=False)  # the curve points, for API callers
+    api_train = gr.Button(visible=False)  # /train: the API's way in, with the text itself
+
+    def shown(update: live.TrainUpdate) -> tuple:
+        figure = gr.skip() if update.frame.empty else curves.curves_figure(
+            update.frame, "loss", "time", log_y=False, weight=0.6, height=400, title=live.curve_title(update))
+        return (live.status_markdown(update), figure, curves.curve_points(update.frame), live.samples_html(update),
+                update.model.key if update.model is not None else gr.skip())
+
+    def on_api_train(text_value: Any, level_value: Any, size_value: Any, budget: Any,
+                     request: gr.Request) -> Iterator[tuple]:
+        try:
+            job = training.submit(request.session_hash,
+                                  live.read_request(text_value, level_value, size_value, budget, limits))
+        except SettingsError as error:
+            raise gr.Error(str(error), title="Check the text and settings") from None
+        for update in training.watch(job):
+            yield shown(update)
+
+    def connect(app: gr.Blocks, pickers: list[gr.Dropdown]) -> None:
+        def on_train(chosen: Any, text_value: Any, file: Any, level_value: Any, size_value: Any, budget: Any,
+                     request: gr.Request) -> Iterator[tuple]:
+            owner = request.session_hash
+            try:
+                body, source_name = live.read_source(chosen, text_value, file, limits)
+                job = training.submit(owner, live.read_request(body, level_value, size_value, budget, limits,
+                                                               source_name))
+            except SettingsError as error:
+                raise gr.Error(str(error), title="Check the text and settings") from None
+            for update in training.watch(job):
+                page = (gr.Button(interactive=update.done, value="Train" if update.done else "Training…"),
+                        gr.skip() if update.model is None else gr.DownloadButton(value=str(update.model.archive),
+                                                                                 interactive=True))
+                joined = (gr.skip(),) * len(pickers)
+                if update.model is not None:  # the pickers, Compare's model A on the new model: mine vs shipped
+                    mine = [(n, n) for n in models.names] + [(m.label, m.key)
+                                                             for m in training.session_models(owner)]
+                    joined = (gr.Dropdown(choices=mine, interactive=True),
+                              gr.Dropdown(choices=mine, value=update.model.key), gr.Dropdown(choices=mine),
+                              gr.Dropdown(choices=mine))
+                yield (*shown(update), *page, *joined)
+
+        def on_stop(request: gr.Request) -> str:
+            return training.stop(request.session_hash)
+
+        def on_leave(request: gr.Request) -> None:
+            training.end_session(request.session_hash)
+
+        def on_source(chosen: str) -> tuple:
+            return (_source_note(chosen, limits), gr.Textbox(visible=chosen == "paste"),
+                    gr.File(visible=chosen == "upload"))
+
+        outputs = [status, curve, points, samples, name]
+        lane = dict(concurrency_id="train", concurrency_limit=None)  # LiveTraining keeps the line itself
+        train.click(on_train, [source, text, upload, level, size, seconds], [*outputs, train, download, *pickers],
+                    api_visibility="private", **lane)
+        api_train.click(on_api_train, [text, level, size, seconds], outputs, api_name="train",
+                        preprocess=False, **lane)  # raw values: lmdemo checks them and says what is wrong
+        stop.click(on_stop, None, stopped, api_name="stop_training", concurrency_id="train-stop",
+                   concurrency_limit=None)
+        source.change(on_source, source, [about, text, upload], api_visibility="private", concurrency_limit=None)
+        app.unload(on_leave)
+
+    return connect
+
+
+def _visitor() -> str | None:
+    """The session of the request being handled: Gradio keeps the request in a context variable for every event."""
+    from gradio.context import LocalContext
+
+    return getattr(LocalContext.request.get(None), "session_hash", None)
+
+
+def _source_note(chosen: str, limits: TrainLimits) -> str:
+    if chosen in live.CORPORA:
+        return f"{live.CORPORA[chosen].about}."
+    if chosen == "paste":
+        return (f"From {live.minimum_characters('char'):,} characters (a training batch must fit, more for words and "
+                f"subwords) to {limits.max_chars:,}.")
+    return f"A UTF-8 text file of at most {limits.max_upload_bytes / 1e6:g} MB."
+
+
+def _curves_tab(models: Models) -> gr.Dropdown:
+    """The served models' training curves (and the session's own models'), drawn by `lmdemo.curves` from their
+    logs as the dashboard draws them; returns the model picker, which a session's trained models join."""
+    gr.Markdown(CURVES_HELP, elem_classes="lm-help")
+    names = models.names
+    chosen_at_start = names[:curves.MAX_CURVES]
+    with gr.Row(equal_height=False):
+        chosen = gr.Dropdown([(n, n) for n in names], value=chosen_at_start, multiselect=True, label="Models",
+                             max_choices=curves.MAX_CURVES, scale=3)
+        measure = gr.Radio([(label, key) for key, label in curves.MEASURES.items()], value="bpc", label="Measure",
+                           scale=2)
+    with gr.Row(equal_height=False):
+        x_axis = gr.Radio([(label, key) for key, label in curves.X_AXES.items()], value="step", label="Against",
+                          scale=3)
+        log_y = gr.Radio(["log", "linear"], value="log", label="Scale", scale=1)
+        weight = gr.Slider(0.0, 0.99, value=0.6, step=0.01, label="Smoothing", scale=2,
+                           info="of the training curve, as TensorBoard's; its raw points stay visible")
+    figure, notes = curves.models_figure(models, chosen_at_start, "bpc", "step", "log", 0.6)
+    note = gr.Markdown(notes)
+    plot = gr.Plot(figure, show_label=False, elem_id="curves-plot")
+
+    def on_draw(names_value: Any, measure_value: Any, x_value: Any, log_value: Any, weight_value: Any) -> tuple:
+        try:
+            return curves.models_figure(models, names_value, measure_value, x_value, log_value, weight_value)
+        except ValueError as error:
+            raise gr.Error(str(error), title="Check the chart settings") from None
+
+    gr.on([chosen.change, measure.change, x_axis.change, log_y.change, weight.release], on_draw,
+          [chosen, measure, x_axis, log_y, weight], [plot, note], api_name="curves",
+          preprocess=False)  # raw values: a session's own model is found by name, and lmdemo checks the rest
+    return chosen
 
 
 def _layer_choices(models: Models, name: str) -> dict[str, Any]:
@@ -372,13 +556,58 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"longer prompts keep their last this-many tokens (default: {Limits.max_prompt_tokens})")
     parser.add_argument("--max-prompt-chars", type=int, default=Limits.max_prompt_chars,
                         help=f"longer prompts are refused with a message (default: {Limits.max_prompt_chars})")
+    _train_options(parser)
     args = parser.parse_args(argv)
     for name in ("port", "concurrency", "queue_size", "threads", "max_new_tokens", "max_prompt_tokens",
                  "max_prompt_chars"):
         value = getattr(args, name)
         if value is not None and value <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive (got {value})")
+    _check_train_options(parser, args)
     return args
+
+
+TRAIN_SECONDS_ENV, NO_TRAIN_ENV = "LMDEMO_TRAIN_SECONDS", "LMDEMO_NO_TRAIN"
+
+
+def _train_options(parser: argparse.ArgumentParser) -> None:
+    """The Train tab's switches: the operator's cap and where runs live (a Space sets them through the environment)."""
+    group = parser.add_argument_group("training in the app (the Train tab)")
+    group.add_argument("--no-train", action="store_true", default=os.environ.get(NO_TRAIN_ENV, "") not in ("", "0"),
+                       help=f"no Train tab: visitors cannot train models on this server (or set {NO_TRAIN_ENV}=1)")
+    group.add_argument("--train-seconds", type=float,
+                       default=float(os.environ.get(TRAIN_SECONDS_ENV, TrainLimits.max_seconds)),
+                       help=f"the most seconds a visitor's training job may ask for (default: ${TRAIN_SECONDS_ENV} or "
+                            f"{TrainLimits.max_seconds:g}); the page offers {TrainLimits.default_seconds:g} s")
+    group.add_argument("--train-queue", type=int, default=TrainLimits.max_waiting,
+                       help=f"training jobs that may wait for the one training slot "
+                            f"(default: {TrainLimits.max_waiting})")
+    group.add_argument("--train-root", type=Path,
+                       help="folder for the visitors' run folders (default: lmdemo-train in the system's temporary "
+                            "folder); a session's runs are deleted when it ends")
+
+
+def _check_train_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if not args.train_seconds >= TrainLimits.min_seconds:  # also refuses nan
+        parser.error(f"--train-seconds must be at least {TrainLimits.min_seconds:g} (got {args.train_seconds:g})")
+    if args.train_queue < 0:
+        parser.error(f"--train-queue must not be negative (got {args.train_queue})")
+
+
+def _training(args: argparse.Namespace, models: Models) -> LiveTraining | None:
+    """The server's training slot and queue, unless --no-train."""
+    if args.no_train:
+        return None
+    limits = TrainLimits(max_seconds=args.train_seconds, max_waiting=args.train_queue,
+                         default_seconds=min(TrainLimits.default_seconds, args.train_seconds))
+    return LiveTraining(models, limits, args.train_root)
+
+
+def _training_launch(training: LiveTraining | None) -> dict[str, Any]:
+    """Gradio refuses uploads over the Train tab's limit, and may serve the zips in the run folders."""
+    if training is None:
+        return {}
+    return dict(max_file_size=training.limits.max_upload_bytes, allowed_paths=[str(training.root)])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -393,12 +622,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"app.py: warning: skipped {name}: {reason}", file=sys.stderr, flush=True)
     limits = Limits(max_prompt_chars=args.max_prompt_chars, max_prompt_tokens=args.max_prompt_tokens,
                     max_new_tokens=args.max_new_tokens)
-    app = build_app(models, limits, args.concurrency)
+    training = _training(args, models)
+    app = build_app(models, limits, args.concurrency, training)
     app.queue(default_concurrency_limit=args.concurrency, max_size=args.queue_size)
     theme = gr.themes.Soft(primary_hue="indigo", font=["ui-sans-serif", "system-ui", "sans-serif"],
                            font_mono=["ui-monospace", "SFMono-Regular", "monospace"])
     app.launch(server_name=args.host, server_port=args.port, theme=theme, css=render.CSS, ssr_mode=False,
-               footer_links=["api"])
+               footer_links=["api"], **_training_launch(training))
     return 0
 
 

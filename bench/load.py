@@ -3,12 +3,17 @@
     python bench/load.py                       # 16 users, 10 requests each, the shipped models
     python bench/load.py --users 1 4 16        # one run per user count, one server
     python bench/load.py --users 16 --requests 70 --rss-at 100 1000   # memory after 100 and 1,000
+    python bench/load.py --users 4 --requests 40 --training    # idle, then while a Train-tab job trains
 
 Each user is a thread with its own gradio_client session that sends a seeded mix of requests:
 "generate" (3 temperatures x 100 new tokens), "next" (next-token bars of its last sample) and
 "score" (a long prompt, one new token: the work of colouring the prompt by surprisal). Prints
 requests/s, p50/p95/p99 latency per kind and overall, errors, and the server's resident memory
 (peak, and after the requests counted by --rss-at).
+
+With --training each user count runs twice: with no training job, then while a visitor's job of the Train
+tab (Tiny Shakespeare, the tab's default level and size, through /train like any visitor) trains; the
+summary sets the two "generate" p95 latencies side by side, and says how fast the job trained meanwhile.
 """
 
 from __future__ import annotations
@@ -125,7 +130,7 @@ def start_server(port: int, extra: list[str]) -> subprocess.Popen:
 
 
 def run_load(url: str, pid: int, model: str, users: int, requests: int, seconds: float,
-             rss_at: list[int]) -> None:
+             rss_at: list[int]) -> Tally:
     tally = Tally()
     rss_seen: dict[int, int] = {}
 
@@ -154,6 +159,36 @@ def run_load(url: str, pid: int, model: str, users: int, requests: int, seconds:
         print(f"  error: {error}")
     print(f"  server memory: now {rss_kib(pid) / 1024:.0f} MiB, peak {rss_kib(pid, 'VmHWM') / 1024:.0f} MiB"
           + "".join(f", after {n} requests {kib / 1024:.0f} MiB" for n, kib in sorted(rss_seen.items())))
+    return tally
+
+
+class Training:
+    """A visitor's Train-tab job, through /train like the page's: started, watched, stopped."""
+
+    def __init__(self, url: str, seconds: float):
+        from gradio_client import Client
+
+        sys.path.insert(0, str(ROOT))
+        from lmdemo.live import CORPORA, DEFAULT_LEVEL, DEFAULT_SIZE
+
+        self.client = Client(url, verbose=False)
+        self.job = self.client.submit(CORPORA["tinyshakespeare"].read(), DEFAULT_LEVEL, DEFAULT_SIZE, seconds,
+                                      api_name="/train")
+        deadline = time.monotonic() + 120
+        while not self.status().startswith("**Training**"):
+            if self.job.done() or time.monotonic() > deadline:
+                raise SystemExit(f"the training job did not start: {self.status() or self.job.exception()}")
+            time.sleep(0.2)
+
+    def status(self) -> str:
+        outputs = self.job.outputs()
+        return outputs[-1][0] if outputs else ""
+
+    def stop(self) -> str:
+        running = not self.job.done()
+        self.client.predict(api_name="/stop_training")
+        self.job.result(timeout=120)
+        return "trained throughout" if running else "ENDED BEFORE THE LOAD DID (raise --train-seconds)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,15 +199,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="shakespeare-char", choices=sorted(PROMPTS), help="model to ask")
     parser.add_argument("--port", type=int, default=7871)
     parser.add_argument("--rss-at", type=int, nargs="*", default=[], help="read the server's memory after N requests")
+    parser.add_argument("--training", action="store_true",
+                        help="run each user count twice: idle, then while a Train-tab job trains")
+    parser.add_argument("--train-seconds", type=float, default=180,
+                        help="that job's time budget: longer than a load run (default: 180)")
     parser.add_argument("app_args", nargs="*", help="after --: options for app.py (e.g. -- --concurrency 4)")
     args = parser.parse_args(argv)
-    server = start_server(args.port, args.app_args)
+    app_args = [*args.app_args, "--train-seconds", f"{args.train_seconds:g}"] if args.training else args.app_args
+    server = start_server(args.port, app_args)
+    url = f"http://127.0.0.1:{args.port}/"
     try:
-        print(f"app.py {' '.join(args.app_args)} on 127.0.0.1:{args.port}; model {args.model}; "
+        print(f"app.py {' '.join(app_args)} on 127.0.0.1:{args.port}; model {args.model}; "
               f"{os.cpu_count()} CPU(s); server memory after start {rss_kib(server.pid) / 1024:.0f} MiB")
         for users in args.users:
-            run_load(f"http://127.0.0.1:{args.port}/", server.pid, args.model, users, args.requests, args.seconds,
-                     args.rss_at)
+            idle = run_load(url, server.pid, args.model, users, args.requests, args.seconds, args.rss_at)
+            if not args.training:
+                continue
+            training = Training(url, args.train_seconds)
+            print(f"\nwhile training: {training.status()}")
+            busy = run_load(url, server.pid, args.model, users, args.requests, args.seconds, args.rss_at)
+            during = training.status()
+            print(f"  the job {training.stop()}; its last update during the load: {during}")
+            idle_p95, busy_p95 = (percentile(t.latencies["generate"], 95) for t in (idle, busy))
+            print(f"\n{users} user(s), generate p95: {idle_p95:.2f} s with no training job, {busy_p95:.2f} s while "
+                  f"one trains ({busy_p95 / idle_p95:.2f}×)")
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -13,14 +13,13 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
-from plotly.colors import qualitative
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `streamlit run` puts dashboard/, not the repo root, on the path
     sys.path.insert(0, str(REPO))
 
+from lmdemo.curves import CURVES_TITLE, colours_for, curves_figure, small_chart
 from lmdemo.metrics import Run, find_runs, load_run
 from lmdemo.runs import (
     MEASURES,
@@ -33,14 +32,11 @@ from lmdemo.runs import (
     folder_within,
     log_notes,
     logs_roots,
-    smooth,
     summary_frame,
 )
 
 DEFAULT_ROOTS = (REPO / "runs", REPO / "checkpoints")
-PALETTE = qualitative.Plotly
 LIVE_INTERVALS_S = (2, 5, 10, 30)
-TEMPLATE = "plotly_white"
 ALL = ""  # the "Logs root" option that reads every allowed root
 
 
@@ -103,11 +99,6 @@ def hub_run(repo_id: str) -> Run:
     return download_run(repo_id)
 
 
-def colours_for(runs: list[Run]) -> dict[str, str]:
-    """One colour per run that stays put whichever runs are selected."""
-    return {run.name: PALETTE[index % len(PALETTE)] for index, run in enumerate(runs)}
-
-
 def sidebar() -> tuple[list[Run], dict]:
     """Every control, and the runs they pick."""
     with st.sidebar:
@@ -137,67 +128,13 @@ def sidebar() -> tuple[list[Run], dict]:
             weight=st.slider("Smoothing", 0.0, 0.99, 0.6, 0.01, key="smoothing",
                              help="Exponential moving average of the training curve, debiased like "
                                   "TensorBoard's; the raw points stay visible, faint."),
-            colours=colours_for(runs),
+            colours=colours_for(run.name for run in runs),
         )
         st.header("Live")
         live = st.toggle("Auto-refresh", key="live", help="Re-read the logs of a run in progress.")
         options["every"] = st.select_slider("Every (seconds)", LIVE_INTERVALS_S, value=5, key="live_every",
                                             disabled=not live) if live else None
     return [run for run in runs if run.name in chosen], options
-
-
-def curve_traces(figure: go.Figure, frame: pd.DataFrame, measure: str, x: str, weight: float,
-                 colours: dict[str, str]) -> None:
-    """Per run: faint raw training points under a dashed smoothed line, validation solid, test a star."""
-    unit = MEASURES[measure]
-    frame = frame.assign(smoothed=smooth(frame, measure, weight)).dropna(subset=[x, measure])
-    hover = (f"<b>%{{meta}}</b><br>{X_AXES[x]}: %{{x:,.4~g}}<br>{unit}: %{{y:,.4~f}}"
-             "<br>step %{customdata[0]:,.0f} · epoch %{customdata[1]:.2f}<extra></extra>")
-    for run, rows in frame.groupby("run", sort=False):
-        colour = colours.get(run, PALETTE[0])
-        common = dict(legendgroup=run, meta=run, hovertemplate=hover)
-        train, val, test = (rows[rows.split == split] for split in ("train", "val", "test"))
-        if not train.empty:
-            figure.add_scatter(x=train[x], y=train[measure], mode="lines", opacity=0.25, showlegend=False,
-                               line=dict(color=colour, width=1), customdata=train[["step", "epoch"]],
-                               name=f"{run} · train (raw)", **common)
-            figure.add_scatter(x=train[x], y=train.smoothed, mode="lines", name=f"{run} · train",
-                               line=dict(color=colour, width=2, dash="dash"), customdata=train[["step", "epoch"]],
-                               **common)
-        if not val.empty:
-            figure.add_scatter(x=val[x], y=val[measure], mode="lines+markers", name=f"{run} · validation",
-                               line=dict(color=colour, width=2.5), marker=dict(size=6),
-                               customdata=val[["step", "epoch"]], **common)
-        if not test.empty:
-            figure.add_scatter(x=test[x], y=test[measure], mode="markers", name=f"{run} · test",
-                               marker=dict(color=colour, size=13, symbol="star", line=dict(width=1, color="white")),
-                               customdata=test[["step", "epoch"]], **common)
-
-
-def styled(figure: go.Figure, title: str, x: str, y: str, log_y: bool, height: int) -> go.Figure:
-    figure.update_layout(template=TEMPLATE, title=dict(text=title, x=0, font=dict(size=16)), height=height,
-                         margin=dict(l=10, r=10, t=50, b=10), hovermode="closest",
-                         legend=dict(orientation="h", yanchor="top", y=-0.18, x=0))
-    figure.update_xaxes(title=X_AXES[x], showgrid=True)
-    figure.update_yaxes(title=y, type="log" if log_y else "linear", showgrid=True)
-    return figure
-
-
-def small_chart(frame: pd.DataFrame, column: str, title: str, x: str, colours: dict[str, str],
-                schedule: bool = False) -> go.Figure:
-    """One line per run of a training-record column against the chosen x axis.
-
-    A `schedule` (the learning rate) changes in steps over orders of magnitude: drawn as steps, log scale.
-    """
-    figure = go.Figure()
-    rows = frame[frame.split == "train"].dropna(subset=[x, column])
-    for run, series in rows.groupby("run", sort=False):
-        figure.add_scatter(x=series[x], y=series[column], mode="lines", name=run, meta=run,
-                           line=dict(color=colours.get(run, PALETTE[0]), width=2,
-                                     shape="hv" if schedule else "linear"),
-                           hovertemplate=f"<b>%{{meta}}</b><br>{X_AXES[x]}: %{{x:,.4~g}}"
-                                         f"<br>{title}: %{{y:,.4~g}}<extra></extra>")
-    return styled(figure, title, x, "", schedule, 300).update_layout(showlegend=False)
 
 
 def explain_gaps(runs: list[Run], frame: pd.DataFrame, measure: str, x: str) -> None:
@@ -226,10 +163,9 @@ def show_runs(runs: list[Run], options: dict) -> None:
     measure, x, colours = options["measure"], options["x"], options["colours"]
     explain_gaps(runs, frame, measure, x)
 
-    curves = go.Figure()
-    curve_traces(curves, frame, measure, x, options["weight"], colours)
-    title = f"{MEASURES[measure]}: training (dashed, smoothed) and validation (solid)"
-    st.plotly_chart(styled(curves, title, x, MEASURES[measure], options["log_y"], 480), key="curves")
+    curves = curves_figure(frame, measure, x, options["log_y"], options["weight"], colours, 480,
+                           CURVES_TITLE.format(measure=MEASURES[measure]))
+    st.plotly_chart(curves, key="curves")
 
     if frame[["lr", "tokens_per_sec"]].notna().any().any():
         left, right = st.columns(2)

@@ -6,7 +6,7 @@ A `Generator` holds no request state, so one per model serves every request and 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -142,7 +142,7 @@ class Models:
 
     def generator(self, name: str) -> Generator:
         """The model called `name`; an unknown name is a setting the user can fix."""
-        private = self.__dict__.get("private", {}).get(name)  # a session's own model (lmdemo.live)
+        private = self._private(name)  # a session's own model (lmdemo.live)
         if private is not None:
             return private
         if name in self.skipped:
@@ -178,16 +178,28 @@ class Models:
         """Prompts in the style of the model's training text (an empty prompt for a level without examples)."""
         return list(EXAMPLES.get(self.generator(name).tokenizer.level, [""]))
 
-    # -- private models: trained in the app (lmdemo.live), known only to the session that trained them ----
-    def add_private(self, name: str, generator: Generator) -> None:
-        """Serve `generator` under `name` without listing it: `names`, the pickers and error messages
-        show only the shipped models, so only whoever holds the name (the session that trained it) uses it."""
+    # -- private models: trained in the app (lmdemo.live), served only to the session that trained them ---
+    def add_private(self, name: str, generator: Generator, owner: str | None = None) -> None:
+        """Serve `generator` under `name` without listing it (`names`, the pickers and error messages show the
+        shipped models only), and, once `set_visitor` says who asks, only to `owner`."""
         if name in self.generators:
             raise ValueError(f"{name!r} is already a served model")
-        self.__dict__.setdefault("private", {})[name] = generator
+        self.__dict__.setdefault("private", {})[name] = (generator, owner)
 
     def remove_private(self, name: str) -> None:
         self.__dict__.get("private", {}).pop(name, None)
+
+    def set_visitor(self, visitor: Callable[[], str | None]) -> None:
+        """`visitor()` names who is asking (the web app: the request's session); a private model with an owner
+        is then unknown to everyone else."""
+        self.__dict__["visitor"] = visitor
+
+    def _private(self, name: str) -> Generator | None:
+        generator, owner = self.__dict__.get("private", {}).get(name, (None, None))
+        visitor = self.__dict__.get("visitor")
+        if generator is None or (owner is not None and visitor is not None and visitor() != owner):
+            return None
+        return generator
 
 
 def bits_are_lower_bound(tokenizer: Tokenizer) -> bool:
