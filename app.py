@@ -359,7 +359,8 @@ def _train_tab(training: LiveTraining) -> Any:
             about = gr.Markdown(_source_note(sources[0][1], limits), elem_classes="lm-note")
             text = gr.Textbox("", label="Your text", lines=8, max_lines=16, max_length=limits.max_chars,
                               visible=False, placeholder="Paste a text: a few pages at least")
-            upload = gr.File(label="A UTF-8 .txt file", file_types=[".txt"], type="filepath", visible=False)
+            upload = gr.File(label="A UTF-8 .txt file", file_types=[".txt"], type="filepath", visible=False,
+                             elem_id="train-upload")
         with gr.Column(scale=2):
             level = gr.Radio([(label, key) for key, label in live.LEVELS.items()], value=live.DEFAULT_LEVEL,
                              label="Level: what one token is")
@@ -576,7 +577,7 @@ def _train_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-train", action="store_true", default=os.environ.get(NO_TRAIN_ENV, "") not in ("", "0"),
                        help=f"no Train tab: visitors cannot train models on this server (or set {NO_TRAIN_ENV}=1)")
     group.add_argument("--train-seconds", type=float,
-                       default=float(os.environ.get(TRAIN_SECONDS_ENV, TrainLimits.max_seconds)),
+                       default=os.environ.get(TRAIN_SECONDS_ENV) or TrainLimits.max_seconds,  # text: checked
                        help=f"the most seconds a visitor's training job may ask for (default: ${TRAIN_SECONDS_ENV} or "
                             f"{TrainLimits.max_seconds:g}); the page offers {TrainLimits.default_seconds:g} s")
     group.add_argument("--train-queue", type=int, default=TrainLimits.max_waiting,

@@ -155,6 +155,13 @@ def test_a_session_model_is_served_but_never_listed(char_model, tmp_path):
         assert models.generator("mine-1234") is models.generator("char") and models.names == ["char"]
         with pytest.raises(ValueError, match="choose one of: char$"):
             models.generator("mine-9999")
+        visitor = {"session": "alice"}
+        models.set_visitor(lambda: visitor["session"])  # as the app does: who asks is the request's session
+        models.add_private("alices-1234", models.generator("char"), owner="alice")
+        assert models.generator("alices-1234") is models.generator("char")
+        visitor["session"] = "bob"
+        with pytest.raises(ValueError, match="unknown model 'alices-1234'"):
+            models.generator("alices-1234")
         assert service.stop("nobody") == "No training job of yours is running."
     finally:
         models.remove_private("mine-1234")
@@ -358,3 +365,51 @@ def test_closing_the_page_mid_run_stops_the_job_and_frees_the_slot(train_server)
     assert stopped < 15
     job.cancel()  # a stream that goes away stops its job too
     assert wait_for(lambda: trainers(root) == 0, 20)
+
+
+def test_the_page_explains_bad_input(train_server, tmp_path):
+    """The page's own path (source picker, upload) refuses with a message in the page, and starts nothing."""
+    url, root = train_server
+    binary = tmp_path / "model.txt"
+    binary.write_bytes(bytes(range(256)) * 64)
+    with chromium_page(url) as page:
+        page.get_by_role("tab", name="Train", exact=True).click()
+        page.get_by_label("Paste a text").check()
+        page.get_by_role("button", name="Train", exact=True).click()
+        page.get_by_text("the text is empty").first.wait_for(timeout=20_000)
+        page.get_by_label("Upload a .txt file").check()
+        page.locator("#train-upload input[type=file]").set_input_files(str(binary))
+        page.locator("#train-upload").get_by_text("model.txt").first.wait_for(timeout=20_000)
+        page.get_by_role("button", name="Train", exact=True).click()
+        page.get_by_text("it holds NUL bytes").first.wait_for(timeout=20_000)
+        assert trainers(root) == 0
+        assert page.get_by_role("button", name="Train", exact=True).is_enabled()
+
+
+def test_no_train_turns_the_tab_and_its_api_off(char_model, tmp_path, monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("lmdemo_app_train", ROOT / "app.py")
+    app_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app_module)
+    models = Models({"char": str(char_model)})
+    service = LiveTraining(models, LIMITS, tmp_path)
+    try:
+        def endpoints(page) -> set[str]:
+            return {fn.api_name for fn in page.fns.values() if fn.api_name}
+
+        def tabs(page) -> list[str]:
+            return [block.label for block in page.blocks.values() if type(block).__name__ == "Tab"]
+
+        off, on = app_module.build_app(models), app_module.build_app(models, training=service)
+        assert "Train" not in tabs(off) and "Training curves" in tabs(off) and "train" not in endpoints(off)
+        assert {"Train", "Training curves"} <= set(tabs(on)) and {"train", "stop_training", "curves"} <= endpoints(on)
+    finally:
+        service.close()
+    assert app_module.parse_args(["--no-train"]).no_train and not app_module.parse_args([]).no_train
+    monkeypatch.setenv("LMDEMO_NO_TRAIN", "1")
+    monkeypatch.setenv("LMDEMO_TRAIN_SECONDS", "90")
+    args = app_module.parse_args([])
+    assert args.no_train and args.train_seconds == 90 and app_module._training(args, models) is None
+    with pytest.raises(SystemExit):
+        app_module.parse_args(["--train-seconds", "5"])
