@@ -389,7 +389,8 @@ def _train_tab(training: LiveTraining) -> Any:
 
     def shown(update: live.TrainUpdate) -> tuple:
         figure = gr.skip() if update.frame.empty else curves.curves_figure(
-            update.frame, "loss", "time", log_y=False, weight=0.6, height=400, title=live.curve_title(update))
+            update.frame, "loss", "time", log_y=False, weight=0.6, height=400, title=live.curve_title(update),
+            y_title=live.loss_unit(update))
         return (live.status_markdown(update), figure, curves.curve_points(update.frame), live.samples_html(update),
                 update.model.key if update.model is not None else gr.skip())
 

@@ -88,14 +88,14 @@ def small_chart(frame: pd.DataFrame, column: str, title: str, x: str, colours: d
 
 def curves_figure(frame: pd.DataFrame, measure: str = "ppl", x: str = "step", log_y: bool = True,
                   weight: float = 0.6, colours: dict[str, str] | None = None, height: int = 480,
-                  title: str | None = None) -> go.Figure:
+                  title: str | None = None, y_title: str | None = None) -> go.Figure:
     """The dashboard's main chart for a curve frame: every run's training and validation curves overlaid."""
     check_choices(measure, x, weight)
     colours = colours if colours is not None else colours_for(frame.run.unique())
     figure = go.Figure()
     curve_traces(figure, frame, measure, x, weight, colours)
-    return styled(figure, title or CURVES_TITLE.format(measure=MEASURES[measure]), x, MEASURES[measure], log_y,
-                  height)
+    return styled(figure, title or CURVES_TITLE.format(measure=MEASURES[measure]), x, y_title or MEASURES[measure],
+                  log_y, height)
 
 
 def runs_figure(runs: Sequence[Run], measure: str = "ppl", x: str = "step", log_y: bool = True,

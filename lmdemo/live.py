@@ -792,9 +792,14 @@ def samples_html(update: TrainUpdate) -> str:
     return caption + render.legend() + f'<div class="lm-samples">{"".join(columns)}</div>'
 
 
+def loss_unit(update: TrainUpdate) -> str:
+    """The loss axis: nats per character, word or subword token."""
+    per = {"char": "char", "word": "word", "bpe": "token"}[update.request.level]
+    return f"Loss (nats/{per})"
+
+
 def curve_title(update: TrainUpdate) -> str:
-    per = {"char": "nats/char", "word": "nats/word", "bpe": "nats/token"}[update.request.level]
-    return f"Loss ({per}): training (dashed, smoothed) and validation (solid)"
+    return f"{loss_unit(update)}: training (dashed, smoothed) and validation (solid)"
 
 
 def _loss_text(record: dict[str, Any], level: str) -> str:

@@ -327,11 +327,12 @@ def test_two_trainings_never_run_at_once(train_server):
 
 def test_the_train_tab_draws_a_growing_curve_in_a_browser(train_server):
     url, root = train_server
-    script = "() => document.querySelectorAll('#train-curve .scatterlayer .points path').length"  # validation points
+    script = ("() => { const g = document.querySelector('#train-curve .js-plotly-plot');"  # the points drawn
+              " return g && g._fullData ? g._fullData.reduce((n, t) => n + (t._length || 0), 0) : 0; }")
     with chromium_page(url) as page:
         page.get_by_role("tab", name="Train", exact=True).click()
         page.get_by_role("button", name="Train", exact=True).click()
-        first = wait_for(lambda: page.evaluate(script), 40, 0.25)
+        first = wait_for(lambda: page.evaluate(script), 60, 0.25)
         assert first, "no curve was drawn"
         grown = wait_for(lambda: page.evaluate(script) > first, 20, 0.25)
         assert grown, "the curve did not grow"
