@@ -13,7 +13,7 @@ from test_cli import cli
 from lmdemo import load_model
 from lmdemo.metrics import read_metrics
 
-SHIPPED = ("shakespeare-char", "imdb-word")
+SHIPPED = ("shakespeare-char", "imdb-word", "imdb-bpe")
 TABLE = re.compile(r"<!-- models table: (.*?) -->\n(.*?)\n<!-- end of models table -->", re.S)
 
 
@@ -50,12 +50,14 @@ def test_readme_table_is_generated_from_the_logs():
 
 
 @pytest.mark.parametrize("name, data", [("shakespeare-char", DATA / "tinyshakespeare" / "input.txt"),
-                                        ("imdb-word", DATA / "imdb")])
+                                        ("imdb-word", DATA / "imdb"), ("imdb-bpe", DATA / "imdb")])
 def test_eval_reproduces_the_logged_validation(name, data):
     """The card's validation figure is what `eval` prints (the IMDB model scores the first 200k tokens)."""
     folder = ROOT / "checkpoints" / name
     done = cli("eval", str(folder), "--split", "valid", "--data", str(data), "--json")
     assert done.returncode == 0, done.stderr
     best = read_metrics(folder / "metrics.jsonl").best("val_loss")
-    assert json.loads(done.stdout)["loss"] == pytest.approx(best["val_loss"], abs=1e-4)
+    result = json.loads(done.stdout)
+    assert result["loss"] == pytest.approx(best["val_loss"], abs=1e-4)
+    assert result["bpc"] == pytest.approx(best["val_bpc"], abs=1e-4)
     assert f"{best['val_loss']:.4f}" in (folder / "README.md").read_text()
