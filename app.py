@@ -387,12 +387,13 @@ def _train_tab(training: LiveTraining) -> Any:
     points = gr.JSON(visible=False)  # the curve points, for API callers
     api_train = gr.Button(visible=False)  # /train: the API's way in, with the text itself
 
-    def shown(update: live.TrainUpdate) -> tuple:
+    def shown(update: live.TrainUpdate, points: bool = True) -> tuple:
+        """Status, curve, (the curve points: API only,) samples and the model's name, of one update."""
         figure = gr.skip() if update.frame.empty else curves.curves_figure(
             update.frame, "loss", "time", log_y=False, weight=0.6, height=400, title=live.curve_title(update),
             y_title=live.loss_unit(update))
-        return (live.status_markdown(update), figure, curves.curve_points(update.frame), live.samples_html(update),
-                update.model.key if update.model is not None else gr.skip())
+        return (live.status_markdown(update), figure, *([curves.curve_points(update.frame)] if points else []),
+                live.samples_html(update), update.model.key if update.model is not None else gr.skip())
 
     def on_api_train(text_value: Any, level_value: Any, size_value: Any, budget: Any,
                      request: gr.Request) -> Iterator[tuple]:
@@ -414,7 +415,13 @@ def _train_tab(training: LiveTraining) -> Any:
                                                                source_name))
             except SettingsError as error:
                 raise gr.Error(str(error), title="Check the text and settings") from None
+            shown_samples = None
             for update in training.watch(job):
+                status_text, figure, samples_text, model_name = shown(update, points=False)
+                if samples_text == shown_samples:  # the page keeps what it shows: less to send and compare
+                    samples_text = gr.skip()
+                else:
+                    shown_samples = samples_text
                 page = (gr.Button(interactive=update.done, value="Train" if update.done else "Training…"),
                         gr.skip() if update.model is None else gr.DownloadButton(value=str(update.model.archive),
                                                                                  interactive=True))
@@ -425,7 +432,7 @@ def _train_tab(training: LiveTraining) -> Any:
                     joined = (gr.Dropdown(choices=mine, interactive=True),
                               gr.Dropdown(choices=mine, value=update.model.key), gr.Dropdown(choices=mine),
                               gr.Dropdown(choices=mine))
-                yield (*shown(update), *page, *joined)
+                yield (status_text, figure, samples_text, model_name, *page, *joined)
 
         def on_stop(request: gr.Request) -> str:
             return training.stop(request.session_hash)
@@ -439,8 +446,8 @@ def _train_tab(training: LiveTraining) -> Any:
 
         outputs = [status, curve, points, samples, name]
         lane = dict(concurrency_id="train", concurrency_limit=None)  # LiveTraining keeps the line itself
-        train.click(on_train, [source, text, upload, level, size, seconds], [*outputs, train, download, *pickers],
-                    api_visibility="private", **lane)
+        train.click(on_train, [source, text, upload, level, size, seconds],
+                    [status, curve, samples, name, train, download, *pickers], api_visibility="private", **lane)
         api_train.click(on_api_train, [text, level, size, seconds], outputs, api_name="train",
                         preprocess=False, **lane)  # raw values: lmdemo checks them and says what is wrong
         stop.click(on_stop, None, stopped, api_name="stop_training", concurrency_id="train-stop",

@@ -26,9 +26,9 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
                  "--disable-component-update", "--no-first-run"]
 VALIDATION = """() => {
   const g = document.querySelector('#train-curve .js-plotly-plot');
-  if (!g || !g.data) return [];
-  const t = g.data.find(trace => (trace.name || '').endsWith('· validation'));
-  return t ? Array.from(t.y) : [];
+  if (!g || !g._fullData) return [];
+  const t = g._fullData.find(trace => (trace.name || '').endsWith('· validation'));
+  return t ? Array.from(t.y).slice(0, t._length) : [];
 }"""
 
 

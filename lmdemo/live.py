@@ -4,8 +4,8 @@ A visitor's text becomes an ordinary run folder, trained by `python -m lmdemo tr
 the same code as the command line, with one torch thread and a lower CPU priority, so it never takes a
 core from sampling; SIGINT stops it cleanly (validate, save, keep the best model). `LiveTraining` runs
 at most one such job at a time server-wide; the others wait in line and are told their place. `watch`
-turns a job into `TrainUpdate`s every few seconds: its curve points, read with `lmdemo.metrics` (the
-one reader), samples from the best weights so far at two temperatures with one fixed seed (so what
+turns a job into `TrainUpdate`s every 2 seconds: its curve points, read with `lmdemo.metrics` (the
+one reader), samples from the best weights so far (at most every 6 s) at two temperatures with one fixed seed (so what
 changes between updates is the learning, not luck), tokens per second and the time left. A finished
 model joins the `Models` registry as a private model that only its session knows by name, and a
 session's run folders are deleted when it ends (and a session's oldest model when it trains one
@@ -50,8 +50,9 @@ SAMPLE_TEMPERATURES = (0.5, 1.0)
 SAMPLE_SEED = 0
 SAMPLE_TOKENS = {"char": 240, "word": 50, "bpe": 70}
 UPDATE_EVERY_S = 2.0
+SAMPLE_EVERY_S = 6.0  # samples are drawn again at most this often (and when the run ends): they cost the server
 WAITING_EVERY_S = 1.0
-NICENESS = 10  # the trainer yields a core to sampling requests whenever both want it
+NICENESS = 19  # the trainer yields a core to sampling requests whenever both want it
 STOP_GRACE_S = 20.0  # after a stop request, how long the trainer gets to validate and save
 STARTUP_S, OVERRUN = 30.0, 1.25  # a job is stopped past start-up + 1.25 x its budget
 LOG_EVERY_S, EVAL_EVERY_S = 1.0, 4.0  # how often a job logs and validates, from its size's measured speed
@@ -680,6 +681,7 @@ class _View:
         self.model_stamp: tuple[int, int] | None = None
         self.samples: list[Sample] = []
         self.sampled_at: dict[str, Any] | None = None
+        self.sampled_when = -math.inf
 
     def update(self, position: int, done: bool) -> TrainUpdate:
         job = self.job
@@ -705,7 +707,8 @@ class _View:
         steps = [r["step"] for r in run.metrics.records if r.get("event") in ("train", "val") and "step" in r]
         update.step = max(steps, default=update.step)
         update.best = run.metrics.best("val_loss")
-        self._sample()
+        if done or now - self.sampled_when >= SAMPLE_EVERY_S:
+            self._sample()
         update.samples, update.sampled_at = self.samples, self.sampled_at
         return update
 
@@ -726,7 +729,7 @@ class _View:
             trained = load_model(self.job.model_folder)
         except (ModelLoadError, OSError):  # being replaced right now: the next poll reads it
             return
-        self.model_stamp = stamp
+        self.model_stamp, self.sampled_when = stamp, time.monotonic()
         generator = Generator(trained)
         level = trained.config.level
         sampling = Sampling(temperatures=SAMPLE_TEMPERATURES, max_new_tokens=SAMPLE_TOKENS.get(level, 100),
