@@ -33,8 +33,8 @@ class Config:
                              "a projection is added when emb_size != hidden_size", group="model")
     softmax: str = _opt("auto", "output layer: the full softmax, or Grave et al.'s adaptive softmax (frequent words "
                         "in a head, rarer ones in clusters scored only when a target falls in them: faster "
-                        "training for large vocabularies; tying is kept); auto = adaptive for word-level "
-                        "vocabularies of 10,000 or more, full otherwise", ("auto", "full", "adaptive"), "model")
+                        "training for large vocabularies; tying is kept); auto = adaptive for word and "
+                        "subword vocabularies of 10,000 or more, full otherwise", ("auto", "full", "adaptive"), "model")
     vocab_size: int = _opt(0, "set from the tokenizer when training starts", group="model")
     cutoffs: list[int] | None = _opt(None, "adaptive softmax cluster boundaries, set when training starts",
                                      group="model")
@@ -160,7 +160,8 @@ class Config:
     def adaptive_softmax(self) -> bool:
         """'auto' chooses the adaptive softmax where it was measured to train faster at no cost in
         perplexity (10k-word WikiText-2 and IMDB); below that the full softmax is cheap anyway."""
-        return self.softmax == "adaptive" or (self.softmax == "auto" and self.vocab_size >= ADAPTIVE_MIN_VOCAB)
+        return self.softmax == "adaptive" or (self.softmax == "auto" and self.level != "char"
+                                              and self.vocab_size >= ADAPTIVE_MIN_VOCAB)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -37,7 +37,7 @@ def test_word_tokenizer_follows_basic_english_and_round_trips():
     ids = tokenizer.encode("The film wasn't good.<br />Really: \"bad\" (sadly)!")
     assert tokenizer.tokens(ids) == ["the", "film", "wasn", "'", "t", "good", ".", "really", "bad", "(",
                                      "sadly", ")", "!"]
-    assert tokenizer.decode(ids) == "the film wasn ' t good . really bad ( sadly ) !"
+    assert tokenizer.decode(ids) == "the film wasn't good. really bad (sadly)!"  # detokenised for reading
     assert tokenizer.encode(tokenizer.decode(ids)) == ids
     assert tokenizer.tokens(tokenizer.encode("an unseen zebra")) == ["<unk>", "<unk>", "<unk>"]
     assert tokenizer.decode(tokenizer.encode("the film\nthe end")) == "the film\nthe <unk>"

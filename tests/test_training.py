@@ -184,7 +184,7 @@ def test_the_tokenizer_level_is_the_stored_one_not_a_guess(tmp_path):
 
 
 def test_perplexity_has_one_cap_everywhere():
-    assert perplexity(800.0) == perplexity(700.0) == loss_record("val", 800.0, "word")["val_ppl"]
+    assert perplexity(800.0) == perplexity(700.0) == loss_record("val", 800.0, 1.0)["val_ppl"]
     assert math.isfinite(perplexity(1e9)) and perplexity(0.0) == 1.0
 
 
