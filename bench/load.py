@@ -162,32 +162,60 @@ def run_load(url: str, pid: int, model: str, users: int, requests: int, seconds:
     return tally
 
 
+TRAINER_CLIENT = """
+import sys, threading, time
+from gradio_client import Client
+sys.path.insert(0, sys.argv[3])
+from lmdemo.live import CORPORA, DEFAULT_LEVEL, DEFAULT_SIZE
+client = Client(sys.argv[1], verbose=False)
+job = client.submit(CORPORA["tinyshakespeare"].read(), DEFAULT_LEVEL, DEFAULT_SIZE, float(sys.argv[2]), api_name="/train")
+def stop():
+    sys.stdin.readline()
+    print("STOPPING", not job.done(), flush=True)
+    client.predict(api_name="/stop_training")
+threading.Thread(target=stop, daemon=True).start()
+seen = 0
+while not job.done():
+    outputs = job.outputs()
+    for update in outputs[seen:]:
+        print(update[0].replace("\\n", " "), flush=True)
+    seen = len(outputs)
+    time.sleep(0.2)
+print(job.result()[0], flush=True)
+print("ENDED", flush=True)
+"""
+
+
 class Training:
-    """A visitor's Train-tab job, through /train like the page's: started, watched, stopped."""
+    """A visitor's Train-tab job, through /train like the page's, from a process of its own (as a visitor's
+    browser is elsewhere: its updates must not cost the simulated users' process): started, watched, stopped."""
 
     def __init__(self, url: str, seconds: float):
-        from gradio_client import Client
-
-        sys.path.insert(0, str(ROOT))
-        from lmdemo.live import CORPORA, DEFAULT_LEVEL, DEFAULT_SIZE
-
-        self.client = Client(url, verbose=False)
-        self.job = self.client.submit(CORPORA["tinyshakespeare"].read(), DEFAULT_LEVEL, DEFAULT_SIZE, seconds,
-                                      api_name="/train")
+        self.process = subprocess.Popen([sys.executable, "-c", TRAINER_CLIENT, url, f"{seconds:g}", str(ROOT)],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=ENV)
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
         deadline = time.monotonic() + 120
         while not self.status().startswith("**Training**"):
-            if self.job.done() or time.monotonic() > deadline:
-                raise SystemExit(f"the training job did not start: {self.status() or self.job.exception()}")
+            if "ENDED" in self.lines or self.process.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"the training job did not start: {self.status()}")
             time.sleep(0.2)
 
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip("\n"))
+
     def status(self) -> str:
-        outputs = self.job.outputs()
-        return outputs[-1][0] if outputs else ""
+        shown = [line for line in self.lines if line.startswith("**")]
+        return shown[-1] if shown else ""
 
     def stop(self) -> str:
-        running = not self.job.done()
-        self.client.predict(api_name="/stop_training")
-        self.job.result(timeout=120)
+        self.process.stdin.write("stop\n")
+        self.process.stdin.flush()
+        self.process.wait(timeout=120)
+        self.reader.join(timeout=5)
+        running = any(line == "STOPPING True" for line in self.lines)
         return "trained throughout" if running else "ENDED BEFORE THE LOAD DID (raise --train-seconds)"
 
 
