@@ -17,7 +17,7 @@ from typing import Any
 
 from lmdemo.forms import Limits, parse_whole, read_prompt
 from lmdemo.generation import Prompt, Reading, Sample, Sampling, SettingsError, TokenScore
-from lmdemo.registry import ModelInfo, Models, bits_are_lower_bound
+from lmdemo.registry import ModelInfo, Models
 
 DEFAULT_TEMPERATURES = (0.2, 0.5, 0.8, 1.0, 1.3)
 DEFAULT_BARS = 10
@@ -77,7 +77,7 @@ class Demo:
         prompt = generator.prompt(prompt_text, self.limits.max_prompt_tokens)
         reading = generator.reading(prompt.ids)
         tokenizer = generator.tokenizer
-        progress = Progress(name, tokenizer.unit, tokenizer.by_line, bits_are_lower_bound(tokenizer), prompt_text,
+        progress = Progress(name, tokenizer.unit, tokenizer.by_line, tokenizer.lossy, prompt_text,
                             prompt, reading, [], 0.0)
         last_shown = -every
         for samples in generator.stream(reading, sampling):

@@ -14,7 +14,6 @@ from lmdemo.checkpoint import MODEL_DIR, load_model
 from lmdemo.config import data_name
 from lmdemo.generation import Generator, SettingsError
 from lmdemo.metrics import CONFIG_FILE
-from lmdemo.tokenizer import Tokenizer
 
 MODELS_ENV = "LMDEMO_MODELS"
 MODELS_FILE = "models.txt"  # one folder or Hub repo id a line, beside app.py (a Space lists its models there)
@@ -160,7 +159,7 @@ class Models:
                          hidden_size=config.hidden_size, emb_size=config.emb_size, vocab_size=config.vocab_size,
                          data=data_name(config.data, config.data_config), unit=trained.tokenizer.unit,
                          has_unk=trained.tokenizer.unk_id is not None,
-                         lower_bound=bits_are_lower_bound(trained.tokenizer))
+                         lower_bound=trained.tokenizer.lossy)
         metrics = trained.metrics
         if metrics is None:
             return info
@@ -200,13 +199,6 @@ class Models:
         if generator is None or (owner is not None and visitor is not None and visitor() != owner):
             return None
         return generator
-
-
-def bits_are_lower_bound(tokenizer: Tokenizer) -> bool:
-    """Whether bits per character understate what the text costs: a word vocabulary with `<unk>` never
-    spells an unknown word out, and lower-casing and dropped punctuation make the text easier.
-    Characters and byte-level subwords spell every text out."""
-    return tokenizer.unk_id is not None and tokenizer.unit == "word"
 
 
 def _display_name(source: str) -> str:
