@@ -183,7 +183,7 @@ def write_model_card(folder: Path, model: LSTMLanguageModel, metrics: Metrics | 
     if start:
         lines += ["## Training", "",
                   f"- data: {source}" + (f", from the local copy `{local}`" if dataset and local != dataset else ""),
-                  f"- command: `{start.get('command', '?')}`",
+                  *_commands(metrics.events("start")),
                   f"- hardware: {start.get('hardware', '?')}, {start.get('precision', 'fp32')} compute"]
         last = metrics.trained() if metrics else {}
         if last.get("time") is not None:
@@ -208,6 +208,14 @@ def write_model_card(folder: Path, model: LSTMLanguageModel, metrics: Metrics | 
               "    print(sample.text)", "```", ""]
     ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n\n" + "\n".join(lines)).save(
         folder / CARD_FILE)
+
+
+def _commands(starts: list[dict]) -> list[str]:
+    """The command of each leg of the run: a resumed run is only reproduced by all of them in turn."""
+    if len(starts) == 1:
+        return [f"- command: `{starts[0].get('command', '?')}`"]
+    return ["- commands (the run was resumed; each leg went on from the step it names):",
+            *(f"  - step {start.get('step', 0):,}: `{start.get('command', '?')}`" for start in starts)]
 
 
 def _stored_in_bf16(weights: Path) -> bool:

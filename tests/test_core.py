@@ -183,6 +183,22 @@ def test_save_load_gives_identical_logits(char_model, tmp_path):
     assert card.startswith("---\n") and "library_name: lmdemo" in card and "perplexity" in card
 
 
+def test_the_card_of_a_resumed_run_lists_the_command_of_every_leg(char_model, tmp_path):
+    """Only all the legs in turn reproduce a resumed run, so the card names each one with its step."""
+    trained = load_model(char_model)
+    log = tmp_path / "metrics.jsonl"
+    records = [json.loads(line) for line in (char_model / "metrics.jsonl").read_text().splitlines()]
+    first = next(record for record in records if record["event"] == "start")
+    leg = dict(first, step=1234, resumed=True, command="python -m lmdemo train --out runs/x --resume --max-steps 2000")
+    log.write_text("".join(json.dumps(record) + "\n" for record in [*records, leg]))
+    card = (save_model(tmp_path / "copy", trained.model, trained.tokenizer, log) / "README.md").read_text()
+    assert f"  - step 0: `{first['command']}`" in card
+    assert "  - step 1,234: `python -m lmdemo train --out runs/x --resume --max-steps 2000`" in card
+    single = (save_model(tmp_path / "one", trained.model, trained.tokenizer, char_model / "metrics.jsonl")
+              / "README.md").read_text()
+    assert f"- command: `{first['command']}`" in single and "resumed" not in single
+
+
 def test_hub_loading_from_an_offline_cache(char_model, tmp_path, monkeypatch):
     """Pre-fill a Hugging Face cache the way a download would, then load by repo id with HF_HUB_OFFLINE=1."""
     cache = tmp_path / "hub"
