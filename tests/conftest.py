@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from browser import chromium_path
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = (ROOT.parent / "shared" / "data").resolve()
@@ -21,6 +22,12 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 def pytest_configure(config: pytest.Config) -> None:
     if not DATA.is_dir():
         raise pytest.UsageError(f"the offline corpora are missing: expected {DATA}")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A browser test without a browser skips (or fails, if required) before its fixtures start servers."""
+    if item.get_closest_marker("browser"):
+        chromium_path()
 
 
 def train_small(out: Path, **overrides) -> Path:
