@@ -19,7 +19,7 @@ from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, Offl
 from lmdemo.config import Config, data_name
 from lmdemo.metrics import CONFIG_FILE, METRICS_FILE, Metrics, bits, read_metrics
 from lmdemo.model import LSTMLanguageModel
-from lmdemo.tokenizer import TOKENIZER_FILE, Tokenizer
+from lmdemo.tokenizer import TOKENIZER_FILE, Tokenizer, level_unit
 
 MODEL_DIR = "model"  # a training run's best model, inside its run folder
 WEIGHTS_FILE = "model.safetensors"
@@ -167,8 +167,7 @@ def write_model_card(folder: Path, model: LSTMLanguageModel, metrics: Metrics | 
     data = ModelCardData(library_name="lmdemo", tags=["lstm", "language-model", "lmdemo", config.level],
                          pipeline_tag="text-generation", datasets=[dataset] if dataset else None,
                          model_name=name, eval_results=results or None)
-    tokens = {"char": "characters", "word": f"words ({config.tokenize} tokenisation)",
-              "bpe": "byte-level BPE subwords"}[config.level]
+    tokens = level_unit(config.level).described + (f" ({config.tokenize} tokenisation)" if config.level == "word" else "")
     size = f"{config.num_layers}×{config.hidden_size} LSTM, embedding {config.emb_size}" + \
         (", adaptive softmax" if config.adaptive_softmax else "")
     source = f"[{dataset}](https://huggingface.co/datasets/{dataset})" if dataset else f"`{local}`"

@@ -170,8 +170,9 @@ def _train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from lmdemo.checkpoint import load_model
     from lmdemo.evaluation import evaluate
-    from lmdemo.corpus import documents
+    from lmdemo.corpus import clean_html, documents
     from lmdemo.metrics import bits_per_character
+    from lmdemo.tokenizer import LOWER_BOUND
     from lmdemo.training import Split, encode_splits
 
     trained = load_model(args.model, args.revision)
@@ -183,6 +184,8 @@ def _eval(args: argparse.Namespace) -> int:
             raise UsageError(f"no such file: {args.text_file}")
         text = args.text_file.read_text(encoding="utf-8", errors="replace")
         docs = documents(text, config.level)
+        if config.clean_html:  # scored as training read its text
+            docs = [clean_html(doc) for doc in docs]
         split = Split(trained.tokenizer.encode_documents(docs), trained.tokenizer.characters(docs))
         what = str(args.text_file)
     else:
@@ -200,11 +203,12 @@ def _eval(args: argparse.Namespace) -> int:
     unk = (ids == unk_id).float().mean().item() if unk_id is not None else 0.0
     bpc = bits_per_character(score.loss, split.tokens_per_character)
     result = {"data": what, "tokens": score.tokens, "characters": split.characters, "loss": round(score.loss, 4),
-              "ppl": round(score.ppl, 2), "bpc": round(bpc, 4), "unk_rate": round(unk, 4)}
+              "ppl": round(score.ppl, 2), "bpc": round(bpc, 4), "unk_rate": round(unk, 4),
+              "lower_bound": trained.tokenizer.lower_bound(ids)}
     if args.json:
         print(json.dumps(result))
     else:
-        bound = " (a lower bound: <unk> words are never spelt out)" if unk > 0 and config.level == "word" else ""
+        bound = f" ({LOWER_BOUND})" if result["lower_bound"] else ""
         print(f"{what}: loss {result['loss']:.4f} nats/token, perplexity {result['ppl']:.2f}, "
               f"{result['bpc']:.4f} bits/char{bound} over {score.tokens:,} tokens (<unk> {unk:.2%})")
     return 0

@@ -73,9 +73,14 @@ def load_corpus(config: Config) -> Corpus:
     return corpus
 
 
+def clean_html(doc: str) -> str:
+    """A document with HTML entities decoded and each tag a space, as training reads it under `clean_html`."""
+    return _HTML_TAG.sub(" ", html.unescape(doc))
+
+
 def _prepare(docs: list[str], config: Config) -> list[str]:
     if config.clean_html:
-        docs = [_HTML_TAG.sub(" ", html.unescape(doc)) for doc in docs]
+        docs = [clean_html(doc) for doc in docs]
     if config.max_tokens is not None:
         docs = _head(docs, config.max_tokens, config.level)
     if config.level == "char" and len(docs) > 1:

@@ -18,6 +18,7 @@ from typing import Any
 from lmdemo.forms import Limits, parse_whole, read_prompt
 from lmdemo.generation import Prompt, Reading, Sample, Sampling, SettingsError, TokenScore
 from lmdemo.registry import ModelInfo, Models
+from lmdemo.tokenizer import LevelUnit, level_unit
 
 DEFAULT_TEMPERATURES = (0.2, 0.5, 0.8, 1.0, 1.3)
 DEFAULT_BARS = 10
@@ -28,9 +29,9 @@ class Progress:
     """A generation request so far: what the model read, how it scored it, and the samples."""
 
     model: str
-    unit: str  # what one token is, in words ("character", "word", "subword token")
+    unit: LevelUnit  # what one token is, in words ("character", "word", "subword token")
     by_line: bool  # whether the model reads text line by line (newlines are not tokens of their own)
-    lower_bound: bool  # whether its bits per character understate the text's cost (words with <unk>)
+    lower_bound: bool  # whether its bits per character understate the text's cost (words; a prompt with <unk>)
     prompt_text: str
     prompt: Prompt
     reading: Reading  # the prompt as the model read it: its scores, the next token's odds, the state
@@ -77,8 +78,8 @@ class Demo:
         prompt = generator.prompt(prompt_text, self.limits.max_prompt_tokens)
         reading = generator.reading(prompt.ids)
         tokenizer = generator.tokenizer
-        progress = Progress(name, tokenizer.unit, tokenizer.by_line, tokenizer.lossy, prompt_text,
-                            prompt, reading, [], 0.0)
+        progress = Progress(name, level_unit(tokenizer.level), tokenizer.by_line, tokenizer.lower_bound(prompt.ids),
+                            prompt_text, prompt, reading, [], 0.0)
         last_shown = -every
         for samples in generator.stream(reading, sampling):
             progress.samples, progress.seconds = samples, time.perf_counter() - start

@@ -44,6 +44,7 @@ from torch.nn import functional as F
 
 from lmdemo.checkpoint import TrainedModel
 from lmdemo.model import State
+from lmdemo.tokenizer import level_unit
 
 LOOKUP_LIMIT = 4_000_000  # floats in a precomputed first-layer table (16 MB)
 PACK_MIN = 2**18  # weights smaller than this (1 MB) run faster unpacked: oneDNN's call costs ~20-40 us
@@ -130,10 +131,13 @@ class Prompt:
 
     `pieces[i]` is token i's share of the readable text (as in `Sample`); `text` is their join: the
     prompt as the model read it (at the word level lower-cased and detokenised, cut to what was kept).
+    `characters` counts the prompt as it was written (the part kept): what its bits per character
+    divide by, as `eval` and training do, whatever the model re-renders.
     """
 
     ids: list[int]
     notes: list[str]
+    characters: int
     pieces: list[str] = field(default_factory=list)
 
     @property
@@ -291,21 +295,23 @@ class Generator:
         `max_tokens` tokens.
         """
         tokenizer = self.tokenizer
-        kept, ids = self._encode_end(text, max_tokens)
+        kept, ids, starts = self._encode_end(text, max_tokens)
         notes = [] if ids else ["empty prompt: the model starts from the beginning of a text"]
+        characters = len(text)
         if max_tokens is not None and len(ids) > max_tokens:
             notes.append(f"prompt cut to its last {max_tokens} tokens (it had {len(text):,} characters)")
-            ids = ids[-max_tokens:]
+            ids, characters = ids[-max_tokens:], len(kept) - starts[-max_tokens]
         unknown = ids.count(tokenizer.unk_id) if tokenizer.unk_id is not None else 0
         if unknown:
             pieces = self.unknown_pieces(kept)[-unknown:]
             shown = ", ".join(repr(piece) for piece in list(dict.fromkeys(pieces))[:5])
-            notes.append(f"{unknown} {tokenizer.unit}{'s' if unknown > 1 else ''} not in the model's vocabulary "
+            notes.append(f"{level_unit(tokenizer.level).count(unknown)} not in the model's vocabulary "
                          f"became <unk>: {shown}")
-        return Prompt(ids, notes, tokenizer.pieces(ids))
+        return Prompt(ids, notes, characters, tokenizer.pieces(ids))
 
-    def _encode_end(self, text: str, max_tokens: int | None) -> tuple[str, list[int]]:
-        """The shortest end of `text` that encodes to more than `max_tokens` ids (or all of it), and its ids.
+    def _encode_end(self, text: str, max_tokens: int | None) -> tuple[str, list[int], list[int]]:
+        """The shortest end of `text` that encodes to more than `max_tokens` ids (or all of it), its ids and
+        where each starts in it.
 
         Its ids are the end of the whole text's ids: a tokenizer that reads by line starts afresh at
         each line, so the window starts at one; one that does not (characters) reads a token per
@@ -316,9 +322,9 @@ class Generator:
             start = max(0, len(text) - size)
             if start and self.tokenizer.by_line:
                 start = text.rfind("\n", 0, start) + 1
-            ids = self.tokenizer.encode(text[start:])
+            ids, starts = self.tokenizer.encode_with_starts(text[start:])
             if start == 0 or len(ids) > max_tokens:
-                return text[start:], ids
+                return text[start:], ids, starts
             size *= 4
 
     def unknown_pieces(self, text: str) -> list[str]:

@@ -3,7 +3,8 @@
 Colours follow GLTR (Gehrmann et al. 2019): each token is shaded by the probability the model
 gave it, so predictable stretches read green and surprising ones red. Text is drawn as its readable
 pieces (`Tokenizer.pieces`), one span per token. Surprise is given in bits per character of the
-readable text, which compares models of any tokenisation. Inside the LSTM, values
+text as written (a prompt's own characters, whatever the model re-renders; a sample's text), which
+compares models of any tokenisation and agrees with `eval`. Inside the LSTM, values
 that can be negative (h, c, the cell candidate) use a red-blue scale centred on 0 and gates
 (0 = shut, 1 = open) a sequential one. Everything returns strings, tables or figures; the Gradio
 app only places them.
@@ -24,7 +25,7 @@ from lmdemo.inside import UnitView
 from lmdemo.internals import QUANTITIES, SpanMatch
 from lmdemo.metrics import bits, bits_per_character, perplexity
 from lmdemo.registry import ModelInfo
-from lmdemo.tokenizer import EOS, UNK
+from lmdemo.tokenizer import EOS, LOWER_BOUND, UNK, LevelUnit, level_unit
 
 # (lower bound of the probability, CSS class, legend label), likeliest first.
 BUCKETS = ((0.5, "p-high", "≥ 50 %"), (0.1, "p-mid", "10–50 %"), (0.01, "p-low", "1–10 %"), (0.0, "p-rare", "< 1 %"))
@@ -37,8 +38,6 @@ SIGNED_SCALE, GATE_SCALE = "RdBu_r", "Viridis"
 MARK_COLOUR = "#e8590c"
 NO_SAMPLES = '<div class="lm-empty">Samples appear here.</div>'
 NEWLINE = '<span class="nl">↵</span>\n'
-LOWER_BOUND = ("a lower bound: an <unk> is never spelt out, and lower-casing and dropped punctuation make the "
-               "text easier")
 
 CSS = """
 .lm-legend { display: flex; gap: .5rem; align-items: center; flex-wrap: wrap; font-size: .85rem; margin: .2rem 0 .6rem; }
@@ -131,7 +130,7 @@ def prompt_html(progress: Progress) -> str:
     if not scores:
         return '<div class="lm-empty">Empty prompt: the model started from the beginning of a text.</div>'
     probabilities = [s.probability for s in scores]
-    summary = html.escape(surprisal_summary(probabilities, progress.prompt.text, progress.unit))
+    summary = html.escape(surprisal_summary(probabilities, progress.prompt.characters, progress.unit))
     if progress.lower_bound:
         summary += f' (<span class="lm-bound" title="{html.escape(LOWER_BOUND, quote=True)}">a lower bound</span>)'
     return (f'<div class="lm-prompt"><header>Prompt as the model read it: {summary}</header>'
@@ -167,8 +166,9 @@ def model_markdown(info: ModelInfo) -> str:
     trained = f", {info.steps:,} steps" if info.steps else ""
     if info.metrics_problems:
         measured += f" · ⚠️ metrics log: {len(info.metrics_problems)} unreadable line(s) skipped"
-    return (f"**{info.name}** — {info.level}-level LSTM over {info.unit}s, {info.num_layers}×{info.hidden_size} "
-            f"(embedding {info.emb_size}), {info.parameters / 1e6:.2f} M parameters, vocabulary {info.vocab_size:,}  \n"
+    return (f"**{info.name}** — {info.level}-level LSTM over {level_unit(info.level).plural}, "
+            f"{info.num_layers}×{info.hidden_size} (embedding {info.emb_size}), {info.parameters / 1e6:.2f} M "
+            f"parameters, vocabulary {info.vocab_size:,}  \n"
             f"Trained on `{info.data}`{trained} · {measured}")
 
 
@@ -209,14 +209,14 @@ def bits_table(comparison: Comparison) -> str:
     """A Markdown table, one column per model: bits per character of the prompt, of each sample and of the
     model's validation and test text (as logged in training), with a note where a figure is a lower bound."""
     runs, infos = comparison.runs, comparison.infos
-    rows = [["tokens", *(f"{info.unit}s" for info in infos)],
-            ["prompt", *(_bpc_cell(_text_bpc([s.probability for s in run.reading.scores], run.prompt.text),
+    rows = [["tokens", *(run.unit.plural for run in runs)],
+            ["prompt", *(_bpc_cell(_text_bpc([s.probability for s in run.reading.scores], run.prompt.characters),
                                    run.lower_bound) for run in runs)]]
     for index in range(max(len(run.samples) for run in runs)):
         cells = []
         for run in runs:
             sample = run.samples[index] if index < len(run.samples) else None
-            cells.append("—" if sample is None else _bpc_cell(_text_bpc(sample.probabilities, sample.text),
+            cells.append("—" if sample is None else _bpc_cell(_text_bpc(sample.probabilities, len(sample.text)),
                                                                run.lower_bound))
         temperatures = {f"{run.samples[index].temperature:g}" for run in runs if index < len(run.samples)}
         rows.append([f"sample at T = {', '.join(sorted(temperatures))}", *cells])
@@ -337,9 +337,9 @@ def _token_axis(figure: go.Figure, view: UnitView) -> go.Figure:
     return figure
 
 
-def _sample_summary(sample: Sample, unit: str, done: bool) -> str:
-    text = _count(len(sample.ids), unit)
-    bpc = _text_bpc(sample.probabilities, sample.text)
+def _sample_summary(sample: Sample, unit: LevelUnit, done: bool) -> str:
+    text = unit.count(len(sample.ids))
+    bpc = _text_bpc(sample.probabilities, len(sample.text))
     if bpc is not None:
         text += f" · {bpc:.2f} bits/char"
     if sample.stopped_by:
@@ -349,16 +349,16 @@ def _sample_summary(sample: Sample, unit: str, done: bool) -> str:
     return html.escape(text)
 
 
-def surprisal_summary(probabilities: Sequence[float], text: str, unit: str) -> str:
-    """"N units, X bits/char (perplexity P per token)" for tokens read with these probabilities that make
-    up `text` (bits per character left out when `text` is empty, e.g. one partial UTF-8 byte)."""
+def surprisal_summary(probabilities: Sequence[float], characters: int, unit: LevelUnit) -> str:
+    """"N units, X bits/char (perplexity P per token)" for tokens read with these probabilities that stand
+    for `characters` characters of text as written (bits per character left out when there are none)."""
     loss = mean_surprisal(probabilities)
     if loss is None:
-        return _count(0, unit)
-    bpc = _text_bpc(probabilities, text)
+        return unit.count(0)
+    bpc = _text_bpc(probabilities, characters)
     per_token = f"perplexity {perplexity(loss):,.2f} per token"
     figures = f"{bpc:.2f} bits/char ({per_token})" if bpc is not None else per_token
-    return f"{_count(len(probabilities), unit)}, {figures}"
+    return f"{unit.count(len(probabilities))}, {figures}"
 
 
 def mean_surprisal(probabilities: Sequence[float]) -> float | None:
@@ -368,20 +368,17 @@ def mean_surprisal(probabilities: Sequence[float]) -> float | None:
     return -sum(math.log(max(p, 1e-45)) for p in probabilities) / len(probabilities)
 
 
-def _text_bpc(probabilities: Sequence[float], text: str) -> float | None:
-    """Bits per character of a scored text: its tokens' total bits ÷ its characters (None if it has none)."""
+def _text_bpc(probabilities: Sequence[float], characters: int) -> float | None:
+    """Bits per character of a scored text: its tokens' total bits ÷ its characters as written (None if it
+    has none)."""
     loss = mean_surprisal(probabilities)
-    if loss is None or not text:
+    if loss is None or not characters:
         return None
-    return bits_per_character(loss, len(probabilities) / len(text))
+    return bits_per_character(loss, len(probabilities) / characters)
 
 
 def _surprisal_bits(probability: float) -> float:
     return bits(-math.log(max(probability, 1e-45)))
-
-
-def _count(number: int, unit: str) -> str:
-    return f"{number:,} {unit}{'' if number == 1 else 's'}"
 
 
 def _text_classes(progress: Progress) -> str:

@@ -11,15 +11,18 @@ module only chooses its pieces, and it is the one place where levels differ:
 - `bpe`: byte-level BPE learnt on the training split: cased, open vocabulary (never `<unk>`), any
   Unicode text round-trips exactly.
 
-Word and subword levels end every line (document) with `<eos>`. `pieces` gives each token's share
-of the readable text (word level detokenised: "i ' m" reads "i'm", PTB's "do n't" reads "don't"),
-so a display can colour token by token and still read as text.
+Word and subword levels end every line (document) with `<eos>`. A literal `<eos>` or `<unk>` in a text
+is the special token only at the word level (PTB and WikiText write their unknown words so); for
+characters and subwords it is text like any other. `pieces` gives each token's share of the readable
+text (word level detokenised: "i ' m" reads "i'm", PTB's "do n't" reads "don't"), so a display can
+colour token by token and still read as text. `level_unit` names what one token of a level is.
 """
 
 from __future__ import annotations
 
 import codecs
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -33,12 +36,43 @@ TOKENIZER_FILE = "tokenizer.json"
 LEVELS = ("word", "char", "bpe")
 TOKENIZE_RULES = ("basic_english", "whitespace")
 DEFAULT_BPE_VOCAB = 8000
+# Why `Tokenizer.lower_bound` figures understate a text's cost, in words for notes ("bits per character are ...").
+LOWER_BOUND = ("a lower bound: a word or character outside the vocabulary is read as <unk> and never spelt out, and "
+               "a word model's lower-casing and dropped punctuation make the text easier")
 
 # Detokenising word-level text: tokens written against the word before them, or the word after.
 _NO_SPACE_BEFORE = {".", ",", "!", "?", ")", ":", ";", "%", "n't", "'s", "'re", "'ve", "'m", "'ll", "'d"}
 _NO_SPACE_AFTER = {"("}
 _CONTRACTION_ENDS = {"s", "t", "m", "re", "ve", "ll", "d"}  # basic_english splits "i'm" into i ' m
 _WIKITEXT_JOINERS = {"@-@": "-", "@,@": ",", "@.@": "."}  # WikiText's " @-@ " is a hyphen inside a word
+
+
+@dataclass(frozen=True)
+class LevelUnit:
+    """What one token of a level is, in the words messages, tables and axes use."""
+
+    singular: str  # "character": "1 character not in the vocabulary"
+    plural: str  # "characters": a table's "tokens" row
+    short: str  # "char": per-token figures, "nats/char"
+    described: str  # "byte-level BPE subwords": prose, "an LSTM language model over ..."
+
+    def count(self, number: int) -> str:
+        """"1 word", "2 words"."""
+        return f"{number:,} {self.singular if number == 1 else self.plural}"
+
+
+_LEVEL_UNITS = {
+    "char": LevelUnit("character", "characters", "char", "characters"),
+    "word": LevelUnit("word", "words", "word", "words"),
+    "bpe": LevelUnit("subword token", "subword tokens", "token", "byte-level BPE subwords"),
+}
+
+
+def level_unit(level: str) -> LevelUnit:
+    """The one place a level's unit is named ("character", "nats/char", ...)."""
+    if level not in _LEVEL_UNITS:
+        raise ValueError(f"unknown token level {level!r}; choose one of: {', '.join(LEVELS)}")
+    return _LEVEL_UNITS[level]
 
 
 class Tokenizer:
@@ -50,6 +84,7 @@ class Tokenizer:
         if tokenize not in TOKENIZE_RULES:
             raise ValueError(f"unknown tokenize rule {tokenize!r}; choose one of: {', '.join(TOKENIZE_RULES)}")
         self.hf = hf
+        self.hf.encode_special_tokens = _specials_are_text(level)
         self.level = level
         self.tokenize = tokenize
         self.unk_id = hf.token_to_id(UNK)  # None at the bpe level: bytes cover every text
@@ -93,9 +128,12 @@ class Tokenizer:
                 vocab_size=(max_vocab + len(SPECIALS)) if max_vocab else 2**31 - 1,
                 min_frequency=min_freq, special_tokens=specials, show_progress=False)
         hf.add_special_tokens(specials)
-        # A literal "<unk>" in the text (WikiText, PTB) would be counted as a word and take the
-        # special's id; it maps to <unk> anyway, so it is left out of the count.
-        hf.train_from_iterator((_strip_specials(t) for t in texts), trainer)
+        hf.encode_special_tokens = _specials_are_text(level)
+        if level == "word":
+            # A literal "<unk>" in the text (WikiText, PTB) would be counted as a word and take the
+            # special's id; it maps to <unk> anyway, so it is left out of the count.
+            texts = (_strip_specials(t) for t in texts)
+        hf.train_from_iterator(texts, trainer)
         tokenizer = cls(hf, level, tokenize)
         if [tokenizer._id_to_token[i] for i in range(len(specials))] != specials:
             raise RuntimeError("tokenizer specials did not get the first ids")
@@ -121,8 +159,8 @@ class Tokenizer:
     # -- encoding ------------------------------------------------------------------------------
     @property
     def unit(self) -> str:
-        """What one token is, in words for messages."""
-        return {"char": "character", "word": "word", "bpe": "subword token"}[self.level]
+        """What one token is, in words for messages (`level_unit` has its other forms)."""
+        return level_unit(self.level).singular
 
     @property
     def by_line(self) -> bool:
@@ -132,10 +170,16 @@ class Tokenizer:
 
     @property
     def lossy(self) -> bool:
-        """Whether the text the model reads has lost something (lower-casing, dropped punctuation,
-        `<unk>` for unknown words): its bits per character are then a lower bound, since the model
-        never pays to spell out what is lost. Characters and byte-level subwords spell everything."""
+        """Whether every text this level reads loses something (lower-casing, dropped punctuation, spacing,
+        `<unk>` for unknown words): its bits per character are then a lower bound, since the model never
+        pays to spell out what is lost. Characters lose only what they map to `<unk>` (`lower_bound`);
+        byte-level subwords spell everything."""
         return self.level == "word"
+
+    def lower_bound(self, ids: Sequence[int] | torch.Tensor) -> bool:
+        """Whether the bits per character of a text read as `ids` understate its cost: the level is
+        lossy, or the text hit `<unk>` (a character the vocabulary lacks is never spelt out)."""
+        return self.lossy or (self.unk_id is not None and self.unk_id in ids)
 
     @property
     def end_id(self) -> int | None:
@@ -152,15 +196,26 @@ class Tokenizer:
 
     def encode(self, text: str) -> list[int]:
         """Ids of `text`. Word and subword levels: each newline becomes `<eos>`."""
+        return self.encode_with_starts(text)[0]
+
+    def encode_with_starts(self, text: str) -> tuple[list[int], list[int]]:
+        """Ids of `text` and where each token starts in it (a character index), so that the characters
+        behind the last n tokens are known: `len(text) - starts[-n]`."""
         if not self.by_line:
-            return self.hf.encode(text, add_special_tokens=False).ids
+            encoding = self.hf.encode(text, add_special_tokens=False)
+            return encoding.ids, [start for start, _ in encoding.offsets]
         ids: list[int] = []
-        lines = text.split("\n")
-        for i, line in enumerate(lines):
-            ids.extend(self.hf.encode(line, add_special_tokens=False).ids)
-            if i < len(lines) - 1:
+        starts: list[int] = []
+        line_start = 0
+        for line in text.split("\n"):
+            if line_start:
                 ids.append(self.eos_id)
-        return ids
+                starts.append(line_start - 1)
+            encoding = self.hf.encode(line, add_special_tokens=False)
+            ids.extend(encoding.ids)
+            starts.extend(line_start + start for start, _ in encoding.offsets)
+            line_start += len(line) + 1
+        return ids, starts
 
     def encode_documents(self, docs: Sequence[str]) -> torch.Tensor:
         """One stream of ids for a corpus split: word and subword levels end every document with `<eos>`."""
@@ -230,6 +285,11 @@ def _byte_alphabet() -> dict[int, str]:
             mapping[byte] = chr(256 + extra)
             extra += 1
     return mapping
+
+
+def _specials_are_text(level: str) -> bool:
+    """Whether a literal "<eos>" or "<unk>" in a text is read as its characters rather than the special token."""
+    return level != "word"
 
 
 def _strip_specials(text: str) -> str:

@@ -16,7 +16,7 @@ from lmdemo.checkpoint import TrainedModel
 from lmdemo.config import Config
 from lmdemo.generation import GREEDY_BELOW, Generator, Sampling, SettingsError, choose_next
 from lmdemo.model import LSTMLanguageModel
-from lmdemo.tokenizer import EOS, Tokenizer
+from lmdemo.tokenizer import EOS, Tokenizer, level_unit
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -182,8 +182,8 @@ def test_word_samples_read_as_text_and_keep_one_piece_per_token(forced_words, mo
         assert sample.text == "".join(sample.pieces) and len(sample.pieces) == len(sample.ids)
     assert sample.ids == ids and sample.tokens == tokens
     assert sample.text == " i'm sure it's good. the cat (a dog) sat, too! do you know?"
-    progress = type("Run", (), dict(samples=[sample], prompt=prompt, unit="word", by_line=True, lower_bound=True,
-                                    done=True))
+    progress = type("Run", (), dict(samples=[sample], prompt=prompt, unit=level_unit("word"), by_line=True,
+                                    lower_bound=True, done=True))
     page = render.samples_html(progress)
     body = re.search(r'<div class="lm-text[^"]*">(.*?)</div></section>', page, flags=re.S).group(1)
     spans = re.findall(r'<span class="tok [^"]*" title="[^"]*">([^<]*)</span>', body)
@@ -269,8 +269,8 @@ def test_a_long_prompt_is_encoded_only_as_far_as_it_is_kept(char_generator, word
     for generator, text in ((char_generator, "ROMEO:\nWhat say you?\n" * 200),
                             (word_generator, "the company said it would\n" * 300 + "the end")):
         tokenizer = generator.tokenizer
-        whole, encode, encoded = tokenizer.encode(text), tokenizer.encode, []
-        monkeypatch.setattr(tokenizer, "encode", lambda t: encoded.append(len(t)) or encode(t))
+        whole, encode, encoded = tokenizer.encode(text), tokenizer.encode_with_starts, []
+        monkeypatch.setattr(tokenizer, "encode_with_starts", lambda t: encoded.append(len(t)) or encode(t))
         prompt = generator.prompt(text, max_tokens=50)
         assert prompt.ids == whole[-50:]
         assert sum(encoded) < len(text) / 4, f"encoded {sum(encoded)} of {len(text)} characters to keep 50 tokens"
@@ -285,6 +285,15 @@ def test_prompt_notes(char_generator, word_generator):
     cut = char_generator.prompt("ROMEO: hello", max_tokens=5)
     assert char_generator.tokenizer.decode(cut.ids) == "hello"
     assert "cut to its last 5 tokens (it had 12 characters)" in cut.notes[0]
+
+
+def test_a_prompt_counts_the_characters_it_was_written_with(char_generator, word_generator):
+    """What its bits per character divide by: the prompt as written, not as the model re-renders it."""
+    written = word_generator.prompt("The Company said, (again)!")
+    assert written.characters == 26 and written.text == "<unk> <unk> said <unk> <unk> again <unk> <unk>"
+    assert word_generator.prompt("the company said\nit would", max_tokens=3).characters == len("\nit would")
+    assert word_generator.prompt("the company said it would", max_tokens=2).characters == len("it would")
+    assert char_generator.prompt("ROMEO: hello", max_tokens=5).characters == 5
 
 
 @pytest.mark.parametrize("settings, message", [

@@ -201,23 +201,25 @@ def test_inside_refuses_bad_requests_with_a_reason(inside, call, message):
 def test_compare_runs_both_models_on_one_request(models):
     demo = Demo(models, LIMITS)
     sampling = read_sampling(LIMITS, "0, 1", 12, 0, 1.0, 5)
-    comparison = demo.compare(["chars", "words"], "the cat", sampling)
+    prompt = "The cat, sat!"  # 13 characters as written
+    comparison = demo.compare(["chars", "words"], prompt, sampling)
     assert [run.model for run in comparison.runs] == ["chars", "words"]
     assert all(run.done and len(run.samples) == 2 for run in comparison.runs)
     assert [n.position for n in comparison.next_tokens] == [0, 0]
     for run, bars in zip(comparison.runs, comparison.next_tokens):  # what each model alone gives: the Sample tab
         generator = models.generator(run.model)
-        alone = generator.generate(generator.prompt("the cat").ids, sampling)
+        alone = generator.generate(generator.prompt(prompt).ids, sampling)
         assert [s.text for s in run.samples] == [s.text for s in alone]
-        log_probs, _ = generator.read(generator.prompt("the cat").ids)
+        log_probs, _ = generator.read(generator.prompt(prompt).ids)
         assert [s.id for s in bars.scores] == log_probs[-1].topk(len(bars.scores)).indices.tolist()
     summary = render.compare_markdown(comparison)
     assert summary.count("**Done**") == 2
-    # bits per character side by side: each model's total bits on the prompt over the prompt as it reads it
-    row = re.search(r"^\| prompt \| (\d+\.\d+) \| (\d+\.\d+)\\\* \|$", summary, flags=re.M)
+    # bits per character side by side: each model's total bits on the prompt over the prompt's own 13 characters,
+    # not over the word model's reading of it; both a lower bound (unseen "c", ",", "!"; a word model)
+    assert comparison.runs[1].prompt.text == "the cat <unk> sat <unk>"
+    row = re.search(r"^\| prompt \| (\d+\.\d+)\\\* \| (\d+\.\d+)\\\* \|$", summary, flags=re.M)
     assert row, summary
-    assert comparison.runs[1].prompt.text == "the cat"
     for run, figure in zip(comparison.runs, row.groups()):
         total = -sum(math.log2(score.probability) for score in run.reading.scores)
-        assert float(figure) == pytest.approx(total / len(run.prompt.text), abs=5e-4)
+        assert float(figure) == pytest.approx(total / 13, abs=5e-4)
     assert "| tokens | characters | words |" in summary and "lower bound" in summary
