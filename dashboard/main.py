@@ -206,7 +206,8 @@ def show_config_diff(runs: list[Run]) -> None:
 
 
 def main() -> None:
-    st.set_page_config(page_title="lmdemo · training dashboard", page_icon=":material/monitoring:", layout="wide")
+    # An emoji icon is drawn in the page; a ":material/…:" one would be fetched from fonts.gstatic.com.
+    st.set_page_config(page_title="lmdemo · training dashboard", page_icon="📈", layout="wide")
     st.title("Training dashboard")
     st.caption("Perplexity, loss and learning-rate curves of lmdemo language-model runs, read from their "
                "`metrics.jsonl` logs. Pick runs and chart options in the sidebar.")

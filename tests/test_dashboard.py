@@ -14,11 +14,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from browser import chromium_page
 from conftest import DATA, ROOT, train_small
 from servers import free_port, serving
 from streamlit.testing.v1 import AppTest
 
 import lmdemo.metrics
+from lmdemo import curves
 from lmdemo.config import PRESETS
 from lmdemo.metrics import MetricsWriter, find_runs, load_run, read_metrics
 from lmdemo.runs import (
@@ -39,7 +41,6 @@ from lmdemo.runs import (
 )
 
 PAGE = ROOT / "dashboard" / "main.py"
-CHROMIUM = Path("/usr/bin/chromium")
 OLD_LOG = '{"step": 1, "loss": 5.0}\n{"step": 2, "loss": 4.5}\n{"step": 2, "val_loss": 4.6}\n'
 # A log whose figures are known by hand: best validation loss 1.5 at epoch 1 (ppl e^1.5 = 4.4817),
 # last 1.75 (ppl 5.7546), test 1.6 (ppl 4.9530), speeds 100, 300, 200 (median 200), 125 s in all.
@@ -275,6 +276,22 @@ def test_log_scale_measure_and_axis(logs_root, monkeypatch):
     assert values(drawn, "x") == expected.tokens.tolist() and values(drawn) == pytest.approx(expected.bpc.tolist())
 
 
+def test_the_page_draws_lmdemo_curves_figures(logs_root, monkeypatch):
+    """Its three charts are lmdemo.curves' figures for the same runs and options: the app's Training curves tab
+    draws with those functions too, so the two show the same thing."""
+    page = open_page(logs_root, monkeypatch)
+    page.segmented_control(key="measure").set_value("bpc").run()
+    page.selectbox(key="x_axis").set_value("tokens").run()
+    page.toggle(key="log_y").set_value(False).run()
+    page.slider(key="smoothing").set_value(0.3).run()
+    runs = find_runs([logs_root])[0]
+    frame, colours = curve_frame(runs), curves.colours_for(run.name for run in runs)
+    expected = [curves.runs_figure(runs, "bpc", "tokens", False, 0.3),
+                curves.small_chart(frame, "lr", "Learning rate", "tokens", colours, schedule=True),
+                curves.small_chart(frame, "tokens_per_sec", "Tokens per second", "tokens", colours)]
+    assert [chart(page, index) for index in range(3)] == [json.loads(figure.to_json()) for figure in expected]
+
+
 def test_single_run_selection_and_config_diff(logs_root, monkeypatch):
     page = open_page(logs_root, monkeypatch)
     diff = page.dataframe[1].value
@@ -428,20 +445,6 @@ def test_real_server_is_not_reachable_from_other_machines(server):
         socket.create_connection((address, int(server.rsplit(":", 1)[1])), timeout=5).close()
 
 
-@pytest.fixture
-def browser_page():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--no-first-run"])
-        try:
-            yield browser.new_page(viewport={"width": 1400, "height": 1000})
-        finally:
-            browser.close()
-
-
 # The number of points plotly drew for the first trace whose name ends with `suffix` (0 if none yet).
 POINTS = """suffix => {
     const plot = document.querySelector('[data-testid=stPlotlyChart] .js-plotly-plot');
@@ -450,22 +453,23 @@ POINTS = """suffix => {
 }"""
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium")
-def test_chart_in_a_real_browser(server, browser_page):
-    browser_page.goto(server)
-    browser_page.wait_for_selector("[data-testid=stPlotlyChart] .js-plotly-plot", timeout=30_000)
-    legend = browser_page.locator(".js-plotly-plot .legend").first.text_content()
-    assert "/small · validation" in legend and "/wide · validation" in legend and "/known · validation" in legend
-    assert browser_page.get_by_text("Training dashboard").first.is_visible()
+@pytest.mark.browser
+def test_chart_in_a_real_browser(server):
+    with chromium_page(server) as page:
+        page.wait_for_selector("[data-testid=stPlotlyChart] .js-plotly-plot", timeout=30_000)
+        legend = page.locator(".js-plotly-plot .legend").first.text_content()
+        assert "/small · validation" in legend and "/wide · validation" in legend and "/known · validation" in legend
+        assert page.get_by_text("Training dashboard").first.is_visible()
+        assert not page.elsewhere, f"the page fetched from other hosts: {page.elsewhere}"
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium")
-def test_auto_refresh_in_a_real_browser_draws_an_appended_record(server, live_root, browser_page):
-    browser_page.goto(server)
-    browser_page.wait_for_function(POINTS, arg="/known · validation", timeout=30_000)
-    assert browser_page.evaluate(POINTS, "/known · validation") == 3
-    browser_page.get_by_text("Auto-refresh").click()
-    browser_page.wait_for_selector("text=Every (seconds)", timeout=10_000)
-    with (live_root / "known" / "metrics.jsonl").open("a") as output:
-        output.write(LATER_VAL)
-    browser_page.wait_for_function(f"() => ({POINTS})('/known · validation') === 4", timeout=30_000)
+@pytest.mark.browser
+def test_auto_refresh_in_a_real_browser_draws_an_appended_record(server, live_root):
+    with chromium_page(server) as page:
+        page.wait_for_function(POINTS, arg="/known · validation", timeout=30_000)
+        assert page.evaluate(POINTS, "/known · validation") == 3
+        page.get_by_text("Auto-refresh").click()
+        page.wait_for_selector("text=Every (seconds)", timeout=30_000)
+        with (live_root / "known" / "metrics.jsonl").open("a") as output:
+            output.write(LATER_VAL)
+        page.wait_for_function(f"() => ({POINTS})('/known · validation') === 4", timeout=60_000)
