@@ -15,6 +15,7 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # no usage reports or version 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import argparse  # noqa: E402
+import signal  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -31,8 +32,11 @@ from lmdemo.generation import SettingsError  # noqa: E402
 from lmdemo.inside import UNIT_SORTS, Inside, UnitView  # noqa: E402
 from lmdemo.internals import QUANTITIES  # noqa: E402
 from lmdemo.registry import MODELS_ENV, MODELS_FILE, Models, NoModelsError, discover_models  # noqa: E402
-from lmdemo import curves, live  # noqa: E402
-from lmdemo.live import LiveTraining, TrainLimits  # noqa: E402
+from lmdemo import curves  # noqa: E402
+from lmdemo.web import train_tab  # noqa: E402
+from lmdemo.web.compute import ComputeSlots  # noqa: E402
+from lmdemo.web.jobs import LiveTraining  # noqa: E402
+from lmdemo.web.train_requests import TrainLimits  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_MAX_NEW_TOKENS = 200
@@ -70,15 +74,17 @@ puts both models' figures side by side."""
 
 
 def build_app(models: Models, limits: Limits = Limits(), concurrency: int = 2,
-              training: LiveTraining | None = None) -> gr.Blocks:
+              training: LiveTraining | None = None, behind_proxy: bool = False) -> gr.Blocks:
     """The page: a sampling tab (controls on the right, samples below, next-token bars at the bottom),
     a look inside the LSTM at the sampling tab's text, and two models compared on one request.
 
     Every event that runs a model joins one concurrency group of `concurrency` slots, whichever tab
-    or endpoint it comes from, so `--concurrency` bounds the requests computed at once. With `training`,
-    a Train tab trains a visitor's own model (see `_train_tab`); the Training curves tab is always there.
+    or endpoint it comes from, and takes one of as many `ComputeSlots` (which the Train tab's samples take
+    too), so `--concurrency` bounds the model computations at once. With `training`, a Train tab trains a
+    visitor's own model (`lmdemo.web.train_tab`); the Training curves tab is always there.
     """
     demo, first = Demo(models, limits), models.default
+    slots = ComputeSlots(concurrency)
     heavy = dict(concurrency_id=MODEL_QUEUE, concurrency_limit=concurrency)
 
     with gr.Blocks(title="LSTM language models") as app:
@@ -140,12 +146,12 @@ def build_app(models: Models, limits: Limits = Limits(), concurrency: int = 2,
                             bars = gr.Slider(3, limits.max_bars, value=DEFAULT_BARS, step=1, label="Bars", scale=1)
                         plot = gr.Plot(label="Next-token probabilities", show_label=False)
             with gr.Tab("Inside the LSTM", id="inside"):
-                inside_text, inside_layer = _inside_tab(Inside(models, limits), run, model, prompt, heavy)
+                inside_text, inside_layer = _inside_tab(Inside(models, limits), run, model, prompt, heavy, slots)
             with gr.Tab("Compare", id="compare"):
-                compare_pickers = _compare_tab(demo, heavy)
+                compare_pickers = _compare_tab(demo, heavy, slots)
             if training is not None:
                 with gr.Tab("Train", id="train"):
-                    connect_training = _train_tab(training)
+                    connect_training = train_tab.build(training, slots, behind_proxy)
             with gr.Tab("Training curves", id="curves"):
                 curve_picker = _curves_tab(models)
         if training is not None:
@@ -199,14 +205,15 @@ def build_app(models: Models, limits: Limits = Limits(), concurrency: int = 2,
         examples.click(lambda chosen: chosen[0], examples, prompt, api_visibility="private")
         dice.click(lambda: str(draw_seed()), None, seed, api_name="random_seed")
         generation = generate.click(
-            on_generate, [model, prompt, temperatures, max_new_tokens, top_k, top_p, seed, stop_text, avoid_unk],
+            slots.guard(on_generate), [model, prompt, temperatures, max_new_tokens, top_k, top_p, seed, stop_text, avoid_unk],
             [samples, prompt_view, status, run, which, position, plot, inside_text], api_name="generate",
             preprocess=False, **heavy)  # raw values: lmdemo checks them and names the field in its message
         stop.click(None, None, None, cancels=[generation], api_visibility="private")
         explore_inputs = [run, which, position, bars]
-        which.input(on_explore, explore_inputs, plot, api_name="next_tokens", **heavy)
-        position.release(on_explore, explore_inputs, plot, api_visibility="private", **heavy)
-        bars.release(on_explore, explore_inputs, plot, api_visibility="private", **heavy)
+        explore = slots.guard(on_explore)
+        which.input(explore, explore_inputs, plot, api_name="next_tokens", **heavy)
+        position.release(explore, explore_inputs, plot, api_visibility="private", **heavy)
+        bars.release(explore, explore_inputs, plot, api_visibility="private", **heavy)
     return app
 
 
@@ -216,8 +223,8 @@ def skipped_markdown(skipped: dict[str, str]) -> str:
     return ("**Not served** (could not be loaded; the other models work):\n" + "\n".join(lines))
 
 
-def _inside_tab(inside: Inside, run: gr.State, model: gr.Dropdown, prompt: gr.Textbox, heavy: dict[str, Any]
-                ) -> tuple[gr.Dropdown, gr.Dropdown]:
+def _inside_tab(inside: Inside, run: gr.State, model: gr.Dropdown, prompt: gr.Textbox, heavy: dict[str, Any],
+                slots: ComputeSlots) -> tuple[gr.Dropdown, gr.Dropdown]:
     """Units x tokens of the sampling tab's text: ranked, traced, or found by a marked span.
 
     Returns the text and layer pickers, which the sampling tab updates after a run or a model change.
@@ -273,12 +280,12 @@ def _inside_tab(inside: Inside, run: gr.State, model: gr.Dropdown, prompt: gr.Te
 
     reading = [run, model, prompt, text, layer, quantity]
     outputs = [status, positions, heatmap, table, trace]
-    show.click(on_show, [*reading, sort, count, at, unit], outputs, api_name="inside", **heavy)
-    find.click(on_find, [*reading, first, last, count, unit], outputs, api_name="find_units", **heavy)
+    show.click(slots.guard(on_show), [*reading, sort, count, at, unit], outputs, api_name="inside", **heavy)
+    find.click(slots.guard(on_find), [*reading, first, last, count, unit], outputs, api_name="find_units", **heavy)
     return text, layer
 
 
-def _compare_tab(demo: Demo, heavy: dict[str, Any]) -> list[gr.Dropdown]:
+def _compare_tab(demo: Demo, heavy: dict[str, Any], slots: ComputeSlots) -> list[gr.Dropdown]:
     """Two model pickers, one prompt and one set of settings; both models' results side by side.
 
     Returns the pickers, whose choices a session's own trained models join."""
@@ -322,156 +329,15 @@ def _compare_tab(demo: Demo, heavy: dict[str, Any]) -> list[gr.Dropdown]:
                         render.next_token_figure(next_tokens)]
         return (render.compare_markdown(comparison), *results)
 
-    button.click(on_compare, [*pickers, prompt, temperatures, max_new_tokens, top_k, top_p, seed],
+    button.click(slots.guard(on_compare), [*pickers, prompt, temperatures, max_new_tokens, top_k, top_p, seed],
                  [status, *sides[0], *sides[1]], api_name="compare",
                  preprocess=False, **heavy)  # raw values: lmdemo checks them and names the field in its message
     return pickers
 
 
-TRAIN_HELP = """Train a small LSTM on a text and watch it learn: the loss curves and, after every validation that
-improves it, samples from the best weights so far at two temperatures with one fixed seed, so what changes from one
-update to the next is the learning, not luck. The best weights are what **Stop** keeps and **Download** gives you.
-One training job runs at a time on this server, with one CPU thread so sampling stays quick; others wait in line
-and see their place. When training ends, your model joins the **Sample**, **Inside** and **Compare** pickers and
-the **Training curves** tab, for this session only; leaving the page stops your job and deletes your models."""
-
 CURVES_HELP = """The training logs (`metrics.jsonl`) of the served models, and of models you trained here, drawn with
 the training dashboard's code: the training curve dashed and smoothed (its raw points faint), validation solid, the
 test score a star. **Bits per character** compare models whatever they read (characters, words, subwords)."""
-
-
-def _train_tab(training: LiveTraining) -> Any:
-    """Text (a bundled corpus, pasted, or an uploaded .txt), level, size and time budget; Train streams the
-    curves, samples and status of a job of `training`, Stop ends it keeping the best model, Download zips it.
-
-    Returns `connect(app, pickers)`, which wires the events once the model pickers a finished model joins exist
-    (Sample, Compare A and B, Training curves). `/train` (text, level, size, seconds) streams the same updates
-    over the API and ends with the model's name in the session; `/stop_training` stops the session's job.
-    """
-    limits, models = training.limits, training.models
-    models.set_visitor(_visitor)  # a session's trained models answer that session only
-    gr.Markdown(TRAIN_HELP, elem_classes="lm-help")
-    with gr.Row(equal_height=False):
-        with gr.Column(scale=3):
-            sources = [(corpus.title, key) for key, corpus in live.CORPORA.items()]
-            source = gr.Radio([*sources, ("Paste a text", "paste"), ("Upload a .txt file", "upload")],
-                              value=sources[0][1], label="Text")
-            about = gr.Markdown(_source_note(sources[0][1], limits), elem_classes="lm-note")
-            text = gr.Textbox("", label="Your text", lines=8, max_lines=16, max_length=limits.max_chars,
-                              visible=False, placeholder="Paste a text: a few pages at least")
-            upload = gr.File(label="A UTF-8 .txt file", file_types=[".txt"], type="filepath", visible=False,
-                             elem_id="train-upload")
-        with gr.Column(scale=2):
-            level = gr.Radio([(label, key) for key, label in live.LEVELS.items()], value=live.DEFAULT_LEVEL,
-                             label="Level: what one token is")
-            size = gr.Radio([(size.label, key) for key, size in live.SIZES.items()], value=live.DEFAULT_SIZE,
-                            label="Model size (layers × units)")
-            seconds = gr.Slider(limits.min_seconds, limits.max_seconds, value=limits.default_seconds,
-                                step=5 if limits.max_seconds - limits.min_seconds >= 50 else 1,
-                                label="Time budget (seconds)", info=f"at most {limits.max_seconds:g} s on this server")
-            with gr.Row():
-                train = gr.Button("Train", variant="primary", scale=3, elem_id="train-button")
-                stop = gr.Button("Stop", variant="secondary", scale=1, elem_id="train-stop")
-            stopped = gr.Markdown("")
-    status = gr.Markdown("Pick a text and press **Train**.", elem_id="train-status")
-    with gr.Row(equal_height=False):
-        with gr.Column(scale=1):
-            curve = gr.Plot(show_label=False, elem_id="train-curve")
-        with gr.Column(scale=1):
-            samples = gr.HTML('<div class="lm-empty">Samples from the model appear here as it learns.</div>',
-                              elem_id="train-samples")
-    with gr.Row(equal_height=True):
-        name = gr.Textbox("", label="Your model", interactive=False, max_length=200, scale=3,
-                          info="its name in the pickers and the API (this session only)")
-        download = gr.DownloadButton("Download the model (zip)", interactive=False, scale=1)
-    points = gr.JSON(visible=False)  # the curve points, for API callers
-    api_train = gr.Button(visible=False)  # /train: the API's way in, with the text itself
-
-    def shown(update: live.TrainUpdate, points: bool = True) -> tuple:
-        """Status, curve, (the curve points: API only,) samples and the model's name, of one update."""
-        figure = gr.skip() if update.frame.empty else curves.curves_figure(
-            update.frame, "loss", "time", log_y=False, weight=0.6, height=400, title=live.curve_title(update),
-            y_title=live.loss_unit(update))
-        return (live.status_markdown(update), figure, *([curves.curve_points(update.frame)] if points else []),
-                live.samples_html(update), update.model.key if update.model is not None else gr.skip())
-
-    def on_api_train(text_value: Any, level_value: Any, size_value: Any, budget: Any,
-                     request: gr.Request) -> Iterator[tuple]:
-        try:
-            job = training.submit(request.session_hash,
-                                  live.read_request(text_value, level_value, size_value, budget, limits))
-        except SettingsError as error:
-            raise gr.Error(str(error), title="Check the text and settings") from None
-        for update in training.watch(job):
-            yield shown(update)
-
-    def connect(app: gr.Blocks, pickers: list[gr.Dropdown]) -> None:
-        def on_train(chosen: Any, text_value: Any, file: Any, level_value: Any, size_value: Any, budget: Any,
-                     request: gr.Request) -> Iterator[tuple]:
-            owner = request.session_hash
-            try:
-                body, source_name = live.read_source(chosen, text_value, file, limits)
-                job = training.submit(owner, live.read_request(body, level_value, size_value, budget, limits,
-                                                               source_name))
-            except SettingsError as error:
-                raise gr.Error(str(error), title="Check the text and settings") from None
-            shown_samples = None
-            for update in training.watch(job):
-                status_text, figure, samples_text, model_name = shown(update, points=False)
-                if samples_text == shown_samples:  # the page keeps what it shows: less to send and compare
-                    samples_text = gr.skip()
-                else:
-                    shown_samples = samples_text
-                page = (gr.Button(interactive=update.done, value="Train" if update.done else "Training…"),
-                        gr.skip() if update.model is None else gr.DownloadButton(value=str(update.model.archive),
-                                                                                 interactive=True))
-                joined = (gr.skip(),) * len(pickers)
-                if update.model is not None:  # the pickers, Compare's model A on the new model: mine vs shipped
-                    mine = [(n, n) for n in models.names] + [(m.label, m.key)
-                                                             for m in training.session_models(owner)]
-                    joined = (gr.Dropdown(choices=mine, interactive=True),
-                              gr.Dropdown(choices=mine, value=update.model.key), gr.Dropdown(choices=mine),
-                              gr.Dropdown(choices=mine))
-                yield (status_text, figure, samples_text, model_name, *page, *joined)
-
-        def on_stop(request: gr.Request) -> str:
-            return training.stop(request.session_hash)
-
-        def on_leave(request: gr.Request) -> None:
-            training.end_session(request.session_hash)
-
-        def on_source(chosen: str) -> tuple:
-            return (_source_note(chosen, limits), gr.Textbox(visible=chosen == "paste"),
-                    gr.File(visible=chosen == "upload"))
-
-        outputs = [status, curve, points, samples, name]
-        lane = dict(concurrency_id="train", concurrency_limit=None)  # LiveTraining keeps the line itself
-        train.click(on_train, [source, text, upload, level, size, seconds],
-                    [status, curve, samples, name, train, download, *pickers], api_visibility="private", **lane)
-        api_train.click(on_api_train, [text, level, size, seconds], outputs, api_name="train",
-                        preprocess=False, **lane)  # raw values: lmdemo checks them and says what is wrong
-        stop.click(on_stop, None, stopped, api_name="stop_training", concurrency_id="train-stop",
-                   concurrency_limit=None)
-        source.change(on_source, source, [about, text, upload], api_visibility="private", concurrency_limit=None)
-        app.unload(on_leave)
-
-    return connect
-
-
-def _visitor() -> str | None:
-    """The session of the request being handled: Gradio keeps the request in a context variable for every event."""
-    from gradio.context import LocalContext
-
-    return getattr(LocalContext.request.get(None), "session_hash", None)
-
-
-def _source_note(chosen: str, limits: TrainLimits) -> str:
-    if chosen in live.CORPORA:
-        return f"{live.CORPORA[chosen].about}."
-    if chosen == "paste":
-        return (f"From {live.minimum_characters('char'):,} characters (a training batch must fit, more for words and "
-                f"subwords) to {limits.max_chars:,}.")
-    return f"A UTF-8 text file of at most {limits.max_upload_bytes / 1e6:g} MB."
 
 
 def _curves_tab(models: Models) -> gr.Dropdown:
@@ -576,11 +442,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-TRAIN_SECONDS_ENV, NO_TRAIN_ENV = "LMDEMO_TRAIN_SECONDS", "LMDEMO_NO_TRAIN"
+TRAIN_SECONDS_ENV, NO_TRAIN_ENV, PROXY_ENV = "LMDEMO_TRAIN_SECONDS", "LMDEMO_NO_TRAIN", "LMDEMO_BEHIND_PROXY"
 
 
 def _train_options(parser: argparse.ArgumentParser) -> None:
-    """The Train tab's switches: the operator's cap and where runs live (a Space sets them through the environment)."""
+    """The Train tab's switches: the operator's caps and where runs live (a Space sets them through the environment)."""
     group = parser.add_argument_group("training in the app (the Train tab)")
     group.add_argument("--no-train", action="store_true", default=os.environ.get(NO_TRAIN_ENV, "") not in ("", "0"),
                        help=f"no Train tab: visitors cannot train models on this server (or set {NO_TRAIN_ENV}=1)")
@@ -589,11 +455,26 @@ def _train_options(parser: argparse.ArgumentParser) -> None:
                        help=f"the most seconds a visitor's training job may ask for (default: ${TRAIN_SECONDS_ENV} or "
                             f"{TrainLimits.max_seconds:g}); the page offers {TrainLimits.default_seconds:g} s")
     group.add_argument("--train-queue", type=int, default=TrainLimits.max_waiting,
-                       help=f"training jobs that may wait for the one training slot "
-                            f"(default: {TrainLimits.max_waiting})")
+                       help=f"training jobs that may wait for the one training slot; 0: a job runs only when the slot "
+                            f"is free (default: {TrainLimits.max_waiting})")
+    group.add_argument("--train-budget-per-hour", type=float, default=TrainLimits.budget_per_hour_s, metavar="SECONDS",
+                       help=f"seconds of training one client address may take in any hour "
+                            f"(default: {TrainLimits.budget_per_hour_s:g})")
+    group.add_argument("--train-disk-mb", type=float, default=TrainLimits.disk_mb, metavar="MB",
+                       help=f"the most the training folder may hold, texts, models and zips of every session; a job "
+                            f"that could pass it is refused (default: {TrainLimits.disk_mb:g})")
+    group.add_argument("--session-ttl", type=float, default=TrainLimits.session_ttl_s, metavar="SECONDS",
+                       help=f"a session without a request or heartbeat this long ends: its job stops and its models, "
+                            f"zips and uploads are deleted (default: {TrainLimits.session_ttl_s:g})")
     group.add_argument("--train-root", type=Path,
-                       help="folder for the visitors' run folders (default: lmdemo-train in the system's temporary "
-                            "folder); a session's runs are deleted when it ends")
+                       help="where the private training folder is made (default: the system's temporary folder); "
+                            "it is deleted when the server stops, and a later server deletes it if this one is killed")
+    on_space = bool(os.environ.get("SPACE_ID"))
+    group.add_argument("--behind-proxy", action="store_true",
+                       default=on_space or os.environ.get(PROXY_ENV, "") not in ("", "0"),
+                       help=f"a reverse proxy that sets X-Forwarded-For stands in front: per-visitor limits key on the "
+                            f"address it saw (default: on when SPACE_ID is set, as on a Hugging Face Space, or "
+                            f"{PROXY_ENV}=1); never set it for a server clients reach directly")
 
 
 def _check_train_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -601,22 +482,34 @@ def _check_train_options(parser: argparse.ArgumentParser, args: argparse.Namespa
         parser.error(f"--train-seconds must be at least {TrainLimits.min_seconds:g} (got {args.train_seconds:g})")
     if args.train_queue < 0:
         parser.error(f"--train-queue must not be negative (got {args.train_queue})")
+    if not args.train_budget_per_hour >= min(args.train_seconds, TrainLimits.default_seconds):
+        parser.error(f"--train-budget-per-hour must hold at least one job of the page's default length "
+                     f"(got {args.train_budget_per_hour:g})")
+    for name in ("train_disk_mb", "session_ttl"):
+        if not getattr(args, name) > 0:
+            parser.error(f"--{name.replace('_', '-')} must be positive (got {getattr(args, name):g})")
 
 
 def _training(args: argparse.Namespace, models: Models) -> LiveTraining | None:
-    """The server's training slot and queue, unless --no-train."""
+    """The server's training slot and queue, unless --no-train. Gradio's cache (uploads, the zips it serves) is
+    made a folder of the training folder's, so it is this server's alone and goes with it."""
     if args.no_train:
         return None
     limits = TrainLimits(max_seconds=args.train_seconds, max_waiting=args.train_queue,
-                         default_seconds=min(TrainLimits.default_seconds, args.train_seconds))
-    return LiveTraining(models, limits, args.train_root)
+                         default_seconds=min(TrainLimits.default_seconds, args.train_seconds),
+                         budget_per_hour_s=args.train_budget_per_hour, disk_mb=args.train_disk_mb,
+                         session_ttl_s=args.session_ttl)
+    training = LiveTraining(models, limits, args.train_root, cache=os.environ.get("GRADIO_TEMP_DIR") or None)
+    os.environ["GRADIO_TEMP_DIR"] = str(training.cache)
+    return training
 
 
-def _training_launch(training: LiveTraining | None) -> dict[str, Any]:
-    """Gradio refuses uploads over the Train tab's limit, and may serve the zips in the run folders."""
-    if training is None:
-        return {}
-    return dict(max_file_size=training.limits.max_upload_bytes, allowed_paths=[str(training.root)])
+def _stop_on_sigterm() -> None:
+    """SIGTERM (a Space restart, `docker stop`) ends the server like Ctrl-C: Gradio closes it, then main cleans up."""
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -631,13 +524,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"app.py: warning: skipped {name}: {reason}", file=sys.stderr, flush=True)
     limits = Limits(max_prompt_chars=args.max_prompt_chars, max_prompt_tokens=args.max_prompt_tokens,
                     max_new_tokens=args.max_new_tokens)
+    _stop_on_sigterm()
     training = _training(args, models)
-    app = build_app(models, limits, args.concurrency, training)
-    app.queue(default_concurrency_limit=args.concurrency, max_size=args.queue_size)
-    theme = gr.themes.Soft(primary_hue="indigo", font=["ui-sans-serif", "system-ui", "sans-serif"],
-                           font_mono=["ui-monospace", "SFMono-Regular", "monospace"])
-    app.launch(server_name=args.host, server_port=args.port, theme=theme, css=render.CSS, ssr_mode=False,
-               footer_links=["api"], **_training_launch(training))
+    try:
+        app = build_app(models, limits, args.concurrency, training, args.behind_proxy)
+        app.queue(default_concurrency_limit=args.concurrency, max_size=args.queue_size)
+        theme = gr.themes.Soft(primary_hue="indigo", font=["ui-sans-serif", "system-ui", "sans-serif"],
+                               font_mono=["ui-monospace", "SFMono-Regular", "monospace"])
+        upload_cap = dict(max_file_size=training.limits.max_upload_bytes) if training else {}
+        app.launch(server_name=args.host, server_port=args.port, theme=theme, css=render.CSS, ssr_mode=False,
+                   footer_links=["api"], **upload_cap)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if training is not None:
+            training.close()
     return 0
 
 

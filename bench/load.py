@@ -166,7 +166,7 @@ TRAINER_CLIENT = """
 import sys, threading, time
 from gradio_client import Client
 sys.path.insert(0, sys.argv[3])
-from lmdemo.live import CORPORA, DEFAULT_LEVEL, DEFAULT_SIZE
+from lmdemo.web.train_requests import CORPORA, DEFAULT_LEVEL, DEFAULT_SIZE
 client = Client(sys.argv[1], verbose=False)
 job = client.submit(CORPORA["tinyshakespeare"].read(), DEFAULT_LEVEL, DEFAULT_SIZE, float(sys.argv[2]), api_name="/train")
 def stop():

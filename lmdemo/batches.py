@@ -12,7 +12,21 @@ import torch
 
 
 class TextTooShortError(ValueError):
-    """The split has too few tokens for the requested batch size."""
+    """A split has too few tokens for its streams; `tokens` and `needed` let a caller say so in its own words."""
+
+    def __init__(self, message: str, tokens: int, needed: int):
+        super().__init__(message)
+        self.tokens, self.needed = tokens, needed
+
+
+def check_stream_length(tokens: int, streams: int, offset: int = 0) -> None:
+    """The one rule for "long enough": after skipping `offset` tokens, each of `streams` streams needs 2 tokens
+    (one to read, one to predict). The trainer applies it to each split; the web demo to a text before it queues."""
+    needed = 2 * streams + offset
+    if tokens < needed:
+        skipped = f" after skipping {offset}" if offset else ""
+        raise TextTooShortError(f"{tokens - offset} tokens{skipped} are too few for batch size {streams}: each stream "
+                                f"needs at least 2 tokens", tokens, needed)
 
 
 class StreamBatches:
@@ -23,11 +37,9 @@ class StreamBatches:
         """`offset` tokens are skipped first: a new offset per epoch moves every window boundary."""
         if batch_size % world:
             raise ValueError(f"batch size {batch_size} must be divisible by the {world} processes")
+        check_stream_length(ids.numel(), batch_size, offset)
         ids = ids[offset:]
         length = ids.numel() // batch_size
-        if length < 2:
-            raise TextTooShortError(f"{ids.numel()} tokens are too few for batch size {batch_size}: "
-                                    f"each stream needs at least 2 tokens")
         grid = ids[: length * batch_size].view(batch_size, length)
         rows = batch_size // world
         self.streams = grid[rank * rows:(rank + 1) * rows].contiguous()

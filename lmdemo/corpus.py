@@ -124,17 +124,22 @@ def _carve(splits: dict[str, list[str]], config: Config, shuffle: bool) -> dict[
         if fraction <= 0:
             splits[name] = []
             continue
-        if len(train) == 1:  # one text: cut by characters, at a line break for word models
-            text = train[0]
-            cut = round(len(text) * (1 - fraction))
-            if config.level == "word":
-                cut = text.rfind("\n", 0, cut) + 1 or cut
-            train, splits[name] = [text[:cut]], [text[cut:]]
-        else:
-            cut = round(len(train) * (1 - fraction))
-            train, splits[name] = train[:cut], train[cut:]
+        train, splits[name] = cut_documents(train, fraction, config.level)
     splits["train"] = train
     return splits
+
+
+def cut_documents(docs: list[str], fraction: float, level: str) -> tuple[list[str], list[str]]:
+    """The documents kept for training and the last `fraction` held out: whole documents, or a lone text cut
+    by characters (at a line break for word models)."""
+    if len(docs) == 1:
+        text = docs[0]
+        cut = round(len(text) * (1 - fraction))
+        if level == "word":
+            cut = text.rfind("\n", 0, cut) + 1 or cut
+        return [text[:cut]], [text[cut:]]
+    cut = round(len(docs) * (1 - fraction))
+    return docs[:cut], docs[cut:]
 
 
 def _folder_splits(folder: Path, config: Config) -> dict[str, list[str]]:

@@ -141,7 +141,7 @@ class Models:
 
     def generator(self, name: str) -> Generator:
         """The model called `name`; an unknown name is a setting the user can fix."""
-        private = self._private(name)  # a session's own model (lmdemo.live)
+        private = self._private(name)  # a session's own model (lmdemo.web.jobs)
         if private is not None:
             return private
         if name in self.skipped:
@@ -177,7 +177,7 @@ class Models:
         """Prompts in the style of the model's training text (an empty prompt for a level without examples)."""
         return list(EXAMPLES.get(self.generator(name).tokenizer.level, [""]))
 
-    # -- private models: trained in the app (lmdemo.live), served only to the session that trained them ---
+    # -- private models: trained in the app (lmdemo.web.jobs), served only to the session that trained them ---
     def add_private(self, name: str, generator: Generator, owner: str | None = None) -> None:
         """Serve `generator` under `name` without listing it (`names`, the pickers and error messages show the
         shipped models only), and, once `set_visitor` says who asks, only to `owner`."""

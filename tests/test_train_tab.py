@@ -22,19 +22,18 @@ from test_app import ENV, chromium_page, sample_texts
 from lmdemo import curves
 from lmdemo.cli import build_parser
 from lmdemo.config import Config
-from lmdemo.live import (
+from lmdemo.metrics import load_run, read_metrics
+from lmdemo.registry import Models
+from lmdemo.web.jobs import LiveTraining
+from lmdemo.web.train_requests import (
     CORPORA,
-    LiveTraining,
     TrainInputError,
     TrainLimits,
     read_request,
     read_source,
     read_upload,
-    train_arguments,
-    train_command,
 )
-from lmdemo.metrics import load_run, read_metrics
-from lmdemo.registry import Models
+from lmdemo.web.trainer_process import train_arguments, train_command
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAKESPEARE = (DATA / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")
@@ -52,9 +51,14 @@ BOOTSTRAP_MARK = "from lmdemo.cli import main"  # in the command line of every t
     (["not", "text"], "char", "tiny", 60, "the text must be a string"),
     ("a" * 100_000, "char", "tiny", 60, "one character \\('a'\\) repeated"),
     ("ab " * 5000, "word", "tiny", 60, "one word repeated"),
-    ("to be or not " * 150, "char", "tiny", 60, "too short: 1,950 characters, but one training batch alone is "
-                                                "32 streams × 64 characters"),
-    (SMALL_TEXT[:8_000], "word", "tiny", 60, "too short"),
+    ("to be or not " * 8, "char", "tiny", 60, "too short: its training part \\(the first 90%\\) gives 94 characters or "
+                                              "fewer, and 127 are needed \\(32 streams of 2 or more after an offset of "
+                                              "up to 63\\)"),
+    ("\n".join(" ".join(f"w{i}" for i in range(100)) for _ in range(3)), "word", "tiny", 60,  # 3 lines: none held out
+     "too short: its validation part \\(the last 10%\\) gives 0 words or fewer, and 2 are needed"),
+    (SMALL_TEXT, ["char"], "tiny", 60, "level must be one of char, word, bpe \\(got a list\\)"),
+    (SMALL_TEXT, "char", {"size": "tiny"}, 60, "size must be one of tiny, small \\(got a dict\\)"),
+    (SMALL_TEXT, "char", "tiny", [60], "the time budget must be a number of seconds \\(got a list\\)"),
     ("\x00\x01\x02 binary" * 2_000, "char", "tiny", 60, "not plain text"),
     ("x" * 2_000_001, "char", "tiny", 60, "the text has 2,000,001 characters; at most 2,000,000"),
     ("".join(map(chr, range(0x4E00, 0x4E00 + 3000))) * 3, "char", "tiny", 60, "3,000 different characters"),
@@ -109,13 +113,14 @@ def test_the_bundled_corpora():
 
 def test_a_job_is_the_command_line_trainer_with_one_thread(tmp_path):
     request = read_request(SMALL_TEXT, "word", "small", 90, LIMITS)
-    arguments = train_arguments(request, tmp_path / "pasted.txt", tmp_path / "word-small-1")
+    arguments = train_arguments(request, "word-small-1")
     parsed = vars(build_parser().parse_args(arguments))
     assert parsed["command"] == "train" and parsed["threads"] == 1 and parsed["max_minutes"] == 1.5
+    assert (parsed["data"], str(parsed["out"])) == ("pasted.txt", "word-small-1")  # relative: no server path in the run
     assert (parsed["level"], parsed["num_layers"], parsed["hidden_size"]) == ("word", 2, 256)
     config = Config(**{name: value for name, value in parsed.items() if name in Config.__dataclass_fields__})
     assert config.schedule == "cosine" and config.test_fraction == 0.0
-    command = train_command(request, tmp_path / "pasted.txt", tmp_path / "word-small-1")
+    command = train_command(request, "word-small-1")
     assert command[:2] == [sys.executable, "-c"] and BOOTSTRAP_MARK in command[2]
     assert command[3] == str(os.getpid()) and command[5:] == arguments
 
@@ -139,11 +144,6 @@ def test_the_curves_tab_draws_with_the_dashboards_code(char_model, word_model):
         with pytest.raises(ValueError, match=message):
             curves.models_figure(models, **{**dict(names=["char"], measure="bpc", x="step", log_y="log",
                                                    weight=0.6), **changes})
-
-
-def test_the_dashboard_draws_with_lmdemo_curves():
-    page = (ROOT / "dashboard" / "main.py").read_text()
-    assert "from lmdemo.curves import" in page and "def curve_traces" not in page and "add_scatter" not in page
 
 
 def test_a_session_model_is_served_but_never_listed(char_model, tmp_path):
@@ -178,27 +178,29 @@ def train_server(char_model, tmp_path_factory) -> Iterator[tuple[str, Path]]:
     url = f"http://127.0.0.1:{port}/"
     command = [sys.executable, "app.py", "--port", str(port), "--model", str(char_model),
                "--checkpoints", str(tmp_path_factory.mktemp("no-checkpoints")), "--train-root", str(root),
-               "--train-seconds", str(SECONDS)]
+               "--train-seconds", str(SECONDS), "--behind-proxy"]  # the tests' clients are told apart as a proxy would
     with serving(command, url, tmp_path_factory.mktemp("train-app") / "app.log", cwd=ROOT, env=ENV):
         yield url, root
 
 
-def client_for(url: str):
+def client_for(url: str, address: str = "203.0.113.1"):
+    """A visitor at `address` (a documentation address), as the proxy in front of the server reports it."""
     from gradio_client import Client
 
-    return Client(url, verbose=False)
+    return Client(url, verbose=False, headers={"X-Forwarded-For": address})
 
 
 def trainers(root: Path) -> int:
-    """Training processes the server under `root` runs now (their command lines name its folder)."""
+    """Training processes the server under `root` runs now (they run in a folder under it)."""
     count = 0
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 command = (entry / "cmdline").read_bytes().decode(errors="replace")
+                folder = os.readlink(entry / "cwd")
             except OSError:
                 continue
-            count += BOOTSTRAP_MARK in command and str(root) in command
+            count += BOOTSTRAP_MARK in command and Path(folder).is_relative_to(root)
     return count
 
 
@@ -219,11 +221,8 @@ def generate(client, name: str) -> tuple:
 def test_train_streams_curves_and_samples_then_the_model_samples(train_server):
     url, root = train_server
     client = client_for(url)
-    started = time.monotonic()
     job = client.submit(SMALL_TEXT, "char", "tiny", SECONDS, api_name="/train")
     status, _, points, samples, name = job.result(timeout=90)
-    seconds = time.monotonic() - started
-    assert seconds < 30, f"a {SECONDS} s job took {seconds:.0f} s from submit to its model"
     assert status.startswith("**Done**") and name.startswith("char-tiny-1-"), status
     updates = job.outputs()[:-1]
     statuses = [update[0] for update in updates]
@@ -246,7 +245,7 @@ def test_train_streams_curves_and_samples_then_the_model_samples(train_server):
     traces = json.loads(plot["plot"])["data"]
     assert {trace["name"] for trace in traces} >= {f"{name} · train", f"{name} · validation"}
     # the download: the model folder as a zip
-    archives = list(root.glob("*/*/char-tiny-1.zip"))
+    archives = list(root.glob("*/cache/*/char-tiny-1.zip"))
     assert len(archives) == 1
     with zipfile.ZipFile(archives[0]) as zipped:
         assert sorted(zipped.namelist()) == [f"char-tiny-1/{file}" for file in
@@ -257,7 +256,9 @@ def test_train_streams_curves_and_samples_then_the_model_samples(train_server):
 @pytest.mark.parametrize("arguments, message", [
     (("", "char", "tiny", SECONDS), "the text is empty"),
     (("a" * 50_000, "char", "tiny", SECONDS), "one character \\('a'\\) repeated"),
-    ((SMALL_TEXT[:2_000], "char", "tiny", SECONDS), "the text is too short"),
+    ((SMALL_TEXT[:100], "char", "tiny", SECONDS), "the text is too short"),
+    ((SMALL_TEXT, ["char"], "tiny", SECONDS), "level must be one of char, word, bpe \\(got a list\\)"),
+    ((SMALL_TEXT, "char", "tiny", {"seconds": 20}), "the time budget must be a number of seconds \\(got a dict\\)"),
     (("\x00\x07" * 20_000, "char", "tiny", SECONDS), "not plain text"),
     (("x" * 2_000_001, "char", "tiny", SECONDS), "at most 2,000,000 are accepted"),
     ((SMALL_TEXT, "char", "tiny", 0), f"from 10 to {SECONDS} seconds on this server \\(got 0\\)"),
@@ -289,11 +290,9 @@ def test_training_twice_is_refused_and_stop_keeps_the_best_model(train_server):
     assert wait_for(lambda: any("lm-col" in update[3] for update in job.outputs()), 60), "no model was saved"
     with pytest.raises(AppError, match="you already have a training job \\(running\\)"):
         client.predict(SMALL_TEXT, "char", "tiny", SECONDS, api_name="/train")
-    asked = time.monotonic()
     assert client.predict(api_name="/stop_training").startswith("Stopping at the next log interval")
     status, *_, name = job.result(timeout=60)
     assert status.startswith("**Stopped**") and name.startswith("char-tiny-"), status
-    assert time.monotonic() - asked < 10
     assert len(sample_texts(generate(client, name)[0])) == 2
     assert client.predict(api_name="/stop_training") == "No training job of yours is running."
 
@@ -310,9 +309,10 @@ def test_two_trainings_never_run_at_once(train_server):
     watcher = threading.Thread(target=count, daemon=True)
     watcher.start()
     try:
-        first = client_for(url).submit(SMALL_TEXT, "char", "tiny", 10, api_name="/train")
-        time.sleep(0.5)
-        second = client_for(url).submit(SHAKESPEARE[100_000:160_000], "char", "tiny", 10, api_name="/train")
+        first = client_for(url, "203.0.113.2").submit(SMALL_TEXT, "char", "tiny", 10, api_name="/train")
+        assert wait_for(lambda: first.outputs(), 30), "the first job never answered"
+        second = client_for(url, "203.0.113.3").submit(SHAKESPEARE[100_000:160_000], "char", "tiny", 10,
+                                                       api_name="/train")
         results = [first.result(timeout=90), second.result(timeout=90)]
     finally:
         done.set()
@@ -354,16 +354,13 @@ def test_closing_the_page_mid_run_stops_the_job_and_frees_the_slot(train_server)
         page.locator("#train-status").get_by_text(re.compile("^Training ")).wait_for(timeout=60_000)
         assert trainers(root) == 1
         mine = {folder.name for folder in root.glob("*/*") if folder.is_dir()} - before
-    closed = time.monotonic()
     assert wait_for(lambda: trainers(root) == 0, 20), "the job went on after its page closed"
-    stopped = time.monotonic() - closed
     assert wait_for(lambda: not any(any(root.glob(f"*/{name}")) for name in mine), 20), \
         "the closed session's folders were kept"
     client = client_for(url)
     job = client.submit(SMALL_TEXT, "char", "tiny", SECONDS, api_name="/train")
     assert wait_for(lambda: any(update[0].startswith(("**Starting**", "**Training**")) for update in job.outputs()),
                     10), "the slot was not freed"
-    assert stopped < 15
     job.cancel()  # a stream that goes away stops its job too
     assert wait_for(lambda: trainers(root) == 0, 20)
 
