@@ -72,10 +72,10 @@ sys.path.insert(0, str(ROOT))
 
 from lmdemo.batches import StreamBatches  # noqa: E402
 from lmdemo.checkpoint import load_model, read_weights  # noqa: E402
-from lmdemo.config import Config  # noqa: E402
+from lmdemo.config import Config, adaptive_cutoffs  # noqa: E402
 from lmdemo.evaluation import evaluate  # noqa: E402
-from lmdemo.metrics import read_metrics  # noqa: E402
-from lmdemo.model import LSTMLanguageModel, adaptive_cutoffs  # noqa: E402
+from lmdemo.metrics import improves, read_metrics  # noqa: E402
+from lmdemo.model import LSTMLanguageModel  # noqa: E402
 from lmdemo.training import encode_splits, train  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
@@ -168,11 +168,6 @@ class LoopResult:
     data: dict | None = None  # lmdemo: the training and validation tokens and the vocabulary it saw
 
 
-def _improved(loss: float, best: float) -> bool:
-    """lmdemo's rule for a better validation loss."""
-    return loss < best - 1e-4 * abs(best) if math.isfinite(best) else math.isfinite(loss)
-
-
 def textbook_step(model: TextbookLSTM, optimizer: torch.optim.Optimizer, config: Config, inputs: torch.Tensor,
                   targets: torch.Tensor, hidden: tuple | None) -> tuple[torch.Tensor, tuple]:
     """One step of pytorch/examples' loop: detach the carried state, forward, full softmax, clip, update."""
@@ -206,7 +201,7 @@ def textbook_train(config: Config, init: LSTMLanguageModel, ids: torch.Tensor, s
         nonlocal best_loss, best_state, picked, last_val_step
         loss = evaluate(model, select, config.eval_batch_size, config.eval_bptt).loss
         last_val_step = step
-        if _improved(loss, best_loss):
+        if improves(loss, best_loss):
             best_loss, picked = loss, step
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
 

@@ -17,6 +17,7 @@ from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, snapsho
 from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
 from lmdemo.config import Config, data_name
+from lmdemo.files import hub_id
 from lmdemo.metrics import CONFIG_FILE, METRICS_FILE, Metrics, bits, read_metrics
 from lmdemo.model import LSTMLanguageModel
 from lmdemo.tokenizer import TOKENIZER_FILE, Tokenizer, level_unit
@@ -90,11 +91,10 @@ def _replace_dir(new: Path, old: Path) -> None:
 def load_model(source: str | Path, revision: str | None = None) -> TrainedModel:
     """Load a model folder, or a Hub repo id through `huggingface_hub` (cache and HF_HUB_OFFLINE honoured)."""
     text = str(source)
-    folder = Path(text).expanduser()
+    repo_id = hub_id(text)
+    folder = Path(text).expanduser() if repo_id is None else _download(repo_id, revision)
     if not folder.is_dir():
-        if folder.exists() or text.startswith((".", "/", "~")) or text.count("/") != 1:
-            raise ModelLoadError(f"no model folder at {text}")
-        folder = _download(text, revision)
+        raise ModelLoadError(f"no model folder at {text}")
     missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
     if missing:
         raise ModelLoadError(f"{text} is not a model folder: missing {', '.join(missing)}")
@@ -122,10 +122,10 @@ def _download(repo_id: str, revision: str | None) -> Path:
         return Path(snapshot_download(repo_id, revision=revision,
                                       allow_patterns=[*REQUIRED_FILES, METRICS_FILE, CARD_FILE]))
     except (LocalEntryNotFoundError, OfflineModeIsEnabled):
-        raise ModelLoadError(f"{repo_id} is not in the local Hugging Face cache and the Hub cannot be "
-                             f"reached (offline?)") from None
+        raise ModelLoadError(f"no model folder at {repo_id}, and as a Hub repo it is not in the local Hugging Face "
+                             f"cache and the Hub cannot be reached (offline?)") from None
     except HfHubHTTPError as error:
-        raise ModelLoadError(f"cannot fetch {repo_id} from the Hugging Face Hub: "
+        raise ModelLoadError(f"no model folder at {repo_id}, and the Hugging Face Hub cannot give it: "
                              f"{str(error).splitlines()[0]}") from None
 
 
@@ -224,11 +224,7 @@ def _stored_in_bf16(weights: Path) -> bool:
 
 def hub_dataset(config: Config) -> str | None:
     """The Hugging Face dataset the model was trained on: `dataset_id`, or `data` when it is a Hub id."""
-    if config.dataset_id:
-        return config.dataset_id
-    data = config.data
-    local = not data or data.startswith((".", "/", "~")) or Path(data).suffix != "" or Path(data).exists()
-    return None if local else data
+    return config.dataset_id or hub_id(config.data)
 
 
 def _results_table(best: dict | None, test: dict | None, config: Config) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 from lmdemo.config import PRESETS, Config, ConfigError, preset
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # the shell's code for Ctrl-C
 BUILT_FIELDS = ("vocab_size", "cutoffs")  # set by training from the tokenizer, not options
 
 
@@ -124,6 +125,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; Ctrl-C at any point (loading, tokenising, measuring a budget) ends with one line."""
+    try:
+        return _run(argv)
+    except KeyboardInterrupt:  # training turns the first Ctrl-C into a clean stop and raises on the second
+        print("lmdemo: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _run(argv: list[str] | None) -> int:
     from lmdemo.batches import TextTooShortError
     from lmdemo.checkpoint import ModelLoadError
     from lmdemo.corpus import CorpusError
@@ -137,9 +147,6 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, ConfigError, CorpusError, ModelLoadError, SettingsError, TextTooShortError) as error:
         print(f"lmdemo: error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("lmdemo: interrupted", file=sys.stderr)
-        return 130
 
 
 def _explicit_config(args: argparse.Namespace) -> dict:

@@ -12,12 +12,34 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lmdemo.files import hub_id, write_atomic
+
 
 def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None, group: str = "training") -> Any:
     return field(default=default, metadata={"help": help, "choices": choices, "group": group})
 
 
-ADAPTIVE_MIN_VOCAB = 10_000
+# The adaptive softmax, all its numbers in one place: when 'auto' chooses it, and its clusters.
+ADAPTIVE_MIN_VOCAB = 10_000  # word and subword vocabularies at least this large
+ADAPTIVE_HEAD = 2000  # the most frequent words, scored for every token
+ADAPTIVE_GROWTH = 5  # each cluster boundary this many times the one before
+
+
+def adaptive_cutoffs(vocab_size: int, min_last: int | None = None) -> list[int]:
+    """Cluster boundaries [head, ..., vocab_size] over frequency-ordered ids: a head of 2,000 words (a quarter
+    of smaller vocabularies), then boundaries 5x apart, as Grave et al. suggest for Zipfian text.
+
+    A last cluster smaller than `min_last` words (default: a quarter of the cluster before it) joins that
+    cluster: a 2-word cluster (10,002 words) would cost a logit in the head for nothing.
+    """
+    cuts = [min(ADAPTIVE_HEAD, max(1, vocab_size // 4))]
+    while cuts[-1] < vocab_size:
+        cuts.append(min(vocab_size, cuts[-1] * ADAPTIVE_GROWTH))
+    if len(cuts) > 2:
+        before = cuts[-2] - cuts[-3]
+        if cuts[-1] - cuts[-2] < (before // 4 if min_last is None else min_last):
+            del cuts[-2]
+    return cuts
 
 
 @dataclass
@@ -149,8 +171,6 @@ class Config:
         config = self.replace(vocab_size=vocab_size)
         if not config.adaptive_softmax:
             return config.replace(softmax="full", cutoffs=None)
-        from lmdemo.model import adaptive_cutoffs
-
         return config.replace(softmax="adaptive", cutoffs=config.cutoffs or adaptive_cutoffs(vocab_size))
 
     def replace(self, **changes: Any) -> "Config":
@@ -174,8 +194,6 @@ class Config:
         config = cls(**{k: v for k, v in values.items() if k in known})
         if config.adaptive_softmax and config.cutoffs is None and config.vocab_size:
             # saved before the clusters were recorded: they were built without merging a small last one
-            from lmdemo.model import adaptive_cutoffs
-
             config = config.replace(cutoffs=adaptive_cutoffs(config.vocab_size, min_last=1))
         return config
 
@@ -184,8 +202,6 @@ class Config:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
     def save(self, path: str | Path) -> None:
-        from lmdemo.files import write_atomic
-
         write_atomic(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
 
@@ -195,8 +211,7 @@ def data_name(data: str, data_config: str | None = None) -> str:
     if not data:
         return "unknown"
     path = Path(data)
-    local = data.startswith((".", "/", "~")) or path.suffix != "" or path.exists()
-    name = ("/".join(path.parts[-2:]) if path.suffix else path.name) if local else data
+    name = data if hub_id(data) else ("/".join(path.parts[-2:]) if path.suffix else path.name)
     return f"{name} ({data_config})" if data_config else name
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy
 
 from lmdemo.config import Config
+from lmdemo.files import hub_id
 
 SPLIT_FILE_NAMES = {
     "train": ("train",),
@@ -54,12 +55,10 @@ def load_corpus(config: Config) -> Corpus:
         splits = _carve(_dataset_splits(config, saved=source), config, shuffle=True)
     elif source.is_dir() and any(source.glob("*.txt")):
         splits = _folder_splits(source, config)
-    elif source.is_dir():  # data files (json, csv, parquet) that datasets.load_dataset understands
+    elif source.is_dir() or hub_id(config.data):  # a Hub id, or data files (json, csv, parquet) datasets reads
         splits = _carve(_dataset_splits(config), config, shuffle=True)
-    elif _looks_like_path(config.data):
-        raise CorpusError(f"data not found: {config.data} (no such file or folder)")
     else:
-        splits = _carve(_dataset_splits(config), config, shuffle=True)
+        raise CorpusError(f"data not found: {config.data} (no such file or folder)")
 
     if config.train_docs is not None and config.train_docs < len(splits["train"]):
         # As the CNN/DailyMail write-up draws its subset (and datasets' filter keeps the file's order).
@@ -166,10 +165,6 @@ def _split_file(folder: Path, split_name: str) -> Path | None:
 
 def _is_saved_dataset(folder: Path) -> bool:
     return (folder / "dataset_dict.json").exists() or (folder / "state.json").exists()
-
-
-def _looks_like_path(data: str) -> bool:
-    return data.startswith((".", "/", "~")) or data.endswith(".txt") or data.count("/") > 1
 
 
 def _dataset_splits(config: Config, saved: Path | None = None) -> dict[str, list[str]]:

@@ -23,6 +23,16 @@ SCHEMA_VERSION = 1
 EVENTS = ("start", "train", "val", "test")
 LN2 = math.log(2)
 MAX_LOSS = 700.0  # exp(700) is near float64's limit: a diverged run's perplexity is huge, not an overflow
+MIN_IMPROVEMENT = 1e-4  # relative: a validation loss must beat the best by more than this to be the new best
+
+
+def improves(loss: float, best: float) -> bool:
+    """Whether `loss` makes a new best over `best` (inf before the first): the one definition of "the best
+    model". Training saves the weights of each new best; cards, the app and the dashboard name that record
+    (`Metrics.best`), so a figure shown is always the figure of the weights shipped."""
+    if not math.isfinite(best):
+        return math.isfinite(loss)
+    return loss < best - MIN_IMPROVEMENT * abs(best)
 
 
 def perplexity(loss: float) -> float:
@@ -74,6 +84,11 @@ class MetricsWriter:
             f.write(line)
         self.offset += len(line)
 
+    def sync(self) -> None:
+        """Flush the log to the disk: a run state that records `offset` must not reach it before the records."""
+        with open(self.path, "ab") as f:
+            os.fsync(f.fileno())
+
 
 @dataclass
 class Metrics:
@@ -101,8 +116,13 @@ class Metrics:
         return found[-1] if found else {}
 
     def best(self, key: str = "val_loss") -> dict[str, Any] | None:
-        scored = [r for r in self.records if isinstance(r.get(key), (int, float))]
-        return min(scored, key=lambda r: r[key]) if scored else None
+        """The record whose weights training kept as the best model: each new best by `improves`, in order."""
+        best = None
+        for record in self.records:
+            value = record.get(key)
+            if isinstance(value, (int, float)) and improves(value, math.inf if best is None else best[key]):
+                best = record
+        return best
 
 
 def read_metrics(path: str | Path) -> Metrics:

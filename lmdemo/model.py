@@ -13,7 +13,7 @@ from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 from torch.nn import functional as F
 
-from lmdemo.config import Config
+from lmdemo.config import Config, adaptive_cutoffs
 
 State = tuple[torch.Tensor, torch.Tensor]
 
@@ -119,23 +119,3 @@ class LSTMLanguageModel(
         """Distinct trainable parameters (a tied matrix counts once)."""
         return sum(p.numel() for p in self.parameters())
 
-
-ADAPTIVE_HEAD = 2000  # the most frequent words, scored for every token
-ADAPTIVE_GROWTH = 5  # each cluster boundary this many times the one before
-
-
-def adaptive_cutoffs(vocab_size: int, min_last: int | None = None) -> list[int]:
-    """Cluster boundaries [head, ..., vocab_size] over frequency-ordered ids: a head of 2,000 words (a quarter
-    of smaller vocabularies), then boundaries 5x apart, as Grave et al. suggest for Zipfian text.
-
-    A last cluster smaller than `min_last` words (default: a quarter of the cluster before it) joins that
-    cluster: a 2-word cluster (10,002 words) would cost a logit in the head for nothing.
-    """
-    cuts = [min(ADAPTIVE_HEAD, max(1, vocab_size // 4))]
-    while cuts[-1] < vocab_size:
-        cuts.append(min(vocab_size, cuts[-1] * ADAPTIVE_GROWTH))
-    if len(cuts) > 2:
-        before = cuts[-2] - cuts[-3]
-        if cuts[-1] - cuts[-2] < (before // 4 if min_last is None else min_last):
-            del cuts[-2]
-    return cuts

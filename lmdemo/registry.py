@@ -12,6 +12,7 @@ from pathlib import Path
 
 from lmdemo.checkpoint import MODEL_DIR, load_model
 from lmdemo.config import data_name
+from lmdemo.files import hub_id
 from lmdemo.generation import Generator, SettingsError
 from lmdemo.metrics import CONFIG_FILE
 
@@ -203,8 +204,7 @@ class Models:
 
 def _display_name(source: str) -> str:
     """A folder's name (a training run's `model/` is named after its run), or a Hub repo id as given."""
-    folder = Path(source).expanduser()
-    if not folder.is_dir():
+    if hub_id(source):
         return source
-    folder = folder.resolve()
+    folder = Path(source).expanduser().resolve()
     return folder.parent.name if folder.name == MODEL_DIR else folder.name

@@ -10,9 +10,10 @@ A run is a folder:
 The loop follows nanoGPT's: one step, then one place (`Trainer._plan`) decides whether to log,
 validate, save and stop. Everything that shapes the run is a function of the step: the learning
 rate, when to validate and when to stop. A `--max-minutes` budget is turned into a step budget once,
-from the speed measured before the first step, and recorded in the state, so a run killed at any
-moment (kill -9 included) resumes to the same log an uninterrupted run writes. Time-based saves are
-decided at log intervals on rank 0 and broadcast, so every process takes the same branch.
+from the speed of the run's own step measured before the first one, and recorded in the state, so a
+run killed at any moment (kill -9 included) or stopped by Ctrl-C resumes to the same log an
+uninterrupted run writes. Time-based saves and stop requests are decided at log intervals on rank 0
+and broadcast, so every process takes the same branch.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from lmdemo.config import Config, ConfigError
 from lmdemo.corpus import load_corpus
 from lmdemo.evaluation import evaluate
 from lmdemo.files import write_atomic
-from lmdemo.metrics import CONFIG_FILE, METRICS_FILE, MetricsWriter, loss_record, perplexity
+from lmdemo.metrics import CONFIG_FILE, METRICS_FILE, MetricsWriter, improves, loss_record, perplexity
 from lmdemo.model import LSTMLanguageModel
 from lmdemo.parallel import Parallel
 from lmdemo.tokenizer import TOKENIZER_FILE, Tokenizer
@@ -94,8 +95,9 @@ class Speed:
 
 
 class StopRequest:
-    """Ctrl-C or SIGTERM once: training stops at the next log interval the way it stops at a limit
-    (validate, save, score the best model on the test split); a second time aborts at once."""
+    """Ctrl-C or SIGTERM once: training stops at the next log interval, saves its state and scores the best
+    model so far on the test split; it validates only where the run would anyway, so `--resume` continues
+    exactly as if it had never stopped. A second time aborts at once."""
 
     def __init__(self) -> None:
         self.requested = False
@@ -116,7 +118,7 @@ class StopRequest:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        print("lmdemo: stopping at the next log interval (validate, save, test); once more to abort",
+        print("lmdemo: stopping at the next log interval (save, test the best model); once more to abort",
               file=sys.stderr, flush=True)
 
 
@@ -127,6 +129,7 @@ class Plan(NamedTuple):
     validate: bool
     save: bool
     limit: bool  # a limit (epochs, steps, budget) is reached: validate, save and stop
+    stop: bool  # a stop was asked for: save and stop, off the validation grid of a longer run
 
 
 @dataclass
@@ -324,7 +327,7 @@ class Trainer:
                                 refresh=False)
                 speed = Speed()
             paused = time.monotonic()
-            stop = plan.limit
+            stop = plan.limit or plan.stop
             if plan.validate:
                 stop = self._validate(interval, epoch_end) or stop
             if plan.save or plan.validate:
@@ -368,15 +371,14 @@ class Trainer:
         config, counters = self.config, self.counters
         log = counters.step % config.log_every == 0
         limit = self._limit_reached()
-        save = False
+        save = stop = False
         if log:  # time-based saves and stop requests: rank 0 decides for everyone
             flags = torch.tensor([time.monotonic() - self.last_save >= config.save_every, self.stop.requested],
                                  dtype=torch.int32, device=self.hardware.device)
             save, stop = (bool(flag) for flag in self.parallel.from_main(flags).tolist())
-            limit = limit or stop
         validate = epoch_end or limit or bool(config.eval_every and
                                               counters.step - counters.last_val_step >= config.eval_every)
-        return Plan(log=log, validate=validate, save=save and not validate, limit=limit)
+        return Plan(log=log, validate=validate, save=(save or stop) and not validate, limit=limit, stop=stop)
 
     def _limit_reached(self) -> bool:
         config, counters = self.config, self.counters
@@ -397,47 +399,63 @@ class Trainer:
                              self.parallel.world, offset)
 
     def _measure_budget(self) -> None:
-        """Turn --max-minutes into a step budget: time a few steps and a slice of validation on copies
-        of the model and optimiser (the run itself, RNGs included, is untouched), then count the steps,
-        with their share of validations, that fit the time left. Rank 0's figure holds for all."""
-        config, counters = self.config, self.counters
+        """Turn --max-minutes into a step budget: time a few of the run's own steps (`_step`, with its clipping,
+        learning rate and gradient exchange between processes) and a slice of validation, put the run back as
+        it was, then count the steps, with their share of validations, that fit the time left. Rank 0's figure
+        holds for all."""
+        config = self.config
         if not config.max_minutes:
-            counters.step_budget = counters.budget_minutes = None
+            self.counters.step_budget = self.counters.budget_minutes = None
             return
-        if counters.budget_minutes == config.max_minutes:
+        if self.counters.budget_minutes == config.max_minutes:
             return
-        rng = torch.get_rng_state()
-        model = copy.deepcopy(self.model)
-        optimizer = _optimizer(model, config)
-        optimizer.load_state_dict(copy.deepcopy(self.optimizer.state_dict()))
-        hidden, timed, seconds = self.hidden, 0, 0.0
-        for index in range(2 + 50):
-            started = time.monotonic()
-            inputs, targets = (t.to(self.hardware.device) for t in
-                               self.batches.window((counters.window + index) % len(self.batches)))
-            with self.hardware.autocast():
-                loss, state = model(inputs, hidden, targets)
-            hidden = (state[0].detach(), state[1].detach())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss.item()
-            if index >= 2:  # the first steps warm up kernels and allocations
-                timed, seconds = timed + 1, seconds + time.monotonic() - started
-                if timed >= 3 and seconds >= 2.0:
-                    break
+        saved = self._snapshot()
+        step_seconds = self._time_steps()
         valid = self.splits["valid"].ids
         sample = valid[:min(valid.numel(), config.eval_batch_size * config.eval_bptt * 2)]
         started = time.monotonic()
-        evaluate(model, sample, config.eval_batch_size, config.eval_bptt)
+        evaluate(self.model, sample, config.eval_batch_size, config.eval_bptt, self.parallel)
         eval_seconds = (time.monotonic() - started) * valid.numel() / max(sample.numel(), 1)
-        torch.set_rng_state(rng)
+        self._restore(saved)
+        counters = self.counters
         evals_per_step = (1 / config.eval_every if config.eval_every else 0) + 1 / len(self.batches)
-        per_step = seconds / timed + eval_seconds * evals_per_step
+        per_step = step_seconds + eval_seconds * evals_per_step
         left = config.max_minutes * 60 - counters.elapsed - (time.monotonic() - self.started)
         budget = torch.tensor([counters.step + max(1, int(left / per_step))], device=self.hardware.device)
         counters.step_budget = int(self.parallel.from_main(budget).item())
         counters.budget_minutes = config.max_minutes
+
+    def _time_steps(self) -> float:
+        """Seconds per training step, over steps after two that warm up kernels and allocations; rank 0 says
+        when it has timed enough, so every process takes the same steps (each exchanges gradients)."""
+        scratch = torch.zeros(2, dtype=torch.float64, device=self.hardware.device)
+        timed, seconds = 0, 0.0
+        for index in range(2 + 50):
+            started = time.monotonic()
+            self._step(scratch)
+            scratch.tolist()  # waits for the device
+            if index >= 2:
+                timed, seconds = timed + 1, seconds + time.monotonic() - started
+                enough = torch.tensor([timed >= 3 and seconds >= 2.0], dtype=torch.int32, device=self.hardware.device)
+                if self.parallel.from_main(enough).item():
+                    break
+        return seconds / timed
+
+    def _snapshot(self) -> dict[str, Any]:
+        """What a training step changes, to put back after steps that only measure."""
+        device = self.hardware.device
+        return {"weights": {name: value.clone() for name, value in self.model.state_dict().items()},
+                "optimizer": copy.deepcopy(self.optimizer.state_dict()), "rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                "counters": dataclasses.replace(self.counters), "hidden": self.hidden, "batches": self.batches}
+
+    def _restore(self, saved: dict[str, Any]) -> None:
+        self.model.load_state_dict(saved["weights"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        torch.set_rng_state(saved["rng"])
+        if saved["cuda_rng"] is not None:
+            torch.cuda.set_rng_state(saved["cuda_rng"], self.hardware.device)
+        self.counters, self.hidden, self.batches = saved["counters"], saved["hidden"], saved["batches"]
 
     def _log_train(self, interval: torch.Tensor, tokens_per_sec: float) -> float:
         """Write a training record for the steps since the last one; returns its loss."""
@@ -472,8 +490,7 @@ class Trainer:
                                   self.splits["train"].tokens_per_character) if counters.since_val_tokens else {})
         counters.since_val_loss, counters.since_val_tokens = 0.0, 0
         counters.last_val_step = counters.step
-        improved = score.loss < counters.best_val - 1e-4 * abs(counters.best_val) if math.isfinite(counters.best_val) \
-            else math.isfinite(score.loss)
+        improved = improves(score.loss, counters.best_val)
         if improved:
             counters.best_val = score.loss
             counters.evals_since_best = counters.evals_since_drop = 0
@@ -555,6 +572,8 @@ def save_state(path: Path, trainer: Trainer, interval: torch.Tensor) -> None:
     metadata = {"counters": json.dumps(dataclasses.asdict(counters)),
                 "param_groups": json.dumps(optimizer["param_groups"])}
     if parallel.main:
+        if trainer.log is not None:
+            trainer.log.sync()  # the records the state counts reach the disk before the state does
         write_atomic(path, save_tensors(tensors, metadata))
     trainer.last_save = time.monotonic()
 

@@ -1,0 +1,223 @@
+"""Each rule once: folder or Hub id, the best model, the measured step, no import cycle, clean stops."""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import DATA, ROOT
+from lmdemo import LSTMLanguageModel, Tokenizer
+from lmdemo.checkpoint import ModelLoadError, hub_dataset, load_model, save_model, write_model_card
+from lmdemo.cli import main
+from lmdemo.config import Config, data_name
+from lmdemo.corpus import CorpusError, load_corpus
+from lmdemo.files import hub_id
+from lmdemo.metrics import MetricsWriter, improves, read_metrics
+from lmdemo.registry import _display_name
+from lmdemo.training import Trainer
+
+SHAKESPEARE = DATA / "tinyshakespeare" / "input.txt"
+TINY_RUN = dict(level="char", data=str(SHAKESPEARE), max_tokens=20_000, emb_size=16, hidden_size=32, batch_size=8,
+                bptt=16, log_every=5, precision="fp32", threads=1)
+
+
+# -- 1. folder or Hub id: one rule ----------------------------------------------------------------------
+@pytest.mark.parametrize("source, expected", [
+    ("owner/name", "owner/name"),  # the Hub's shape, and no such folder here
+    ("ptb_text_only", "ptb_text_only"),  # a dataset without an owner
+    ("EleutherAI/gpt-neo-1.3B", "EleutherAI/gpt-neo-1.3B"),  # a dot is not a file suffix
+    ("./x", None), ("../x", None), ("/no/such/folder", None), ("~/no-such-folder", None),  # paths by their start
+    ("a/b/c", None), ("notes.txt", None), ("owner/reviews.jsonl", None),  # too deep, or a file's name
+    ("my model", None), ("-owner/name", None), ("", None),  # not the Hub's characters
+])
+def test_hub_id_is_the_hubs_shape_and_never_a_path(source, expected, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert hub_id(source) == expected
+
+
+def test_what_exists_here_is_local_whatever_its_shape(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "owner" / "name").mkdir(parents=True)
+    (tmp_path / "corpus").write_text("text\n")
+    assert hub_id("owner/name") is None and hub_id("corpus") is None
+    assert hub_id(tmp_path / "owner") is None and hub_id("owner/other") == "owner/other"
+
+
+@pytest.mark.parametrize("source", ["owner/gpt-neo-1.3B", "gpt2", "owner/reviews.jsonl", "./x", "/no/such/folder",
+                                    "a/b/c"])
+def test_every_caller_tells_a_folder_from_a_hub_id_the_same_way(source, tmp_path, monkeypatch):
+    """Loading a model, loading a corpus, naming data, the card's dataset and the app's model name agree."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    repo = hub_id(source)
+    assert hub_dataset(Config(data=source)) == repo
+    assert _display_name(source) == (source if repo else Path(source).name)
+    assert data_name(source) == (source if repo else data_name(str(tmp_path / source)))
+    with pytest.raises(ModelLoadError, match=re.escape(f"no model folder at {source}")) as loading:
+        load_model(source)
+    assert ("Hugging Face cache" in str(loading.value)) == (repo is not None)
+    with pytest.raises(CorpusError, match="could not load dataset" if repo else "data not found"):
+        load_corpus(Config(data=source))
+
+
+# -- 2. the best model: one definition ---------------------------------------------------------------
+def test_the_card_names_the_validation_whose_weights_were_saved(tmp_path):
+    """A later validation better by less than the threshold is no new best: training keeps the earlier
+    weights, so the card, the app and the dashboard must report the earlier loss."""
+    tokenizer = Tokenizer.build(["to be or not to be"], "char")
+    model = LSTMLanguageModel(Config(level="char", vocab_size=tokenizer.vocab_size, emb_size=8, hidden_size=8))
+    folder = save_model(tmp_path / "model", model, tokenizer)
+    log = MetricsWriter(folder / "metrics.jsonl")
+    log.append("val", step=10, val_loss=2.0, val_ppl=7.389, val_bpc=2.8854, best=True)
+    log.append("val", step=20, val_loss=1.9999, val_ppl=7.3883, val_bpc=2.8853, best=False)
+    assert not improves(1.9999, 2.0)
+    metrics = read_metrics(folder / "metrics.jsonl")
+    assert metrics.best("val_loss")["step"] == 10
+    write_model_card(folder, model, metrics, "tiny")
+    card = (folder / "README.md").read_text()
+    assert "| validation (best) | 2.0000 | 7.39 | 2.8854 |" in card and "1.9999" not in card
+
+
+def test_best_is_the_record_training_flagged_in_a_real_run(tmp_path):
+    from lmdemo.training import train
+
+    train(Config(**TINY_RUN, max_steps=60, eval_every=5, lr=0.05, schedule="constant"), tmp_path / "run",
+          progress_bar=False, command="pytest")
+    metrics = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    flagged = [r for r in metrics.events("val") if r["best"]]
+    assert len(flagged) >= 2 and metrics.best("val_loss") is flagged[-1]
+    card = (tmp_path / "run" / "model" / "README.md").read_text()
+    assert f"| validation (best) | {flagged[-1]['val_loss']:.4f} |" in card
+
+
+# -- 3. the budget is measured on the step that trains -------------------------------------------------
+def test_the_minutes_budget_times_the_training_step_itself(tmp_path, monkeypatch):
+    """The timed steps are `Trainer._step` (clipping, learning rate, gradient exchange), not a copy of it."""
+    import torch
+
+    from lmdemo.training import train
+
+    measuring, steps_measured, clips_measured = [False], [], []
+    real_measure, real_step, real_clip = Trainer._measure_budget, Trainer._step, torch.nn.utils.clip_grad_norm_
+
+    def measure(self):
+        measuring[0] = True
+        real_measure(self)
+        measuring[0] = False
+
+    def step(self, interval):
+        if measuring[0]:
+            steps_measured.append(self.counters.step)
+        return real_step(self, interval)
+
+    def clip(*args, **kwargs):
+        if measuring[0]:
+            clips_measured.append(1)
+        return real_clip(*args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "_measure_budget", measure)
+    monkeypatch.setattr(Trainer, "_step", step)
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip)
+    train(Config(**TINY_RUN, max_minutes=0.1, epochs=100), tmp_path / "run", progress_bar=False, command="pytest")
+    assert len(steps_measured) >= 5 and len(clips_measured) == len(steps_measured)
+    assert steps_measured == list(range(len(steps_measured)))  # consecutive steps of the run, from its start ...
+    first = read_metrics(tmp_path / "run" / "metrics.jsonl").events("train")[0]
+    assert (first["step"], first["tokens"]) == (5, 5 * 8 * 16)  # ... then put back: the run starts at step 0
+
+
+# -- 4. no import cycle ------------------------------------------------------------------------------
+def _imports(path: Path) -> set[str]:
+    """Every lmdemo module a file imports, at the top or inside a function."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found |= {node.module, *(f"{node.module}.{alias.name}" for alias in node.names)}
+    return {name for name in found if name.startswith("lmdemo.")}
+
+
+def test_lmdemo_modules_import_each_other_without_a_cycle():
+    package = ROOT / "lmdemo"
+    modules = {".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): path
+               for path in package.rglob("*.py")}
+    graph = {name: _imports(path) & modules.keys() - {name} for name, path in modules.items()}
+    assert graph["lmdemo.config"] and graph["lmdemo.model"], "the graph must see the modules' imports"
+    done, path = set(), []
+
+    def visit(name: str) -> None:
+        if name in path:
+            cycle = path[path.index(name):] + [name]
+            pytest.fail(f"import cycle: {' -> '.join(cycle)}")
+        if name in done:
+            return
+        path.append(name)
+        for imported in sorted(graph[name]):
+            visit(imported)
+        path.pop()
+        done.add(name)
+
+    for name in sorted(graph):
+        visit(name)
+
+
+# -- 5. clean stops ------------------------------------------------------------------------------------
+def _mapped(pid: int, library: str) -> bool:
+    try:
+        return library in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="watches /proc to know the command has started")
+def test_ctrl_c_while_the_command_loads_ends_with_one_line_and_130(tmp_path):
+    """The signal goes in once torch starts loading (inside the command, not Python's own start-up)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "lmdemo", "train", "--data", str(SHAKESPEARE), "--level", "char",
+                                "--max-minutes", "1", "--quiet", "--out", str(tmp_path / "run")],
+                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while process.poll() is None and not _mapped(process.pid, "libtorch"):
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert (process.returncode, stderr) == (130, "lmdemo: interrupted\n"), stderr[-2000:]
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("phase", ["lmdemo.training.Tokenizer.build", "lmdemo.training.Trainer._measure_budget"])
+def test_ctrl_c_while_tokenising_or_measuring_ends_with_one_line_and_130(phase, tmp_path, monkeypatch, capsys):
+    """A Ctrl-C raises KeyboardInterrupt wherever Python is: here, in each phase before training."""
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(phase, interrupted)
+    code = main(["train", "--data", str(SHAKESPEARE), "--level", "char", "--max-tokens", "5000", "--max-minutes", "1",
+                 "--threads", "1", "--quiet", "--out", str(tmp_path / "run")])
+    assert (code, capsys.readouterr().err) == (130, "lmdemo: interrupted\n")
+
+
+def test_the_log_reaches_the_disk_before_the_state_that_counts_it(tmp_path, monkeypatch):
+    from lmdemo.training import train
+
+    synced = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        synced.append(Path(os.readlink(f"/proc/self/fd/{fd}")).name)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    train(Config(**TINY_RUN, max_steps=20, save_every=0.0), tmp_path / "run", progress_bar=False, command="pytest")
+    states = [index for index, name in enumerate(synced) if name.startswith(".state.safetensors")]
+    assert len(states) >= 4  # a save at every log interval
+    for previous, state in zip([-1, *states], states):
+        assert "metrics.jsonl" in synced[previous + 1:state], synced
