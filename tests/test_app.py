@@ -401,7 +401,7 @@ def test_concurrency_limits_model_requests_across_endpoints(one_at_a_time):
 def test_the_page_generates_in_a_browser_without_leaving_the_host(server):
     with chromium_page(server) as page:
         page.get_by_role("button", name="Generate").click()
-        page.get_by_text("Done").first.wait_for(timeout=30_000)
+        page.get_by_text("Done").first.wait_for(timeout=60_000)
         columns = page.locator("#samples .lm-col")
         assert columns.count() == 5
         assert len(columns.first.locator(".tok").all()) > 10
@@ -481,7 +481,7 @@ def test_the_inside_tab_draws_its_heatmap_in_a_browser(server):
     with chromium_page(server) as page:
         page.get_by_role("tab", name="Inside the LSTM").click()
         page.get_by_role("button", name="Show units").click()
-        page.locator("#inside-heatmap .hm image").wait_for(timeout=30_000)
+        page.locator("#inside-heatmap .hm image").wait_for(timeout=60_000)
         labels = page.locator("#inside-heatmap .xtick text").all_text_contents()
         assert labels[:7] == list("ROMEO:↵") and page.get_by_text("units by most variable").count() > 0
         assert not page.elsewhere, f"the page fetched from other hosts: {page.elsewhere}"

@@ -422,7 +422,7 @@ def server(logs_root, live_root, tmp_path_factory):
     command = [sys.executable, "-m", "streamlit", "run", str(PAGE), "--server.port", str(port),
                "--", "--logs", str(logs_root), "--logs", str(live_root)]
     log = tmp_path_factory.mktemp("server") / "streamlit.log"
-    with serving(command, f"{url}/_stcore/health", log, timeout=60, cwd=ROOT):
+    with serving(command, f"{url}/_stcore/health", log, cwd=ROOT):
         yield url
 
 
@@ -456,7 +456,7 @@ POINTS = """suffix => {
 @pytest.mark.browser
 def test_chart_in_a_real_browser(server):
     with chromium_page(server) as page:
-        page.wait_for_selector("[data-testid=stPlotlyChart] .js-plotly-plot", timeout=30_000)
+        page.wait_for_selector("[data-testid=stPlotlyChart] .js-plotly-plot", timeout=60_000)
         legend = page.locator(".js-plotly-plot .legend").first.text_content()
         assert "/small · validation" in legend and "/wide · validation" in legend and "/known · validation" in legend
         assert page.get_by_text("Training dashboard").first.is_visible()
@@ -466,10 +466,10 @@ def test_chart_in_a_real_browser(server):
 @pytest.mark.browser
 def test_auto_refresh_in_a_real_browser_draws_an_appended_record(server, live_root):
     with chromium_page(server) as page:
-        page.wait_for_function(POINTS, arg="/known · validation", timeout=30_000)
+        page.wait_for_function(POINTS, arg="/known · validation", timeout=60_000)
         assert page.evaluate(POINTS, "/known · validation") == 3
         page.get_by_text("Auto-refresh").click()
-        page.wait_for_selector("text=Every (seconds)", timeout=30_000)
+        page.wait_for_selector("text=Every (seconds)", timeout=60_000)
         with (live_root / "known" / "metrics.jsonl").open("a") as output:
             output.write(LATER_VAL)
         page.wait_for_function(f"() => ({POINTS})('/known · validation') === 4", timeout=60_000)

@@ -171,8 +171,8 @@ def test_space_app_skips_a_missing_model_with_a_notice(tmp_path, capsys, char_mo
             "someone/tiny-shakespeare", "ROMEO:\n", "0.8", 20, 0, 1.0, "1", "", False, api_name="/generate")
         assert status.startswith("**Done**")
     warnings = [line for line in log.read_text().splitlines() if "app.py: warning" in line]
-    assert warnings == ["app.py: warning: skipped someone/missing: someone/missing is not in the local Hugging Face "
-                        "cache and the Hub cannot be reached (offline?)"]
+    assert warnings == ["app.py: warning: skipped someone/missing: no model folder at someone/missing, and as a Hub "
+                        "repo it is not in the local Hugging Face cache and the Hub cannot be reached (offline?)"]
     assert "Traceback" not in log.read_text()
 
 
