@@ -66,7 +66,8 @@ def build(training: LiveTraining, slots: ComputeSlots, behind_proxy: bool) -> Ca
                              label="Level: what one token is")
             size = gr.Radio([(size.label, key) for key, size in SIZES.items()], value=DEFAULT_SIZE,
                             label="Model size (layers × units)")
-            seconds = gr.Slider(limits.min_seconds, limits.max_seconds, value=limits.default_seconds,
+            seconds = gr.Slider(min(limits.min_seconds, limits.max_seconds - 1), limits.max_seconds,
+                                value=limits.default_seconds, interactive=limits.max_seconds > limits.min_seconds,
                                 step=5 if limits.max_seconds - limits.min_seconds >= 50 else 1,
                                 label="Time budget (seconds)",
                                 info=f"at most {limits.max_seconds:g} s a job and {limits.budget_per_hour_s:g} s an "
