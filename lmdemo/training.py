@@ -284,7 +284,7 @@ class Trainer:
         self.started = time.monotonic()
         self.last_save = self.started
         self.stop = StopRequest()
-        self._measure_budget()
+        self._set_budget()
         if resume and self._limit_reached():
             raise ConfigError(f"the run in {out} already reached its limits (step {self.counters.step}, "
                               f"epoch {self.counters.epoch}); raise --epochs, --max-steps or --max-minutes "
@@ -398,64 +398,13 @@ class Trainer:
         return StreamBatches(self.splits["train"].ids, config.batch_size, config.bptt, self.parallel.rank,
                              self.parallel.world, offset)
 
-    def _measure_budget(self) -> None:
-        """Turn --max-minutes into a step budget: time a few of the run's own steps (`_step`, with its clipping,
-        learning rate and gradient exchange between processes) and a slice of validation, put the run back as
-        it was, then count the steps, with their share of validations, that fit the time left. Rank 0's figure
-        holds for all."""
-        config = self.config
+    def _set_budget(self) -> None:
+        """--max-minutes as a step budget, measured once: a resume with the same minutes keeps it."""
+        config, counters = self.config, self.counters
         if not config.max_minutes:
-            self.counters.step_budget = self.counters.budget_minutes = None
-            return
-        if self.counters.budget_minutes == config.max_minutes:
-            return
-        saved = self._snapshot()
-        step_seconds = self._time_steps()
-        valid = self.splits["valid"].ids
-        sample = valid[:min(valid.numel(), config.eval_batch_size * config.eval_bptt * 2)]
-        started = time.monotonic()
-        evaluate(self.model, sample, config.eval_batch_size, config.eval_bptt, self.parallel)
-        eval_seconds = (time.monotonic() - started) * valid.numel() / max(sample.numel(), 1)
-        self._restore(saved)
-        counters = self.counters
-        evals_per_step = (1 / config.eval_every if config.eval_every else 0) + 1 / len(self.batches)
-        per_step = step_seconds + eval_seconds * evals_per_step
-        left = config.max_minutes * 60 - counters.elapsed - (time.monotonic() - self.started)
-        budget = torch.tensor([counters.step + max(1, int(left / per_step))], device=self.hardware.device)
-        counters.step_budget = int(self.parallel.from_main(budget).item())
-        counters.budget_minutes = config.max_minutes
-
-    def _time_steps(self) -> float:
-        """Seconds per training step, over steps after two that warm up kernels and allocations; rank 0 says
-        when it has timed enough, so every process takes the same steps (each exchanges gradients)."""
-        scratch = torch.zeros(2, dtype=torch.float64, device=self.hardware.device)
-        timed, seconds = 0, 0.0
-        for index in range(2 + 50):
-            started = time.monotonic()
-            self._step(scratch)
-            scratch.tolist()  # waits for the device
-            if index >= 2:
-                timed, seconds = timed + 1, seconds + time.monotonic() - started
-                enough = torch.tensor([timed >= 3 and seconds >= 2.0], dtype=torch.int32, device=self.hardware.device)
-                if self.parallel.from_main(enough).item():
-                    break
-        return seconds / timed
-
-    def _snapshot(self) -> dict[str, Any]:
-        """What a training step changes, to put back after steps that only measure."""
-        device = self.hardware.device
-        return {"weights": {name: value.clone() for name, value in self.model.state_dict().items()},
-                "optimizer": copy.deepcopy(self.optimizer.state_dict()), "rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                "counters": dataclasses.replace(self.counters), "hidden": self.hidden, "batches": self.batches}
-
-    def _restore(self, saved: dict[str, Any]) -> None:
-        self.model.load_state_dict(saved["weights"])
-        self.optimizer.load_state_dict(saved["optimizer"])
-        torch.set_rng_state(saved["rng"])
-        if saved["cuda_rng"] is not None:
-            torch.cuda.set_rng_state(saved["cuda_rng"], self.hardware.device)
-        self.counters, self.hidden, self.batches = saved["counters"], saved["hidden"], saved["batches"]
+            counters.step_budget = counters.budget_minutes = None
+        elif counters.budget_minutes != config.max_minutes:
+            counters.step_budget, counters.budget_minutes = measure_step_budget(self), config.max_minutes
 
     def _log_train(self, interval: torch.Tensor, tokens_per_sec: float) -> float:
         """Write a training record for the steps since the last one; returns its loss."""
@@ -547,6 +496,65 @@ def _check_resumable(saved: Config, given: Config) -> None:
                            for name in changed)
         raise ConfigError(f"cannot resume with changed settings: {listed}; a resumed run may change only "
                           + ", ".join(f"--{name.replace('_', '-')}" for name in RESUMABLE_FIELDS))
+
+
+# -- the --max-minutes budget ------------------------------------------------------------------------
+def measure_step_budget(trainer: Trainer) -> int:
+    """The step at which --max-minutes runs out: time a few of the run's own steps (`Trainer._step`, with its
+    clipping, learning rate and gradient exchange between processes) and a slice of validation, put the run
+    back as it was, then count the steps, with their share of validations, that fit the time left. Rank 0's
+    figure holds for all."""
+    config = trainer.config
+    saved = _snapshot(trainer)
+    step_seconds = _time_steps(trainer)
+    valid = trainer.splits["valid"].ids
+    sample = valid[:min(valid.numel(), config.eval_batch_size * config.eval_bptt * 2)]
+    started = time.monotonic()
+    evaluate(trainer.model, sample, config.eval_batch_size, config.eval_bptt, trainer.parallel)
+    eval_seconds = (time.monotonic() - started) * valid.numel() / max(sample.numel(), 1)
+    _restore(trainer, saved)
+    evals_per_step = (1 / config.eval_every if config.eval_every else 0) + 1 / len(trainer.batches)
+    left = config.max_minutes * 60 - trainer.elapsed()
+    steps = max(1, int(left / (step_seconds + eval_seconds * evals_per_step)))
+    budget = torch.tensor([trainer.counters.step + steps], device=trainer.hardware.device)
+    return int(trainer.parallel.from_main(budget).item())
+
+
+def _time_steps(trainer: Trainer) -> float:
+    """Seconds per training step, over steps after two that warm up kernels and allocations; rank 0 says when
+    it has timed enough, so every process takes the same steps (each exchanges gradients)."""
+    device = trainer.hardware.device
+    scratch = torch.zeros(2, dtype=torch.float64, device=device)
+    timed, seconds = 0, 0.0
+    for index in range(2 + 50):
+        started = time.monotonic()
+        trainer._step(scratch)
+        scratch.tolist()  # waits for the device
+        if index >= 2:
+            timed, seconds = timed + 1, seconds + time.monotonic() - started
+            enough = torch.tensor([timed >= 3 and seconds >= 2.0], dtype=torch.int32, device=device)
+            if trainer.parallel.from_main(enough).item():
+                break
+    return seconds / timed
+
+
+def _snapshot(trainer: Trainer) -> dict[str, Any]:
+    """What a training step changes, to put back after steps that only measure."""
+    device = trainer.hardware.device
+    return {"weights": {name: value.clone() for name, value in trainer.model.state_dict().items()},
+            "optimizer": copy.deepcopy(trainer.optimizer.state_dict()), "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            "counters": dataclasses.asdict(trainer.counters), "hidden": trainer.hidden, "batches": trainer.batches}
+
+
+def _restore(trainer: Trainer, saved: dict[str, Any]) -> None:
+    trainer.model.load_state_dict(saved["weights"])
+    trainer.optimizer.load_state_dict(saved["optimizer"])
+    torch.set_rng_state(saved["rng"])
+    if saved["cuda_rng"] is not None:
+        torch.cuda.set_rng_state(saved["cuda_rng"], trainer.hardware.device)
+    vars(trainer.counters).update(saved["counters"])  # in place: callers hold the counters
+    trainer.hidden, trainer.batches = saved["hidden"], saved["batches"]
 
 
 # -- the run state ---------------------------------------------------------------------------------

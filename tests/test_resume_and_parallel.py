@@ -1,4 +1,4 @@
-"""Runs killed with SIGKILL resume exactly; two data-parallel processes train like one."""
+"""Runs killed with SIGKILL resume exactly; two data-parallel processes train like one, budgets included."""
 
 from __future__ import annotations
 
@@ -28,6 +28,12 @@ def lmdemo(*args: str, launcher: tuple[str, ...] = ()) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, *launcher, "-m", "lmdemo", *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def torchrun() -> tuple[str, ...]:
+    """The launcher for two data-parallel processes on this machine."""
+    return ("-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+            f"--master_port={free_port()}")
 
 
 def finish(process: subprocess.Popen, timeout: float = 300) -> str:
@@ -80,9 +86,7 @@ def test_kill_9_then_resume_continues_exactly(tmp_path):
 def test_two_process_torchrun_trains_like_one_process(tmp_path):
     options = [*RUN, "--dropout", "0", "--max-steps", "24", "--eval-every", "12", "--test-fraction", "0.1"]
     single = lmdemo("train", *options, "--out", str(tmp_path / "one"))
-    launcher = ("-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-                f"--master_port={free_port()}")
-    pair = lmdemo("train", *options, "--out", str(tmp_path / "two"), launcher=launcher)
+    pair = lmdemo("train", *options, "--out", str(tmp_path / "two"), launcher=torchrun())
     finish(pair)
     finish(single)
     one, two = read_metrics(tmp_path / "one" / "metrics.jsonl"), read_metrics(tmp_path / "two" / "metrics.jsonl")
@@ -91,3 +95,23 @@ def test_two_process_torchrun_trains_like_one_process(tmp_path):
     for a, b in zip(one.events("val"), two.events("val")):
         assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-4)
     assert two.last("test")["test_loss"] == pytest.approx(one.last("test")["test_loss"], rel=1e-4)
+
+
+def test_two_processes_time_their_budget_on_the_step_they_train_and_put_it_back(tmp_path):
+    """Under torchrun the budget is timed on the real step, gradient exchange included, which every process
+    must take the same number of times; the run is then put back on every process, so a run of
+    --max-minutes equals a run of --max-steps <its budget>, as in one process."""
+    options = [*SMALL, "--dropout", "0.1", "--epochs", "100", "--schedule", "cosine", "--save-every", "1"]
+    timed = lmdemo("train", *options, "--max-minutes", "0.1", "--out", str(tmp_path / "timed"), launcher=torchrun())
+    log = tmp_path / "timed" / "metrics.jsonl"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and timed.poll() is None and not (log.exists() and read_metrics(log).events("start")):
+        time.sleep(0.05)
+    start = read_metrics(log).last("start")
+    assert start["world"] == 2 and start["step_budget"] > 0
+    steps = lmdemo("train", *options, "--max-steps", str(start["step_budget"]), "--out", str(tmp_path / "steps"),
+                   launcher=torchrun())
+    finish(timed)
+    finish(steps)
+    assert read_metrics(log).events("val")[-1]["step"] == start["step_budget"]
+    assert comparable(tmp_path / "timed") == comparable(tmp_path / "steps")

@@ -104,15 +104,17 @@ def test_the_minutes_budget_times_the_training_step_itself(tmp_path, monkeypatch
     """The timed steps are `Trainer._step` (clipping, learning rate, gradient exchange), not a copy of it."""
     import torch
 
+    from lmdemo import training
     from lmdemo.training import train
 
     measuring, steps_measured, clips_measured = [False], [], []
-    real_measure, real_step, real_clip = Trainer._measure_budget, Trainer._step, torch.nn.utils.clip_grad_norm_
+    real_measure, real_step, real_clip = training.measure_step_budget, Trainer._step, torch.nn.utils.clip_grad_norm_
 
-    def measure(self):
+    def measure(trainer):
         measuring[0] = True
-        real_measure(self)
+        budget = real_measure(trainer)
         measuring[0] = False
+        return budget
 
     def step(self, interval):
         if measuring[0]:
@@ -124,7 +126,7 @@ def test_the_minutes_budget_times_the_training_step_itself(tmp_path, monkeypatch
             clips_measured.append(1)
         return real_clip(*args, **kwargs)
 
-    monkeypatch.setattr(Trainer, "_measure_budget", measure)
+    monkeypatch.setattr(training, "measure_step_budget", measure)
     monkeypatch.setattr(Trainer, "_step", step)
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip)
     train(Config(**TINY_RUN, max_minutes=0.1, epochs=100), tmp_path / "run", progress_bar=False, command="pytest")
@@ -193,7 +195,7 @@ def test_ctrl_c_while_the_command_loads_ends_with_one_line_and_130(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("phase", ["lmdemo.training.Tokenizer.build", "lmdemo.training.Trainer._measure_budget"])
+@pytest.mark.parametrize("phase", ["lmdemo.training.Tokenizer.build", "lmdemo.training.measure_step_budget"])
 def test_ctrl_c_while_tokenising_or_measuring_ends_with_one_line_and_130(phase, tmp_path, monkeypatch, capsys):
     """A Ctrl-C raises KeyboardInterrupt wherever Python is: here, in each phase before training."""
     def interrupted(*args, **kwargs):
