@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from conftest import DATA
-from servers import free_port, serving
-from test_app import ENV, chromium_page, sample_texts
+from servers import free_port, serving, wait_until
+from browser import chromium_page
+from test_app import ENV, sample_texts
 
 from lmdemo import curves
 from lmdemo.cli import build_parser
@@ -204,16 +205,6 @@ def trainers(root: Path) -> int:
     return count
 
 
-def wait_for(condition, timeout: float, every: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(every)
-    return condition()
-
-
 def generate(client, name: str) -> tuple:
     return client.predict(name, "ROMEO:\n", "0.5, 1", 40, 0, 1.0, "3", "", False, api_name="/generate")
 
@@ -287,7 +278,7 @@ def test_training_twice_is_refused_and_stop_keeps_the_best_model(train_server):
 
     client = client_for(train_server[0])
     job = client.submit(SMALL_TEXT, "char", "tiny", SECONDS, api_name="/train")
-    assert wait_for(lambda: any("lm-col" in update[3] for update in job.outputs()), 60), "no model was saved"
+    wait_until(lambda: any("lm-col" in update[3] for update in job.outputs()), 60, "no model was saved")
     with pytest.raises(AppError, match="you already have a training job \\(running\\)"):
         client.predict(SMALL_TEXT, "char", "tiny", SECONDS, api_name="/train")
     assert client.predict(api_name="/stop_training").startswith("Stopping at the next log interval")
@@ -310,7 +301,7 @@ def test_two_trainings_never_run_at_once(train_server):
     watcher.start()
     try:
         first = client_for(url, "203.0.113.2").submit(SMALL_TEXT, "char", "tiny", 10, api_name="/train")
-        assert wait_for(lambda: first.outputs(), 30), "the first job never answered"
+        wait_until(lambda: first.outputs(), 30, "the first job never answered")
         second = client_for(url, "203.0.113.3").submit(SHAKESPEARE[100_000:160_000], "char", "tiny", 10,
                                                        api_name="/train")
         results = [first.result(timeout=90), second.result(timeout=90)]
@@ -325,26 +316,38 @@ def test_two_trainings_never_run_at_once(train_server):
     assert any(update[0].startswith("**Starting**") for update in second.outputs())
 
 
-def test_the_train_tab_draws_a_growing_curve_in_a_browser(train_server):
+@pytest.mark.browser
+def test_a_visitor_trains_downloads_and_leaves_in_a_browser(train_server, tmp_path):
     url, root = train_server
     script = ("() => { const g = document.querySelector('#train-curve .js-plotly-plot');"  # the points drawn
               " return g && g._fullData ? g._fullData.reduce((n, t) => n + (t._length || 0), 0) : 0; }")
     with chromium_page(url) as page:
         page.get_by_role("tab", name="Train", exact=True).click()
         page.get_by_role("button", name="Train", exact=True).click()
-        first = wait_for(lambda: page.evaluate(script), 60, 0.25)
-        assert first, "no curve was drawn"
-        grown = wait_for(lambda: page.evaluate(script) > first, 20, 0.25)
-        assert grown, "the curve did not grow"
+        first = wait_until(lambda: page.evaluate(script), 60, "no curve was drawn", every=0.25)
+        wait_until(lambda: page.evaluate(script) > first, 60, "the curve did not grow", every=0.25)
         shot = os.environ.get("LMDEMO_TRAIN_SCREENSHOT")
         if shot:
             page.screenshot(path=shot, full_page=True)
         page.locator("#train-status").get_by_text(re.compile("^Done: ")).wait_for(timeout=60_000)
+        with page.expect_download() as download:
+            page.get_by_role("button", name="Download the model (zip)").click()
+        saved = tmp_path / "model.zip"
+        download.value.save_as(saved)
+        with zipfile.ZipFile(saved) as zipped:
+            assert "char-tiny-1/model.safetensors" in zipped.namelist()
+            config = json.loads(zipped.read("char-tiny-1/config.json"))
+            assert config["data"] == "tinyshakespeare.txt"  # named as the visitor knows it
+            assert not any(str(root) in zipped.read(name).decode(errors="replace") for name in zipped.namelist())
+        archives = list(root.glob("*/cache/*/char-tiny-1.zip"))
+        assert archives, "the zip is not in the session's own download folder"
         page.get_by_role("tab", name="Compare", exact=True).click()
         assert page.get_by_label("Model A").input_value() == "yours: char-tiny-1"
         assert not page.elsewhere, f"the page fetched from other hosts: {page.elsewhere}"
+    wait_until(lambda: not any(path.exists() for path in archives), 30, "the zip outlived the closed page")
 
 
+@pytest.mark.browser
 def test_closing_the_page_mid_run_stops_the_job_and_frees_the_slot(train_server):
     url, root = train_server
     before = {folder.name for folder in root.glob("*/*") if folder.is_dir()}
@@ -354,17 +357,17 @@ def test_closing_the_page_mid_run_stops_the_job_and_frees_the_slot(train_server)
         page.locator("#train-status").get_by_text(re.compile("^Training ")).wait_for(timeout=60_000)
         assert trainers(root) == 1
         mine = {folder.name for folder in root.glob("*/*") if folder.is_dir()} - before
-    assert wait_for(lambda: trainers(root) == 0, 20), "the job went on after its page closed"
-    assert wait_for(lambda: not any(any(root.glob(f"*/{name}")) for name in mine), 20), \
-        "the closed session's folders were kept"
+    wait_until(lambda: trainers(root) == 0, 30, "the job went on after its page closed")
+    wait_until(lambda: not any(any(root.glob(f"*/{name}")) for name in mine), 30, "the closed session's folders were kept")
     client = client_for(url)
     job = client.submit(SMALL_TEXT, "char", "tiny", SECONDS, api_name="/train")
-    assert wait_for(lambda: any(update[0].startswith(("**Starting**", "**Training**")) for update in job.outputs()),
-                    10), "the slot was not freed"
+    wait_until(lambda: any(update[0].startswith(("**Starting**", "**Training**")) for update in job.outputs()), 30,
+               "the slot was not freed")
     job.cancel()  # a stream that goes away stops its job too
-    assert wait_for(lambda: trainers(root) == 0, 20)
+    wait_until(lambda: trainers(root) == 0, 30, "a cancelled stream's job went on")
 
 
+@pytest.mark.browser
 def test_the_page_explains_bad_input(train_server, tmp_path):
     """The page's own path (source picker, upload) refuses with a message in the page, and starts nothing."""
     url, root = train_server
