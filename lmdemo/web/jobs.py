@@ -33,7 +33,7 @@ from lmdemo.web import trainer_process
 from lmdemo.web.clients import TrainingBudget
 from lmdemo.web.train_requests import LEVEL_OPTIONS, SIZES, TrainInputError, TrainLimits, TrainRequest
 
-STOP_GRACE_S = 20.0  # after a stop request, how long the trainer gets to validate and save
+STOP_GRACE_S = 20.0  # after a stop request, how long the trainer gets to save and finish
 STARTUP_S, OVERRUN = 30.0, 1.25  # a job is stopped past start-up + 1.25 x its budget
 KEPT_FILES = (METRICS_FILE, MODEL_DIR)  # what a finished run keeps: its log (the curves) and its model
 WAITING, STARTING, TRAINING, STOPPING = "waiting", "starting", "training", "stopping"
@@ -314,7 +314,7 @@ class LiveTraining:
         return session
 
     def stop_job(self, job: Job, reason: str) -> str:
-        """Ask `job` to end: it leaves the line, or its trainer stops cleanly (validate, save) at its next log
+        """Ask `job` to end: it leaves the line, or its trainer stops cleanly (saves, keeps the best model) at its next log
         interval."""
         with self.lock:
             if job.state == WAITING:

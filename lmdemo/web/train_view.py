@@ -179,7 +179,7 @@ def status_markdown(update: TrainUpdate) -> str:
         if best:
             parts.append(f"best validation {best}")
         state = "Stopping" if update.state == STOPPING else "Training"
-        note = " (validating and saving the best model)" if update.state == STOPPING else ""
+        note = " (saving; the best model so far is kept)" if update.state == STOPPING else ""
         return f"**{state}**{note} {what}: " + " · ".join(parts)
     if update.state in (FINISHED, STOPPED) and update.model is not None:
         verb = "Done" if update.state == FINISHED else "Stopped"

@@ -2,9 +2,9 @@
 
 The child runs in the job's own folder with relative paths (`--data pasted.txt --out char-tiny-1`), so the
 model's config, card and messages name the text as the visitor knows it, never by a server path. It dies
-with the server (Linux: the parent-death signal), and SIGINT stops it cleanly (validate, save, keep the
-best model). The training folder carries a marker naming the server process that owns it, so a later server
-deletes the folders of dead servers and nothing else.
+with the server (Linux: the parent-death signal), and SIGINT stops it cleanly at its next log interval (it
+saves, and the best model so far is kept). The training folder carries a marker naming the server process
+that owns it, so a later server deletes the folders of dead servers and nothing else.
 """
 
 from __future__ import annotations
