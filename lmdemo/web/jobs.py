@@ -12,15 +12,11 @@ heartbeat (checked on a timer), or the server stops.
 from __future__ import annotations
 
 import atexit
-import os
-import secrets
 import shutil
 import signal
 import subprocess
-import tempfile
 import threading
 import time
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -31,7 +27,8 @@ from lmdemo.metrics import METRICS_FILE
 from lmdemo.registry import Models
 from lmdemo.web import trainer_process
 from lmdemo.web.clients import TrainingBudget
-from lmdemo.web.train_requests import LEVEL_OPTIONS, SIZES, TrainInputError, TrainLimits, TrainRequest
+from lmdemo.web.sessions import Session, SessionModel, Sessions
+from lmdemo.web.train_requests import TrainInputError, TrainLimits, TrainRequest, bytes_needed
 
 STOP_GRACE_S = 20.0  # after a stop request, how long the trainer gets to save and finish
 STARTUP_S, OVERRUN = 30.0, 1.25  # a job is stopped past start-up + 1.25 x its budget
@@ -39,32 +36,6 @@ KEPT_FILES = (METRICS_FILE, MODEL_DIR)  # what a finished run keeps: its log (th
 WAITING, STARTING, TRAINING, STOPPING = "waiting", "starting", "training", "stopping"
 FINISHED, STOPPED, FAILED, CANCELLED = "finished", "stopped", "failed", "cancelled"
 ENDED = (FINISHED, STOPPED, FAILED, CANCELLED)
-
-
-@dataclass
-class SessionModel:
-    """A model a session trained: its private name in the registry, what the pickers call it, its files."""
-
-    key: str
-    label: str
-    run: Path  # the run folder: its log and its model
-    archive: Path  # the model folder as a zip, in the session's download folder
-
-
-@dataclass
-class Session:
-    """One visitor's page (a Gradio session) and the client address it came from."""
-
-    owner: str
-    client: str
-    folder: Path
-    downloads: Path
-    models: list[SessionModel] = field(default_factory=list)
-    uploads: set[Path] = field(default_factory=set)
-    job: Job | None = None
-    count: int = 0
-    last_used: float = field(default_factory=time.monotonic)
-    ended: bool = False
 
 
 @dataclass
@@ -109,12 +80,11 @@ class Job:
 
 
 class LiveTraining:
-    """The server's training slot, the line waiting for it, and every session's models and folders.
+    """The server's training slot and the line waiting for it, and what may join it.
 
-    One lock guards the line and the sessions; a job's own thread starts its process, waits for it and hands
-    the slot to the next job, so no two training processes ever run at once. `cache` is the folder the web
-    server serves downloads from and stores uploads in (Gradio's): a session's zips are written there, in a
-    folder of its own, and its uploads there are deleted with it.
+    One lock guards the line and the sessions (`Sessions`); a job's own thread starts its process, waits for it
+    and hands the slot to the next job, so no two training processes ever run at once. `cache` is the folder the
+    web server serves downloads from and stores uploads in (Gradio's): see `lmdemo.web.sessions`.
     """
 
     def __init__(self, models: Models, limits: TrainLimits = TrainLimits(), root: str | Path | None = None,
@@ -128,13 +98,12 @@ class LiveTraining:
         self.budget = TrainingBudget(limits.budget_per_hour_s)
         self.waiting: list[Job] = []
         self.running: Job | None = None
-        self.sessions: dict[str, Session] = {}
         self.lock = threading.RLock()
+        self.sessions = Sessions(self.root, self.cache, models, limits.session_ttl_s, limits.max_session_models,
+                                 self.lock)
         self.closed = threading.Event()
         every = sweep_every if sweep_every is not None else min(30.0, limits.session_ttl_s / 4)
-        self._sweeper = threading.Thread(target=self._sweep_forever, args=(every,), name="lmdemo-sessions",
-                                         daemon=True)
-        self._sweeper.start()
+        threading.Thread(target=self._sweep_forever, args=(every,), name="lmdemo-sessions", daemon=True).start()
         atexit.register(self.close)
 
     # -- requests ---------------------------------------------------------------------------------
@@ -146,7 +115,7 @@ class LiveTraining:
                 raise TrainInputError("the server is shutting down: try again in a minute")
             self._refuse_unfair(owner, client, request)
             reserved = self._reserve_disk(request)
-            session = self._session(owner, client)
+            session = self.sessions.open(owner, client)
             session.count += 1
             job = Job(session, replace(request, text=""), session.folder / str(session.count), reserved,
                       self.budget.charge(client, request.seconds))
@@ -165,7 +134,7 @@ class LiveTraining:
                 self._end_waiting(job, CANCELLED, "the session ended before the job could wait for its turn")
             else:
                 self.waiting.append(job)
-                self._advance()
+                self.advance()
         return job
 
     def position(self, job: Job) -> int:
@@ -181,74 +150,24 @@ class LiveTraining:
         with self.lock:
             session = self.sessions.get(owner)
             job = session.job if session else None
-            if session is not None:
-                session.last_used = time.monotonic()
+            self.sessions.touch(owner)
             if job is None or job.state in ENDED:
                 return "No training job of yours is running."
             return self.stop_job(job, "stop")
 
-    def touch(self, owner: str | None) -> None:
-        """A request or heartbeat from `owner`'s page: its session lives `session_ttl_s` more."""
-        with self.lock:
-            session = self.sessions.get(owner) if owner else None
-            if session is not None:
-                session.last_used = time.monotonic()
-
-    def keep_upload(self, owner: str, path: str | Path) -> None:
-        """An upload of `owner`'s page, deleted with its session (or when it is read) unless it is outside the cache."""
-        path = Path(path)
-        if not _inside(path, self.cache):
-            return
-        with self.lock:
-            session = self.sessions.get(owner)
-            if session is None:
-                session = self._session(owner, "")
-            session.uploads.add(path)
-
-    def discard_upload(self, owner: str | None, path: str | Path | None) -> None:
-        """Delete an upload (and its folder in the cache, when empty) once its text has been read."""
-        if not path:
-            return
-        path = Path(path)
-        with self.lock:
-            session = self.sessions.get(owner) if owner else None
-            if session is not None:
-                session.uploads.discard(path)
-        if _inside(path, self.cache):
-            _delete_upload(path, self.cache)
-
     def end_session(self, owner: str) -> None:
         """The visitor left: stop its job, forget its models and delete its folders, zips and uploads."""
-        with self.lock:
-            session = self.sessions.pop(owner, None)
-            if session is None:
-                return
-            session.ended = True
+        def stop_its_job(session: Session) -> bool:
             job = session.job
             if job is not None and job.state not in ENDED:
                 self.stop_job(job, "session")
-            for model in session.models:
-                self.models.remove_private(model.key)
-            session.models.clear()
-            busy = job is not None and job is self.running
-            uploads, session.uploads = set(session.uploads), set()
-        for path in uploads:
-            _delete_upload(path, self.cache)
-        shutil.rmtree(session.downloads, ignore_errors=True)
-        if not busy:  # else the job's thread deletes the folder once its process has exited
-            shutil.rmtree(session.folder, ignore_errors=True)
+            return job is not None and job is self.running
 
-    def session_models(self, owner: str) -> list[SessionModel]:
-        with self.lock:
-            session = self.sessions.get(owner)
-            return list(session.models) if session else []
+        self.sessions.end(owner, keep_folder=stop_its_job)
 
     def disk_bytes(self) -> int:
         """Bytes on disk now: the training folder and the sessions' zips."""
-        with self.lock:
-            downloads = [session.downloads for session in self.sessions.values()]
-        total = trainer_process.folder_bytes(self.root)
-        return total + sum(trainer_process.folder_bytes(d) for d in downloads if not _inside(d, self.root))
+        return trainer_process.folder_bytes(self.root) + self.sessions.downloads_bytes()
 
     def close(self) -> None:
         """End every session and job now (the server is stopping) and delete every folder."""
@@ -261,11 +180,10 @@ class LiveTraining:
             running = self.running
             if running is not None:
                 running.stop_reason = running.stop_reason or "server"
-            owners = list(self.sessions)
         if running is not None and running.process is not None:
             trainer_process.end(running.process, grace=5.0)
             running.done.wait(10)
-        for owner in owners:
+        for owner in self.sessions:
             self.end_session(owner)
         shutil.rmtree(self.root, ignore_errors=True)
 
@@ -290,28 +208,14 @@ class LiveTraining:
             raise TrainInputError(refusal)
 
     def _reserve_disk(self, request: TrainRequest) -> int:
-        """The bytes a job may write (its text, weights, optimiser state and zip), refused past the disk cap."""
-        size = SIZES[request.size]
-        vocab = min(len(set(request.text)), self.limits.max_symbols) + 2 if request.level == "char" else \
-            LEVEL_OPTIONS[request.level]["max_vocab"] + 2
-        weights = 4 * size.parameters(vocab, tied=request.level != "char")
-        needed = 2 * len(request.text.encode("utf-8")) + 6 * weights + 1_000_000
+        """The bytes a job may write, held until it ends; refused past the disk cap."""
+        needed = bytes_needed(request, self.limits.max_symbols)
         reserved = sum(job.reserved for job in (self.running, *self.waiting) if job is not None)
         cap = int(self.limits.disk_mb * 1e6)
         if self.disk_bytes() + reserved + needed > cap:
             raise TrainInputError(f"the server's training space is full ({cap / 1e6:,.0f} MB for everyone's texts "
                                   f"and models): try again in a few minutes, when other visitors' sessions have ended")
         return needed
-
-    def _session(self, owner: str, client: str) -> Session:
-        session = self.sessions.get(owner)
-        if session is None:
-            session = Session(owner, client, self.root / secrets.token_hex(8),
-                              Path(tempfile.mkdtemp(prefix="lmdemo-", dir=self.cache)))
-            self.sessions[owner] = session
-        session.client = client or session.client
-        session.last_used = time.monotonic()
-        return session
 
     def stop_job(self, job: Job, reason: str) -> str:
         """Ask `job` to end: it leaves the line, or its trainer stops cleanly (saves, keeps the best model) at its next log
@@ -338,73 +242,65 @@ class LiveTraining:
         shutil.rmtree(job.folder, ignore_errors=True)
         job.done.set()
 
-    def _advance(self) -> None:
+    def advance(self) -> None:
         """Start the next waiting job if the slot is free."""
         if self.running is not None or not self.waiting or self.closed.is_set():
             return
         job = self.waiting.pop(0)
         self.running = job
         job.state, job.started = STARTING, time.monotonic()
-        threading.Thread(target=self._run, args=(job,), name=f"lmdemo-train-{job.session.count}", daemon=True).start()
+        threading.Thread(target=JobThread(self, job).run, name=f"lmdemo-train-{job.session.count}", daemon=True).start()
 
     def _sweep_forever(self, every: float) -> None:
         while not self.closed.wait(every):
             self.sweep()
 
     def sweep(self) -> None:
-        """End the sessions that went `session_ttl_s` without a request or heartbeat (a page closed without
-        a goodbye, or a script's session)."""
-        now = time.monotonic()
-        with self.lock:
-            idle = [owner for owner, session in self.sessions.items()
-                    if now - session.last_used > self.limits.session_ttl_s]
-        for owner in idle:
+        """End the sessions that went `session_ttl_s` without a request or heartbeat (a page closed without a
+        goodbye, or a script's session), and clear what nobody claimed in the cache."""
+        for owner in self.sessions.idle():
             self.end_session(owner)
-        if _inside(self.cache, self.root):  # the web server's cache is this server's own: uploads nobody used go
-            with self.lock:
-                kept = {session.downloads.resolve() for session in self.sessions.values()}
-            for entry in self.cache.iterdir():
-                try:
-                    idle_s = time.time() - entry.lstat().st_mtime
-                except OSError:
-                    continue
-                if entry.resolve() not in kept and idle_s > self.limits.session_ttl_s:
-                    shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+        self.sessions.sweep_cache()
 
-    # -- a job's thread ---------------------------------------------------------------------------
-    def _run(self, job: Job) -> None:
-        """Run the trainer, wait for it (stopping it when asked or when it overruns), then keep its model
-        and pass the slot on. The process is started here and this thread outlives it: on Linux the
-        parent-death signal is tied to the thread that started the child."""
+class JobThread:
+    """A job's own thread: runs the trainer, stops it when asked or when it overruns, keeps its model and passes
+    the slot on. On Linux the parent-death signal is tied to the thread that started the child, so this thread
+    outlives its process."""
+
+    def __init__(self, line: LiveTraining, job: Job):
+        self.line, self.job = line, job
+
+    def run(self) -> None:
+        job = self.job
         try:
-            process = trainer_process.start(self.command(job.request, job.run.name), job.folder, job.log_path)
-            with self.lock:
+            process = trainer_process.start(self.line.command(job.request, job.run.name), job.folder, job.log_path)
+            with self.line.lock:
                 job.process = process
                 if job.stop_reason is not None:
                     trainer_process.send(process, signal.SIGINT)
-            self._wait(job, process)
+            self._wait(process)
             job.returncode = process.returncode
-            self._finish(job)
+            self._finish()
         except Exception as error:  # noqa: BLE001 - a failed job must still free the slot
             job.state, job.error = FAILED, f"training could not run: {trainer_process.public(str(error))}"
         finally:
-            with self.lock:
+            with self.line.lock:
                 if job.state not in ENDED:
                     job.state = FAILED
                 job.ended = time.monotonic()
-                self.budget.settle(job.charge, job.ended - (job.started or job.ended))
-                self.running = None
-                ended = job.session.ended
-                if job.model is None:
+                self.line.budget.settle(job.charge, job.ended - (job.started or job.ended))
+                self.line.running = None
+                if job.session.ended:  # its session went while the process ran: the folder is this thread's to delete
+                    shutil.rmtree(job.session.folder, ignore_errors=True)
+                elif job.model is None:
                     shutil.rmtree(job.folder, ignore_errors=True)
                 job.done.set()
-                self._advance()
-            if ended:
-                shutil.rmtree(job.session.folder, ignore_errors=True)
+                self.line.advance()
 
-    def _wait(self, job: Job, process: subprocess.Popen) -> None:
+    def _wait(self, process: subprocess.Popen) -> None:
         # The trainer turns the budget into steps from a speed it measures once; when the machine gets busier
         # (sampling requests come first), the steps take longer, and past this it is stopped (the best model kept).
+        job = self.job
         deadline = time.monotonic() + STARTUP_S + OVERRUN * job.request.seconds
         stop_sent: float | None = None
         while True:
@@ -415,20 +311,21 @@ class LiveTraining:
                 pass
             now = time.monotonic()
             if job.state == STARTING and job.metrics_path.exists():
-                with self.lock:
+                with self.line.lock:
                     if job.state == STARTING:
                         job.state = TRAINING
                 job.text_path.unlink(missing_ok=True)  # the trainer has read it: the visitor's text leaves the disk
             if now > deadline and job.stop_reason is None:
-                self.stop_job(job, "deadline")
+                self.line.stop_job(job, "deadline")
             if job.stop_reason is not None and stop_sent is None:
                 stop_sent = now
             if stop_sent is not None and now - stop_sent > STOP_GRACE_S:
                 trainer_process.end(process, grace=5.0)
                 return
 
-    def _finish(self, job: Job) -> None:
+    def _finish(self) -> None:
         """Keep the job's model (registered privately for its session), or say why there is none."""
+        job = self.job
         job.text_path.unlink(missing_ok=True)
         has_model = (job.model_folder / WEIGHTS_FILE).is_file()
         if not has_model or (job.returncode != 0 and job.stop_reason is None):
@@ -445,53 +342,9 @@ class LiveTraining:
             if path.name not in KEPT_FILES:
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
         job.log_path.unlink(missing_ok=True)
-        name = job.run.name
-        key = f"{name}-{secrets.token_hex(3)}"
         try:
             generator = Generator(load_model(job.model_folder))
-            archive = job.session.downloads / f"{name}.zip"
-            _zip_folder(job.model_folder, archive, name)
+            job.model = self.line.sessions.keep_model(job.session, job.run, job.model_folder, generator)
         except (ModelLoadError, OSError) as error:
-            job.state, job.error = FAILED, f"the trained model could not be read back: {trainer_process.public(str(error))}"
-            return
-        model = SessionModel(key, f"yours: {name}", job.run, archive)
-        with self.lock:
-            if job.session.ended:
-                return
-            self.models.add_private(key, generator, owner=job.session.owner)
-            job.session.models.append(model)
-            job.model = model
-            while len(job.session.models) > self.limits.max_session_models:
-                dropped = job.session.models.pop(0)
-                self.models.remove_private(dropped.key)
-                shutil.rmtree(dropped.run.parent, ignore_errors=True)
-                dropped.archive.unlink(missing_ok=True)
-
-
-def _zip_folder(folder: Path, archive: Path, name: str) -> None:
-    """The model folder as `name/<file>` entries, written beside and renamed into place."""
-    partial = archive.with_suffix(".zip.partial")
-    with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as zipped:
-        for path in sorted(folder.iterdir()):
-            if path.is_file():
-                zipped.write(path, f"{name}/{path.name}")
-    os.replace(partial, archive)
-
-
-def _inside(path: Path, folder: Path) -> bool:
-    try:
-        return path.resolve().is_relative_to(folder.resolve()) and path.resolve() != folder.resolve()
-    except OSError:
-        return False
-
-
-def _delete_upload(path: Path, cache: Path) -> None:
-    """An upload and the folder the web server made for it, up to (never including) the cache folder."""
-    path.unlink(missing_ok=True)
-    parent = path.parent
-    while _inside(parent, cache):
-        try:
-            parent.rmdir()
-        except OSError:
-            return
-        parent = parent.parent
+            job.state = FAILED
+            job.error = f"the trained model could not be read back: {trainer_process.public(str(error))}"

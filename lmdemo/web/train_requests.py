@@ -136,6 +136,15 @@ class TrainRequest:
         return f"{self.source}.txt"
 
 
+def bytes_needed(request: TrainRequest, max_symbols: int) -> int:
+    """The most a job may write: its text (and the trainer's copy of its splits), its weights, optimiser state and
+    zip, and a megabyte for the log, tokenizer and card."""
+    vocab = min(len(set(request.text)), max_symbols) + 2 if request.level == "char" else \
+        LEVEL_OPTIONS[request.level]["max_vocab"] + 2
+    weights = 4 * SIZES[request.size].parameters(vocab, tied=request.level != "char")
+    return 2 * len(request.text.encode("utf-8")) + 6 * weights + 1_000_000
+
+
 # the recipe every job shares: cosine over the budget, AdamW, windows short enough for many steps
 RECIPE = dict(batch_size=32, lr=3e-3, optimizer="adamw", weight_decay=0.01, clip=1.0, schedule="cosine",
               warmup_steps=20, early_stop=8, eval_tokens=20_000, eval_batch_size=16, eval_bptt=128,

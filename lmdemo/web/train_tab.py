@@ -50,6 +50,101 @@ def build(training: LiveTraining, slots: ComputeSlots, behind_proxy: bool) -> Ca
     """
     limits, models = training.limits, training.models
     models.set_visitor(lambda: _visitor(training))  # a session's trained models answer that session only
+    (source, about, text, upload, level, size, seconds, train, stop, stopped, status, curve, samples, name, download,
+     points, api_train, heartbeat) = _layout(limits)
+
+    def shown(update: train_view.TrainUpdate, points: bool = True) -> tuple:
+        """Status, curve, (the curve points: API only,) samples and the model's name, of one update."""
+        figure = gr.skip() if update.frame.empty else curves.curves_figure(
+            update.frame, "loss", "time", log_y=False, weight=0.6, height=400, title=train_view.curve_title(update),
+            y_title=train_view.loss_unit(update))
+        return (train_view.status_markdown(update), figure, *([curves.curve_points(update.frame)] if points else []),
+                train_view.samples_html(update), update.model.key if update.model is not None else gr.skip())
+
+    def submit(request: gr.Request, source_value: Any, text_value: Any, file: Any, level_value: Any,
+               size_value: Any, budget: Any) -> Job:
+        """Read, check and queue; the text lives in this call only, then on disk until the trainer has read it."""
+        owner = request.session_hash
+        try:
+            body, source_name = read_source(source_value, text_value, file, limits)
+            job = training.submit(owner, client_address(request.client.host if request.client else None,
+                                                        request.headers, behind_proxy),
+                                  read_request(body, level_value, size_value, budget, limits, source_name))
+        except SettingsError as error:
+            raise gr.Error(str(error), title="Check the text and settings") from None
+        if source_value == "upload":
+            training.sessions.discard_upload(owner, file)
+        return job
+
+    def on_api_train(text_value: Any, level_value: Any, size_value: Any, budget: Any,
+                     request: gr.Request) -> Iterator[tuple]:
+        job = submit(request, "paste", text_value, None, level_value, size_value, budget)
+        del text_value
+        for update in train_view.watch(training, job, compute=slots.slot):
+            yield shown(update)
+
+    def connect(app: gr.Blocks, pickers: list[gr.Dropdown]) -> None:
+        def on_train(chosen: Any, text_value: Any, file: Any, level_value: Any, size_value: Any, budget: Any,
+                     request: gr.Request) -> Iterator[tuple]:
+            owner = request.session_hash
+            job = submit(request, chosen, text_value, file, level_value, size_value, budget)
+            del text_value
+            shown_samples = None
+            for update in train_view.watch(training, job, compute=slots.slot):
+                status_text, figure, samples_text, model_name = shown(update, points=False)
+                if samples_text == shown_samples:  # the page keeps what it shows: less to send and compare
+                    samples_text = gr.skip()
+                else:
+                    shown_samples = samples_text
+                page = (gr.Button(interactive=update.done, value="Train" if update.done else "Training…"),
+                        gr.skip() if update.model is None else gr.DownloadButton(value=str(update.model.archive),
+                                                                                 interactive=True))
+                joined = (gr.skip(),) * len(pickers)
+                if update.model is not None:  # the pickers, Compare's model A on the new model: mine vs shipped
+                    mine = [(n, n) for n in models.names] + [(m.label, m.key)
+                                                             for m in training.sessions.models_of(owner)]
+                    joined = (gr.Dropdown(choices=mine, interactive=True),
+                              gr.Dropdown(choices=mine, value=update.model.key), gr.Dropdown(choices=mine),
+                              gr.Dropdown(choices=mine))
+                yield (status_text, figure, samples_text, model_name, *page, *joined)
+
+        def on_stop(request: gr.Request) -> str:
+            return training.stop(request.session_hash)
+
+        def on_leave(request: gr.Request) -> None:
+            training.end_session(request.session_hash)
+
+        def on_upload(file: Any, request: gr.Request) -> None:
+            if isinstance(file, str):
+                training.sessions.keep_upload(request.session_hash, file)
+
+        def on_heartbeat(request: gr.Request) -> None:
+            training.sessions.touch(request.session_hash)
+
+        def on_source(chosen: str) -> tuple:
+            return (source_note(chosen, limits), gr.Textbox(visible=chosen == "paste"),
+                    gr.File(visible=chosen == "upload"))
+
+        outputs = [status, curve, points, samples, name]
+        lane = dict(concurrency_id="train", concurrency_limit=None)  # LiveTraining keeps the line itself
+        quick = dict(api_visibility="private", concurrency_id="train-quick", concurrency_limit=None)
+        train.click(on_train, [source, text, upload, level, size, seconds],
+                    [status, curve, samples, name, train, download, *pickers], api_visibility="private", **lane)
+        api_train.click(on_api_train, [text, level, size, seconds], outputs, api_name="train",
+                        preprocess=False, **lane)  # raw values: lmdemo checks them and says what is wrong
+        stop.click(on_stop, None, stopped, api_name="stop_training", concurrency_id="train-stop",
+                   concurrency_limit=None)
+        upload.upload(on_upload, upload, None, **quick)
+        heartbeat.tick(on_heartbeat, None, None, show_progress="hidden", **quick)
+        source.change(on_source, source, [about, text, upload], api_visibility="private", concurrency_limit=None)
+        app.unload(on_leave)
+
+    return connect
+
+
+def _layout(limits: TrainLimits) -> tuple:
+    """The tab's components, top to bottom: the text and the settings, the status, the curve beside the samples,
+    the model's name and its download; hidden: the curve points and the API's button, and the page's heartbeat."""
     gr.Markdown(TRAIN_HELP, elem_classes="lm-help")
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):
@@ -90,94 +185,8 @@ def build(training: LiveTraining, slots: ComputeSlots, behind_proxy: bool) -> Ca
     points = gr.JSON(visible=False)  # the curve points, for API callers
     api_train = gr.Button(visible=False)  # /train: the API's way in, with the text itself
     heartbeat = gr.Timer(HEARTBEAT_S)
-
-    def shown(update: train_view.TrainUpdate, points: bool = True) -> tuple:
-        """Status, curve, (the curve points: API only,) samples and the model's name, of one update."""
-        figure = gr.skip() if update.frame.empty else curves.curves_figure(
-            update.frame, "loss", "time", log_y=False, weight=0.6, height=400, title=train_view.curve_title(update),
-            y_title=train_view.loss_unit(update))
-        return (train_view.status_markdown(update), figure, *([curves.curve_points(update.frame)] if points else []),
-                train_view.samples_html(update), update.model.key if update.model is not None else gr.skip())
-
-    def submit(request: gr.Request, source_value: Any, text_value: Any, file: Any, level_value: Any,
-               size_value: Any, budget: Any) -> Job:
-        """Read, check and queue; the text lives in this call only, then on disk until the trainer has read it."""
-        owner = request.session_hash
-        try:
-            body, source_name = read_source(source_value, text_value, file, limits)
-            job = training.submit(owner, client_address(request.client.host if request.client else None,
-                                                        request.headers, behind_proxy),
-                                  read_request(body, level_value, size_value, budget, limits, source_name))
-        except SettingsError as error:
-            raise gr.Error(str(error), title="Check the text and settings") from None
-        if source_value == "upload":
-            training.discard_upload(owner, file)
-        return job
-
-    def on_api_train(text_value: Any, level_value: Any, size_value: Any, budget: Any,
-                     request: gr.Request) -> Iterator[tuple]:
-        job = submit(request, "paste", text_value, None, level_value, size_value, budget)
-        del text_value
-        for update in train_view.watch(training, job, compute=slots.slot):
-            yield shown(update)
-
-    def connect(app: gr.Blocks, pickers: list[gr.Dropdown]) -> None:
-        def on_train(chosen: Any, text_value: Any, file: Any, level_value: Any, size_value: Any, budget: Any,
-                     request: gr.Request) -> Iterator[tuple]:
-            owner = request.session_hash
-            job = submit(request, chosen, text_value, file, level_value, size_value, budget)
-            del text_value
-            shown_samples = None
-            for update in train_view.watch(training, job, compute=slots.slot):
-                status_text, figure, samples_text, model_name = shown(update, points=False)
-                if samples_text == shown_samples:  # the page keeps what it shows: less to send and compare
-                    samples_text = gr.skip()
-                else:
-                    shown_samples = samples_text
-                page = (gr.Button(interactive=update.done, value="Train" if update.done else "Training…"),
-                        gr.skip() if update.model is None else gr.DownloadButton(value=str(update.model.archive),
-                                                                                 interactive=True))
-                joined = (gr.skip(),) * len(pickers)
-                if update.model is not None:  # the pickers, Compare's model A on the new model: mine vs shipped
-                    mine = [(n, n) for n in models.names] + [(m.label, m.key)
-                                                             for m in training.session_models(owner)]
-                    joined = (gr.Dropdown(choices=mine, interactive=True),
-                              gr.Dropdown(choices=mine, value=update.model.key), gr.Dropdown(choices=mine),
-                              gr.Dropdown(choices=mine))
-                yield (status_text, figure, samples_text, model_name, *page, *joined)
-
-        def on_stop(request: gr.Request) -> str:
-            return training.stop(request.session_hash)
-
-        def on_leave(request: gr.Request) -> None:
-            training.end_session(request.session_hash)
-
-        def on_upload(file: Any, request: gr.Request) -> None:
-            if isinstance(file, str):
-                training.keep_upload(request.session_hash, file)
-
-        def on_heartbeat(request: gr.Request) -> None:
-            training.touch(request.session_hash)
-
-        def on_source(chosen: str) -> tuple:
-            return (source_note(chosen, limits), gr.Textbox(visible=chosen == "paste"),
-                    gr.File(visible=chosen == "upload"))
-
-        outputs = [status, curve, points, samples, name]
-        lane = dict(concurrency_id="train", concurrency_limit=None)  # LiveTraining keeps the line itself
-        quick = dict(api_visibility="private", concurrency_id="train-quick", concurrency_limit=None)
-        train.click(on_train, [source, text, upload, level, size, seconds],
-                    [status, curve, samples, name, train, download, *pickers], api_visibility="private", **lane)
-        api_train.click(on_api_train, [text, level, size, seconds], outputs, api_name="train",
-                        preprocess=False, **lane)  # raw values: lmdemo checks them and says what is wrong
-        stop.click(on_stop, None, stopped, api_name="stop_training", concurrency_id="train-stop",
-                   concurrency_limit=None)
-        upload.upload(on_upload, upload, None, **quick)
-        heartbeat.tick(on_heartbeat, None, None, show_progress="hidden", **quick)
-        source.change(on_source, source, [about, text, upload], api_visibility="private", concurrency_limit=None)
-        app.unload(on_leave)
-
-    return connect
+    return (source, about, text, upload, level, size, seconds, train, stop, stopped, status, curve, samples, name,
+            download, points, api_train, heartbeat)
 
 
 def _visitor(training: LiveTraining) -> str | None:
@@ -186,7 +195,7 @@ def _visitor(training: LiveTraining) -> str | None:
     from gradio.context import LocalContext
 
     owner = getattr(LocalContext.request.get(None), "session_hash", None)
-    training.touch(owner)
+    training.sessions.touch(owner)
     return owner
 
 

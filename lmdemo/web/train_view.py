@@ -60,7 +60,7 @@ def watch(training: LiveTraining, job: Job, every: float = UPDATE_EVERY_S, poll:
             period = WAITING_EVERY_S if job.state == WAITING else every
             if finished or now - last >= period:
                 last = now
-                training.touch(job.session.owner)
+                training.sessions.touch(job.session.owner)
                 position = training.position(job)
                 yield view.update(position, finished)
             if finished:
