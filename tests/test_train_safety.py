@@ -148,7 +148,8 @@ def test_a_session_without_requests_expires_on_a_timer_with_its_models_zips_and_
     assert training.models.generator(key) is not None
     # no request and no heartbeat from here on: a raw API caller that went away
     wait_until(lambda: "alice" not in training.sessions, 10, "the idle session was not ended")
-    assert not any(folder.exists() for folder in folders) and not upload.parent.exists()
+    wait_until(lambda: not any(folder.exists() for folder in (*folders, upload.parent)), 10,
+               "the ended session's folders, zip or upload were kept")
     with pytest.raises(ValueError, match="unknown model"):
         training.models.generator(key)
 
