@@ -150,15 +150,16 @@ class Server:
         return float("nan")
 
     def run_folders(self) -> tuple[int, int]:
-        """Job folders on disk (a text, a log or a run of a job) and, of those, the ones that keep a model (a
-        session's trained models, which it keeps while it lasts)."""
+        """Job folders on disk (training folder / session / job, in this app and the one before it) and, of those,
+        the ones that keep a trained model (a session keeps its models while it lasts)."""
         jobs, models = set(), set()
         for path in self.base.rglob("*"):
-            if path.is_file() and (path.suffix == ".txt" or path.name in ("metrics.jsonl", "trainer.log")):
-                jobs.add(path.parent if path.suffix == ".txt" or path.name == "trainer.log" else path.parent.parent)
-            if path.name == "model.safetensors":
-                models.add(path.parent.parent.parent)
-        return len(jobs), len(models & jobs)
+            parts = path.relative_to(self.base).parts
+            if path.is_file() and len(parts) > 4 - (parts[-1].endswith(".txt")) and parts[1] != "cache":
+                jobs.add(parts[:3])
+                if path.name == "model.safetensors":
+                    models.add(parts[:3])
+        return len(jobs), len(models)
 
     def report(self, phase: str) -> None:
         jobs, models = self.run_folders()
