@@ -106,7 +106,7 @@ class Rows:
     state: State
     ids: torch.Tensor | None = None
 
-    def keep(self, positions: list[int]) -> "Rows":
+    def keep(self, positions: list[int]) -> Rows:
         """Only the rows at `positions` (all of them: the same batch, uncopied)."""
         if len(positions) == len(self.samples):
             return self

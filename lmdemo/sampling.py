@@ -112,8 +112,9 @@ class Sample:
 
 class Decoding:
     """One request's samples as they grow: each step it picks every live row's token from the logits,
-    records it in that row's sample, and says which rows go on. Rows are named by their sample's index,
-    so the batch the model advances can shrink (or hold other requests' rows) without it noticing."""
+    records it in that row's sample, and says which rows go on. Rows are named by their sample's index, so
+    the batch the model advances can shrink, or be shared with other requests' rows, as long as each
+    `Decoding` is handed the logits of its own rows."""
 
     def __init__(self, sampling: Sampling, tokenizer: Tokenizer, context: list[int]):
         self.sampling, self.tokenizer, self.context = sampling, tokenizer, context  # context: the ids before
