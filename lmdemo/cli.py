@@ -155,7 +155,8 @@ def _explicit_config(args: argparse.Namespace) -> dict:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from lmdemo.training import CONFIG_FILE, train
+    from lmdemo.metrics import CONFIG_FILE
+    from lmdemo.training import train
 
     explicit = _explicit_config(args)
     if args.resume:
@@ -176,11 +177,11 @@ def _train(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     from lmdemo.checkpoint import load_model
-    from lmdemo.evaluation import evaluate
+    from lmdemo.evaluation import Split, evaluate
     from lmdemo.corpus import clean_html, documents
     from lmdemo.metrics import bits_per_character
     from lmdemo.tokenizer import LOWER_BOUND
-    from lmdemo.training import Split, encode_splits
+    from lmdemo.training import encode_splits
 
     trained = load_model(args.model, args.revision)
     config = trained.config

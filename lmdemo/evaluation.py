@@ -1,4 +1,5 @@
-"""Perplexity of a model on a token stream, with the state carried across windows as in training."""
+"""Perplexity of a model on a token stream, with the state carried across windows as in training; a split's
+stream with the characters its bits per character divide by."""
 
 from __future__ import annotations
 
@@ -10,6 +11,18 @@ from lmdemo.batches import StreamBatches
 from lmdemo.metrics import bits, perplexity
 from lmdemo.model import LSTMLanguageModel
 from lmdemo.parallel import Parallel
+
+
+@dataclass
+class Split:
+    """A split's id stream and the characters of the text it covers (for bits per character)."""
+
+    ids: torch.Tensor
+    characters: int
+
+    @property
+    def tokens_per_character(self) -> float:
+        return self.ids.numel() / max(self.characters, 1)
 
 
 @dataclass

@@ -1,11 +1,7 @@
 """Training: truncated BPTT over continuous streams, logged, checkpointed and resumable.
 
-A run is a folder:
-    config.json       the resolved Config (vocabulary size, softmax and its clusters filled in)
-    tokenizer.json    built from the training split
-    metrics.jsonl     the log (see lmdemo.metrics)
-    state.safetensors everything needed to resume: weights, optimiser, RNGs, LSTM state, counters
-    model/            the best model so far by validation loss, as a model folder
+A run is a folder (`lmdemo.run_folder`: config, tokenizer, log, resumable state, best model), and what
+it scores and keeps is `lmdemo.run_scores`; this module builds the run and runs its loop.
 
 The loop follows nanoGPT's: one step, then one place (`Trainer._plan`) decides whether to log,
 validate, save and stop. Everything that shapes the run is a function of the step: the learning
@@ -20,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import math
 import os
 import platform
@@ -37,50 +32,19 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load as load_tensors
-from safetensors.torch import save as save_tensors
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from lmdemo.batches import StreamBatches
-from lmdemo.checkpoint import MODEL_DIR, WEIGHTS_FILE, read_weights, save_model
 from lmdemo.config import Config, ConfigError
 from lmdemo.corpus import load_corpus
-from lmdemo.evaluation import evaluate
-from lmdemo.files import write_atomic
-from lmdemo.metrics import CONFIG_FILE, METRICS_FILE, MetricsWriter, improves, loss_record, perplexity
+from lmdemo.evaluation import Split, evaluate
+from lmdemo.metrics import perplexity
 from lmdemo.model import LSTMLanguageModel
 from lmdemo.parallel import Parallel
-from lmdemo.tokenizer import TOKENIZER_FILE, Tokenizer
-
-STATE_FILE = "state.safetensors"
-# What a resumed run may change: its limits and bookkeeping. Anything else (data, batch, windows, seed,
-# model, optimiser, schedule) would continue on another grid or another trajectory.
-RESUMABLE_FIELDS = ("epochs", "max_steps", "max_minutes", "early_stop", "log_every", "save_every", "threads")
-
-
-@dataclass
-class Counters:
-    """The scalar part of a resumable state."""
-
-    epoch: int = 0
-    window: int = 0  # next window of the epoch
-    step: int = 0
-    tokens: int = 0
-    elapsed: float = 0.0  # training wall time before this process started
-    step_budget: int | None = None  # --max-minutes as steps, measured once
-    budget_minutes: float | None = None  # the --max-minutes the budget was measured for
-    best_val: float = math.inf
-    evals_since_best: int = 0
-    lr_scale: float = 1.0  # plateau reductions so far
-    evals_since_drop: int = 0
-    log_offset: int = 0  # bytes of metrics.jsonl the state has seen
-    interval_loss: float = 0.0  # summed over processes, since the last training record
-    interval_tokens: int = 0
-    since_val_loss: float = 0.0  # summed over processes, since the last validation
-    since_val_tokens: int = 0
-    last_val_step: int = 0
+from lmdemo.run_folder import Counters, RunFolder
+from lmdemo.run_scores import RunScores
+from lmdemo.tokenizer import Tokenizer
 
 
 @dataclass
@@ -194,18 +158,6 @@ def describe_hardware(hardware: Hardware, world: int) -> str:
     return f"{processes} × {threads} on {name} ({os.cpu_count()} CPUs), torch {torch.__version__}"
 
 
-@dataclass
-class Split:
-    """A split's id stream and the characters of the text it covers (for bits per character)."""
-
-    ids: torch.Tensor
-    characters: int
-
-    @property
-    def tokens_per_character(self) -> float:
-        return self.ids.numel() / max(self.characters, 1)
-
-
 def encode_splits(config: Config, tokenizer: Tokenizer | None,
                   names: Sequence[str] = ("train", "valid", "test")) -> tuple[Tokenizer, dict[str, Split]]:
     """Load the corpus, build the tokenizer if none is given, and encode the named splits to one id stream
@@ -251,21 +203,16 @@ def train(config: Config, out: str | Path, resume: bool = False, progress_bar: b
 
 
 class Trainer:
-    """One run: its data, model, optimiser and counters, the loop, and the run folder."""
+    """One run: its data, model, optimiser and counters, and the loop (a step, then one plan of what follows)."""
 
     def __init__(self, config: Config, out: Path, resume: bool, parallel: Parallel, hardware: Hardware,
                  command: str | None = None):
-        state_path = out / STATE_FILE
-        if resume and not state_path.exists():
-            raise ConfigError(f"nothing to resume in {out}: it has no {STATE_FILE}")
-        if not resume and state_path.exists():
-            raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+        self.folder = RunFolder(out, resume, parallel.main)
         self.out, self.parallel, self.hardware = out, parallel, hardware
-        tokenizer = Tokenizer.load(out / TOKENIZER_FILE, config.level, config.tokenize) if resume else None
-        self.tokenizer, self.splits = encode_splits(config, tokenizer)
+        self.tokenizer, self.splits = encode_splits(config, self.folder.load_tokenizer(config) if resume else None)
         self.config = config.resolved(self.tokenizer.vocab_size)
         if resume:
-            _check_resumable(Config.load(out / CONFIG_FILE), self.config)
+            self.folder.check_resumable(self.config)
         if self.splits["valid"].ids.numel() < 2:
             raise ConfigError("the validation split has fewer than 2 tokens")
         self.batches = self._epoch_batches(0)
@@ -279,22 +226,18 @@ class Trainer:
         self.counters = Counters()
         self.hidden: tuple[torch.Tensor, torch.Tensor] | None = None
         if resume:
-            load_state(state_path, self)
+            self.counters, self.hidden = self.folder.load_state(self.model, self.optimizer, parallel, hardware.device)
             self.batches = self._epoch_batches(self.counters.epoch)
-        self.started = time.monotonic()
-        self.last_save = self.started
+        self.started = self.last_save = time.monotonic()
         self.stop = StopRequest()
         self._set_budget()
         if resume and self._limit_reached():
             raise ConfigError(f"the run in {out} already reached its limits (step {self.counters.step}, "
                               f"epoch {self.counters.epoch}); raise --epochs, --max-steps or --max-minutes "
                               f"to train further")
-        if parallel.main:
-            out.mkdir(parents=True, exist_ok=True)
-            self.config.save(out / CONFIG_FILE)
-            if not resume:
-                self.tokenizer.save(out / TOKENIZER_FILE)
-        self.log = MetricsWriter(out / METRICS_FILE, self.counters.log_offset) if parallel.main else None
+        self.folder.start(self.config, self.tokenizer, resume, self.counters.log_offset)
+        self.scores = RunScores(self.config, self.splits, self.tokenizer, parallel, self.folder, self.counters,
+                                self._log)
         self._log("start", command=command or shlex.join([Path(sys.executable).name, "-m", "lmdemo", *sys.argv[1:]]),
                   hardware=describe_hardware(hardware, parallel.world), precision=hardware.precision,
                   precision_asked=config.precision, world=parallel.world, params=self.model.num_parameters(),
@@ -322,21 +265,21 @@ class Trainer:
             bar.update(1)
             plan = self._plan(epoch_end)
             if plan.log:
-                loss = self._log_train(interval, speed.per_second())
+                loss = self.scores.log_train(interval, speed.per_second(), self._epoch_progress())
                 bar.set_postfix(loss=f"{loss:.3f}", ppl=f"{perplexity(loss):.1f}", tok_s=f"{speed.per_second():,.0f}",
                                 refresh=False)
                 speed = Speed()
             paused = time.monotonic()
             stop = plan.limit or plan.stop
             if plan.validate:
-                stop = self._validate(interval, epoch_end) or stop
+                stop = self.scores.validate(self.model, interval, self._epoch_progress(), epoch_end) or stop
             if plan.save or plan.validate:
-                save_state(self.out / STATE_FILE, self, interval)
+                self._save_state(interval)
             speed.start += time.monotonic() - paused  # validating and saving are not training speed
             if stop:
                 break
         bar.close()
-        return self._finish()
+        return self.scores.test_best(self.model, self.hardware.device)
 
     def _step(self, interval: torch.Tensor) -> bool:
         """One optimiser step on the next window; True if it ended an epoch."""
@@ -406,96 +349,25 @@ class Trainer:
         elif counters.budget_minutes != config.max_minutes:
             counters.step_budget, counters.budget_minutes = measure_step_budget(self), config.max_minutes
 
-    def _log_train(self, interval: torch.Tensor, tokens_per_sec: float) -> float:
-        """Write a training record for the steps since the last one; returns its loss."""
-        counters = self.counters
-        loss_sum, tokens = self._absorb(interval)
-        counters.interval_loss, counters.interval_tokens = 0.0, 0
-        loss = loss_sum / max(tokens, 1)
-        self._log("train", **loss_record("train", loss, self.splits["train"].tokens_per_character),
-                  tokens_per_sec=tokens_per_sec,
-                  epoch=counters.epoch + counters.window / len(self.batches))
-        return loss
+    def _epoch_progress(self) -> float:
+        """Epochs done, with the share of the current one."""
+        return self.counters.epoch + self.counters.window / len(self.batches)
 
-    def _absorb(self, interval: torch.Tensor) -> tuple[float, int]:
-        """Sum the interval over processes into the counters (since the last record and the last
-        validation), reset it, and return the totals since the last training record."""
-        loss_sum, tokens = self.parallel.sum(interval.clone()).tolist()
-        interval.zero_()
-        counters = self.counters
-        counters.interval_loss += loss_sum
-        counters.interval_tokens += int(tokens)
-        counters.since_val_loss += loss_sum
-        counters.since_val_tokens += int(tokens)
-        return counters.interval_loss, counters.interval_tokens
+    def _save_state(self, interval: torch.Tensor) -> None:
+        """Everything needed to resume, in the run folder; the loss since the last record travels in the counters."""
+        self.scores.absorb(interval)
+        counters = dataclasses.replace(self.counters, elapsed=self.elapsed(), log_offset=self.folder.log_offset)
+        self.folder.save_state(self.model, self.optimizer, counters, self.hidden, self.parallel, self.hardware.device)
+        self.last_save = time.monotonic()
 
-    def _validate(self, interval: torch.Tensor, epoch_end: bool) -> bool:
-        """Score the validation split, keep the best model, adjust the rate; True to stop early."""
-        config, counters = self.config, self.counters
-        self._absorb(interval)
-        valid = self.splits["valid"]
-        score = evaluate(self.model, valid.ids, config.eval_batch_size, config.eval_bptt, self.parallel)
-        train_part = (loss_record("train", counters.since_val_loss / counters.since_val_tokens,
-                                  self.splits["train"].tokens_per_character) if counters.since_val_tokens else {})
-        counters.since_val_loss, counters.since_val_tokens = 0.0, 0
-        counters.last_val_step = counters.step
-        improved = improves(score.loss, counters.best_val)
-        if improved:
-            counters.best_val = score.loss
-            counters.evals_since_best = counters.evals_since_drop = 0
-        else:
-            counters.evals_since_best += 1
-            counters.evals_since_drop += 1
-            if config.schedule == "plateau" and counters.evals_since_drop > config.lr_patience:
-                counters.lr_scale *= config.lr_factor
-                counters.evals_since_drop = 0
-        self._log("val", **train_part, **loss_record("val", score.loss, valid.tokens_per_character),
-                  epoch=counters.epoch + counters.window / len(self.batches), epoch_end=epoch_end, best=improved)
-        if improved and self.parallel.main:
-            save_model(self.out / MODEL_DIR, self.model, self.tokenizer, self.out / METRICS_FILE, self.out.name)
-        return bool(config.early_stop and counters.evals_since_best >= config.early_stop)
-
-    def _finish(self) -> Path:
-        """Score the best model on the test split and write the final model folder.
-
-        The run state keeps the last weights (saved at the last validation), so a resume with raised
-        limits continues from them; the best model is read back into a separate copy for the test.
-        """
-        self.parallel.barrier()
-        best = self.out / MODEL_DIR
-        model = read_weights(best).to(self.hardware.device) if (best / WEIGHTS_FILE).exists() else self.model
-        test = self.splits["test"]
-        if test.ids.numel() >= 2:
-            score = evaluate(model, test.ids, self.config.eval_batch_size, self.config.eval_bptt, self.parallel)
-            unk_rate = (test.ids == self.tokenizer.unk_id).double().mean().item() if self.tokenizer.unk_id is not None \
-                else 0.0
-            self._log("test", **loss_record("test", score.loss, test.tokens_per_character), test_tokens=score.tokens,
-                      test_characters=test.characters, test_unk_rate=unk_rate)
-        if self.parallel.main:
-            save_model(best, model, self.tokenizer, self.out / METRICS_FILE, self.out.name)
-        return best
-
-    # -- logging -----------------------------------------------------------------------------
     def elapsed(self) -> float:
         return self.counters.elapsed + time.monotonic() - self.started
 
     def _log(self, event: str, **values) -> None:
         counters = self.counters
-        values = {"step": counters.step, "epoch": counters.epoch, "tokens": counters.tokens,
-                  "time": round(self.elapsed(), 3), "lr": self.optimizer.param_groups[0]["lr"], **values}
-        if self.log is not None:
-            self.log.append(event, **values)
-
-
-def _check_resumable(saved: Config, given: Config) -> None:
-    """Refuse, in one line naming them, changes a resumed run cannot honour."""
-    changed = [f.name for f in dataclasses.fields(Config)
-               if f.name not in RESUMABLE_FIELDS and getattr(saved, f.name) != getattr(given, f.name)]
-    if changed:
-        listed = ", ".join(f"--{name.replace('_', '-')} ({getattr(saved, name)!r} → {getattr(given, name)!r})"
-                           for name in changed)
-        raise ConfigError(f"cannot resume with changed settings: {listed}; a resumed run may change only "
-                          + ", ".join(f"--{name.replace('_', '-')}" for name in RESUMABLE_FIELDS))
+        self.folder.append(event, {"step": counters.step, "epoch": counters.epoch, "tokens": counters.tokens,
+                                   "time": round(self.elapsed(), 3), "lr": self.optimizer.param_groups[0]["lr"],
+                                   **values})
 
 
 # -- the --max-minutes budget ------------------------------------------------------------------------
@@ -555,64 +427,6 @@ def _restore(trainer: Trainer, saved: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(saved["cuda_rng"], trainer.hardware.device)
     vars(trainer.counters).update(saved["counters"])  # in place: callers hold the counters
     trainer.hidden, trainer.batches = saved["hidden"], saved["batches"]
-
-
-# -- the run state ---------------------------------------------------------------------------------
-def save_state(path: Path, trainer: Trainer, interval: torch.Tensor) -> None:
-    """Everything needed to resume, in one file written atomically by rank 0 (all ranks take part:
-    each contributes its RNG and LSTM state)."""
-    parallel = trainer.parallel
-    trainer._absorb(interval)  # the loss since the last record travels in the counters
-    tensors = {f"model.{name}": p.detach().cpu().contiguous() for name, p in trainer.model.named_parameters()}
-    device = trainer.hardware.device
-    tensors["rng"] = parallel.gather(torch.get_rng_state().unsqueeze(0).to(device)).cpu()
-    if device.type == "cuda":
-        tensors["cuda_rng"] = parallel.gather(torch.cuda.get_rng_state(device).unsqueeze(0).to(device)).cpu()
-    if trainer.hidden is not None:
-        tensors["hidden.h"] = parallel.gather(trainer.hidden[0], dim=1).cpu()
-        tensors["hidden.c"] = parallel.gather(trainer.hidden[1], dim=1).cpu()
-    optimizer = trainer.optimizer.state_dict()
-    for index, values in optimizer["state"].items():
-        for key, value in values.items():
-            tensors[f"optim.{index}.{key}"] = value.detach().cpu().contiguous()
-    counters = dataclasses.replace(trainer.counters, elapsed=trainer.elapsed(),
-                                   log_offset=trainer.log.offset if trainer.log else 0)
-    metadata = {"counters": json.dumps(dataclasses.asdict(counters)),
-                "param_groups": json.dumps(optimizer["param_groups"])}
-    if parallel.main:
-        if trainer.log is not None:
-            trainer.log.sync()  # the records the state counts reach the disk before the state does
-        write_atomic(path, save_tensors(tensors, metadata))
-    trainer.last_save = time.monotonic()
-
-
-def load_state(path: Path, trainer: Trainer) -> None:
-    """Put a saved state into a freshly built trainer."""
-    with safe_open(str(path), "pt") as f:
-        metadata = f.metadata()
-    tensors = load_tensors(path.read_bytes())
-    known = {f.name for f in dataclasses.fields(Counters)}
-    saved = json.loads(metadata["counters"])
-    if "log_offset" not in saved:
-        raise ConfigError(f"{path} was written by an older lmdemo and cannot be resumed; start a new run")
-    with torch.no_grad():
-        for name, parameter in trainer.model.named_parameters():
-            parameter.copy_(tensors[f"model.{name}"])
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, index, name = key.split(".", 2)
-            state.setdefault(int(index), {})[name] = value
-    trainer.optimizer.load_state_dict({"state": state, "param_groups": json.loads(metadata["param_groups"])})
-    trainer.counters = Counters(**{k: v for k, v in saved.items() if k in known})
-    parallel, device = trainer.parallel, trainer.hardware.device
-    if tensors["rng"].size(0) == parallel.world:
-        torch.set_rng_state(tensors["rng"][parallel.rank].clone())
-    if "cuda_rng" in tensors and device.type == "cuda" and tensors["cuda_rng"].size(0) == parallel.world:
-        torch.cuda.set_rng_state(tensors["cuda_rng"][parallel.rank].clone(), device)
-    if "hidden.h" in tensors:
-        trainer.hidden = (parallel.mine(tensors["hidden.h"], 1).to(device),
-                          parallel.mine(tensors["hidden.c"], 1).to(device))
 
 
 def _optimizer(model: torch.nn.Module, config: Config) -> torch.optim.Optimizer:

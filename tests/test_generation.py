@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmdemo import generation, load_model, render
+from lmdemo import generation, load_model, render, sampling
 from lmdemo.checkpoint import TrainedModel
 from lmdemo.config import Config
-from lmdemo.generation import GREEDY_BELOW, Generator, Sampling, SettingsError, choose_next
+from lmdemo.generation import Generator, Sampling, SettingsError
 from lmdemo.model import LSTMLanguageModel
+from lmdemo.sampling import GREEDY_BELOW, choose_next
 from lmdemo.tokenizer import EOS, Tokenizer, level_unit
 
 
@@ -57,7 +58,7 @@ def forcing(monkeypatch, generator: Generator, tokens: list[str]) -> list[int]:
     ids = [generator.tokenizer.hf.token_to_id(token) for token in tokens]
     assert None not in ids, "every forced token must be in the vocabulary"
     steps = iter(ids)
-    monkeypatch.setattr(generation, "choose_next",
+    monkeypatch.setattr(sampling, "choose_next",
                         lambda logits, *args, **kwargs: torch.full((logits.size(0),), next(steps)))
     return ids
 

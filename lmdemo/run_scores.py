@@ -1,0 +1,97 @@
+"""The scores a training run records: its training loss, each validation, and the test of its best model.
+
+The sums and the best-so-far live in the run's `Counters`, which the resumable state saves, so a
+resumed run continues the same sums and compares against the same best.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from lmdemo.config import Config
+from lmdemo.evaluation import Split, evaluate
+from lmdemo.metrics import improves, loss_record
+from lmdemo.model import LSTMLanguageModel
+from lmdemo.parallel import Parallel
+from lmdemo.run_folder import Counters, RunFolder
+from lmdemo.tokenizer import Tokenizer
+
+
+class RunScores:
+    """Training loss between records (summed over processes), validation (the best model kept, patience
+    and plateau counted) and the final test of the best model, each written to the log by `log`."""
+
+    def __init__(self, config: Config, splits: dict[str, Split], tokenizer: Tokenizer, parallel: Parallel,
+                 folder: RunFolder, counters: Counters, log: Callable[..., None]):
+        self.config, self.splits, self.tokenizer, self.parallel = config, splits, tokenizer, parallel
+        self.folder, self.counters, self.log = folder, counters, log
+
+    def absorb(self, interval: torch.Tensor) -> tuple[float, int]:
+        """Sum the interval over processes into the counters (since the last record and the last
+        validation), reset it, and return the totals since the last training record."""
+        loss_sum, tokens = self.parallel.sum(interval.clone()).tolist()
+        interval.zero_()
+        counters = self.counters
+        counters.interval_loss += loss_sum
+        counters.interval_tokens += int(tokens)
+        counters.since_val_loss += loss_sum
+        counters.since_val_tokens += int(tokens)
+        return counters.interval_loss, counters.interval_tokens
+
+    def log_train(self, interval: torch.Tensor, tokens_per_sec: float, epoch: float) -> float:
+        """Write a training record for the steps since the last one; returns its loss."""
+        counters = self.counters
+        loss_sum, tokens = self.absorb(interval)
+        counters.interval_loss, counters.interval_tokens = 0.0, 0
+        loss = loss_sum / max(tokens, 1)
+        self.log("train", **loss_record("train", loss, self.splits["train"].tokens_per_character),
+                 tokens_per_sec=tokens_per_sec, epoch=epoch)
+        return loss
+
+    def validate(self, model: LSTMLanguageModel, interval: torch.Tensor, epoch: float, epoch_end: bool) -> bool:
+        """Score the validation split, keep the best model, adjust the rate; True to stop early."""
+        config, counters = self.config, self.counters
+        self.absorb(interval)
+        valid = self.splits["valid"]
+        score = evaluate(model, valid.ids, config.eval_batch_size, config.eval_bptt, self.parallel)
+        train_part = (loss_record("train", counters.since_val_loss / counters.since_val_tokens,
+                                  self.splits["train"].tokens_per_character) if counters.since_val_tokens else {})
+        counters.since_val_loss, counters.since_val_tokens = 0.0, 0
+        counters.last_val_step = counters.step
+        improved = improves(score.loss, counters.best_val)
+        if improved:
+            counters.best_val = score.loss
+            counters.evals_since_best = counters.evals_since_drop = 0
+        else:
+            counters.evals_since_best += 1
+            counters.evals_since_drop += 1
+            if config.schedule == "plateau" and counters.evals_since_drop > config.lr_patience:
+                counters.lr_scale *= config.lr_factor
+                counters.evals_since_drop = 0
+        self.log("val", **train_part, **loss_record("val", score.loss, valid.tokens_per_character),
+                 epoch=epoch, epoch_end=epoch_end, best=improved)
+        if improved:
+            self.folder.save_best(model, self.tokenizer)
+        return bool(config.early_stop and counters.evals_since_best >= config.early_stop)
+
+    def test_best(self, last: LSTMLanguageModel, device: torch.device) -> Path:
+        """Score the best model (`last` if none was kept) on the test split and write the final model folder.
+
+        The run state keeps the last weights (saved at the last validation), so a resume with raised
+        limits continues from them; the best model is read back into a separate copy for the test.
+        """
+        self.parallel.barrier()
+        best = self.folder.read_best()
+        model = best.to(device) if best is not None else last
+        test = self.splits["test"]
+        if test.ids.numel() >= 2:
+            score = evaluate(model, test.ids, self.config.eval_batch_size, self.config.eval_bptt, self.parallel)
+            unk_id = self.tokenizer.unk_id
+            unk_rate = (test.ids == unk_id).double().mean().item() if unk_id is not None else 0.0
+            self.log("test", **loss_record("test", score.loss, test.tokens_per_character), test_tokens=score.tokens,
+                     test_characters=test.characters, test_unk_rate=unk_rate)
+        self.folder.save_best(model, self.tokenizer)
+        return self.folder.best
