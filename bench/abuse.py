@@ -167,10 +167,11 @@ class Server:
               f"job folders {jobs} ({models} keeping a trained model, {jobs - models} without)", flush=True)
 
     def wait_idle(self, timeout: float = 120) -> None:
-        """Until no trainer runs (no child process of the server is left)."""
+        """Until no trainer runs (no child process of the server is left), and a second for its job to wrap up."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and _children(self.process.pid):
             time.sleep(0.2)
+        time.sleep(1.0)
 
 
 def _children(pid: int) -> list[int]:
@@ -224,6 +225,10 @@ def honest_visitor(server: Server) -> None:
     print(f"3. honest visitor: waited {waited:.1f} s for its job to start; the abuser had {len(ahead)} job(s) "
           f"accepted from 5 sessions (each {SECONDS} s of training; its first took {abuser.took:.1f} s from submit "
           f"to result)")
+    first_seen = next((event["output"]["data"][0] for event in honest.events if (event.get("output") or {}).get("data")),
+                      "-")
+    print(f"   the honest visitor first saw: {first_seen[:110]}")
+    print(f"   the abuser's other sessions: {'; '.join(s.status()[:70] for s in more)}")
     honest.wait(lambda s: s.done, 120)
     server.wait_idle()
     server.report("phase 3")
@@ -298,19 +303,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--raw", type=int, default=3)
     parser.add_argument("--session-ttl", type=float, default=20.0)
     parser.add_argument("--budget", type=float, default=60.0, help="the server's --train-budget-per-hour")
+    parser.add_argument("--phases", default="1234567", help="which phases to run, by number (default: all)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="lmdemo-abuse-") as work:
         server = Server(args.app.resolve(), args.port, Path(work), args.session_ttl, args.budget)
         try:
             print(f"server: {args.app} (options it lacks: {', '.join(server.missing) or 'none'})")
             server.report("start")
-            many_sessions(server, args.sessions)
-            submit_stop(server, args.rounds)
-            honest_visitor(server)
-            malformed(server)
-            raw_sessions(server, args.raw, args.session_ttl)
-            served_files(server)
-            hourly_budget(server, args.budget)
+            phases = {"1": lambda: many_sessions(server, args.sessions), "2": lambda: submit_stop(server, args.rounds),
+                      "3": lambda: honest_visitor(server), "4": lambda: malformed(server),
+                      "5": lambda: raw_sessions(server, args.raw, args.session_ttl), "6": lambda: served_files(server),
+                      "7": lambda: hourly_budget(server, args.budget)}
+            for number in args.phases:
+                phases[number]()
         finally:
             server.process.terminate()
             server.process.wait(30)

@@ -12,6 +12,7 @@ heartbeat (checked on a timer), or the server stops.
 from __future__ import annotations
 
 import atexit
+import ctypes
 import shutil
 import signal
 import subprocess
@@ -163,7 +164,8 @@ class LiveTraining:
                 self.stop_job(job, "session")
             return job is not None and job is self.running
 
-        self.sessions.end(owner, keep_folder=stop_its_job)
+        if self.sessions.end(owner, keep_folder=stop_its_job) is not None:
+            release_free_memory()
 
     def disk_bytes(self) -> int:
         """Bytes on disk now: the training folder and the sessions' zips."""
@@ -261,6 +263,15 @@ class LiveTraining:
         for owner in self.sessions.idle():
             self.end_session(owner)
         self.sessions.sweep_cache()
+
+def release_free_memory() -> None:
+    """Hand the memory ended sessions freed (their models, their jobs' buffers) back to the system: glibc keeps
+    freed blocks for reuse, so without this the server's resident size never returns to its idle level."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
+
 
 class JobThread:
     """A job's own thread: runs the trainer, stops it when asked or when it overruns, keeps its model and passes
