@@ -18,9 +18,10 @@ from typing import Any
 from lmdemo.batches import TextTooShortError, check_stream_length
 from lmdemo.corpus import cut_documents, documents
 from lmdemo.generation import SettingsError
+from lmdemo.tokenizer import level_unit
 
 CORPORA_DIR = Path(__file__).resolve().parents[1] / "corpora"
-LEVELS = {"char": "characters", "word": "words", "bpe": "subwords (byte-level BPE)"}
+LEVELS = {level: level_unit(level).described for level in ("char", "word", "bpe")}  # the tab's choices, in order
 CONTROL = re.compile("[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f]")  # control characters other than \t \n \f \r
 NAME_CHARS = re.compile(r"[^A-Za-z0-9_-]+")
 
@@ -262,7 +263,7 @@ def check_length(text: str, level: str) -> None:
     """Refuse a text whose training part cannot fill the batch's streams (at any epoch's window offset) or whose
     validation part is empty: the trainer's own rule, on a count of tokens the real tokenizer can only exceed."""
     parts = cut_documents(documents(text, level), RECIPE["valid_fraction"], level)
-    unit = LEVELS[level].split(" ")[0]
+    unit = level_unit(level).plural
     for part, streams, offset in (("training", RECIPE["batch_size"], BPTT[level] - 1), ("validation", 1, 0)):
         tokens = sum(tokens_at_least(doc, level) for doc in parts[part == "validation"])
         try:

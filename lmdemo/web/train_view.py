@@ -23,6 +23,7 @@ from lmdemo.checkpoint import WEIGHTS_FILE, ModelLoadError, load_model
 from lmdemo.generation import Generator, Sample, Sampling
 from lmdemo.metrics import Run, bits, load_run
 from lmdemo.runs import curve_frame
+from lmdemo.tokenizer import level_unit
 from lmdemo.web.jobs import (
     CANCELLED,
     FINISHED,
@@ -43,7 +44,6 @@ SAMPLE_TOKENS = {"char": 240, "word": 50, "bpe": 70}
 UPDATE_EVERY_S = 2.0
 SAMPLE_EVERY_S = 6.0  # samples are drawn again at most this often (and when the run ends): they cost the server
 WAITING_EVERY_S = 1.0
-UNITS = {"char": "characters", "word": "words", "bpe": "tokens"}
 
 
 def watch(training: LiveTraining, job: Job, every: float = UPDATE_EVERY_S, poll: float = 0.25,
@@ -173,7 +173,7 @@ def status_markdown(update: TrainUpdate) -> str:
     if update.state in (TRAINING, STOPPING):
         parts = [f"step {update.step:,}" + (f" of {update.step_budget:,}" if update.step_budget else "")]
         if update.tokens_per_sec:
-            parts.append(f"{update.tokens_per_sec:,.0f} {UNITS[request.level]}/s")
+            parts.append(f"{update.tokens_per_sec:,.0f} {level_unit(request.level).plural}/s")
         if update.seconds_left is not None:
             parts.append(f"about {update.seconds_left:.0f} s left")
         if best:
@@ -207,7 +207,7 @@ def samples_html(update: TrainUpdate) -> str:
     columns = []
     for sample in update.samples:
         columns.append(f'<section class="lm-col"><header><b>T = {sample.temperature:g}</b>'
-                       f"<small>{len(sample.ids):,} {UNITS[update.request.level]}</small>"
+                       f"<small>{len(sample.ids):,} {level_unit(update.request.level).plural}</small>"
                        f'</header><div class="lm-text{" mono" if update.request.level == "char" else ""}">'
                        f"{render.coloured_tokens(sample.pieces, sample.tokens, sample.probabilities)}</div></section>")
     caption = (f'<div class="lm-note">Sampled from {html.escape(where)}, the model Download gives you; seed '
@@ -217,8 +217,7 @@ def samples_html(update: TrainUpdate) -> str:
 
 def loss_unit(update: TrainUpdate) -> str:
     """The loss axis: nats per character, word or subword token."""
-    per = {"char": "char", "word": "word", "bpe": "token"}[update.request.level]
-    return f"Loss (nats/{per})"
+    return f"Loss (nats/{level_unit(update.request.level).short})"
 
 
 def curve_title(update: TrainUpdate) -> str:
@@ -230,9 +229,9 @@ def _loss_text(record: dict[str, Any], level: str) -> str:
     if loss is None:
         return "—"
     if level == "char":
-        return f"{loss:.3f} nats/char ({bits(loss):.2f} bits/char)"
+        return f"{loss:.3f} nats/{level_unit(level).short} ({bits(loss):.2f} bits/char)"
     bpc = record.get("val_bpc")
-    return f"{loss:.3f} nats/{'word' if level == 'word' else 'token'}" + (f" ({bpc:.2f} bits/char)" if bpc else "")
+    return f"{loss:.3f} nats/{level_unit(level).short}" + (f" ({bpc:.2f} bits/char)" if bpc else "")
 
 
 def _source_title(source: str) -> str:
