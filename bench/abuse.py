@@ -70,14 +70,23 @@ class Stream:
             self.events.append({"msg": "process_completed", "success": False, "output": {"error": str(error)}})
 
     def status(self) -> str:
-        """The last status line the job streamed, or its error."""
-        for event in reversed(self.events):
+        """The last status line the job streamed, or its error. Gradio streams a value whole the first time,
+        then as edits of the last one ([["replace", [], text]], [["append", [], text]])."""
+        text = ""
+        for event in self.events:
             output = event.get("output") or {}
             if event.get("msg") == "process_completed" and not event.get("success"):
                 return "refused: " + str(output.get("error"))
-            if output.get("data"):
-                return str(output["data"][0])
-        return ""
+            value = (output.get("data") or [None])[0]
+            if isinstance(value, str):
+                text = value
+            elif isinstance(value, list):
+                for action, path, change in (edit for edit in value if isinstance(edit, list) and len(edit) == 3):
+                    if path == [] and action == "replace":
+                        text = str(change)
+                    elif path == [] and action == "append":
+                        text += str(change)
+        return text
 
     def wait(self, condition, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
