@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmdemo import generation, load_model, render
+from lmdemo import generation, load_model
 from lmdemo.checkpoint import TrainedModel
 from lmdemo.config import Config
 from lmdemo.generation import GREEDY_BELOW, Generator, Sampling, SettingsError, choose_next
 from lmdemo.model import LSTMLanguageModel
 from lmdemo.tokenizer import EOS, Tokenizer, level_unit
+from lmdemo.web import render
 
 
 @pytest.fixture(autouse=True, scope="module")
