@@ -7,24 +7,19 @@ per logged point); this module only turns that frame into Plotly figures.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 
-from lmdemo.metrics import METRICS_FILE, Run, load_run
-from lmdemo.runs import MEASURES, X_AXES, curve_frame, log_notes, smooth
-
-if TYPE_CHECKING:
-    from lmdemo.registry import Models
+from lmdemo.metrics import Run
+from lmdemo.runs import MEASURES, X_AXES, curve_frame, smooth
 
 PALETTE = qualitative.Plotly
 TEMPLATE = "plotly_white"
 CURVES_TITLE = "{measure}: training (dashed, smoothed) and validation (solid)"
-MAX_CURVES = 8  # models drawn at once by `models_figure`
 
 
 def colours_for(names: Iterable[str]) -> dict[str, str]:
@@ -123,39 +118,3 @@ def check_choices(measure: str, x: str, weight: float) -> None:
         raise ValueError(f"x axis must be one of {', '.join(X_AXES)} (got {str(x)[:40]!r})")
     if not 0.0 <= weight < 1.0:
         raise ValueError(f"smoothing must be in [0, 1) (got {weight})")
-
-
-def models_figure(models: Models, names: Any, measure: Any = "bpc", x: Any = "step", log_y: Any = "log",
-                  weight: Any = 0.6, limit: int = MAX_CURVES) -> tuple[go.Figure, str]:
-    """The curves of served models, by name, from their folders' logs (a session's private models too), and
-    notes (Markdown) on what could not be drawn. Values may come raw from a form: each is checked, and a
-    `ValueError` says what is wrong."""
-    if names is None or names == "":
-        names = []
-    names = [names] if isinstance(names, str) else names
-    if not isinstance(names, (list, tuple)) or not all(isinstance(name, str) and len(name) <= 200 for name in names):
-        raise ValueError("models must be a list of model names")
-    if len(names) > limit:
-        raise ValueError(f"pick at most {limit} models at once (got {len(names)})")
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
-        raise ValueError(f"smoothing must be a number in [0, 1) (got {str(weight)[:40]!r})")
-    check_choices(measure, x, float(weight))
-    if log_y not in (True, False, "log", "linear"):
-        raise ValueError(f"scale must be log or linear (got {str(log_y)[:40]!r})")
-    runs, notes = [], []
-    for name in dict.fromkeys(names):
-        folder = models.generator(name).trained.folder
-        if not (folder / METRICS_FILE).is_file():
-            notes.append(f"**{name}** has no training log ({METRICS_FILE}) to draw.")
-            continue
-        run = load_run(folder, name=name)
-        notes += [f"**{name}**: {note}." for note in log_notes(run)]
-        runs.append(run)
-    frame = curve_frame(runs)
-    for run in runs:
-        if frame[frame.run == run.name][measure].isna().all():
-            notes.append(f"**{run.name}** logs no {MEASURES[measure].lower()} (try another measure).")
-    if not names:
-        notes.append("Pick one or more models.")
-    figure = curves_figure(frame, measure, x, log_y in (True, "log"), float(weight), colours_for(names), 480)
-    return figure, "  \n".join(notes)

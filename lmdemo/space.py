@@ -27,12 +27,15 @@ from huggingface_hub.utils import validate_repo_id
 from lmdemo.checkpoint import MODEL_DIR, REQUIRED_FILES, hub_dataset, push_model
 from lmdemo.config import PRESETS, Config
 from lmdemo.metrics import CONFIG_FILE
-from lmdemo.registry import MODELS_ENV, MODELS_FILE, read_models_file
 
 ROOT = Path(__file__).resolve().parents[1]  # the lmdemo checkout whose app the Space runs
 PACKAGE = "lmdemo"
 APP_FILE = "app.py"
 SHIPPED = "checkpoints"
+# How a Space (or any server) tells app.py what to serve, besides its --model options: this file beside app.py,
+# which a Space folder holds, and this environment variable (a Space variable), read by `lmdemo.web.registry`.
+MODELS_FILE = "models.txt"  # one folder or Hub repo id a line
+MODELS_ENV = "LMDEMO_MODELS"  # comma-separated folders or Hub repo ids
 RUNTIME_REQUIREMENTS = "requirements-space.txt"  # what app.py needs; requirements.txt adds training and test tools
 SPACE_REQUIREMENTS = "requirements.txt"  # the file a Space installs
 CARD_FILE = "README.md"
@@ -160,6 +163,12 @@ def space_problems(folder: Path) -> list[str]:
         if path.suffix in WEIGHT_SUFFIXES:
             problems.append(f"{name} holds weights")
     return problems
+
+
+def read_models_file(path: Path) -> list[str]:
+    """The models listed in a file: one folder or Hub repo id a line; blank lines and `#` comments skipped."""
+    lines = (line.split("#", 1)[0].strip() for line in path.read_text(encoding="utf-8").splitlines())
+    return [line for line in lines if line]
 
 
 def space_models(folder: Path) -> list[str]:

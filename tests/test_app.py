@@ -20,14 +20,16 @@ import torch
 from browser import chromium_page
 from servers import free_port, serving, wait_until
 
-from lmdemo import load_model, render
+from lmdemo import load_model
 from lmdemo.checkpoint import save_model
-from lmdemo.demo import Demo, NextTokens
-from lmdemo.forms import FIELD_CHARS, Limits, parse_number, parse_seed, parse_temperatures, read_prompt, read_sampling
 from lmdemo.generation import SettingsError, TokenScore
-from lmdemo.inside import Inside
 from lmdemo.metrics import read_metrics
-from lmdemo.registry import EXAMPLES, Models, NoModelsError, discover_models
+from lmdemo.web import render
+from lmdemo.web.demo import Demo, NextTokens
+from lmdemo.web.forms import (FIELD_CHARS, Limits, parse_number, parse_seed, parse_temperatures, read_prompt,
+                              read_sampling)
+from lmdemo.web.inside import Inside
+from lmdemo.web.registry import EXAMPLES, Models, NoModelsError, discover_models
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_DISABLE_TELEMETRY": "1",

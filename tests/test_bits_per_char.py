@@ -8,11 +8,12 @@ import json
 import pytest
 
 from conftest import DATA, train_small
-from lmdemo import Tokenizer, render
+from lmdemo import Tokenizer
 from lmdemo.cli import main
-from lmdemo.demo import Demo
 from lmdemo.generation import Sampling
-from lmdemo.registry import Models
+from lmdemo.web import render
+from lmdemo.web.demo import Demo
+from lmdemo.web.registry import Models
 
 
 def eval_text(capsys, model, text_file, *flags) -> str:

@@ -11,13 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmdemo import generation, load_model, render, sampling
+from lmdemo import generation, load_model, sampling
 from lmdemo.checkpoint import TrainedModel
 from lmdemo.config import Config
 from lmdemo.generation import Generator, Sampling, SettingsError
 from lmdemo.model import LSTMLanguageModel
 from lmdemo.sampling import GREEDY_BELOW, choose_next
 from lmdemo.tokenizer import EOS, Tokenizer, level_unit
+from lmdemo.web import render
 
 
 @pytest.fixture(autouse=True, scope="module")

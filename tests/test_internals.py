@@ -11,17 +11,18 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from lmdemo import generation, render
+from lmdemo import generation
 from lmdemo.checkpoint import TrainedModel, save_model
 from lmdemo.config import Config
-from lmdemo.demo import Demo
-from lmdemo.forms import Limits, read_sampling
 from lmdemo.generation import Generator, SettingsError
-from lmdemo.inside import Inside
 from lmdemo.internals import match_span, most_active, most_variable, read_internals, top_units
 from lmdemo.model import LSTMLanguageModel
-from lmdemo.registry import Models
 from lmdemo.tokenizer import Tokenizer
+from lmdemo.web import render
+from lmdemo.web.demo import Demo
+from lmdemo.web.forms import Limits, read_sampling
+from lmdemo.web.inside import Inside
+from lmdemo.web.registry import Models
 
 TEXT = "ROMEO:\nWhat say you?\n\nJULIET:\nNothing.\n"
 

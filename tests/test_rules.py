@@ -21,8 +21,8 @@ from lmdemo.config import Config, data_name
 from lmdemo.corpus import CorpusError, load_corpus
 from lmdemo.files import hub_id
 from lmdemo.metrics import MetricsWriter, improves, read_metrics
-from lmdemo.registry import _display_name
 from lmdemo.training import Trainer
+from lmdemo.web.registry import _display_name
 
 SHAKESPEARE = DATA / "tinyshakespeare" / "input.txt"
 TINY_RUN = dict(level="char", data=str(SHAKESPEARE), max_tokens=20_000, emb_size=16, hidden_size=32, batch_size=8,

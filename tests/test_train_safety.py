@@ -22,12 +22,12 @@ from conftest import DATA
 from servers import free_port, wait_until
 from test_app import ENV
 
-from lmdemo.registry import Models
 from lmdemo.web import jobs as jobs_module
 from lmdemo.web import trainer_process
 from lmdemo.web.clients import TrainingBudget, client_address
 from lmdemo.web.compute import ComputeSlots
 from lmdemo.web.jobs import CANCELLED, ENDED, FAILED, FINISHED, STOPPED, WAITING, LiveTraining
+from lmdemo.web.registry import Models
 from lmdemo.web.train_requests import TrainInputError, TrainLimits, read_request
 from lmdemo.web.train_view import watch
 

@@ -24,8 +24,9 @@ from lmdemo import curves
 from lmdemo.cli import build_parser
 from lmdemo.config import Config
 from lmdemo.metrics import load_run, read_metrics
-from lmdemo.registry import Models
+from lmdemo.web.curves_tab import models_figure
 from lmdemo.web.jobs import LiveTraining
+from lmdemo.web.registry import Models
 from lmdemo.web.train_requests import (
     CORPORA,
     TrainInputError,
@@ -128,14 +129,14 @@ def test_a_job_is_the_command_line_trainer_with_one_thread(tmp_path):
 
 def test_the_curves_tab_draws_with_the_dashboards_code(char_model, word_model):
     models = Models({"char": str(char_model), "word": str(word_model)})
-    figure, notes = curves.models_figure(models, ["char", "word"], "bpc", "step", "log", 0.0)
+    figure, notes = models_figure(models, ["char", "word"], "bpc", "step", "log", 0.0)
     runs = [load_run(char_model, name="char"), load_run(word_model, name="word")]
     assert figure.to_json() == curves.runs_figure(runs, "bpc", "step", True, 0.0).to_json() and notes == ""
     validation = next(trace for trace in figure.data if trace.name == "char · validation")
     logged = read_metrics(char_model / "metrics.jsonl").events("val")
     assert list(validation.y) == pytest.approx([r["val_bpc"] for r in logged])
     assert list(validation.x) == [r["step"] for r in logged] and figure.layout.yaxis.type == "log"
-    linear, _ = curves.models_figure(models, ["word"], "ppl", "time", "linear", 0.5)
+    linear, _ = models_figure(models, ["word"], "ppl", "time", "linear", 0.5)
     assert linear.layout.yaxis.type == "linear" and {t.legendgroup for t in linear.data} == {"word"}
     for changes, message in ((dict(measure="perplexity"), "measure must be one of ppl, loss, bpc"),
                              (dict(x="epochs"), "x axis must be one of"), (dict(weight=1.0), "smoothing"),
@@ -143,8 +144,8 @@ def test_the_curves_tab_draws_with_the_dashboards_code(char_model, word_model):
                              (dict(names=["nope"]), "unknown model 'nope'"), (dict(names=["char"] * 9), "at most 8"),
                              (dict(names=[{"a": 1}]), "a list of model names")):
         with pytest.raises(ValueError, match=message):
-            curves.models_figure(models, **{**dict(names=["char"], measure="bpc", x="step", log_y="log",
-                                                   weight=0.6), **changes})
+            models_figure(models, **{**dict(names=["char"], measure="bpc", x="step", log_y="log",
+                                            weight=0.6), **changes})
 
 
 def test_a_session_model_is_served_but_never_listed(char_model, tmp_path):

@@ -25,9 +25,9 @@ from pathlib import Path
 from lmdemo.checkpoint import MODEL_DIR, WEIGHTS_FILE, ModelLoadError, load_model
 from lmdemo.generation import Generator
 from lmdemo.metrics import METRICS_FILE
-from lmdemo.registry import Models
 from lmdemo.web import trainer_process
 from lmdemo.web.clients import TrainingBudget
+from lmdemo.web.registry import Models
 from lmdemo.web.sessions import Session, SessionModel, Sessions
 from lmdemo.web.train_requests import TrainInputError, TrainLimits, TrainRequest, bytes_needed
 

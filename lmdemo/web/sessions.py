@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lmdemo.generation import Generator
-from lmdemo.registry import Models
+from lmdemo.web.registry import Models
 from lmdemo.web.trainer_process import folder_bytes
 
 if TYPE_CHECKING:

@@ -18,12 +18,12 @@ from typing import Any
 
 import pandas as pd
 
-from lmdemo import render
 from lmdemo.checkpoint import WEIGHTS_FILE, ModelLoadError, load_model
 from lmdemo.generation import Generator, Sample, Sampling
 from lmdemo.metrics import Run, bits, load_run
 from lmdemo.runs import curve_frame
 from lmdemo.tokenizer import level_unit
+from lmdemo.web import render
 from lmdemo.web.jobs import (
     CANCELLED,
     FINISHED,

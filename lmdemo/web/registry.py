@@ -15,9 +15,8 @@ from lmdemo.config import data_name
 from lmdemo.files import hub_id
 from lmdemo.generation import Generator, SettingsError
 from lmdemo.metrics import CONFIG_FILE
+from lmdemo.space import MODELS_ENV, read_models_file
 
-MODELS_ENV = "LMDEMO_MODELS"
-MODELS_FILE = "models.txt"  # one folder or Hub repo id a line, beside app.py (a Space lists its models there)
 # Example prompts in the style of each level's shipped model: Shakespeare's plays, IMDB reviews as
 # lower-cased words, IMDB reviews as written (cased subwords).
 EXAMPLES = {
@@ -82,12 +81,6 @@ def discover_models(checkpoints: Path, extra: Sequence[str] = (), environ: dict[
         raise NoModelsError(f"no models to serve: add a model folder (with {CONFIG_FILE}) under {checkpoints}/"
                             f"{listed}, pass --model FOLDER_OR_HUB_ID, or set {MODELS_ENV}")
     return names
-
-
-def read_models_file(path: Path) -> list[str]:
-    """The models listed in a file: one folder or Hub repo id a line; blank lines and `#` comments skipped."""
-    lines = (line.split("#", 1)[0].strip() for line in path.read_text(encoding="utf-8").splitlines())
-    return [line for line in lines if line]
 
 
 class Models:

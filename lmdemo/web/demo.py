@@ -2,8 +2,8 @@
 
 Everything here returns plain data (dataclasses, lists, numbers) so the Gradio app stays a thin
 layer of widgets and the behaviour can be tested without a browser. Form values are checked by
-`lmdemo.forms`, models come from `lmdemo.registry`, and the "Inside the LSTM" tab's requests live in
-`lmdemo.inside`. A request reads its prompt through the model once: the prompt's colouring, the
+`lmdemo.web.forms`, models come from `lmdemo.web.registry`, and the "Inside the LSTM" tab's requests live in
+`lmdemo.web.inside`. A request reads its prompt through the model once: the prompt's colouring, the
 sampling and the bars after the prompt share one `Reading`, and bars inside a sample go on from it.
 """
 
@@ -15,12 +15,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from lmdemo.forms import Limits, parse_whole, read_prompt
 from lmdemo.generation import Prompt, Reading, Sample, Sampling, SettingsError, TokenScore
-from lmdemo.registry import ModelInfo, Models
 from lmdemo.tokenizer import LevelUnit, level_unit
+from lmdemo.web.forms import Limits, parse_whole, read_prompt
+from lmdemo.web.registry import ModelInfo, Models
 
 DEFAULT_TEMPERATURES = (0.2, 0.5, 0.8, 1.0, 1.3)
+DEFAULT_MAX_NEW_TOKENS = 200  # what the Sample and Compare forms offer (a request may ask up to its limit)
 DEFAULT_BARS = 10
 
 

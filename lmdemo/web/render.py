@@ -19,13 +19,13 @@ from collections.abc import Sequence
 import pandas as pd
 import plotly.graph_objects as go
 
-from lmdemo.demo import Comparison, NextTokens, Progress
 from lmdemo.generation import Sample
-from lmdemo.inside import UnitView
 from lmdemo.internals import QUANTITIES, SpanMatch
 from lmdemo.metrics import bits, bits_per_character, perplexity
-from lmdemo.registry import ModelInfo
 from lmdemo.tokenizer import EOS, LOWER_BOUND, UNK, LevelUnit, level_unit
+from lmdemo.web.demo import Comparison, NextTokens, Progress
+from lmdemo.web.inside import UnitView
+from lmdemo.web.registry import ModelInfo
 
 # (lower bound of the probability, CSS class, legend label), likeliest first.
 BUCKETS = ((0.5, "p-high", "≥ 50 %"), (0.1, "p-mid", "10–50 %"), (0.01, "p-low", "1–10 %"), (0.0, "p-rare", "< 1 %"))

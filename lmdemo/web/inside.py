@@ -14,12 +14,12 @@ from typing import Any
 
 import torch
 
-from lmdemo.demo import Progress
-from lmdemo.forms import Limits, parse_whole, read_prompt
 from lmdemo.generation import Generator, SettingsError
+from lmdemo.web.demo import Progress
+from lmdemo.web.forms import Limits, parse_whole, read_prompt
 from lmdemo.internals import (QUANTITIES, Internals, SpanMatch, UnitScore, match_span, most_active, most_variable,
                               read_internals, top_units)
-from lmdemo.registry import Models
+from lmdemo.web.registry import Models
 
 UNIT_SORTS = {"unit": "unit number", "active": "most active (mean |value|)", "variable": "most variable (std)",
               "change": "largest change at a token"}

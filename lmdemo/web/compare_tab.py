@@ -1,0 +1,71 @@
+"""The Compare tab: the same prompt, settings and seed through two models, side by side; a thin Gradio layer
+over `lmdemo.web.demo` (`Demo.compare`) and `render`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from lmdemo.generation import SettingsError
+from lmdemo.web import render
+from lmdemo.web.compute import ComputeSlots
+from lmdemo.web.demo import DEFAULT_MAX_NEW_TOKENS, Demo
+from lmdemo.web.forms import FIELD_CHARS, read_sampling
+
+COMPARE_TEMPERATURES = "0.5, 1"
+
+COMPARE_HELP = """The same prompt, settings and seed through two models, side by side: their samples, how surprised
+each was by the prompt, and what each expects right after it. Models that cut text into different tokens
+(characters, words, subwords) are compared in **bits per character** of the text: the table under the button
+puts both models' figures side by side."""
+
+
+def build(demo: Demo, heavy: dict[str, Any], slots: ComputeSlots) -> list[gr.Dropdown]:
+    """Two model pickers, one prompt and one set of settings; both models' results side by side.
+
+    Returns the pickers, whose choices a session's own trained models join."""
+    models, limits = demo.models, demo.limits
+    names, (first, second) = models.names, models.compare_pair
+    gr.Markdown(COMPARE_HELP, elem_classes="lm-help")
+    with gr.Row():
+        pickers = [gr.Dropdown(names, value=first, label="Model A"), gr.Dropdown(names, value=second, label="Model B")]
+    prompt = gr.Textbox(models.examples(first)[0], label="Prompt", lines=3, max_lines=10,
+                        max_length=limits.max_prompt_chars)
+    with gr.Row():
+        temperatures = gr.Textbox(COMPARE_TEMPERATURES, label=f"Temperatures (up to {limits.max_temperatures})",
+                                  max_length=FIELD_CHARS)
+        max_new_tokens = gr.Slider(1, limits.max_new_tokens, value=min(DEFAULT_MAX_NEW_TOKENS, limits.max_new_tokens),
+                                   step=1, label="Max new tokens")
+        top_k = gr.Number(0, label="Top-k (0 = off)", precision=0)
+        top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.01, label="Top-p (1 = off)")
+        seed = gr.Textbox("0", label="Seed", max_length=FIELD_CHARS)
+    button = gr.Button("Compare", variant="primary")
+    status = gr.Markdown("Press **Compare** to run both models.")
+    sides = []
+    with gr.Row(equal_height=False):
+        for picker in pickers:
+            with gr.Column():
+                card = gr.Markdown(render.model_markdown(models.describe(picker.value)))
+                sides.append([card, gr.HTML(), gr.HTML(),
+                              gr.Plot(show_label=False)])
+                picker.change(lambda name: render.model_markdown(models.describe(name)), picker, card,
+                              api_visibility="private")
+
+    def on_compare(name_a: str, name_b: str, prompt_text: str, temperature_text: str, max_new: Any, k: Any, p: Any,
+                   seed_text: Any) -> tuple:
+        try:
+            sampling = read_sampling(limits, temperature_text, max_new, k, p, seed_text)
+            comparison = demo.compare([name_a, name_b], prompt_text, sampling)
+        except SettingsError as error:
+            raise gr.Error(str(error), title="Check the settings") from None
+        results = []
+        for progress, next_tokens, info in zip(comparison.runs, comparison.next_tokens, comparison.infos):
+            results += [render.model_markdown(info), render.samples_html(progress), render.prompt_html(progress),
+                        render.next_token_figure(next_tokens)]
+        return (render.compare_markdown(comparison), *results)
+
+    button.click(slots.guard(on_compare), [*pickers, prompt, temperatures, max_new_tokens, top_k, top_p, seed],
+                 [status, *sides[0], *sides[1]], api_name="compare",
+                 preprocess=False, **heavy)  # raw values: lmdemo checks them and names the field in its message
+    return pickers

@@ -1,0 +1,77 @@
+"""The page: the tabs composed, in order (Sample, Inside the LSTM, Compare, Train, Training curves), with the
+page-wide texts, the one queue of model computations and the look it launches with.
+
+Each tab lives in its own module (`sample_tab`, `inside_tab`, `compare_tab`, `train_tab`, `curves_tab`); this one
+only places them and wires what crosses tabs: the Sample tab's text into Inside, a finished Train job's model into
+every picker.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from lmdemo.web import compare_tab, curves_tab, inside_tab, sample_tab, train_tab
+from lmdemo.web.compute import ComputeSlots
+from lmdemo.web.demo import Demo
+from lmdemo.web.forms import Limits
+from lmdemo.web.inside import Inside
+from lmdemo.web.jobs import LiveTraining
+from lmdemo.web.registry import Models
+
+MODEL_QUEUE = "model"  # the one concurrency group of every event that runs a model
+
+INTRO = """# LSTM language models, up close
+Pick a model, give it a prompt and compare what it writes at several **temperatures** side by side.
+Each token is shaded by how likely the model thought it was; the bars below show what it weighed up at any point."""
+
+
+def build_app(models: Models, limits: Limits = Limits(), concurrency: int = 2,
+              training: LiveTraining | None = None, behind_proxy: bool = False) -> gr.Blocks:
+    """The page: a sampling tab (controls on the right, samples below, next-token bars at the bottom),
+    a look inside the LSTM at the sampling tab's text, and two models compared on one request.
+
+    Every event that runs a model joins one concurrency group of `concurrency` slots, whichever tab
+    or endpoint it comes from, and takes one of as many `ComputeSlots` (which the Train tab's samples take
+    too), so `--concurrency` bounds the model computations at once. With `training`, a Train tab trains a
+    visitor's own model (`lmdemo.web.train_tab`); the Training curves tab is always there.
+    """
+    demo = Demo(models, limits)
+    slots = ComputeSlots(concurrency)
+    heavy = dict(concurrency_id=MODEL_QUEUE, concurrency_limit=concurrency)
+
+    with gr.Blocks(title="LSTM language models") as app:
+        run = gr.State(None)
+        gr.Markdown(INTRO)
+        if models.skipped:
+            gr.Markdown(skipped_markdown(models.skipped), elem_id="skipped-models")
+        with gr.Tabs():
+            with gr.Tab("Sample", id="sample"):
+                sample = sample_tab.build(models, limits, run)
+            with gr.Tab("Inside the LSTM", id="inside"):
+                inside_text, inside_layer = inside_tab.build(Inside(models, limits), run, sample.model, sample.prompt,
+                                                             heavy, slots)
+            with gr.Tab("Compare", id="compare"):
+                compare_pickers = compare_tab.build(demo, heavy, slots)
+            if training is not None:
+                with gr.Tab("Train", id="train"):
+                    connect_training = train_tab.build(training, slots, behind_proxy)
+            with gr.Tab("Training curves", id="curves"):
+                curve_picker = curves_tab.build(models)
+        if training is not None:
+            connect_training(app, [sample.model, *compare_pickers, curve_picker])
+        sample_tab.connect(sample, demo, inside_text, inside_layer, heavy, slots)
+    return app
+
+
+def skipped_markdown(skipped: dict[str, str]) -> str:
+    """The page's notice about models that are not served, one line each with its reason."""
+    lines = [f"- `{name}`: {reason}" for name, reason in skipped.items()]
+    return ("**Not served** (could not be loaded; the other models work):\n" + "\n".join(lines))
+
+
+def theme() -> Any:
+    """The page's colours and fonts."""
+    return gr.themes.Soft(primary_hue="indigo", font=["ui-sans-serif", "system-ui", "sans-serif"],
+                          font_mono=["ui-monospace", "SFMono-Regular", "monospace"])

@@ -1,0 +1,193 @@
+"""The Sample tab: a thin Gradio layer over `lmdemo.web.demo` (the requests), `forms` (form values) and
+`render` (HTML and figures). Controls on the right, samples below, next-token bars at the bottom.
+
+Its model, prompt and last run are what the Inside tab reads, and a run refreshes the Inside tab's text picker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from lmdemo.generation import SettingsError
+from lmdemo.web import inside_tab, render
+from lmdemo.web.compute import ComputeSlots
+from lmdemo.web.demo import DEFAULT_BARS, DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURES, Demo, Progress
+from lmdemo.web.forms import FIELD_CHARS, Limits, draw_seed, read_sampling
+from lmdemo.web.registry import Models
+
+TEMPERATURE_HELP = """**Temperature** reshapes the model's odds before each token is drawn. **0** always
+takes the likeliest token (greedy: safe, repetitive); below 1 favours likely tokens; **1** samples the model
+as trained; above 1 gives rare tokens more room, until the text turns to gibberish. **Top-k** keeps the k
+likeliest tokens, **top-p** the fewest holding p of the probability. All columns share one set of random
+numbers, so they differ by temperature, not luck."""
+
+
+@dataclass
+class SampleTab:
+    """The tab's widgets: `connect` wires their events; the Inside tab reads `run`, `model` and `prompt`."""
+
+    run: gr.State
+    model: gr.Dropdown
+    model_info: gr.Markdown
+    prompt: gr.Textbox
+    examples: gr.Dataset
+    generate: gr.Button
+    stop: gr.Button
+    status: gr.Markdown
+    temperatures: gr.Textbox
+    max_new_tokens: gr.Slider
+    top_k: gr.Number
+    top_p: gr.Slider
+    seed: gr.Textbox
+    dice: gr.Button
+    stop_text: gr.Textbox
+    avoid_unk: gr.Checkbox
+    samples: gr.HTML
+    prompt_view: gr.HTML
+    which: gr.Dropdown
+    position: gr.Slider
+    bars: gr.Slider
+    plot: gr.Plot
+
+
+def build(models: Models, limits: Limits, run: gr.State) -> SampleTab:
+    """Lay the tab out on the default model; `run` keeps the last finished request for the bars and Inside."""
+    first = models.default
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=3):
+            model = gr.Dropdown(models.names, value=first, label="Model", interactive=len(models.names) > 1)
+            model_info = gr.Markdown(render.model_markdown(models.describe(first)), label="Model card")
+            prompt = gr.Textbox(value=models.examples(first)[0], label="Prompt", lines=4, max_lines=14,
+                                max_length=limits.max_prompt_chars,
+                                placeholder="Leave empty to start from the beginning of a text")
+            examples = gr.Dataset(components=[prompt], samples=[[e] for e in models.examples(first)],
+                                  label="Example prompts")
+            with gr.Row():
+                generate = gr.Button("Generate", variant="primary", scale=3)
+                stop = gr.Button("Stop", variant="secondary", scale=1)
+            status = gr.Markdown("Press **Generate** to sample.", label="Status")
+        with gr.Column(scale=2):
+            temperatures = gr.Textbox(
+                ", ".join(f"{t:g}" for t in DEFAULT_TEMPERATURES),
+                label=f"Temperatures: one column each, up to {limits.max_temperatures}",
+                info="numbers from 0 (greedy) up, separated by commas", max_length=FIELD_CHARS)
+            gr.Markdown(TEMPERATURE_HELP, elem_classes="lm-help")
+            max_new_tokens = gr.Slider(1, limits.max_new_tokens, step=1, label="Max new tokens",
+                                       value=min(DEFAULT_MAX_NEW_TOKENS, limits.max_new_tokens))
+            with gr.Row():
+                top_k = gr.Number(0, label="Top-k (0 = off)", precision=0, minimum=0)
+                top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.01, label="Top-p (1 = off)")
+            with gr.Row(equal_height=True):
+                seed = gr.Textbox("0", label="Seed", info="same seed + settings = same text", scale=2,
+                                  max_length=FIELD_CHARS)
+                dice = gr.Button("Random seed", scale=1)
+            with gr.Row():
+                stop_text = gr.Textbox("", label="Stop at (optional)", placeholder="e.g. a blank line",
+                                       info="a sample ends once it contains this text", max_length=FIELD_CHARS)
+                avoid_unk = gr.Checkbox(False, **unk_choice(models, first))
+    gr.Markdown("### Samples")
+    samples = gr.HTML(render.NO_SAMPLES, label="Samples", elem_id="samples")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=2):
+            gr.Markdown("### How surprised was the model by the prompt?")
+            prompt_view = gr.HTML('<div class="lm-empty">The prompt, coloured by surprisal, appears here.</div>',
+                                  label="Prompt surprisal")
+        with gr.Column(scale=3):
+            gr.Markdown("### What might come next?")
+            with gr.Row():
+                which = gr.Dropdown([], label="Sample", info="pick a column", scale=1)
+                position = gr.Slider(0, DEFAULT_MAX_NEW_TOKENS, value=0, step=1, label="Position in the sample",
+                                     scale=2, info="tokens already written; 0 = right after the prompt")
+                bars = gr.Slider(3, limits.max_bars, value=DEFAULT_BARS, step=1, label="Bars", scale=1)
+            plot = gr.Plot(label="Next-token probabilities", show_label=False)
+    return SampleTab(run, model, model_info, prompt, examples, generate, stop, status, temperatures, max_new_tokens,
+                     top_k, top_p, seed, dice, stop_text, avoid_unk, samples, prompt_view, which, position, bars, plot)
+
+
+def connect(tab: SampleTab, demo: Demo, inside_text: gr.Dropdown, inside_layer: gr.Dropdown, heavy: dict[str, Any],
+            slots: ComputeSlots) -> None:
+    """Wire the tab's events: a model change (its card, examples, the Inside layers, the `<unk>` box), Generate
+    (streamed; `/generate`), Stop, the random seed and the next-token bars (`/next_tokens`)."""
+    models, limits = demo.models, demo.limits
+
+    def on_model(name: str) -> tuple[str, Any, str]:
+        try:
+            shown, info = models.examples(name), models.describe(name)
+        except SettingsError as error:
+            raise gr.Error(str(error), title="Unknown model") from None
+        return render.model_markdown(info), gr.Dataset(samples=[[e] for e in shown]), shown[0]
+
+    def on_generate(name: str, prompt_text: str, temperature_text: str, max_new: Any, k: Any, p: Any,
+                    seed_text: Any, stop_at: str, no_unk: bool) -> Iterator[tuple]:
+        try:
+            sampling = read_sampling(limits, temperature_text, max_new, k, p, seed_text, stop_at, no_unk)
+            yield from _generation_updates(demo, demo.generate(name, prompt_text, sampling))
+        except SettingsError as error:
+            raise gr.Error(str(error), title="Check the settings") from None
+
+    def on_explore(current: Progress | None, index: Any, at: Any, count: Any) -> Any:
+        if current is None:
+            raise gr.Error("Generate some text first: the bars explain a sample's next tokens.",
+                           title="Nothing to explain yet")
+        try:
+            return _figure(demo, current, index, at, count)
+        except SettingsError as error:
+            raise gr.Error(str(error), title="Check the settings") from None
+
+    model = tab.model
+    model.change(on_model, model, [tab.model_info, tab.examples, tab.prompt], api_name="model_info")
+    model.change(lambda name: gr.Dropdown(**inside_tab.layer_choices(models, name)), model, inside_layer,
+                 api_visibility="private")
+    model.change(lambda name: gr.Checkbox(**unk_choice(models, name)), model, tab.avoid_unk, api_visibility="private")
+    tab.examples.click(lambda chosen: chosen[0], tab.examples, tab.prompt, api_visibility="private")
+    tab.dice.click(lambda: str(draw_seed()), None, tab.seed, api_name="random_seed")
+    generation = tab.generate.click(
+        slots.guard(on_generate),
+        [model, tab.prompt, tab.temperatures, tab.max_new_tokens, tab.top_k, tab.top_p, tab.seed, tab.stop_text,
+         tab.avoid_unk],
+        [tab.samples, tab.prompt_view, tab.status, tab.run, tab.which, tab.position, tab.plot, inside_text],
+        api_name="generate", preprocess=False, **heavy)  # raw values: lmdemo checks them and names the field
+    tab.stop.click(None, None, None, cancels=[generation], api_visibility="private")
+    explore_inputs = [tab.run, tab.which, tab.position, tab.bars]
+    explore = slots.guard(on_explore)
+    tab.which.input(explore, explore_inputs, tab.plot, api_name="next_tokens", **heavy)
+    tab.position.release(explore, explore_inputs, tab.plot, api_visibility="private", **heavy)
+    tab.bars.release(explore, explore_inputs, tab.plot, api_visibility="private", **heavy)
+
+
+def _generation_updates(demo: Demo, progress_stream: Iterator[Progress]) -> Iterator[tuple]:
+    """The page's updates of one request: samples, prompt colouring and status while it runs; at the end also the
+    run, the bars' pickers and figure and the Inside tab's text picker. A prompt's notes are shown once, as warnings."""
+    first_update = True
+    for progress in progress_stream:
+        if first_update:
+            for note in progress.prompt.notes:
+                gr.Warning(note)
+        prompt_update = render.prompt_html(progress) if first_update or progress.done else gr.skip()
+        first_update = False
+        if not progress.done:
+            yield (render.samples_html(progress), prompt_update, render.status_markdown(progress),
+                   gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip())
+            continue
+        longest = max(len(s.ids) for s in progress.samples)
+        choices = [(f"T = {s.temperature:g}", i) for i, s in enumerate(progress.samples)]
+        figure = _figure(demo, progress, 0, 0, DEFAULT_BARS)
+        yield (render.samples_html(progress), prompt_update, render.status_markdown(progress), progress,
+               gr.Dropdown(choices=choices, value=0), gr.Slider(maximum=max(1, longest), value=0), figure,
+               inside_tab.text_choices(progress))
+
+
+def unk_choice(models: Models, name: str) -> dict[str, Any]:
+    """The "never sample <unk>" box: only a model with an `<unk>` token can sample one."""
+    has_unk = models.describe(name).has_unk
+    return dict(label="Never sample <unk>" if has_unk else "Never sample <unk> (this model has none)",
+                interactive=has_unk)
+
+
+def _figure(demo: Demo, progress: Progress, index: Any, at: Any, count: Any) -> Any:
+    explained = demo.next_tokens(progress, index, at, count)
+    return render.next_token_figure(explained)
