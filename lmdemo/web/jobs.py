@@ -120,7 +120,6 @@ class LiveTraining:
             session.count += 1
             job = Job(session, replace(request, text=""), session.folder / str(session.count), reserved,
                       self.budget.charge(client, request.seconds))
-            session.job = job
         try:
             job.folder.mkdir(parents=True)
             job.text_path.write_text(request.text, encoding="utf-8")
@@ -149,23 +148,27 @@ class LiveTraining:
         """Stop `owner`'s job: a waiting one leaves the line, a running one ends at its next log interval
         keeping its best model. Returns what happened, in words."""
         with self.lock:
-            session = self.sessions.get(owner)
-            job = session.job if session else None
+            job = self._active_job(owner)
             self.sessions.touch(owner)
-            if job is None or job.state in ENDED:
+            if job is None:
                 return "No training job of yours is running."
             return self.stop_job(job, "stop")
 
     def end_session(self, owner: str) -> None:
         """The visitor left: stop its job, forget its models and delete its folders, zips and uploads."""
         def stop_its_job(session: Session) -> bool:
-            job = session.job
-            if job is not None and job.state not in ENDED:
+            job = self._active_job(session.owner)
+            if job is not None:
                 self.stop_job(job, "session")
             return job is not None and job is self.running
 
         if self.sessions.end(owner, keep_folder=stop_its_job) is not None:
             release_free_memory()
+
+    def _active_job(self, owner: str) -> Job | None:
+        """`owner`'s job that runs or waits, if any."""
+        with self.lock:
+            return next((job for job in (self.running, *self.waiting) if job and job.session.owner == owner), None)
 
     def disk_bytes(self) -> int:
         """Bytes on disk now: the training folder and the sessions' zips."""

@@ -18,14 +18,10 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from lmdemo.generation import Generator
 from lmdemo.web.registry import Models
 from lmdemo.web.trainer_process import folder_bytes
-
-if TYPE_CHECKING:
-    from lmdemo.web.jobs import Job
 
 
 @dataclass
@@ -48,7 +44,6 @@ class Session:
     downloads: Path
     models: list[SessionModel] = field(default_factory=list)
     uploads: set[Path] = field(default_factory=set)
-    job: Job | None = None
     count: int = 0
     last_used: float = field(default_factory=time.monotonic)
     ended: bool = False
