@@ -175,7 +175,8 @@ def test_generate_without_the_tenth_input_works_as_before(client):
 
 def test_generate_with_a_dial_shows_the_samples_without_and_with_it(client):
     plain = client.predict("shakespeare-tiny", *NINE_INPUTS, api_name="/generate")[0]
-    both = client.predict("shakespeare-tiny", *NINE_INPUTS, "2:0:c=8", api_name="/generate")[0]
+    both, _, status, *_ = client.predict("shakespeare-tiny", *NINE_INPUTS, "2:0:c=8", api_name="/generate")
+    assert status.startswith("**Done** 2 samples, each also with the dial")
     assert "Dial off" in both and "Dial on: unit 0 of layer 2's c held at 8" in both
     texts = sample_texts(both)
     assert len(texts) == 4 and texts[:2] == sample_texts(plain) and texts[2:] != texts[:2]
@@ -206,13 +207,13 @@ def test_the_dial_in_the_browser(server):
     with chromium_page(server) as page:
         slider = page.get_by_label("sentiment: negative ↔ positive")
         slider.first.wait_for(state="visible", timeout=30_000)
-        page.get_by_label("Dial sentiment").check()
+        page.get_by_label("Dial sentiment: hold its unit (samples without and with the dial, same seed)").check()
         dial_text = page.get_by_label("Dial (LAYER:UNIT:QUANTITY=VALUE, empty = off)")
         page.wait_for_function("() => [...document.querySelectorAll('textarea, input')]"
                                ".some(e => e.value === '2:5:h=0.9')", timeout=20_000)
         assert dial_text.input_value() == "2:5:h=0.9"
         page.get_by_role("button", name="Generate").click()
-        page.get_by_text("Done").first.wait_for(timeout=60_000)
+        page.get_by_text("Done 5 samples, each also with the dial").first.wait_for(timeout=60_000)
         assert page.get_by_text("Dial on: unit 5 of layer 2's h held at 0.9").count() == 1
         assert page.locator("#samples .lm-col").count() == 10
         page.get_by_label("Model").first.click()

@@ -154,7 +154,8 @@ def status_markdown(progress: Progress) -> str:
     made = sum(len(s.ids) for s in [*progress.samples, *progress.dialled])
     rate = made / progress.seconds if progress.seconds > 0 else 0.0
     state = "Done" if progress.done else "Generating…"
-    lines = [f"**{state}** {len(progress.samples)} sample{'s' if len(progress.samples) != 1 else ''}, "
+    each = ", each also with the dial" if progress.dial is not None else ""
+    lines = [f"**{state}** {len(progress.samples)} sample{'s' if len(progress.samples) != 1 else ''}{each}, "
              f"{made:,} tokens in {progress.seconds:.1f} s ({rate:,.0f} tokens/s)"]
     lines += [f"⚠️ {note}" for note in progress.prompt.notes]
     return "  \n".join(lines)

@@ -93,9 +93,8 @@ def build(models: Models, limits: Limits, run: gr.State) -> SampleTab:
                                        info="a sample ends once it contains this text", max_length=FIELD_CHARS)
                 avoid_unk = gr.Checkbox(False, **unk_choice(models, first))
             on_choice, slider_choice, text_choice = dial_choices(models, first)
-            with gr.Row(equal_height=True):
-                dial_on = gr.Checkbox(**on_choice, scale=1)
-                dial_slider = gr.Slider(**slider_choice, scale=3)
+            dial_on = gr.Checkbox(**on_choice)
+            dial_slider = gr.Slider(**slider_choice)
             dial = gr.Textbox(**text_choice, max_length=FIELD_CHARS, placeholder="e.g. 2:17:h=0.9")
     gr.Markdown("### Samples")
     samples = gr.HTML(render.NO_SAMPLES, label="Samples", elem_id="samples")
@@ -113,7 +112,8 @@ def build(models: Models, limits: Limits, run: gr.State) -> SampleTab:
                 bars = gr.Slider(3, limits.max_bars, value=DEFAULT_BARS, step=1, label="Bars", scale=1)
             plot = gr.Plot(label="Next-token probabilities", show_label=False)
     return SampleTab(run, model, model_info, prompt, examples, generate, stop, status, temperatures, max_new_tokens,
-                     top_k, top_p, seed, dice, stop_text, avoid_unk, dial_on, dial_slider, dial, samples, prompt_view, which, position, bars, plot)
+                     top_k, top_p, seed, dice, stop_text, avoid_unk, dial_on, dial_slider, dial, samples, prompt_view,
+                     which, position, bars, plot)
 
 
 def connect(tab: SampleTab, demo: Demo, inside_text: gr.Dropdown, inside_layer: gr.Dropdown, heavy: dict[str, Any],
@@ -213,11 +213,11 @@ def dial_choices(models: Models, name: str) -> tuple[dict[str, Any], dict[str, A
     turn (the first such), the slider running between the values that push the text to either end."""
     steerable = models.describe(name).steerable
     if not steerable:
-        return dict(value=False, visible=False), dict(visible=False), dict(value="", visible=False)
+        return dict(value=False, visible=False, label="Dial"), dict(visible=False), dict(value="", visible=False)
     first = steerable[0]
     (low_end, low), (high_end, high) = first.ends
-    return (dict(value=False, visible=True, label=f"Dial {first.property}",
-                 info="hold the unit below: samples without and with it, same seed"),
+    return (dict(value=False, visible=True, label=f"Dial {first.property}: hold its unit (samples without and "
+                                                  f"with the dial, same seed)"),
             dict(minimum=low, maximum=high, value=high, step=(high - low) / 100, visible=True,
                  label=f"{first.property}: {low_end} ↔ {high_end}",
                  info=f"unit {first.unit} of layer {first.layer}'s {first.quantity}, held at this value"),
