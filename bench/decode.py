@@ -2,9 +2,11 @@
 
     python bench/decode.py                      # a random 2x512 character model (emb 128, vocab 65)
     python bench/decode.py --model checkpoints/shakespeare-char --threads 2
+    python bench/decode.py --model checkpoints/imdb-word --dial 2:19:h=-0.9   # the request also with a dial
 
 Prints ms per step at batch 1 and 5 for both, their ratio, and the end-to-end time of one
-request for 5 temperatures x 200 new tokens. Timings are medians of torch.utils.benchmark runs.
+request for 5 temperatures x 200 new tokens (and with `--dial`, the same request holding that unit).
+Timings are medians of torch.utils.benchmark runs; end-to-end times are the best of 3.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lmdemo.checkpoint import TrainedModel, load_model  # noqa: E402
 from lmdemo.config import Config  # noqa: E402
-from lmdemo.generation import Generator, Sampling  # noqa: E402
+from lmdemo.generation import Dial, Generator, Sampling  # noqa: E402
 from lmdemo.model import LSTMLanguageModel  # noqa: E402
 from lmdemo.tokenizer import Tokenizer  # noqa: E402
 
@@ -49,6 +51,7 @@ def main() -> int:
     parser.add_argument("--model", help="model folder or Hub repo id (default: random 2x512 char model)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1, as the app uses)")
     parser.add_argument("--min-run-time", type=float, default=1.0, help="seconds per measurement (default: 1)")
+    parser.add_argument("--dial", help="also time the request holding this unit: LAYER:UNIT:QUANTITY=VALUE")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     trained = load_model(args.model) if args.model else random_char_model()
@@ -65,17 +68,20 @@ def main() -> int:
             fast = ms_per_call("generator.step(ids, state)", scope, args.min_run_time)
             plain = ms_per_call("model(ids.unsqueeze(1), state)", scope, args.min_run_time)
         print(f"{batch:>5} {fast:>18.3f} {plain:>16.3f} {plain / fast:>8.1f}x")
-    sampling = Sampling(temperatures=TEMPERATURES, max_new_tokens=200, seed=1, stop_at_eos=False)
     prompt = generator.prompt("ROMEO:\n").ids
-    generator.generate(prompt, sampling)  # warm-up
-    runs = []
-    for _ in range(3):
-        start = time.perf_counter()
-        generator.generate(prompt, sampling)
-        runs.append(time.perf_counter() - start)
-    best = min(runs)
-    print(f"end to end: {len(TEMPERATURES)} temperatures x {sampling.max_new_tokens} tokens in {best * 1e3:.0f} ms "
-          f"({best * 1e3 / sampling.max_new_tokens:.2f} ms per step with sampling; best of 3)")
+    dials = [None] + ([Dial.parse(args.dial)] if args.dial else [])
+    for dial in dials:
+        sampling = Sampling(temperatures=TEMPERATURES, max_new_tokens=200, seed=1, stop_at_eos=False, dial=dial)
+        generator.generate(prompt, sampling)  # warm-up
+        runs = []
+        for _ in range(3):
+            start = time.perf_counter()
+            generator.generate(prompt, sampling)
+            runs.append(time.perf_counter() - start)
+        best = min(runs)
+        print(f"end to end{f' with the dial {dial}' if dial else ''}: {len(TEMPERATURES)} temperatures x "
+              f"{sampling.max_new_tokens} tokens in {best * 1e3:.0f} ms "
+              f"({best * 1e3 / sampling.max_new_tokens:.2f} ms per step with sampling; best of 3)")
     return 0
 
 

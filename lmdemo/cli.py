@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     generate.add_argument("--stop", help="end a sample once it contains this text")
     generate.add_argument("--avoid-unk", action="store_true", help="never sample <unk>")
+    generate.add_argument("--dial", help="hold one unit of the state at a value while sampling: "
+                                         "LAYER:UNIT:QUANTITY=VALUE, layers from 1, units from 0, QUANTITY h or c")
 
     push = commands.add_parser("push", help="upload a model folder (or every shipped one) to the Hugging Face Hub")
     push.add_argument("model", type=Path, nargs="?", help="model folder (for example runs/NAME/model)")
@@ -224,12 +226,14 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _generate(args: argparse.Namespace) -> int:
     from lmdemo.checkpoint import load_model
-    from lmdemo.generation import Generator, Sampling
+    from lmdemo.generation import Dial, Generator, Sampling
 
     sampling = Sampling(temperatures=args.temperature, max_new_tokens=args.max_tokens, top_k=args.top_k,
-                        top_p=args.top_p, seed=args.seed, stop=args.stop, avoid_unk=args.avoid_unk)
+                        top_p=args.top_p, seed=args.seed, stop=args.stop, avoid_unk=args.avoid_unk,
+                        dial=None if args.dial is None else Dial.parse(args.dial))
     sampling.check()
     generator = Generator(load_model(args.model, args.revision))
+    generator.check_dial(sampling.dial)
     prompt = generator.prompt(args.prompt)
     for note in prompt.notes:
         print(f"note: {note}", file=sys.stderr)

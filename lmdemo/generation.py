@@ -31,10 +31,10 @@ from torch.nn import functional as F
 from lmdemo.checkpoint import TrainedModel
 from lmdemo.model import State
 from lmdemo.prompts import Prompt, encode_prompt
-from lmdemo.sampling import SEED_LIMIT, Decoding, Sample, Sampling, SettingsError
+from lmdemo.sampling import SEED_LIMIT, Decoding, Dial, Sample, Sampling, SettingsError
 
 # Sampling's types are part of this module's API: callers import them from here with `Generator`.
-__all__ = ["SEED_LIMIT", "CellStep", "Generator", "Prompt", "Reading", "Rows", "Sample", "Sampling",
+__all__ = ["SEED_LIMIT", "CellStep", "Dial", "Generator", "Prompt", "Reading", "Rows", "Sample", "Sampling",
            "SettingsError", "TokenScore", "lstm_cell"]
 
 LOOKUP_LIMIT = 4_000_000  # floats in a precomputed first-layer table (16 MB)
@@ -222,18 +222,30 @@ class Generator:
         return [TokenScore(i, token, p) for i, token, p in zip(ids, self.tokenizer.tokens(ids), probabilities)]
 
     # -- sampling ------------------------------------------------------------------------------
+    def check_dial(self, dial: Dial | None) -> None:
+        """Refuse a dial naming a layer, unit or quantity this model does not have (`SettingsError`)."""
+        if dial is not None:
+            dial.check(self.config.num_layers, self.config.hidden_size)
+
     @torch.no_grad()
     def stream(self, prompt: Sequence[int] | Reading, sampling: Sampling) -> Iterator[list[Sample]]:
         """Yield the samples (one per temperature, in order) after each new token.
 
         `prompt` is its ids, or its `Reading` when the caller has read it already (its tokens are then
-        the text before, which decides how the first piece of a sample is spaced).
+        the text before, which decides how the first piece of a sample is spaced). A `sampling.dial` is
+        checked against this model, then holds its unit after the prompt and after every step.
         """
+        dial = sampling.dial
+        self.check_dial(dial)
         reading = prompt if isinstance(prompt, Reading) else self.reading(prompt)
         decoding = Decoding(sampling, self.tokenizer, [score.id for score in reading.scores])
         count = len(decoding.samples)
         rows = Rows(list(range(count)), tuple(part.expand(-1, count, -1).contiguous() for part in reading.state))
-        logits = reading.next_log_probs.expand(count, -1)
+        if dial is None:
+            logits = reading.next_log_probs.expand(count, -1)
+        else:  # the first token already feels the dial
+            rows.state = dial.hold(rows.state)
+            logits = self.predict(rows.state)
         for index in range(sampling.max_new_tokens):
             rows.ids = decoding.choose(logits, rows.samples, index)
             yield decoding.samples
@@ -242,6 +254,8 @@ class Generator:
                 return
             rows = rows.keep(going_on)
             rows.state = self.next_state(rows.ids, rows.state)
+            if dial is not None:
+                rows.state = dial.hold(rows.state)
             logits = self.predict(rows.state)
 
     def generate(self, prompt: Sequence[int] | Reading, sampling: Sampling) -> list[Sample]:

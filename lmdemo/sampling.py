@@ -17,6 +17,9 @@ and picks a token by inverse CDF (one uniform per row per step). A temperature b
 - different temperatures share their uniforms (common random numbers), so columns differ by
   temperature rather than by luck.
 
+A `Dial` holds one unit of the LSTM's state at a value while sampling (steering, as Radford et al. 2017 did
+with their sentiment unit); the generator overwrites that unit after every step, before each prediction.
+
 Up to floating-point rounding: batched matmuls may round differently at different batch sizes, so
 a near-tie between two tokens can in rare cases resolve differently alone and in a batch.
 """
@@ -24,6 +27,7 @@ a near-tie between two tokens can in rare cases resolve differently alone and in
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -51,6 +55,64 @@ class SettingsError(ValueError):
     """A sampling setting is out of range; the message says which and what is allowed."""
 
 
+DIAL_QUANTITIES = ("h", "c")  # the LSTM's hidden state and its cell
+DIAL_SYNTAX = "LAYER:UNIT:QUANTITY=VALUE (e.g. 2:17:h=0.9; layers from 1, units from 0, quantity h or c)"
+
+
+@dataclass(frozen=True)
+class Dial:
+    """Hold unit `unit` (from 0) of layer `layer`'s (from 1, the bottom) `quantity` ("h" or "c") at `value`
+    at every step of sampling, so a visitor can see what that unit does to the text."""
+
+    layer: int
+    unit: int
+    quantity: str
+    value: float
+
+    @classmethod
+    def parse(cls, text: str) -> Dial:
+        """A dial from `LAYER:UNIT:QUANTITY=VALUE`; anything else is a `SettingsError` naming the syntax."""
+        match = re.fullmatch(r"([^:=]*):([^:=]*):([^:=]*)=(.*)", text)
+        if match is None:
+            raise SettingsError(f"the dial must read {DIAL_SYNTAX} (got {text!r})")
+        layer, unit, quantity, value = (part.strip() for part in match.groups())
+        if not re.fullmatch(r"\d+", layer):
+            raise SettingsError(f"the dial's layer must be a whole number from 1 (got {layer!r})")
+        if not re.fullmatch(r"\d+", unit):
+            raise SettingsError(f"the dial's unit must be a whole number from 0 (got {unit!r})")
+        try:
+            number = float(value)
+        except ValueError:
+            raise SettingsError(f"the dial's value must be a number (got {value!r})") from None
+        dial = cls(int(layer), int(unit), quantity, number)
+        dial.check()
+        return dial
+
+    def check(self, num_layers: int | None = None, hidden_size: int | None = None) -> None:
+        """Refuse a dial this model (of `num_layers` layers of `hidden_size` units, when given) has no unit for."""
+        if self.quantity not in DIAL_QUANTITIES:
+            raise SettingsError(f"the dial's quantity must be h (hidden state) or c (cell) (got {self.quantity!r})")
+        if not _is_int(self.layer) or self.layer < 1 or (num_layers is not None and self.layer > num_layers):
+            raise SettingsError(f"the dial's layer must be from 1 to {num_layers or 'the number of layers'} "
+                                f"(got {self.layer!r})")
+        if not _is_int(self.unit) or self.unit < 0 or (hidden_size is not None and self.unit >= hidden_size):
+            top = hidden_size - 1 if hidden_size is not None else "the hidden size - 1"
+            raise SettingsError(f"the dial's unit must be from 0 to {top} (got {self.unit!r})")
+        if isinstance(self.value, bool) or not isinstance(self.value, (int, float)) or not math.isfinite(self.value):
+            raise SettingsError(f"the dial's value must be a finite number (got {self.value!r})")
+
+    def hold(self, state: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """`state` ([L, B, H] each) with this unit set to the value in every row; `state` itself is left as it was."""
+        parts = list(state)
+        which = DIAL_QUANTITIES.index(self.quantity)
+        parts[which] = parts[which].clone()
+        parts[which][self.layer - 1, :, self.unit] = self.value
+        return parts[0], parts[1]
+
+    def __str__(self) -> str:
+        return f"{self.layer}:{self.unit}:{self.quantity}={self.value:g}"
+
+
 @dataclass
 class Sampling:
     """What a request asks for; `check` says what is wrong in words a user can act on."""
@@ -63,6 +125,7 @@ class Sampling:
     stop: str | None = None  # end a sample with the token that completes this text
     stop_at_eos: bool = True  # models that end lines with <eos> (word, bpe): end a sample there
     avoid_unk: bool = False  # never sample <unk> (its logit is masked); nothing to do without one (bpe)
+    dial: Dial | None = None  # hold one unit of the state at a value (checked against the model when sampling)
 
     def check(self, max_new_tokens_limit: int | None = None) -> None:
         if not self.temperatures:
@@ -80,6 +143,8 @@ class Sampling:
             raise SettingsError(f"top-p must be a number in (0, 1], 1 = off (got {self.top_p!r})")
         if not _is_int(self.seed) or not 0 <= self.seed < SEED_LIMIT:
             raise SettingsError(f"seed must be a whole number from 0 to 2**64-1 (got {self.seed!r})")
+        if self.dial is not None:
+            self.dial.check()
 
 
 def _is_int(value: object) -> bool:

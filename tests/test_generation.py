@@ -185,7 +185,7 @@ def test_word_samples_read_as_text_and_keep_one_piece_per_token(forced_words, mo
     assert sample.ids == ids and sample.tokens == tokens
     assert sample.text == " i'm sure it's good. the cat (a dog) sat, too! do you know?"
     progress = type("Run", (), dict(samples=[sample], prompt=prompt, unit=level_unit("word"), by_line=True,
-                                    lower_bound=True, done=True))
+                                    lower_bound=True, done=True, dial=None))
     page = render.samples_html(progress)
     body = re.search(r'<div class="lm-text[^"]*">(.*?)</div></section>', page, flags=re.S).group(1)
     spans = re.findall(r'<span class="tok [^"]*" title="[^"]*">([^<]*)</span>', body)

@@ -12,10 +12,10 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from lmdemo.generation import Prompt, Reading, Sample, Sampling, SettingsError, TokenScore
+from lmdemo.generation import Dial, Prompt, Reading, Sample, Sampling, SettingsError, TokenScore
 from lmdemo.tokenizer import LevelUnit, level_unit
 from lmdemo.web.forms import Limits, parse_whole, read_prompt
 from lmdemo.web.registry import ModelInfo, Models
@@ -39,6 +39,8 @@ class Progress:
     samples: list[Sample]
     seconds: float
     done: bool = False
+    dial: Dial | None = None  # when the request turned a dial: `dialled` are the same samples with it held
+    dialled: list[Sample] = field(default_factory=list)
 
 
 @dataclass
@@ -71,22 +73,28 @@ class Demo:
     def generate(self, name: str, prompt_text: Any, sampling: Sampling, every: float = 0.1) -> Iterator[Progress]:
         """Stream a request: a `Progress` at most every `every` seconds, and a last one with `done`.
 
-        Every update is the same object brought up to date, so keep a copy to compare updates.
+        With a dial, the samples come twice under the same seed: without it (`samples`), then with it
+        (`dialled`), so the page can show what the dial changed. Every update is the same object brought up
+        to date, so keep a copy to compare updates.
         """
         prompt_text = read_prompt(prompt_text, self.limits)
         generator = self.models.generator(name)
+        generator.check_dial(sampling.dial)  # refused before anything is sampled
         start = time.perf_counter()
         prompt = generator.prompt(prompt_text, self.limits.max_prompt_tokens)
         reading = generator.reading(prompt.ids)
         tokenizer = generator.tokenizer
         progress = Progress(name, level_unit(tokenizer.level), tokenizer.by_line, tokenizer.lower_bound(prompt.ids),
-                            prompt_text, prompt, reading, [], 0.0)
+                            prompt_text, prompt, reading, [], 0.0, dial=sampling.dial)
         last_shown = -every
-        for samples in generator.stream(reading, sampling):
-            progress.samples, progress.seconds = samples, time.perf_counter() - start
-            if progress.seconds - last_shown >= every:
-                last_shown = progress.seconds
-                yield progress
+        runs = [("samples", replace(sampling, dial=None))] + ([("dialled", sampling)] if sampling.dial else [])
+        for field_name, run in runs:
+            for samples in generator.stream(reading, run):
+                setattr(progress, field_name, samples)
+                progress.seconds = time.perf_counter() - start
+                if progress.seconds - last_shown >= every:
+                    last_shown = progress.seconds
+                    yield progress
         progress.seconds, progress.done = time.perf_counter() - start, True
         yield progress
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from lmdemo.generation import SEED_LIMIT, Sampling, SettingsError
+from lmdemo.generation import SEED_LIMIT, Dial, Sampling, SettingsError
 
 FIELD_CHARS = 100  # the most characters of a short field: numbers, temperatures, the stop text
 DRAWN_SEED_LIMIT = 2**32  # seeds the random-seed button draws: short enough to read back and retype
@@ -46,13 +46,14 @@ def read_prompt(value: Any, limits: Limits) -> str:
 
 
 def read_sampling(limits: Limits, temperatures: Any, max_new_tokens: Any, top_k: Any, top_p: Any, seed: Any,
-                  stop: Any = None, avoid_unk: Any = False) -> Sampling:
-    """Sampling settings from form values (text or numbers), checked against the limits."""
+                  stop: Any = None, avoid_unk: Any = False, dial: Any = None) -> Sampling:
+    """Sampling settings from form values (text or numbers), checked against the limits; an empty dial is off."""
     stop = _short_text(stop, "the stop text") if stop not in (None, "") else None
+    dial_text = "" if dial is None else _short_text(dial, "the dial").strip()
     sampling = Sampling(temperatures=parse_temperatures(temperatures, limits.max_temperatures),
                         max_new_tokens=parse_whole(max_new_tokens, "max new tokens"),
                         top_k=parse_whole(top_k, "top-k"), top_p=parse_number(top_p, "top-p"), seed=parse_seed(seed),
-                        stop=stop, avoid_unk=bool(avoid_unk))
+                        stop=stop, avoid_unk=bool(avoid_unk), dial=Dial.parse(dial_text) if dial_text else None)
     sampling.check(limits.max_new_tokens)
     return sampling
 

@@ -5,6 +5,7 @@ A `Generator` holds no request state, so one per model serves every request and 
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ from pathlib import Path
 from lmdemo.checkpoint import MODEL_DIR, load_model
 from lmdemo.config import data_name
 from lmdemo.files import hub_id
-from lmdemo.generation import Generator, SettingsError
+from lmdemo.generation import Dial, Generator, SettingsError
 from lmdemo.metrics import CONFIG_FILE
 from lmdemo.space import MODELS_ENV, read_models_file
 
@@ -32,6 +33,49 @@ EXAMPLES = {
 # served), and its Compare tab on this pair when both are, two tokenisations of the same reviews.
 DEFAULT_PREFERENCE = ("imdb-bpe", "imdb-word")
 COMPARE_PREFERENCE = ("imdb-word", "imdb-bpe")
+
+
+ATLAS_FILE = "atlas.json"  # the units a model's atlas (lmdemo.atlas) named, in its folder
+
+
+@dataclass(frozen=True)
+class Steerable:
+    """A property the model's atlas found a unit for, with the value that pushes the text to each of its ends
+    ("positive" and "negative" for sentiment): what the Sample tab's dial turns."""
+
+    property: str
+    layer: int  # from 1, the bottom layer
+    unit: int  # from 0
+    quantity: str  # "h" or "c"
+    ends: tuple[tuple[str, float], tuple[str, float]]  # (end, value), the lower value first
+
+    def dial(self, value: float) -> Dial:
+        return Dial(self.layer, self.unit, self.quantity, value)
+
+
+def read_steerable(folder: Path, num_layers: int, hidden_size: int) -> list[Steerable]:
+    """The steerable properties of a model folder's atlas (none without `atlas.json`); a property whose `dial`
+    does not name two ends and a unit of this model makes the file unreadable, with one line saying why."""
+    path = folder / ATLAS_FILE
+    if not path.is_file():
+        return []
+    try:
+        properties = json.loads(path.read_text(encoding="utf-8"))["properties"]
+        steerable = []
+        for entry in properties:
+            if not entry.get("dial"):
+                continue
+            ends = sorted(((str(end), float(value)) for end, value in entry["dial"].items()), key=lambda e: e[1])
+            if len(ends) != 2 or ends[0][1] == ends[1][1]:
+                raise ValueError(f"{entry['property']}: a dial needs two ends with different values")
+            found = Steerable(str(entry["property"]), entry["layer"], entry["unit"], entry["quantity"],
+                              (ends[0], ends[1]))
+            for _, value in ends:
+                found.dial(value).check(num_layers, hidden_size)
+            steerable.append(found)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise SettingsError(f"{path} cannot be read: {error}") from None
+    return steerable
 
 
 class NoModelsError(RuntimeError):
@@ -60,6 +104,7 @@ class ModelInfo:
     test_ppl: float | None = None
     test_bpc: float | None = None
     metrics_problems: list[str] = field(default_factory=list)
+    steerable: list[Steerable] = field(default_factory=list)  # what the Sample tab's dial can turn
 
 
 def discover_models(checkpoints: Path, extra: Sequence[str] = (), environ: dict[str, str] | None = None,
@@ -93,19 +138,26 @@ class Models:
         With `skip_broken`, a model that cannot be loaded (a missing Hub repo, a corrupt file) is left out
         and its reason kept in `skipped`; only when none loads is that an error (`NoModelsError`)."""
         self.generators: dict[str, Generator] = {}
+        self.steerable: dict[str, list[Steerable]] = {}  # display name -> its atlas's steerable properties
         self.skipped: dict[str, str] = {}  # display name -> why it is not served
         for name, source in sources.items():
             if not skip_broken:
-                self.generators[name] = Generator(load_model(source))
+                self._load(name, source)
                 continue
             try:
-                self.generators[name] = Generator(load_model(source))
+                self._load(name, source)
             except Exception as error:  # noqa: BLE001 - any failure of one model leaves the others served
                 self.skipped[name] = (str(error).splitlines() or [type(error).__name__])[0]
         if not self.generators:
             reasons = "; ".join(f"{name}: {reason}" for name, reason in self.skipped.items())
             raise NoModelsError(f"no model could be loaded ({reasons})" if reasons else "no models to serve")
         self.default_preference, self.compare_preference = tuple(default_preference), tuple(compare_preference)
+
+    def _load(self, name: str, source: str) -> None:
+        generator = Generator(load_model(source))
+        config = generator.config
+        self.steerable[name] = read_steerable(generator.trained.folder, config.num_layers, config.hidden_size)
+        self.generators[name] = generator
 
     @property
     def names(self) -> list[str]:
@@ -153,7 +205,7 @@ class Models:
                          hidden_size=config.hidden_size, emb_size=config.emb_size, vocab_size=config.vocab_size,
                          data=data_name(config.data, config.data_config), unit=trained.tokenizer.unit,
                          has_unk=trained.tokenizer.unk_id is not None,
-                         lower_bound=trained.tokenizer.lossy)
+                         lower_bound=trained.tokenizer.lossy, steerable=list(self.steerable.get(name, [])))
         metrics = trained.metrics
         if metrics is None:
             return info

@@ -108,20 +108,31 @@ def coloured_tokens(pieces: Sequence[str], tokens: Sequence[str], probabilities:
 
 
 def samples_html(progress: Progress) -> str:
-    """One column per temperature: the end of the prompt as read in grey, then the sample coloured by surprisal."""
+    """One column per temperature: the end of the prompt as read in grey, then the sample coloured by surprisal.
+    With a dial, a second row of columns under the first: the same seed with the dial held."""
     if not progress.samples:
         return NO_SAMPLES
+    rows = _sample_columns(progress, progress.samples)
+    if progress.dial is not None:
+        dial = progress.dial
+        rows = (f'<h4 class="lm-dial">Dial off</h4>{rows}<h4 class="lm-dial">Dial on: unit {dial.unit} of layer '
+                f"{dial.layer}'s {dial.quantity} held at {dial.value:g} (same seed; probabilities with the dial held)"
+                f"</h4>{_sample_columns(progress, progress.dialled)}")
+    return legend(progress.lower_bound) + rows
+
+
+def _sample_columns(progress: Progress, samples: Sequence[Sample]) -> str:
     read = progress.prompt.text
     tail = read[-PROMPT_TAIL_CHARS:]
     context = f'<span class="ctx">{"…" if len(read) > len(tail) else ""}{html.escape(tail)}</span>'
     columns = []
-    for sample in progress.samples:
+    for sample in samples:
         columns.append(
             f'<section class="lm-col"><header><b>T = {sample.temperature:g}</b>'
             f"<small>{_sample_summary(sample, progress.unit, progress.done)}</small></header>"
             f'<div class="{_text_classes(progress)}">{context}'
             f"{coloured_tokens(sample.pieces, sample.tokens, sample.probabilities)}</div></section>")
-    return legend(progress.lower_bound) + f'<div class="lm-samples">{"".join(columns)}</div>'
+    return f'<div class="lm-samples">{"".join(columns)}</div>'
 
 
 def prompt_html(progress: Progress) -> str:
@@ -140,10 +151,11 @@ def prompt_html(progress: Progress) -> str:
 
 def status_markdown(progress: Progress) -> str:
     """One line on where the request stands, plus what had to change in the prompt."""
-    made = sum(len(s.ids) for s in progress.samples)
+    made = sum(len(s.ids) for s in [*progress.samples, *progress.dialled])
     rate = made / progress.seconds if progress.seconds > 0 else 0.0
     state = "Done" if progress.done else "Generating…"
-    lines = [f"**{state}** {len(progress.samples)} sample{'s' if len(progress.samples) != 1 else ''}, "
+    each = ", each also with the dial" if progress.dial is not None else ""
+    lines = [f"**{state}** {len(progress.samples)} sample{'s' if len(progress.samples) != 1 else ''}{each}, "
              f"{made:,} tokens in {progress.seconds:.1f} s ({rate:,.0f} tokens/s)"]
     lines += [f"⚠️ {note}" for note in progress.prompt.notes]
     return "  \n".join(lines)

@@ -46,6 +46,9 @@ class SampleTab:
     dice: gr.Button
     stop_text: gr.Textbox
     avoid_unk: gr.Checkbox
+    dial_on: gr.Checkbox
+    dial_slider: gr.Slider
+    dial: gr.Textbox
     samples: gr.HTML
     prompt_view: gr.HTML
     which: gr.Dropdown
@@ -89,6 +92,10 @@ def build(models: Models, limits: Limits, run: gr.State) -> SampleTab:
                 stop_text = gr.Textbox("", label="Stop at (optional)", placeholder="e.g. a blank line",
                                        info="a sample ends once it contains this text", max_length=FIELD_CHARS)
                 avoid_unk = gr.Checkbox(False, **unk_choice(models, first))
+            on_choice, slider_choice, text_choice = dial_choices(models, first)
+            dial_on = gr.Checkbox(**on_choice)
+            dial_slider = gr.Slider(**slider_choice)
+            dial = gr.Textbox(**text_choice, max_length=FIELD_CHARS, placeholder="e.g. 2:17:h=0.9")
     gr.Markdown("### Samples")
     samples = gr.HTML(render.NO_SAMPLES, label="Samples", elem_id="samples")
     with gr.Row(equal_height=False):
@@ -105,13 +112,16 @@ def build(models: Models, limits: Limits, run: gr.State) -> SampleTab:
                 bars = gr.Slider(3, limits.max_bars, value=DEFAULT_BARS, step=1, label="Bars", scale=1)
             plot = gr.Plot(label="Next-token probabilities", show_label=False)
     return SampleTab(run, model, model_info, prompt, examples, generate, stop, status, temperatures, max_new_tokens,
-                     top_k, top_p, seed, dice, stop_text, avoid_unk, samples, prompt_view, which, position, bars, plot)
+                     top_k, top_p, seed, dice, stop_text, avoid_unk, dial_on, dial_slider, dial, samples, prompt_view,
+                     which, position, bars, plot)
 
 
 def connect(tab: SampleTab, demo: Demo, inside_text: gr.Dropdown, inside_layer: gr.Dropdown, heavy: dict[str, Any],
             slots: ComputeSlots) -> None:
-    """Wire the tab's events: a model change (its card, examples, the Inside layers, the `<unk>` box), Generate
-    (streamed; `/generate`), Stop, the random seed and the next-token bars (`/next_tokens`)."""
+    """Wire the tab's events: a model change (its card, examples, the Inside layers, the `<unk>` box, the dial),
+    the dial's box and slider (they write the dial's text), Generate (streamed; `/generate`, whose tenth input is
+    the dial's text: a caller that sends nine gets no dial), Stop, the random seed and the next-token bars
+    (`/next_tokens`)."""
     models, limits = demo.models, demo.limits
 
     def on_model(name: str) -> tuple[str, Any, str]:
@@ -122,9 +132,9 @@ def connect(tab: SampleTab, demo: Demo, inside_text: gr.Dropdown, inside_layer: 
         return render.model_markdown(info), gr.Dataset(samples=[[e] for e in shown]), shown[0]
 
     def on_generate(name: str, prompt_text: str, temperature_text: str, max_new: Any, k: Any, p: Any,
-                    seed_text: Any, stop_at: str, no_unk: bool) -> Iterator[tuple]:
+                    seed_text: Any, stop_at: str, no_unk: bool, dial_text: Any = None) -> Iterator[tuple]:
         try:
-            sampling = read_sampling(limits, temperature_text, max_new, k, p, seed_text, stop_at, no_unk)
+            sampling = read_sampling(limits, temperature_text, max_new, k, p, seed_text, stop_at, no_unk, dial_text)
             yield from _generation_updates(demo, demo.generate(name, prompt_text, sampling))
         except SettingsError as error:
             raise gr.Error(str(error), title="Check the settings") from None
@@ -143,12 +153,22 @@ def connect(tab: SampleTab, demo: Demo, inside_text: gr.Dropdown, inside_layer: 
     model.change(lambda name: gr.Dropdown(**inside_tab.layer_choices(models, name)), model, inside_layer,
                  api_visibility="private")
     model.change(lambda name: gr.Checkbox(**unk_choice(models, name)), model, tab.avoid_unk, api_visibility="private")
+    model.change(lambda name: _dial_updates(dial_choices(models, name)), model,
+                 [tab.dial_on, tab.dial_slider, tab.dial], api_visibility="private")
+
+    def on_dial(name: str, on: bool, value: float) -> str:
+        steerable = models.describe(name).steerable
+        return str(steerable[0].dial(value)) if on and steerable else ""
+
+    dial_inputs = [model, tab.dial_on, tab.dial_slider]
+    tab.dial_on.input(on_dial, dial_inputs, tab.dial, api_visibility="private")
+    tab.dial_slider.release(on_dial, dial_inputs, tab.dial, api_visibility="private")
     tab.examples.click(lambda chosen: chosen[0], tab.examples, tab.prompt, api_visibility="private")
     tab.dice.click(lambda: str(draw_seed()), None, tab.seed, api_name="random_seed")
     generation = tab.generate.click(
         slots.guard(on_generate),
         [model, tab.prompt, tab.temperatures, tab.max_new_tokens, tab.top_k, tab.top_p, tab.seed, tab.stop_text,
-         tab.avoid_unk],
+         tab.avoid_unk, tab.dial],
         [tab.samples, tab.prompt_view, tab.status, tab.run, tab.which, tab.position, tab.plot, inside_text],
         api_name="generate", preprocess=False, **heavy)  # raw values: lmdemo checks them and names the field
     tab.stop.click(None, None, None, cancels=[generation], api_visibility="private")
@@ -186,6 +206,28 @@ def unk_choice(models: Models, name: str) -> dict[str, Any]:
     has_unk = models.describe(name).has_unk
     return dict(label="Never sample <unk>" if has_unk else "Never sample <unk> (this model has none)",
                 interactive=has_unk)
+
+
+def dial_choices(models: Models, name: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The dial's on-box, slider and text for a model: shown only when its atlas names a property the dial can
+    turn (the first such), the slider running between the values that push the text to either end."""
+    steerable = models.describe(name).steerable
+    if not steerable:
+        return dict(value=False, visible=False, label="Dial"), dict(visible=False), dict(value="", visible=False)
+    first = steerable[0]
+    (low_end, low), (high_end, high) = first.ends
+    return (dict(value=False, visible=True, label=f"Dial {first.property}: hold its unit (samples without and "
+                                                  f"with the dial, same seed)"),
+            dict(minimum=low, maximum=high, value=high, step=(high - low) / 100, visible=True,
+                 label=f"{first.property}: {low_end} ↔ {high_end}",
+                 info=f"unit {first.unit} of layer {first.layer}'s {first.quantity}, held at this value"),
+            dict(value="", visible=True, label="Dial (LAYER:UNIT:QUANTITY=VALUE, empty = off)",
+                 info="any unit: layers from 1, units from 0, quantity h or c"))
+
+
+def _dial_updates(choices: tuple[dict[str, Any], dict[str, Any], dict[str, Any]]) -> tuple:
+    on_choice, slider_choice, text_choice = choices
+    return gr.Checkbox(**on_choice), gr.Slider(**slider_choice), gr.Textbox(**text_choice)
 
 
 def _figure(demo: Demo, progress: Progress, index: Any, at: Any, count: Any) -> Any:
