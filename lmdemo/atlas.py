@@ -8,9 +8,10 @@ chosen and scored the same way, so that what training added shows. Scores: Pears
 (signed by the direction chosen), AUC for yes/no properties, and for review sentiment the accuracy of one
 threshold on the unit's value at the end of a review (threshold and direction chosen on the first part).
 
-The result is `atlas.json` in the model folder: layers counted from 1 (bottom), units from 0, and for a
-property with two nameable ends a `dial`: the unit's 95th and 5th percentile on the choosing text, named by
-the ends it stands for, the values a sampler can hold the unit at to steer the model.
+The result is `atlas.json` in the model folder: layers counted from 1 (bottom), units from 0; `sign` +1 when
+the unit rises with the property (higher where it holds, or the further along the position), -1 when it falls;
+and for a property with two nameable ends a `dial`: the unit's 95th and 5th percentile on the choosing text,
+named by the ends they stand for, the values a sampler can hold the unit at to steer the model.
 """
 
 from __future__ import annotations
@@ -37,10 +38,10 @@ from lmdemo.tokenizer import Tokenizer
 ATLAS_FILE = "atlas.json"
 QUANTITIES = ("h", "c")
 BASELINE_SEED = 0
-PART_TOKENS = 24_000  # tokens per part read for the structural properties
+PART_TOKENS = 20_000  # tokens per part read for the structural properties
 PASSAGE_TOKENS = 400  # each passage read from the start of a line, all passages side by side
 PASSAGE_CHARACTERS = 16 * PASSAGE_TOKENS  # text encoded per passage: enough for 400 tokens of any level
-REVIEWS_PER_PART = 600  # rated reviews read per part by default (about 200k word tokens)
+REVIEWS_PER_PART = 400  # rated reviews read per part by default (about 125k word tokens)
 MIN_EXAMPLES = 20  # a yes/no property (or sentiment class) needs this many of each answer in each part
 DIAL_PERCENTILES = (95, 5)  # the unit's values standing for a property's two ends
 REVIEW_BATCH = 128

@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     atlas.add_argument("--text", type=Path, help="read this text file instead of the model's corpus: units chosen "
                                                  "on its first half, scored on its second")
     atlas.add_argument("--reviews", type=int, help="rated reviews read per part for sentiment, spread over them "
-                                                   "(default: 600, under a minute on 2 cores; 0 = all)")
+                                                   "(default: 400, under a minute on 2 cores; 0 = all)")
     atlas.add_argument("--json", action="store_true", help="print the atlas as JSON")
 
     commands.add_parser("presets", help="list the presets and their settings")
