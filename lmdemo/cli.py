@@ -1,4 +1,4 @@
-"""`python -m lmdemo train|eval|generate|push|space|presets`: the one command-line interface.
+"""`python -m lmdemo train|eval|generate|push|space|export|atlas|presets|table`: the one command-line interface.
 
 Every Config field is a `train` option, generated from the dataclass so help and validation can
 never drift from the code. Mistakes end with one line on stderr and exit code 2.
@@ -119,6 +119,19 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--bf16", action="store_true", help="store the weights in bf16: half the size, "
                                                              "upcast on load (measure the cost with eval)")
 
+    atlas = commands.add_parser("atlas", help="find the units that follow properties of the text (the cell atlas)",
+                                description="Score every unit (h and c of every layer) against properties of the "
+                                            "text; choose the best per property on text the model trained on, "
+                                            "score it on held-out text beside the best unit of a random model of "
+                                            "the same shape. Writes atlas.json into a local model folder.")
+    atlas.add_argument("model", help="model folder or Hugging Face repo id")
+    atlas.add_argument("--revision", help="Hub revision (branch, tag or commit)")
+    atlas.add_argument("--text", type=Path, help="read this text file instead of the model's corpus: units chosen "
+                                                 "on its first half, scored on its second")
+    atlas.add_argument("--reviews", type=int, help="rated reviews read per part for sentiment, spread over them "
+                                                   "(default: 400, under a minute on 2 cores; 0 = all)")
+    atlas.add_argument("--json", action="store_true", help="print the atlas as JSON")
+
     commands.add_parser("presets", help="list the presets and their settings")
 
     table = commands.add_parser("table", help="a Markdown table of model folders' results, read from their logs")
@@ -145,7 +158,7 @@ def _run(argv: list[str] | None) -> int:
     try:
         args = parser.parse_args(argv)
         return {"train": _train, "eval": _eval, "generate": _generate, "push": _push, "space": _space,
-                "export": _export, "presets": _presets, "table": _table}[args.command](args)
+                "export": _export, "atlas": _atlas, "presets": _presets, "table": _table}[args.command](args)
     except (UsageError, ConfigError, CorpusError, ModelLoadError, SettingsError, TextTooShortError) as error:
         print(f"lmdemo: error: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -282,6 +295,36 @@ def _export(args: argparse.Namespace) -> int:
     from lmdemo.checkpoint import export_model
 
     print(export_model(args.model, args.out, bf16=args.bf16))
+    return 0
+
+
+def _atlas(args: argparse.Namespace) -> int:
+    import time
+
+    from lmdemo.atlas import REVIEWS_PER_PART, atlas_table, build_atlas, corpus_texts, file_texts, write_atlas
+    from lmdemo.checkpoint import load_model
+
+    if args.reviews is not None and args.reviews < 0:
+        raise UsageError(f"--reviews must be 0 (all) or more (got {args.reviews})")
+    if args.text is not None and not args.text.is_file():
+        raise UsageError(f"no such file: {args.text}")
+    began = time.perf_counter()
+    trained = load_model(args.model, args.revision)
+    reviews = REVIEWS_PER_PART if args.reviews is None else args.reviews or None
+    choose, score = (file_texts(trained, args.text, max_reviews=reviews) if args.text is not None
+                     else corpus_texts(trained, max_reviews=reviews))
+    atlas = build_atlas(trained, choose, score)
+    if not atlas["properties"]:
+        raise UsageError(f"the text holds too little of any property to score: {choose.source} and {score.source}")
+    written = write_atlas(trained.folder, atlas) if Path(args.model).expanduser().is_dir() else None
+    if args.json:
+        print(json.dumps(atlas))
+    else:
+        print(atlas_table(atlas))
+        print(f"chosen on {choose.source}, scored on {score.source}; random: the best unit of a random model of "
+              f"the same shape ({time.perf_counter() - began:.0f} s)")
+        if written is not None:
+            print(f"written: {written}")
     return 0
 
 

@@ -1,0 +1,381 @@
+"""The cell atlas: which unit of the LSTM follows which property of the text, found and named automatically.
+
+Every unit (`h` and `c` of every layer) is scored against every property of `lmdemo.properties` on one
+part of the model's own corpus (the part it trained on) and the best is chosen there; its score is then
+measured on a part the model never trained on (the test split, else the validation split), beside a
+**baseline**: the best unit of a randomly initialised model of the same shape (seed `BASELINE_SEED`),
+chosen and scored the same way, so that what training added shows. Scores: Pearson's r for positions
+(signed by the direction chosen), AUC for yes/no properties, and for review sentiment the accuracy of one
+threshold on the unit's value at the end of a review (threshold and direction chosen on the first part).
+
+The result is `atlas.json` in the model folder: layers counted from 1 (bottom), units from 0; `sign` +1 when
+the unit rises with the property (higher where it holds, or the further along the position), -1 when it falls;
+and for a property with two nameable ends a `dial`: the unit's 95th and 5th percentile on the choosing text,
+named by the ends they stand for, the values a sampler can hold the unit at to steer the model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy
+import torch
+from torch.nn import functional as F
+from torch.nn.utils.rnn import pack_sequence
+
+from lmdemo.checkpoint import TrainedModel
+from lmdemo.config import Config
+from lmdemo.corpus import clean_html, load_corpus
+from lmdemo.files import write_atomic
+from lmdemo.model import LSTMLanguageModel
+from lmdemo.properties import BINARY, POSITION, SENTIMENT, Property, properties_for, rating_label, truth, without_ratings
+from lmdemo.tokenizer import Tokenizer
+
+ATLAS_FILE = "atlas.json"
+QUANTITIES = ("h", "c")
+BASELINE_SEED = 0
+PART_TOKENS = 20_000  # tokens per part read for the structural properties
+PASSAGE_TOKENS = 400  # each passage read from the start of a line, all passages side by side
+PASSAGE_CHARACTERS = 16 * PASSAGE_TOKENS  # text encoded per passage: enough for 400 tokens of any level
+REVIEWS_PER_PART = 400  # rated reviews read per part by default (about 125k word tokens)
+MIN_EXAMPLES = 20  # a yes/no property (or sentiment class) needs this many of each answer in each part
+DIAL_PERCENTILES = (95, 5)  # the unit's values standing for a property's two ends
+REVIEW_BATCH = 128
+SCORE_BLOCK = 256  # columns scored at once
+METRICS = {POSITION: "r", BINARY: "auc"}
+
+
+@dataclass
+class Texts:
+    """One part of the text the atlas reads: passages for the structural properties, rated reviews for
+    sentiment (each as token ids, read from the start of a text), and where they came from."""
+
+    source: str
+    passages: list[list[int]]
+    reviews: list[list[int]] = field(default_factory=list)
+    labels: list[bool] = field(default_factory=list)  # True: positive (`rating_label`)
+
+    def describe(self) -> dict:
+        return {"source": self.source, "passages": len(self.passages),
+                "tokens": sum(len(p) for p in self.passages), "rated_reviews": len(self.reviews),
+                "positive_reviews": sum(self.labels)}
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A unit of the model, as a column of `read_passages`' or `final_states`' matrices."""
+
+    layer: int  # from 0 (bottom)
+    quantity: str
+    unit: int
+
+    @classmethod
+    def from_column(cls, column: int, hidden_size: int) -> "Unit":
+        block, unit = divmod(column, hidden_size)
+        layer, quantity = divmod(block, len(QUANTITIES))
+        return cls(layer, QUANTITIES[quantity], unit)
+
+
+# -- the text ------------------------------------------------------------------------------------
+def texts_from(text: str, source: str, tokenizer: Tokenizer, clean: bool, tokens: int = PART_TOKENS,
+               max_reviews: int | None = REVIEWS_PER_PART) -> Texts:
+    """Passages of about `tokens` tokens in all, spread evenly over `text`, each from the start of a line;
+    and its rated lines (reviews) with their labels, rating sentences removed, at most `max_reviews` of them
+    spread evenly (None: all). `clean` removes HTML as training did."""
+    prepare = clean_html if clean else (lambda doc: doc)
+    count = max(1, math.ceil(tokens / PASSAGE_TOKENS))
+    starts = sorted({0} | {text.find("\n", j * len(text) // count) + 1 for j in range(1, count)})
+    passages = []
+    for start, end in zip(starts, [*starts[1:], len(text)]):
+        ids = tokenizer.encode(prepare(text[start:min(end, start + PASSAGE_CHARACTERS)]))[:PASSAGE_TOKENS]
+        if ids:
+            passages.append(ids)
+    rated = [(line, label) for line in text.split("\n") if (label := rating_label(line)) is not None]
+    if max_reviews is not None and len(rated) > max_reviews:
+        rated = [rated[j * len(rated) // max_reviews] for j in range(max_reviews)]
+    reviews, labels = [], []
+    for line, label in rated:
+        ids = tokenizer.encode(prepare(without_ratings(line)))
+        if ids:
+            reviews.append(ids)
+            labels.append(label)
+    return Texts(source, passages, reviews, labels)
+
+
+def corpus_texts(trained: TrainedModel, tokens: int = PART_TOKENS,
+                 max_reviews: int | None = REVIEWS_PER_PART) -> tuple[Texts, Texts]:
+    """The model's own corpus: chosen on what it trained on (train, and valid when a test split is held
+    out), scored on its test split, else its validation split."""
+    config = trained.config
+    corpus = load_corpus(config.replace(clean_html=False))  # cleaned per passage, after ratings are found
+    held_out = "test" if any(doc.strip() for doc in corpus.test) else "valid"
+    seen = ["train", "valid"] if held_out == "test" else ["train"]
+    parts = []
+    for names in (seen, [held_out]):
+        text = "\n".join(doc for name in names for doc in corpus.split(name))
+        source = f"{' and '.join(names)} split{'s' if len(names) > 1 else ''} of {config.data}"
+        parts.append(texts_from(text, source, trained.tokenizer, config.clean_html, tokens, max_reviews))
+    return parts[0], parts[1]
+
+
+def file_texts(trained: TrainedModel, path: Path, tokens: int = PART_TOKENS,
+               max_reviews: int | None = REVIEWS_PER_PART) -> tuple[Texts, Texts]:
+    """A text file of one's own: chosen on its first half, scored on its second (cut at a line break)."""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    cut = text.find("\n", len(text) // 2) + 1 or len(text) // 2
+    clean = trained.config.clean_html
+    return (texts_from(text[:cut], f"first half of {path}", trained.tokenizer, clean, tokens, max_reviews),
+            texts_from(text[cut:], f"second half of {path}", trained.tokenizer, clean, tokens, max_reviews))
+
+
+# -- reading the model ---------------------------------------------------------------------------
+def random_model(config: Config, seed: int = BASELINE_SEED) -> LSTMLanguageModel:
+    """A model of the same shape, randomly initialised as training starts one (the global RNG untouched)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return LSTMLanguageModel(config).eval()
+
+
+@torch.no_grad()
+def read_passages(model: LSTMLanguageModel, passages: Sequence[Sequence[int]], start_id: int) -> torch.Tensor:
+    """Every unit's value after every token: [tokens of all passages, layers * 2 * hidden] (columns: layer 1's
+    h, layer 1's c, layer 2's h, ...). Each passage is read after `start_id` from a zero state, as a text
+    starts in training, all side by side. Each layer's h comes from the model's own LSTM kernel; its c from
+    the gates that h implies (`c = f * c + i * g`), computed for all tokens at once."""
+    model.eval()
+    config = model.config
+    lengths = torch.tensor([len(p) for p in passages])
+    ids = torch.full((len(passages), int(lengths.max()) + 1), start_id)
+    for row, passage in enumerate(passages):
+        ids[row, 1:len(passage) + 1] = torch.tensor(passage)
+    x = model.embedding(ids)
+    zeros = x.new_zeros(1, len(passages), config.hidden_size)
+    columns = []
+    for layer in range(config.num_layers):
+        w_ih, w_hh, b_ih, b_hh = (getattr(model.lstm, f"{name}_l{layer}")
+                                  for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+        h = torch.lstm(x, (zeros, zeros), [w_ih, w_hh, b_ih, b_hh], True, 1, 0.0, False, False, True)[0]
+        before = torch.cat([zeros[0, :, None], h[:, :-1]], 1)
+        i, f, g, _ = (F.linear(x, w_ih, b_ih) + F.linear(before, w_hh, b_hh)).chunk(4, 2)
+        i, f, g = i.sigmoid(), f.sigmoid(), g.tanh()
+        c = torch.empty_like(h)
+        cell = zeros[0]
+        for t in range(h.size(1)):
+            cell = f[:, t] * cell + i[:, t] * g[:, t]
+            c[:, t] = cell
+        columns += [h[:, 1:], c[:, 1:]]
+        x = h
+    values = torch.cat(columns, 2)  # [passages, tokens, columns]
+    return values[torch.arange(values.size(1)) < lengths[:, None]]
+
+
+@torch.no_grad()
+def final_states(model: LSTMLanguageModel, reviews: Sequence[Sequence[int]], start_id: int) -> torch.Tensor:
+    """Every unit's value at the end of each review [reviews, layers * 2 * hidden], columns as in
+    `read_passages`; reviews of like length are read together by the model's own nn.LSTM."""
+    model.eval()
+    order = sorted(range(len(reviews)), key=lambda i: len(reviews[i]))
+    finals = torch.empty(len(reviews), model.config.num_layers * len(QUANTITIES) * model.config.hidden_size)
+    for first in range(0, len(order), REVIEW_BATCH):
+        batch = order[first:first + REVIEW_BATCH]
+        packed = pack_sequence([model.embedding(torch.tensor([start_id, *reviews[i]])) for i in batch],
+                               enforce_sorted=False)
+        _, (h, c) = model.lstm(packed)  # [layers, batch, hidden] each, in the batch's order
+        finals[batch] = torch.stack([h, c], 1).permute(2, 0, 1, 3).flatten(1)
+    return finals
+
+
+# -- scores --------------------------------------------------------------------------------------
+def average_ranks(values: torch.Tensor) -> torch.Tensor:
+    """Each row's ranks [F, N] (1 = lowest) of values [F, N], equal values sharing the mean of their ranks."""
+    ordered, order = values.sort(1)
+    index = torch.arange(values.size(1)).expand_as(ordered)
+    starts = torch.ones_like(ordered, dtype=torch.bool)
+    starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    ends = torch.ones_like(starts)
+    ends[:, :-1] = starts[:, 1:]
+    first = torch.where(starts, index, 0).cummax(1).values
+    last = torch.where(ends, index, values.size(1) - 1).flip(1).cummin(1).values.flip(1)
+    return torch.empty_like(values, dtype=torch.double).scatter_(1, order, (first + last).double() / 2 + 1)
+
+
+def column_scores(values: torch.Tensor, targets: torch.Tensor, kinds: Sequence[str]) -> torch.Tensor:
+    """Every column's score [F, P] of values [N, F] for each property of targets [N, P]: Pearson's r for a
+    position, for a yes/no property the AUC, the chance that a random yes scores above a random no (ties half,
+    by the Mann-Whitney rank sum). A block of columns at a time: ranks of every column at once take GBs."""
+    targets = targets.double()
+    position = torch.tensor([kind == POSITION for kind in kinds])
+    centred = targets[:, position] - targets[:, position].mean(0)
+    yes = targets[:, ~position]
+    n_yes = yes.sum(0)
+    n_no = len(yes) - n_yes
+    scores = torch.empty(values.size(1), len(kinds), dtype=torch.double)
+    for first in range(0, values.size(1), SCORE_BLOCK):
+        block = values[:, first:first + SCORE_BLOCK].double()
+        rows = slice(first, first + block.size(1))
+        if position.any():
+            deviation = block - block.mean(0)
+            spread = deviation.norm(dim=0)[:, None] * centred.norm(dim=0)[None]
+            scores[rows, position] = torch.where(spread > 0, deviation.t() @ centred / spread.clamp_min(1e-300), 0.0)
+        if (~position).any():
+            rank_sums = average_ranks(values[:, rows].t().contiguous()) @ yes
+            scores[rows, ~position] = (rank_sums - n_yes * (n_yes + 1) / 2) / (n_yes * n_no)
+    return scores
+
+
+def best_thresholds(values: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For each column of values [N, F], the threshold and direction that classify the yes/no labels best:
+    (accuracy, threshold, sign) each [F]; sign +1 says yes above the threshold."""
+    ordered, order = values.sort(0)
+    yes = labels.double()[order]  # the labels in each column's order
+    n = values.size(0)
+    below_no = torch.cat([torch.zeros(1, values.size(1), dtype=torch.double), (1 - yes).cumsum(0)])
+    above_yes = yes.sum(0) - torch.cat([torch.zeros(1, values.size(1), dtype=torch.double), yes.cumsum(0)])
+    accuracy = (below_no + above_yes) / n  # cut k: the k lowest say no, the rest yes
+    separable = torch.ones_like(accuracy, dtype=torch.bool)  # a cut between equal values is no cut
+    separable[1:-1] = ordered[1:] > ordered[:-1]
+    best = torch.where(separable, torch.maximum(accuracy, 1 - accuracy), -1.0)
+    cut = best.argmax(0)
+    padded = torch.cat([ordered[:1] - 1, ordered, ordered[-1:] + 1]).double()
+    columns = torch.arange(values.size(1))
+    threshold = (padded[cut, columns] + padded[cut + 1, columns]) / 2
+    sign = torch.where(accuracy[cut, columns] >= 0.5, 1.0, -1.0)
+    return best[cut, columns], threshold, sign
+
+
+def _signed(kinds: Sequence[str], scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(how well, sign) of scores [F, P]: r folds to |r|, an AUC below 0.5 to 1 - AUC (the unit falls where
+    the property holds)."""
+    middle = torch.tensor([0.0 if kind == POSITION else 0.5 for kind in kinds], dtype=torch.double)
+    sign = torch.where(scores >= middle, 1.0, -1.0)
+    return middle + (scores - middle) * sign, sign
+
+
+def usable(prop: Property, target: numpy.ndarray) -> bool:
+    """Whether a part holds enough of a property to score it: both answers `MIN_EXAMPLES` times, or a position
+    that varies."""
+    if prop.kind == BINARY:
+        return min(int(target.sum()), int((1 - target).sum())) >= MIN_EXAMPLES
+    return len(target) > 1 and bool(target.std() > 0)
+
+
+# -- the atlas -----------------------------------------------------------------------------------
+@dataclass
+class _Choice:
+    """A property's unit, chosen on the choosing part: its column, direction, threshold (sentiment) and the
+    values standing for the property's two ends (`DIAL_PERCENTILES` of its values there)."""
+
+    column: int
+    sign: float
+    ends: tuple[float, float]
+    threshold: float | None = None
+
+
+def _choice(values: torch.Tensor, column: int, sign: float, threshold: float | None = None) -> _Choice:
+    high, low = (float(numpy.percentile(values[:, column].numpy(), q)) for q in DIAL_PERCENTILES)
+    return _Choice(column, sign, (high, low) if sign > 0 else (low, high), threshold)
+
+
+def _choose(model: LSTMLanguageModel, texts: Texts, props: list[Property], targets: torch.Tensor,
+            start_id: int, sentiment: bool) -> list[_Choice]:
+    """The best column per property on the choosing part (sentiment last)."""
+    choices = []
+    if props:
+        values = read_passages(model, texts.passages, start_id)
+        kinds = [prop.kind for prop in props]
+        scores, signs = _signed(kinds, column_scores(values, targets, kinds))
+        choices += [_choice(values, int(column), float(signs[column, index]))
+                    for index, column in enumerate(scores.argmax(0))]
+    if sentiment:
+        values = final_states(model, texts.reviews, start_id)
+        accuracy, threshold, sign = best_thresholds(values, torch.tensor(texts.labels))
+        column = int(accuracy.argmax())
+        choices.append(_choice(values, column, float(sign[column]), float(threshold[column])))
+    return choices
+
+
+def _held_out(model: LSTMLanguageModel, texts: Texts, props: list[Property], targets: torch.Tensor,
+              choices: list[_Choice], start_id: int, sentiment: bool) -> list[float]:
+    """Each chosen column's score on the held-out part, in the direction (and threshold) chosen."""
+    scores = []
+    if props:
+        values = read_passages(model, texts.passages, start_id)
+        for index, (prop, choice) in enumerate(zip(props, choices)):
+            column = choice.sign * values[:, [choice.column]]
+            scores.append(float(column_scores(column, targets[:, [index]], [prop.kind])[0, 0]))
+    if sentiment:
+        choice = choices[-1]
+        values = final_states(model, texts.reviews, start_id)[:, choice.column]
+        predicted = choice.sign * (values - choice.threshold) > 0
+        scores.append(float((predicted == torch.tensor(texts.labels)).double().mean()))
+    return scores
+
+
+def _targets(texts: Texts, tokenizer: Tokenizer, props: list[Property]) -> numpy.ndarray:
+    return numpy.concatenate([truth(tokenizer.pieces(p), props) for p in texts.passages]) if texts.passages \
+        else numpy.zeros((0, len(props)))
+
+
+def _has_sentiment(texts: Texts) -> bool:
+    positive = sum(texts.labels)
+    return min(positive, len(texts.labels) - positive) >= MIN_EXAMPLES
+
+
+def build_atlas(trained: TrainedModel, choose: Texts, score: Texts, seed: int = BASELINE_SEED) -> dict:
+    """The atlas of `trained`: per property its best unit, chosen on `choose`, scored on `score`, beside the
+    best unit of a random model of the same shape (`seed`) chosen and scored the same way."""
+    tokenizer, config = trained.tokenizer, trained.config
+    candidates = properties_for(config.level)
+    choose_truth, score_truth = _targets(choose, tokenizer, candidates), _targets(score, tokenizer, candidates)
+    kept = [index for index, prop in enumerate(candidates)
+            if usable(prop, choose_truth[:, index]) and usable(prop, score_truth[:, index])]
+    props = [candidates[index] for index in kept]
+    targets = torch.from_numpy(choose_truth[:, kept]), torch.from_numpy(score_truth[:, kept])
+    sentiment = _has_sentiment(choose) and _has_sentiment(score)
+    scored = []
+    for model in (trained.model, random_model(config, seed)):
+        choices = _choose(model, choose, props, targets[0], tokenizer.start_id, sentiment)
+        scored.append((choices, _held_out(model, score, props, targets[1], choices, tokenizer.start_id, sentiment)))
+    (choices, scores), (_, baselines) = scored
+    entries = []
+    for prop, choice, score_, baseline in zip(props + ([SENTIMENT] if sentiment else []), choices, scores, baselines):
+        unit = Unit.from_column(choice.column, config.hidden_size)
+        entry = {"property": prop.name, "description": prop.description, "layer": unit.layer + 1,
+                 "unit": unit.unit, "quantity": unit.quantity,
+                 "metric": "accuracy" if prop is SENTIMENT else METRICS[prop.kind], "score": round(score_, 4),
+                 "baseline": round(baseline, 4), "sign": int(choice.sign)}
+        if choice.threshold is not None:
+            entry["threshold"] = round(choice.threshold, 4)
+        if prop.ends is not None:
+            entry["dial"] = {end: round(value, 4) for end, value in zip(prop.ends, choice.ends)}
+        entries.append(entry)
+    return {"properties": entries, "choose": choose.describe(), "score": score.describe(),
+            "baseline_model": f"the same shape, randomly initialised (seed {seed}), its best unit chosen and "
+                              f"scored the same way"}
+
+
+def write_atlas(folder: str | Path, atlas: dict) -> Path:
+    path = Path(folder) / ATLAS_FILE
+    write_atomic(path, json.dumps(atlas, indent=1, ensure_ascii=False) + "\n")
+    return path
+
+
+def read_atlas(folder: str | Path) -> dict | None:
+    """The atlas saved in a model folder, or None when it has none."""
+    path = Path(folder) / ATLAS_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def atlas_table(atlas: dict) -> str:
+    """The atlas as a plain-text table, one property a line."""
+    lines = [f"{'property':<26} {'unit':<12} {'metric':<8} {'score':>6} {'random':>6}  dial"]
+    for entry in atlas["properties"]:
+        unit = f"L{entry['layer']} {entry['quantity']} {entry['unit']}"
+        dial = ", ".join(f"{end} {value:+.3f}" for end, value in entry.get("dial", {}).items())
+        lines.append(f"{entry['property']:<26} {unit:<12} {entry['metric']:<8} {entry['score']:>6.3f} "
+                     f"{entry['baseline']:>6.3f}  {dial}")
+    return "\n".join(lines)
