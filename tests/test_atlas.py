@@ -18,7 +18,6 @@ from lmdemo.cli import main
 from lmdemo.config import Config
 from lmdemo.generation import Generator
 from lmdemo.internals import read_internals
-from lmdemo.model import LSTMLanguageModel
 from lmdemo.properties import PROPERTIES, properties_for, rating_label, truth, without_ratings
 from lmdemo.tokenizer import Tokenizer
 

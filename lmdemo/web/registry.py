@@ -5,12 +5,12 @@ A `Generator` holds no request state, so one per model serves every request and 
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lmdemo.atlas import ATLAS_FILE, read_atlas
 from lmdemo.checkpoint import MODEL_DIR, load_model
 from lmdemo.config import data_name
 from lmdemo.files import hub_id
@@ -35,9 +35,6 @@ DEFAULT_PREFERENCE = ("imdb-bpe", "imdb-word")
 COMPARE_PREFERENCE = ("imdb-word", "imdb-bpe")
 
 
-ATLAS_FILE = "atlas.json"  # the units a model's atlas (lmdemo.atlas) named, in its folder
-
-
 @dataclass(frozen=True)
 class Steerable:
     """A property the model's atlas found a unit for, with the value that pushes the text to each of its ends
@@ -57,10 +54,11 @@ def read_steerable(folder: Path, num_layers: int, hidden_size: int) -> list[Stee
     """The steerable properties of a model folder's atlas (none without `atlas.json`); a property whose `dial`
     does not name two ends and a unit of this model makes the file unreadable, with one line saying why."""
     path = folder / ATLAS_FILE
-    if not path.is_file():
-        return []
     try:
-        properties = json.loads(path.read_text(encoding="utf-8"))["properties"]
+        atlas = read_atlas(folder)
+        if atlas is None:
+            return []
+        properties = atlas["properties"]
         steerable = []
         for entry in properties:
             if not entry.get("dial"):
