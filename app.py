@@ -176,4 +176,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # Everything is cleaned up by now; Gradio's daemon threads may still be inside torch, and finalising the
+    # interpreter under them aborts the process (std::terminate), so the exit skips finalisation.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
