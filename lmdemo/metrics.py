@@ -3,7 +3,7 @@
 Records are appended a line at a time, and a resumed run cuts the log back to the byte offset its
 state recorded. The reader survives a half-written last line and hand-edited, truncated or foreign
 files: bad lines are skipped and reported, never raised.
-Schema (version 1) is documented in README.md.
+Schema (version 1) is documented in docs/training.md.
 """
 
 from __future__ import annotations

@@ -168,7 +168,7 @@ def summary_frame(runs: Iterable[Run], now: float | None = None) -> pd.DataFrame
 
 
 def models_table(runs: Iterable[Run]) -> str:
-    """The README's table of shipped models, every figure read from the models' own logs."""
+    """docs/models.md's table of shipped models, every figure read from the models' own logs."""
     lines = ["| model | parameters | data | validation (best) | test | bits/char (test, else validation) | training "
              "| speed |",
              "|---|---|---|---|---|---|---|---|"]
