@@ -34,7 +34,8 @@ from lmdemo.web.train_requests import TrainLimits  # noqa: E402
 ROOT = Path(__file__).resolve().parent
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, without parsing it (tests/test_docs.py checks the docs' commands against it)."""
     parser = argparse.ArgumentParser(
         prog="python app.py", description="Serve the LSTM language-model demo (Gradio).",
         epilog=f"Models: every folder with config.json under --checkpoints, then the lines of --models-file, then "
@@ -67,6 +68,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-prompt-chars", type=int, default=Limits.max_prompt_chars,
                         help=f"longer prompts are refused with a message (default: {Limits.max_prompt_chars})")
     _train_options(parser)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
     args = parser.parse_args(argv)
     for name in ("port", "concurrency", "queue_size", "threads", "max_new_tokens", "max_prompt_tokens",
                  "max_prompt_chars"):

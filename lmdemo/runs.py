@@ -45,15 +45,20 @@ class OutsideLogsError(ValueError):
     """A folder asked for in the page lies outside the logs roots the dashboard was started with."""
 
 
+def dashboard_parser() -> argparse.ArgumentParser:
+    """The dashboard's own options, those after `--` in `streamlit run dashboard/main.py -- …`."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--logs", action="append", default=[])
+    return parser
+
+
 def logs_roots(argv: Sequence[str], environment: str = "") -> list[Path]:
     """The only folders the dashboard may read, fixed when it starts; [] means the default ones.
 
     `--logs PATH` (repeatable) in `argv`, else the `environment` value (LMDEMO_LOGS: paths separated
     by os.pathsep). Relative paths are taken from the working directory, like any command's.
     """
-    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    parser.add_argument("--logs", action="append", default=[])
-    given = parser.parse_known_args(list(argv))[0].logs or environment.split(os.pathsep)
+    given = dashboard_parser().parse_known_args(list(argv))[0].logs or environment.split(os.pathsep)
     roots = [Path(os.path.abspath(Path(text.strip()).expanduser())) for text in given if text.strip()]
     return list(dict.fromkeys(roots))
 
