@@ -1,0 +1,128 @@
+"""The pictures in the README and docs/: every tab of the web demo, and the dashboard, as the project draws them.
+
+    python bench/screenshots.py docs/images      # sample, inside, compare, train, curves, dashboard .png
+
+Starts `python app.py` on the shipped models and `streamlit run dashboard/main.py` (free ports, offline, no
+telemetry), drives each page in the headless Chromium the tests use (`tests/browser.py`, `tests/servers.py`) into a
+state worth showing (Sample after a generation with its bars, Inside the LSTM on that text, Compare with its
+bits-per-character table, Train mid-run with its curve and samples, Training curves, the dashboard's chart), crops
+each to what matters and writes it as a palette PNG (Pillow), so the six stay a few hundred KB in all. Re-run it
+whenever the UI changes; it takes about two minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from browser import chromium_page  # noqa: E402
+from servers import free_port, serving  # noqa: E402
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
+       "HF_HUB_DISABLE_TELEMETRY": "1", "PYTHONUNBUFFERED": "1"}
+ENV.pop("LMDEMO_MODELS", None)
+WAIT_MS = 120_000  # a step's longest wait, on a busy 2-core machine
+TRAIN_SHOT_AFTER_S = 30  # the Train tab is shown this far into its 60 s run: the curve has fallen, samples read
+SAMPLE_MODEL, SAMPLE_PROMPT = "shakespeare-char", "ROMEO:\n"  # characters: short columns, a readable heatmap
+COLOURS = 256  # a palette this size keeps text and charts crisp at a fraction of the RGB size
+
+
+def save(page: Any, path: Path, top: Any, bottom: Any, left: Any = None, margin: int = 12) -> None:
+    """The band of the page from `top`'s top edge to `bottom`'s bottom edge (right of `left`'s left edge, else the
+    full width), as a palette PNG."""
+    first, last = top.bounding_box(), bottom.bounding_box()
+    x = left.bounding_box()["x"] if left is not None else 0
+    clip = dict(x=x, y=max(0, first["y"] - margin), width=page.viewport_size["width"] - x,
+                height=last["y"] + last["height"] - first["y"] + 2 * margin)
+    image = Image.open(io.BytesIO(page.screenshot(full_page=True, clip=clip))).convert("RGB")
+    image.quantize(colors=COLOURS, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
+    print(f"{path}: {image.width}×{image.height}, {path.stat().st_size // 1024} KB", flush=True)
+
+
+def app_pictures(url: str, out: Path) -> None:
+    """Sample, Inside the LSTM, Compare, Train and Training curves, in that order (Inside reads Sample's text)."""
+    with chromium_page(url) as page:
+        shown = page.locator("[role=tabpanel]:visible")
+        page.get_by_label("Model", exact=True).first.click()
+        page.get_by_role("option", name=SAMPLE_MODEL).click()
+        page.get_by_role("textbox", name="Prompt").first.fill(SAMPLE_PROMPT)
+        page.get_by_role("button", name="Generate").click()
+        page.get_by_text("Done", exact=False).first.wait_for(timeout=WAIT_MS)
+        bars = shown.locator(".js-plotly-plot").last
+        bars.wait_for(timeout=WAIT_MS)
+        save(page, out / "sample.png", page.get_by_role("heading", name="Samples"), bars)
+
+        page.get_by_role("tab", name="Inside the LSTM").click()
+        page.get_by_role("button", name="Show units").click()
+        heatmap = page.locator("#inside-heatmap")
+        heatmap.locator(".hm image").wait_for(timeout=WAIT_MS)
+        save(page, out / "inside.png", page.get_by_text(f"{SAMPLE_MODEL} reading").first, heatmap)
+
+        page.get_by_role("tab", name="Compare").click()
+        page.get_by_role("button", name="Compare", exact=True).click()
+        page.get_by_text("validation (training log)").wait_for(timeout=WAIT_MS)
+        save(page, out / "compare.png", page.get_by_role("button", name="Compare", exact=True),
+             shown.locator(".lm-col").last)
+
+        page.get_by_role("tab", name="Train", exact=True).click()
+        page.locator("#train-button").click()
+        page.wait_for_timeout(TRAIN_SHOT_AFTER_S * 1000)
+        save(page, out / "train.png", page.get_by_role("tab", name="Train", exact=True), page.locator("#train-curve"))
+        page.locator("#train-stop").click()
+
+        page.get_by_role("tab", name="Training curves").click()
+        page.locator("#curves-plot .js-plotly-plot").wait_for(timeout=WAIT_MS)
+        save(page, out / "curves.png", page.get_by_role("tab", name="Training curves"), page.locator("#curves-plot"))
+
+
+def dashboard_picture(url: str, out: Path) -> None:
+    """The dashboard's title and chart of every shipped model's log (its sidebar names this machine's folders)."""
+    with chromium_page(url) as page:
+        chart = page.locator("[data-testid=stPlotlyChart]").first
+        chart.locator(".js-plotly-plot").wait_for(timeout=WAIT_MS)
+        save(page, out / "dashboard.png", page.get_by_role("heading", name="Training dashboard"), chart,
+             left=page.locator("[data-testid=stMain]"))
+
+
+def with_server(command: list[str], health: str, log: Path, take: Callable[[str], None], url: str) -> None:
+    with serving(command, health, log, cwd=ROOT, env=ENV):
+        take(url)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out", type=Path, help="folder for the PNGs (docs/images for the README's)")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    logs = Path(tempfile.mkdtemp(prefix="lmdemo-screenshots-"))
+    try:
+        port = free_port()
+        app = f"http://127.0.0.1:{port}/"
+        with_server([sys.executable, "app.py", "--port", str(port)], app, logs / "app.log",
+                    lambda url: app_pictures(url, args.out), app)
+        port = free_port()
+        dashboard = f"http://127.0.0.1:{port}"
+        with_server([sys.executable, "-m", "streamlit", "run", "dashboard/main.py", "--server.port", str(port),
+                     "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+                    f"{dashboard}/_stcore/health", logs / "dashboard.log", lambda url: dashboard_picture(url, args.out),
+                    dashboard)
+    except (pytest.fail.Exception, pytest.skip.Exception) as error:  # a server that never answered, no browser
+        print(f"screenshots: {error} (logs in {logs})", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
