@@ -204,7 +204,11 @@ def write_model_card(folder: Path, model: LSTMLanguageModel, metrics: Metrics | 
               f"generator = Generator(load_model({repo!r}))   # a Hub repo id or a downloaded folder",
               "prompt = generator.prompt(\"...\")",
               "for sample in generator.generate(prompt.ids, Sampling(temperatures=[0.8], seed=0)):",
-              "    print(sample.text)", "```", ""]
+              "    print(sample.text)", "```", "",
+              # plain paths, not links: a card is read on the Hub, in a download and in a checkout alike
+              "More in lmdemo's reference, `docs/` in its repository: `docs/models.md` (model folders, cards and the "
+              "shipped models), `docs/training.md` (every training option and the metrics log) and `docs/web-demo.md` "
+              "(the demo and its API).", ""]
     ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n\n" + "\n".join(lines)).save(
         folder / CARD_FILE)
 

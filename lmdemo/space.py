@@ -111,6 +111,8 @@ left out with a notice at the top of the page; the others are served.
 - `HF_HUB_OFFLINE=1`: serve only what the build preloaded, never asking the Hub.
 
 Written by `{command}` in a checkout of lmdemo; `{SPACE_REQUIREMENTS}` holds the app's run-time requirements only.
+Every tab, the API (a `gradio_client` example per endpoint) and the demo's limits are described in lmdemo's
+reference, `docs/web-demo.md` and `docs/reliability.md` in its repository.
 """
     return f"---\n{data.to_yaml()}\n---\n\n{body}"
 

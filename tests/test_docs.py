@@ -226,3 +226,11 @@ def test_every_python_example_of_the_docs_runs(example, request, monkeypatch):
         code = code.replace(EXAMPLE_URL, request.getfixturevalue("shipped_server"))
     monkeypatch.chdir(ROOT)
     exec(compile("\n" * (example.line - 1) + code, str(example.page), "exec"), {"__name__": "__docs__"})
+
+
+def test_the_pages_that_cards_and_the_code_name_exist():
+    """Model cards and the Space's README send readers to docs/ pages by path: those pages must be there."""
+    named = {name for path in (ROOT / "lmdemo").rglob("*.py")
+             for name in re.findall(r"docs/[\w-]+\.md", path.read_text(encoding="utf-8"))}
+    assert {"docs/models.md", "docs/web-demo.md"} <= named, named
+    assert [name for name in sorted(named) if not (ROOT / name).is_file()] == []
