@@ -27,7 +27,7 @@ import torch
 from torch.nn import functional as F
 from torch.nn.utils.rnn import pack_sequence
 
-from lmdemo.checkpoint import TrainedModel
+from lmdemo.checkpoint import ATLAS_FILE, TrainedModel
 from lmdemo.config import Config
 from lmdemo.corpus import clean_html, load_corpus
 from lmdemo.files import write_atomic
@@ -35,7 +35,6 @@ from lmdemo.model import LSTMLanguageModel
 from lmdemo.properties import BINARY, POSITION, SENTIMENT, Property, properties_for, rating_label, truth, without_ratings
 from lmdemo.tokenizer import Tokenizer
 
-ATLAS_FILE = "atlas.json"
 QUANTITIES = ("h", "c")
 BASELINE_SEED = 0
 PART_TOKENS = 20_000  # tokens per part read for the structural properties
