@@ -128,7 +128,7 @@ class Judge:
             held = sorted(self.vocabulary[word] for word in judge_words(text) if word in self.vocabulary)
             rows += [row] * len(held)
             columns += held
-            values += [len(held) ** -0.5] * len(held)
+            values += [max(len(held), 1) ** -0.5] * len(held)
         return torch.sparse_coo_tensor(torch.tensor([rows, columns], dtype=torch.long).reshape(2, -1),
                                        torch.tensor(values, dtype=torch.double), (len(texts), len(self.vocabulary)),
                                        check_invariants=True)
