@@ -25,9 +25,8 @@ from pathlib import Path
 import numpy
 import torch
 from torch.nn import functional as F
-from torch.nn.utils.rnn import pack_sequence
 
-from lmdemo.checkpoint import TrainedModel
+from lmdemo.checkpoint import ATLAS_FILE, TrainedModel
 from lmdemo.config import Config
 from lmdemo.corpus import clean_html, load_corpus
 from lmdemo.files import write_atomic
@@ -35,7 +34,6 @@ from lmdemo.model import LSTMLanguageModel
 from lmdemo.properties import BINARY, POSITION, SENTIMENT, Property, properties_for, rating_label, truth, without_ratings
 from lmdemo.tokenizer import Tokenizer
 
-ATLAS_FILE = "atlas.json"
 QUANTITIES = ("h", "c")
 BASELINE_SEED = 0
 PART_TOKENS = 20_000  # tokens per part read for the structural properties
@@ -45,6 +43,7 @@ REVIEWS_PER_PART = 400  # rated reviews read per part by default (about 125k wor
 MIN_EXAMPLES = 20  # a yes/no property (or sentiment class) needs this many of each answer in each part
 DIAL_PERCENTILES = (95, 5)  # the unit's values standing for a property's two ends
 REVIEW_BATCH = 128
+STRETCH = 256  # most tokens read at once per review in `final_states` (bounds its memory)
 SCORE_BLOCK = 256  # columns scored at once
 METRICS = {POSITION: "r", BINARY: "auc"}
 
@@ -173,19 +172,31 @@ def read_passages(model: LSTMLanguageModel, passages: Sequence[Sequence[int]], s
     return values[torch.arange(values.size(1)) < lengths[:, None]]
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def final_states(model: LSTMLanguageModel, reviews: Sequence[Sequence[int]], start_id: int) -> torch.Tensor:
     """Every unit's value at the end of each review [reviews, layers * 2 * hidden], columns as in
-    `read_passages`; reviews of like length are read together by the model's own nn.LSTM."""
+    `read_passages`. Reviews of like length are read together by the model's own nn.LSTM, longest first, in
+    stretches of plain (unpacked) input: each stretch runs the reviews not yet ended up to the next review's
+    end, whose state is then final. On CPU this takes about half the time of one packed batch."""
     model.eval()
-    order = sorted(range(len(reviews)), key=lambda i: len(reviews[i]))
+    order = sorted(range(len(reviews)), key=lambda i: -len(reviews[i]))
     finals = torch.empty(len(reviews), model.config.num_layers * len(QUANTITIES) * model.config.hidden_size)
     for first in range(0, len(order), REVIEW_BATCH):
         batch = order[first:first + REVIEW_BATCH]
-        packed = pack_sequence([model.embedding(torch.tensor([start_id, *reviews[i]])) for i in batch],
-                               enforce_sorted=False)
-        _, (h, c) = model.lstm(packed)  # [layers, batch, hidden] each, in the batch's order
-        finals[batch] = torch.stack([h, c], 1).permute(2, 0, 1, 3).flatten(1)
+        ends = [len(reviews[i]) + 1 for i in batch]  # after start_id
+        ids = torch.full((len(batch), ends[0]), start_id)
+        for row, i in enumerate(batch):
+            ids[row, 1:ends[row]] = torch.tensor(reviews[i], dtype=torch.long)
+        state = None
+        live, position = len(batch), 0
+        while live:
+            end = min(ends[live - 1], position + STRETCH)
+            state = tuple(part[:, :live].contiguous() for part in state) if state is not None else None
+            _, state = model.lstm(model.embedding(ids[:live, position:end]), state)
+            position = end
+            while live and ends[live - 1] == position:
+                live -= 1
+                finals[batch[live]] = torch.stack([state[0][:, live], state[1][:, live]], 1).flatten()
     return finals
 
 

@@ -1,4 +1,4 @@
-"""A model is a folder: config.json, model.safetensors, tokenizer.json, metrics.jsonl, README.md.
+"""A model is a folder: config.json, model.safetensors, tokenizer.json, metrics.jsonl, README.md, atlas.json.
 
 The same folder works locally and as a Hugging Face Hub repo. Nothing in it is pickled, so loading
 never runs code from the file.
@@ -25,6 +25,7 @@ from lmdemo.tokenizer import TOKENIZER_FILE, Tokenizer, level_unit
 MODEL_DIR = "model"  # a training run's best model, inside its run folder
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "README.md"
+ATLAS_FILE = "atlas.json"  # the cell atlas (`lmdemo.atlas`), optional
 REQUIRED_FILES = (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE)
 
 
@@ -120,7 +121,7 @@ def read_weights(folder: Path) -> LSTMLanguageModel:
 def _download(repo_id: str, revision: str | None) -> Path:
     try:
         return Path(snapshot_download(repo_id, revision=revision,
-                                      allow_patterns=[*REQUIRED_FILES, METRICS_FILE, CARD_FILE]))
+                                      allow_patterns=[*REQUIRED_FILES, METRICS_FILE, CARD_FILE, ATLAS_FILE]))
     except (LocalEntryNotFoundError, OfflineModeIsEnabled):
         raise ModelLoadError(f"no model folder at {repo_id}, and as a Hub repo it is not in the local Hugging Face "
                              f"cache and the Hub cannot be reached (offline?)") from None

@@ -228,3 +228,28 @@ def test_sentiment_is_scored_on_rated_reviews(bpe_model, tmp_path):
     assert sentiment["metric"] == "accuracy" and 0 <= sentiment["baseline"] <= 1 and 0 <= sentiment["score"] <= 1
     assert set(sentiment["dial"]) == {"positive", "negative"}
     assert read_atlas(model)["choose"]["rated_reviews"] >= 40
+
+
+def test_a_model_loaded_from_the_hub_brings_its_atlas(char_model, tmp_path, monkeypatch):
+    """A Hub download fetches only what the allow-list names (filtered by huggingface_hub's own
+    `filter_repo_objects`, as `snapshot_download` filters a repo's files): atlas.json must be among them."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    repo = shutil.copytree(char_model, tmp_path / "repo")
+    atlas = {"properties": [{"property": "position_in_line", "layer": 1, "unit": 3, "quantity": "c", "metric": "r",
+                             "score": 0.9, "baseline": 0.5, "sign": 1, "dial": {"line end": 2.0, "line start": -1.0}}],
+             "choose": {"source": "train"}, "score": {"source": "test"}}
+    write_atlas(repo, atlas)
+    (repo / "notes.txt").write_text("not part of a model")
+
+    def snapshot_download(repo_id: str, revision: str | None = None, allow_patterns: list[str] | None = None) -> str:
+        snapshot = tmp_path / "cache" / repo_id.replace("/", "--")
+        snapshot.mkdir(parents=True)
+        for name in filter_repo_objects([path.name for path in repo.iterdir()], allow_patterns=allow_patterns):
+            shutil.copyfile(repo / name, snapshot / name)
+        return str(snapshot)
+
+    monkeypatch.setattr("lmdemo.checkpoint.snapshot_download", snapshot_download)
+    trained = load_model("someone/tiny-shakespeare")
+    assert read_atlas(trained.folder) == atlas
+    assert not (trained.folder / "notes.txt").exists()

@@ -93,3 +93,57 @@ def test_peaks_on_cpus_without_native_bf16(bench):
     fp32, bf16, _ = bench.cpu_peaks(1, amx)
     assert fp32 == pytest.approx(2.0 * 2 * 16 * 2) and bf16 == pytest.approx(2.0 * 1024)
     assert bench.cpu_peaks(1, "")[1] == 0  # no lscpu: no flags, no crash
+
+
+@pytest.fixture(scope="module")
+def atlas_bench():
+    spec = importlib.util.spec_from_file_location("atlas_bench", ROOT / "bench" / "atlas.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("atlas_bench", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def rated(words: list[str], rating: int, count: int) -> list[str]:
+    return [f"{' '.join(words[j % len(words):] + words[:j % len(words)])} the film. I give it {rating}/10." for j in
+            range(count)]
+
+
+def test_the_dial_judge_learns_from_rated_training_reviews_only(atlas_bench):
+    """The judge reads the rating rule's labels with the rating sentences removed, so only the words can teach it."""
+    from lmdemo.corpus import Corpus
+
+    good, bad = ["wonderful", "moving", "great", "acting"], ["awful", "boring", "dull", "acting"]
+    corpus = Corpus(train=["\n".join(rated(good, 9, 30) + rated(bad, 2, 30) + ["no rating here"])],
+                    valid=["\n".join(rated(good, 8, 5) + rated(bad, 3, 5))], test=[])
+    reviews, labels = atlas_bench.rated_reviews(corpus, "train")
+    assert len(reviews) == 60 and sum(labels) == 30 and not any("/10" in review for review in reviews)
+    judge = atlas_bench.train_judge(corpus, words=3)
+    assert judge.positive(["a wonderful moving film", "dull and boring", "AWFUL<br />acting"]).tolist() == \
+        [True, False, False]
+    assert "acting" in judge.vocabulary and abs(float(judge.weights[judge.vocabulary["acting"]])) < 0.5
+
+
+def test_dial_arms_score_samples_under_the_plain_model(atlas_bench):
+    """The unheld arm's perplexity is the one its sampler saw; a held unit's samples are scored without the dial."""
+    from lmdemo.generation import Generator
+    from lmdemo.sampling import Dial, Sampling
+    from test_atlas import tiny_char_model
+
+    trained = tiny_char_model(seed=4, hidden=16)
+    generator = Generator(trained)
+    prompt = generator.prompt("ROMEO:").ids
+    for dial, same in ((None, True), (Dial(1, 3, "c", 5.0), False)):
+        sample = generator.generate(prompt, Sampling(temperatures=[0.8], max_new_tokens=12, seed=1, dial=dial))[0]
+        own = sum(math.log(p) for p in sample.probabilities)
+        assert (atlas_bench.plain_log_likelihood(generator, prompt, sample) == pytest.approx(own, abs=1e-4)) is same
+
+    judge = atlas_bench.Judge({"e": 0}, torch.tensor([1.0], dtype=torch.double), torch.tensor([-0.5]), 0.0)
+    entry = {"layer": 1, "unit": 3, "quantity": "c", "dial": {"positive": 5.0, "negative": -5.0}}
+    arms = atlas_bench.dial_arms(trained, entry, judge, samples=4, tokens=12, prompts=("ROMEO:", "JULIET:"))
+    assert [arm.name for arm in arms] == ["positive", "negative", "not held"]
+    assert [str(arm.dial) for arm in arms[:2]] == ["1:3:c=5", "1:3:c=-5"] and arms[2].dial is None
+    for arm in arms:
+        assert len(arm.texts) == 4 and arm.tokens == 48 and arm.perplexity > 1
+        assert arm.positive == pytest.approx(sum("e" in atlas_bench.judge_words(text) for text in arm.texts) / 4)
+    assert arms[0].texts != arms[2].texts
