@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         app.queue(default_concurrency_limit=args.concurrency, max_size=args.queue_size)
         upload_cap = dict(max_file_size=training.limits.max_upload_bytes) if training else {}
         # a batched request waits for its loop in a worker thread: enough threads for a full line and the rest
-        threads = max(DEFAULT_THREADS, args.max_batch_rows + args.concurrency + DEFAULT_THREADS // 2) \
+        threads = max(DEFAULT_THREADS, 2 * args.max_batch_rows + args.concurrency + DEFAULT_THREADS // 2) \
             if args.decode == "batched" else DEFAULT_THREADS
         app.launch(server_name=args.host, server_port=args.port, theme=page.theme(), css=render.CSS, ssr_mode=False,
                    footer_links=["api"], max_threads=threads, **upload_cap)

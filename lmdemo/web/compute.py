@@ -68,8 +68,9 @@ class Lane:
 
     @classmethod
     def of(cls, decoder: Decoder, slots: ComputeSlots, heavy: dict[str, Any]) -> Lane:
-        """Batched: a group of their own as wide as the loop's line, no slot; else the model group and its slots."""
+        """Batched: a group of their own, no slot, as wide as a full batch and a full line (so a request beyond them
+        hears `Busy` from the loop rather than waiting in Gradio's queue); else the model group and its slots."""
         if isinstance(decoder, Batching):
-            return cls(decoder, dict(concurrency_id=DECODE_QUEUE, concurrency_limit=decoder.max_rows),
+            return cls(decoder, dict(concurrency_id=DECODE_QUEUE, concurrency_limit=2 * decoder.max_rows),
                        lambda function: function, nullcontext)
         return cls(decoder, heavy, slots.guard, slots.slot)
