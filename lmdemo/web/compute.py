@@ -68,9 +68,9 @@ class Lane:
 
     @classmethod
     def of(cls, decoder: Decoder, slots: ComputeSlots, heavy: dict[str, Any]) -> Lane:
-        """Batched: a group of their own, no slot, as wide as a full batch and a full line (so a request beyond them
-        hears `Busy` from the loop rather than waiting in Gradio's queue); else the model group and its slots."""
+        """Batched: a group of their own without a limit or a slot, as the loop's line bounds them (a request beyond
+        it hears `Busy` at once rather than waiting in Gradio's queue); else the model group and its slots."""
         if isinstance(decoder, Batching):
-            return cls(decoder, dict(concurrency_id=DECODE_QUEUE, concurrency_limit=2 * decoder.max_rows),
+            return cls(decoder, dict(concurrency_id=DECODE_QUEUE, concurrency_limit=None),
                        lambda function: function, nullcontext)
         return cls(decoder, heavy, slots.guard, slots.slot)
