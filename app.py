@@ -22,6 +22,7 @@ from typing import Any  # noqa: E402
 
 import torch  # noqa: E402
 
+from lmdemo.batching import DEFAULT_MAX_ROWS, Batching, PerRequest  # noqa: E402
 from lmdemo.checkpoint import ModelLoadError  # noqa: E402
 from lmdemo.space import MODELS_ENV, MODELS_FILE  # noqa: E402
 from lmdemo.web import page, render  # noqa: E402
@@ -32,6 +33,7 @@ from lmdemo.web.registry import Models, NoModelsError, discover_models  # noqa: 
 from lmdemo.web.train_requests import TrainLimits  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
+DEFAULT_THREADS = 40  # Gradio's worker threads unless told otherwise
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,7 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
                         help="port (default: $GRADIO_SERVER_PORT or 7860)")
     parser.add_argument("--concurrency", type=int, default=2,
-                        help="requests computed at once, over all endpoints that run a model (default: 2)")
+                        help="requests computed at once, over all endpoints that run a model, apart from the batched "
+                             "sampling requests (default: 2)")
+    parser.add_argument("--decode", choices=("batched", "per-request"), default="batched",
+                        help="batched: one decode loop per model advances every sampling request (Sample, Compare, "
+                             "next-token bars, the Train tab's samples) one token per step together; per-request: "
+                             "each decodes alone in a --concurrency slot, as before (kept to measure against; "
+                             "default: batched)")
+    parser.add_argument("--max-batch-rows", type=int, default=DEFAULT_MAX_ROWS,
+                        help=f"batched: the most samples one step advances, and the most requests waiting to join; "
+                             f"beyond that a request is told the server is busy (default: {DEFAULT_MAX_ROWS})")
     parser.add_argument("--queue-size", type=int, default=32,
                         help="requests waiting at most; more are turned away (default: 32)")
     parser.add_argument("--threads", type=int, help="torch threads per request (default: CPU cores / concurrency)")
@@ -74,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
-    for name in ("port", "concurrency", "queue_size", "threads", "max_new_tokens", "max_prompt_tokens",
+    for name in ("port", "concurrency", "max_batch_rows", "queue_size", "threads", "max_new_tokens", "max_prompt_tokens",
                  "max_prompt_chars"):
         value = getattr(args, name)
         if value is not None and value <= 0:
@@ -168,11 +179,15 @@ def main(argv: list[str] | None = None) -> int:
     _stop_on_sigterm()
     training = _training(args, models)
     try:
-        app = build_app(models, limits, args.concurrency, training, args.behind_proxy)
+        decoder = Batching(args.max_batch_rows) if args.decode == "batched" else PerRequest()
+        app = build_app(models, limits, args.concurrency, training, args.behind_proxy, decoder)
         app.queue(default_concurrency_limit=args.concurrency, max_size=args.queue_size)
         upload_cap = dict(max_file_size=training.limits.max_upload_bytes) if training else {}
+        # a batched request waits for its loop in a worker thread: enough threads for a full line and the rest
+        threads = max(DEFAULT_THREADS, 2 * args.max_batch_rows + args.concurrency + DEFAULT_THREADS // 2) \
+            if args.decode == "batched" else DEFAULT_THREADS
         app.launch(server_name=args.host, server_port=args.port, theme=page.theme(), css=render.CSS, ssr_mode=False,
-                   footer_links=["api"], **upload_cap)
+                   footer_links=["api"], max_threads=threads, **upload_cap)
     except KeyboardInterrupt:
         pass
     finally:

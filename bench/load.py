@@ -1,15 +1,19 @@
 """Many users on one small server: simulated users against a real `python app.py` on 127.0.0.1.
 
     python bench/load.py                       # 16 users, 10 requests each, the shipped models
-    python bench/load.py --users 1 4 16        # one run per user count, one server
+    python bench/load.py --users 1 4 16 64     # one run per user count, batched and per-request decoding
+    python bench/load.py --decode batched      # one path only (a server per path; the default runs both)
     python bench/load.py --users 16 --requests 70 --rss-at 100 1000   # memory after 100 and 1,000
     python bench/load.py --users 4 --requests 40 --training    # idle, then while a Train-tab job trains
 
 Each user is a thread with its own gradio_client session that sends a seeded mix of requests:
 "generate" (3 temperatures x 100 new tokens), "next" (next-token bars of its last sample) and
 "score" (a long prompt, one new token: the work of colouring the prompt by surprisal). Prints
-requests/s, p50/p95/p99 latency per kind and overall, errors, and the server's resident memory
-(peak, and after the requests counted by --rss-at).
+requests/s, p50/p95/p99 latency per kind and overall, the time to first token of "generate" (until its first
+streamed update reaches the client, polled every 10 ms), errors, and the server's resident memory (peak, and after
+the requests counted by --rss-at). With both --decode paths (app.py's --decode: one decode loop per model that
+batches every request's steps, or each request decoding alone) the same users and requests run against a server of
+each, one after the other, and a last table sets the two side by side.
 
 With --training each user count runs twice: with no training job, then while a visitor's job of the Train
 tab (Tiny Shakespeare, the tab's default level and size, through /train like any visitor) trains; the
@@ -19,6 +23,7 @@ summary sets the two "generate" p95 latencies side by side, and says how fast th
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import random
 import statistics
@@ -52,6 +57,7 @@ MIX = {"generate": 0.5, "next": 0.25, "score": 0.25}
 class Tally:
     """What every user saw; shared between threads under one lock."""
     latencies: dict[str, list[float]] = field(default_factory=lambda: {kind: [] for kind in MIX})
+    first_token: list[float] = field(default_factory=list)  # "generate": until its first streamed update
     errors: list[str] = field(default_factory=list)
     done: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -87,8 +93,14 @@ def user(url: str, model: str, number: int, requests: int, deadline: float, tall
         started = time.perf_counter()
         try:
             if kind == "generate":
-                client.predict(*generate_args(model, draw.choice(PROMPTS[model]), "0.5, 0.8, 1.0", 100,
-                                              draw.randrange(1000)), api_name="/generate")
+                job = client.submit(*generate_args(model, draw.choice(PROMPTS[model]), "0.5, 0.8, 1.0", 100,
+                                                   draw.randrange(1000)), api_name="/generate")
+                while not job.outputs() and not job.done():
+                    time.sleep(0.01)
+                first = time.perf_counter() - started
+                job.result()
+                with tally.lock:
+                    tally.first_token.append(first)
                 shown = (3, 20)
             elif kind == "next":
                 client.predict(draw.randrange(shown[0]), draw.randrange(shown[1]), 10, api_name="/next_tokens")
@@ -129,8 +141,23 @@ def start_server(port: int, extra: list[str]) -> subprocess.Popen:
     raise SystemExit("app.py did not answer within 180 s")
 
 
+@dataclass
+class Summary:
+    """One run's line of the side-by-side table."""
+    path: str
+    users: int
+    rate: float
+    p50: float
+    p95: float
+    p99: float
+    first_p50: float
+    first_p95: float
+    errors: int
+    peak_mib: float
+
+
 def run_load(url: str, pid: int, model: str, users: int, requests: int, seconds: float,
-             rss_at: list[int]) -> Tally:
+             rss_at: list[int], path: str = "") -> tuple[Tally, Summary]:
     tally = Tally()
     rss_seen: dict[int, int] = {}
 
@@ -155,11 +182,24 @@ def run_load(url: str, pid: int, model: str, users: int, requests: int, seconds:
         if values:
             print(f"  {kind:<9}{len(values):>6}{percentile(values, 50):>8.2f}{percentile(values, 95):>8.2f}"
                   f"{percentile(values, 99):>8.2f}")
+    first = tally.first_token or [math.nan]
+    print(f"  generate's first token: p50 {percentile(first, 50):.3f} s, p95 {percentile(first, 95):.3f} s")
     for error in tally.errors[:5]:
         print(f"  error: {error}")
-    print(f"  server memory: now {rss_kib(pid) / 1024:.0f} MiB, peak {rss_kib(pid, 'VmHWM') / 1024:.0f} MiB"
+    peak = rss_kib(pid, 'VmHWM') / 1024
+    print(f"  server memory: now {rss_kib(pid) / 1024:.0f} MiB, peak {peak:.0f} MiB"
           + "".join(f", after {n} requests {kib / 1024:.0f} MiB" for n, kib in sorted(rss_seen.items())))
-    return tally
+    every = every or [math.nan]
+    return tally, Summary(path, users, tally.done / wall, percentile(every, 50), percentile(every, 95),
+                          percentile(every, 99), percentile(first, 50), percentile(first, 95), len(tally.errors), peak)
+
+
+def print_side_by_side(summaries: list[Summary]) -> None:
+    print(f"\n{'users':>5}  {'decode':<12}{'req/s':>7}{'p50 s':>7}{'p95 s':>7}{'p99 s':>7}{'TTFT p50':>9}"
+          f"{'TTFT p95':>9}{'errors':>7}{'peak MiB':>9}")
+    for s in sorted(summaries, key=lambda s: (s.users, s.path)):
+        print(f"{s.users:>5}  {s.path:<12}{s.rate:>7.2f}{s.p50:>7.2f}{s.p95:>7.2f}{s.p99:>7.2f}{s.first_p50:>9.3f}"
+              f"{s.first_p95:>9.3f}{s.errors:>7}{s.peak_mib:>9.0f}")
 
 
 TRAINER_CLIENT = """
@@ -231,21 +271,35 @@ def main(argv: list[str] | None = None) -> int:
                         help="run each user count twice: idle, then while a Train-tab job trains")
     parser.add_argument("--train-seconds", type=float, default=180,
                         help="that job's time budget: longer than a load run (default: 180)")
+    parser.add_argument("--decode", nargs="+", choices=("batched", "per-request"), default=["batched", "per-request"],
+                        help="app.py's decoding paths to run, a server each (default: both)")
     parser.add_argument("app_args", nargs="*", help="after --: options for app.py (e.g. -- --concurrency 4)")
     args = parser.parse_args(argv)
     app_args = [*args.app_args, "--train-seconds", f"{args.train_seconds:g}"] if args.training else args.app_args
+    summaries: list[Summary] = []
+    for path in args.decode:
+        summaries += run_path(args, [*app_args, "--decode", path], path)
+    print_side_by_side(summaries)
+    return 0
+
+
+def run_path(args: argparse.Namespace, app_args: list[str], path: str) -> list[Summary]:
+    """Every user count against one server."""
     server = start_server(args.port, app_args)
     url = f"http://127.0.0.1:{args.port}/"
+    summaries = []
     try:
-        print(f"app.py {' '.join(app_args)} on 127.0.0.1:{args.port}; model {args.model}; "
+        print(f"\n=== app.py {' '.join(app_args)} on 127.0.0.1:{args.port}; model {args.model}; "
               f"{os.cpu_count()} CPU(s); server memory after start {rss_kib(server.pid) / 1024:.0f} MiB")
         for users in args.users:
-            idle = run_load(url, server.pid, args.model, users, args.requests, args.seconds, args.rss_at)
+            idle, summary = run_load(url, server.pid, args.model, users, args.requests, args.seconds, args.rss_at,
+                                     path)
+            summaries.append(summary)
             if not args.training:
                 continue
             training = Training(url, args.train_seconds)
             print(f"\nwhile training: {training.status()}")
-            busy = run_load(url, server.pid, args.model, users, args.requests, args.seconds, args.rss_at)
+            busy, _ = run_load(url, server.pid, args.model, users, args.requests, args.seconds, args.rss_at, path)
             during = training.status()
             print(f"  the job {training.stop()}; its last update during the load: {during}")
             idle_p95, busy_p95 = (percentile(t.latencies["generate"], 95) for t in (idle, busy))
@@ -254,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.terminate()
         server.wait(timeout=30)
-    return 0
+    return summaries
 
 
 if __name__ == "__main__":

@@ -101,12 +101,14 @@ class Dial:
         if isinstance(self.value, bool) or not isinstance(self.value, (int, float)) or not math.isfinite(self.value):
             raise SettingsError(f"the dial's value must be a finite number (got {self.value!r})")
 
-    def hold(self, state: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """`state` ([L, B, H] each) with this unit set to the value in every row; `state` itself is left as it was."""
+    def hold(self, state: tuple[torch.Tensor, torch.Tensor], rows: slice = slice(None)
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`state` ([L, B, H] each) with this unit set to the value in `rows` (every row by default: a batch of
+        several requests holds only the dialled one's rows); `state` itself is left as it was."""
         parts = list(state)
         which = DIAL_QUANTITIES.index(self.quantity)
         parts[which] = parts[which].clone()
-        parts[which][self.layer - 1, :, self.unit] = self.value
+        parts[which][self.layer - 1, rows, self.unit] = self.value
         return parts[0], parts[1]
 
     def __str__(self) -> str:

@@ -356,10 +356,12 @@ def test_model_info_and_random_seed(client):
 
 @pytest.fixture(scope="module")
 def one_at_a_time(char_model, tmp_path_factory) -> Iterator[str]:
-    """A `python app.py --concurrency 1`: one model request computed at a time, whatever its endpoint."""
+    """A `python app.py --concurrency 1 --decode per-request`: one model request computed at a time, whatever its
+    endpoint (batched, sampling requests share the decode loop instead: tests/test_batching.py)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
     command = [sys.executable, "app.py", "--port", str(port), "--model", str(char_model), "--concurrency", "1",
+               "--decode", "per-request",
                "--checkpoints", str(tmp_path_factory.mktemp("no-checkpoints")), "--max-new-tokens", "5000"]
     with serving(command, url, tmp_path_factory.mktemp("app-1") / "app.log", cwd=ROOT, env=ENV):
         yield url

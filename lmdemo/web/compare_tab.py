@@ -7,9 +7,10 @@ from typing import Any
 
 import gradio as gr
 
+from lmdemo.batching import Busy
 from lmdemo.generation import SettingsError
 from lmdemo.web import render
-from lmdemo.web.compute import ComputeSlots
+from lmdemo.web.compute import Lane
 from lmdemo.web.demo import DEFAULT_MAX_NEW_TOKENS, Demo
 from lmdemo.web.forms import FIELD_CHARS, read_sampling
 
@@ -21,7 +22,7 @@ each was by the prompt, and what each expects right after it. Models that cut te
 puts both models' figures side by side."""
 
 
-def build(demo: Demo, heavy: dict[str, Any], slots: ComputeSlots) -> list[gr.Dropdown]:
+def build(demo: Demo, lane: Lane) -> list[gr.Dropdown]:
     """Two model pickers, one prompt and one set of settings; both models' results side by side.
 
     Returns the pickers, whose choices a session's own trained models join."""
@@ -59,13 +60,15 @@ def build(demo: Demo, heavy: dict[str, Any], slots: ComputeSlots) -> list[gr.Dro
             comparison = demo.compare([name_a, name_b], prompt_text, sampling)
         except SettingsError as error:
             raise gr.Error(str(error), title="Check the settings") from None
+        except Busy as error:
+            raise gr.Error(str(error), title="Busy") from None
         results = []
         for progress, next_tokens, info in zip(comparison.runs, comparison.next_tokens, comparison.infos):
             results += [render.model_markdown(info), render.samples_html(progress), render.prompt_html(progress),
                         render.next_token_figure(next_tokens)]
         return (render.compare_markdown(comparison), *results)
 
-    button.click(slots.guard(on_compare), [*pickers, prompt, temperatures, max_new_tokens, top_k, top_p, seed],
+    button.click(lane.guard(on_compare), [*pickers, prompt, temperatures, max_new_tokens, top_k, top_p, seed],
                  [status, *sides[0], *sides[1]], api_name="compare",
-                 preprocess=False, **heavy)  # raw values: lmdemo checks them and names the field in its message
+                 preprocess=False, **lane.events)  # raw values: lmdemo checks them and names the field in its message
     return pickers

@@ -4,7 +4,8 @@ Everything here returns plain data (dataclasses, lists, numbers) so the Gradio a
 layer of widgets and the behaviour can be tested without a browser. Form values are checked by
 `lmdemo.web.forms`, models come from `lmdemo.web.registry`, and the "Inside the LSTM" tab's requests live in
 `lmdemo.web.inside`. A request reads its prompt through the model once: the prompt's colouring, the
-sampling and the bars after the prompt share one `Reading`, and bars inside a sample go on from it.
+sampling and the bars after the prompt share one `Reading`, and bars inside a sample go on from it. The model
+is run through a decoder (lmdemo.batching): the app's batches every request's steps in one loop per model.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from lmdemo.batching import Decoder, PerRequest
 from lmdemo.generation import Dial, Prompt, Reading, Sample, Sampling, SettingsError, TokenScore
 from lmdemo.tokenizer import LevelUnit, level_unit
 from lmdemo.web.forms import Limits, parse_whole, read_prompt
@@ -67,8 +69,9 @@ class Comparison:
 class Demo:
     """The Sample and Compare tabs' requests on the served models."""
 
-    def __init__(self, models: Models, limits: Limits = Limits()):
+    def __init__(self, models: Models, limits: Limits = Limits(), decoder: Decoder | None = None):
         self.models, self.limits = models, limits
+        self.decoder = decoder or PerRequest()
 
     def generate(self, name: str, prompt_text: Any, sampling: Sampling, every: float = 0.1) -> Iterator[Progress]:
         """Stream a request: a `Progress` at most every `every` seconds, and a last one with `done`.
@@ -82,19 +85,16 @@ class Demo:
         generator.check_dial(sampling.dial)  # refused before anything is sampled
         start = time.perf_counter()
         prompt = generator.prompt(prompt_text, self.limits.max_prompt_tokens)
-        reading = generator.reading(prompt.ids)
+        reading = self.decoder.reading(generator, prompt.ids)
         tokenizer = generator.tokenizer
         progress = Progress(name, level_unit(tokenizer.level), tokenizer.by_line, tokenizer.lower_bound(prompt.ids),
                             prompt_text, prompt, reading, [], 0.0, dial=sampling.dial)
-        last_shown = -every
         runs = [("samples", replace(sampling, dial=None))] + ([("dialled", sampling)] if sampling.dial else [])
         for field_name, run in runs:
-            for samples in generator.stream(reading, run):
+            for samples in self.decoder.stream(generator, reading, run, every):
                 setattr(progress, field_name, samples)
                 progress.seconds = time.perf_counter() - start
-                if progress.seconds - last_shown >= every:
-                    last_shown = progress.seconds
-                    yield progress
+                yield progress
         progress.seconds, progress.done = time.perf_counter() - start, True
         yield progress
 
@@ -107,7 +107,7 @@ class Demo:
             raise SettingsError(f"number of bars must be from 1 to {self.limits.max_bars} (got {k})")
         generator, sample = self.models.generator(run.model), run.samples[index]
         position = max(0, min(parse_whole(position, "position", empty=0), len(sample.ids)))
-        reading = generator.reading(sample.ids[:position], after=run.reading)
+        reading = self.decoder.reading(generator, sample.ids[:position], after=run.reading)
         chosen = None
         if position < len(sample.ids):
             chosen = TokenScore(sample.ids[position], sample.tokens[position], sample.probabilities[position])

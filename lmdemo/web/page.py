@@ -12,8 +12,9 @@ from typing import Any
 
 import gradio as gr
 
+from lmdemo.batching import Batching, Decoder
 from lmdemo.web import compare_tab, curves_tab, inside_tab, sample_tab, train_tab
-from lmdemo.web.compute import ComputeSlots
+from lmdemo.web.compute import ComputeSlots, Lane
 from lmdemo.web.demo import Demo
 from lmdemo.web.forms import Limits
 from lmdemo.web.inside import Inside
@@ -28,18 +29,22 @@ Each token is shaded by how likely the model thought it was; the bars below show
 
 
 def build_app(models: Models, limits: Limits = Limits(), concurrency: int = 2,
-              training: LiveTraining | None = None, behind_proxy: bool = False) -> gr.Blocks:
+              training: LiveTraining | None = None, behind_proxy: bool = False,
+              decoder: Decoder | None = None) -> gr.Blocks:
     """The page: a sampling tab (controls on the right, samples below, next-token bars at the bottom),
     a look inside the LSTM at the sampling tab's text, and two models compared on one request.
 
     Every event that runs a model joins one concurrency group of `concurrency` slots, whichever tab
     or endpoint it comes from, and takes one of as many `ComputeSlots` (which the Train tab's samples take
-    too), so `--concurrency` bounds the model computations at once. With `training`, a Train tab trains a
-    visitor's own model (`lmdemo.web.train_tab`); the Training curves tab is always there.
+    too), so `--concurrency` bounds the model computations at once; sampling requests run through `decoder`
+    (default: batched, one decode loop per model), outside those slots when it batches (`Lane`). With
+    `training`, a Train tab trains a visitor's own model (`lmdemo.web.train_tab`); the Training curves tab is
+    always there.
     """
-    demo = Demo(models, limits)
     slots = ComputeSlots(concurrency)
     heavy = dict(concurrency_id=MODEL_QUEUE, concurrency_limit=concurrency)
+    lane = Lane.of(decoder or Batching(), slots, heavy)
+    demo = Demo(models, limits, lane.decoder)
 
     with gr.Blocks(title="LSTM language models") as app:
         run = gr.State(None)
@@ -53,15 +58,15 @@ def build_app(models: Models, limits: Limits = Limits(), concurrency: int = 2,
                 inside_text, inside_layer = inside_tab.build(Inside(models, limits), run, sample.model, sample.prompt,
                                                              heavy, slots)
             with gr.Tab("Compare", id="compare"):
-                compare_pickers = compare_tab.build(demo, heavy, slots)
+                compare_pickers = compare_tab.build(demo, lane)
             if training is not None:
                 with gr.Tab("Train", id="train"):
-                    connect_training = train_tab.build(training, slots, behind_proxy)
+                    connect_training = train_tab.build(training, lane, behind_proxy)
             with gr.Tab("Training curves", id="curves"):
                 curve_picker = curves_tab.build(models)
         if training is not None:
             connect_training(app, [sample.model, *compare_pickers, curve_picker])
-        sample_tab.connect(sample, demo, inside_text, inside_layer, heavy, slots)
+        sample_tab.connect(sample, demo, inside_text, inside_layer, lane)
     return app
 
 

@@ -12,9 +12,10 @@ from typing import Any
 
 import gradio as gr
 
+from lmdemo.batching import Busy
 from lmdemo.generation import SettingsError
 from lmdemo.web import inside_tab, render
-from lmdemo.web.compute import ComputeSlots
+from lmdemo.web.compute import Lane
 from lmdemo.web.demo import DEFAULT_BARS, DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURES, Demo, Progress
 from lmdemo.web.forms import FIELD_CHARS, Limits, draw_seed, read_sampling
 from lmdemo.web.registry import Models
@@ -116,12 +117,11 @@ def build(models: Models, limits: Limits, run: gr.State) -> SampleTab:
                      which, position, bars, plot)
 
 
-def connect(tab: SampleTab, demo: Demo, inside_text: gr.Dropdown, inside_layer: gr.Dropdown, heavy: dict[str, Any],
-            slots: ComputeSlots) -> None:
+def connect(tab: SampleTab, demo: Demo, inside_text: gr.Dropdown, inside_layer: gr.Dropdown, lane: Lane) -> None:
     """Wire the tab's events: a model change (its card, examples, the Inside layers, the `<unk>` box, the dial),
     the dial's box and slider (they write the dial's text), Generate (streamed; `/generate`, whose tenth input is
     the dial's text: a caller that sends nine gets no dial), Stop, the random seed and the next-token bars
-    (`/next_tokens`)."""
+    (`/next_tokens`). Generate and the bars run in the sampling `lane`; a full line answers "busy"."""
     models, limits = demo.models, demo.limits
 
     def on_model(name: str) -> tuple[str, Any, str]:
@@ -138,6 +138,8 @@ def connect(tab: SampleTab, demo: Demo, inside_text: gr.Dropdown, inside_layer: 
             yield from _generation_updates(demo, demo.generate(name, prompt_text, sampling))
         except SettingsError as error:
             raise gr.Error(str(error), title="Check the settings") from None
+        except Busy as error:
+            raise gr.Error(str(error), title="Busy") from None
 
     def on_explore(current: Progress | None, index: Any, at: Any, count: Any) -> Any:
         if current is None:
@@ -147,6 +149,8 @@ def connect(tab: SampleTab, demo: Demo, inside_text: gr.Dropdown, inside_layer: 
             return _figure(demo, current, index, at, count)
         except SettingsError as error:
             raise gr.Error(str(error), title="Check the settings") from None
+        except Busy as error:
+            raise gr.Error(str(error), title="Busy") from None
 
     model = tab.model
     model.change(on_model, model, [tab.model_info, tab.examples, tab.prompt], api_name="model_info")
@@ -166,17 +170,17 @@ def connect(tab: SampleTab, demo: Demo, inside_text: gr.Dropdown, inside_layer: 
     tab.examples.click(lambda chosen: chosen[0], tab.examples, tab.prompt, api_visibility="private")
     tab.dice.click(lambda: str(draw_seed()), None, tab.seed, api_name="random_seed")
     generation = tab.generate.click(
-        slots.guard(on_generate),
+        lane.guard(on_generate),
         [model, tab.prompt, tab.temperatures, tab.max_new_tokens, tab.top_k, tab.top_p, tab.seed, tab.stop_text,
          tab.avoid_unk, tab.dial],
         [tab.samples, tab.prompt_view, tab.status, tab.run, tab.which, tab.position, tab.plot, inside_text],
-        api_name="generate", preprocess=False, **heavy)  # raw values: lmdemo checks them and names the field
+        api_name="generate", preprocess=False, **lane.events)  # raw values: lmdemo checks them and names the field
     tab.stop.click(None, None, None, cancels=[generation], api_visibility="private")
     explore_inputs = [tab.run, tab.which, tab.position, tab.bars]
-    explore = slots.guard(on_explore)
-    tab.which.input(explore, explore_inputs, tab.plot, api_name="next_tokens", **heavy)
-    tab.position.release(explore, explore_inputs, tab.plot, api_visibility="private", **heavy)
-    tab.bars.release(explore, explore_inputs, tab.plot, api_visibility="private", **heavy)
+    explore = lane.guard(on_explore)
+    tab.which.input(explore, explore_inputs, tab.plot, api_name="next_tokens", **lane.events)
+    tab.position.release(explore, explore_inputs, tab.plot, api_visibility="private", **lane.events)
+    tab.bars.release(explore, explore_inputs, tab.plot, api_visibility="private", **lane.events)
 
 
 def _generation_updates(demo: Demo, progress_stream: Iterator[Progress]) -> Iterator[tuple]:

@@ -16,7 +16,7 @@ from lmdemo import curves
 from lmdemo.generation import SettingsError
 from lmdemo.web import train_view
 from lmdemo.web.clients import client_address
-from lmdemo.web.compute import ComputeSlots
+from lmdemo.web.compute import Lane
 from lmdemo.web.jobs import Job, LiveTraining
 from lmdemo.web.train_requests import (
     CORPORA,
@@ -40,7 +40,7 @@ the **Training curves** tab, for this session only. Your text is deleted from th
 it; leaving the page stops your job and deletes your models and downloads."""
 
 
-def build(training: LiveTraining, slots: ComputeSlots, behind_proxy: bool) -> Callable[[gr.Blocks, list], None]:
+def build(training: LiveTraining, sampling: Lane, behind_proxy: bool) -> Callable[[gr.Blocks, list], None]:
     """Text (a bundled corpus, pasted, or an uploaded .txt), level, size and time budget; Train streams the
     curves, samples and status of a job of `training`, Stop ends it keeping the best model, Download zips it.
 
@@ -80,7 +80,7 @@ def build(training: LiveTraining, slots: ComputeSlots, behind_proxy: bool) -> Ca
                      request: gr.Request) -> Iterator[tuple]:
         job = submit(request, "paste", text_value, None, level_value, size_value, budget)
         del text_value
-        for update in train_view.watch(training, job, compute=slots.slot):
+        for update in train_view.watch(training, job, compute=sampling.compute, decoder=sampling.decoder):
             yield shown(update)
 
     def connect(app: gr.Blocks, pickers: list[gr.Dropdown]) -> None:
@@ -90,7 +90,7 @@ def build(training: LiveTraining, slots: ComputeSlots, behind_proxy: bool) -> Ca
             job = submit(request, chosen, text_value, file, level_value, size_value, budget)
             del text_value
             shown_samples = None
-            for update in train_view.watch(training, job, compute=slots.slot):
+            for update in train_view.watch(training, job, compute=sampling.compute, decoder=sampling.decoder):
                 status_text, figure, samples_text, model_name = shown(update, points=False)
                 if samples_text == shown_samples:  # the page keeps what it shows: less to send and compare
                     samples_text = gr.skip()

@@ -3,7 +3,8 @@
 `watch` turns a job into `TrainUpdate`s: its curve points, read with `lmdemo.metrics` (the one reader),
 samples from the best weights so far (at most every 6 s) at two temperatures with one fixed seed (so what
 changes between updates is the learning, not luck), tokens per second and the time left. Samples are drawn
-in a slot of the server's model computations (`compute`), like every other request that runs a model.
+through the server's decoder (batched with the other sampling requests) and inside `compute` (a slot of the
+server's model computations when they are not batched), like every other request that runs a model.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 import pandas as pd
 
+from lmdemo.batching import Decoder, PerRequest, generate
 from lmdemo.checkpoint import WEIGHTS_FILE, ModelLoadError, load_model
 from lmdemo.generation import Generator, Sample, Sampling
 from lmdemo.metrics import Run, bits, load_run
@@ -47,11 +49,12 @@ WAITING_EVERY_S = 1.0
 
 
 def watch(training: LiveTraining, job: Job, every: float = UPDATE_EVERY_S, poll: float = 0.25,
-          compute: Callable[[], AbstractContextManager] = nullcontext) -> Iterator[TrainUpdate]:
+          compute: Callable[[], AbstractContextManager] = nullcontext,
+          decoder: Decoder | None = None) -> Iterator[TrainUpdate]:
     """Updates on `job` until it ends: its place in line while it waits, then every `every` seconds
     the curves, samples (re-drawn when the best model changes), speed and time left; the last update
     has `done` set. If the watcher goes away (the stream is closed), the job is stopped."""
-    view = _View(job, compute)
+    view = _View(job, compute, decoder or PerRequest())
     last = -math.inf
     try:
         while True:
@@ -94,8 +97,8 @@ class TrainUpdate:
 class _View:
     """A job's log and best model as last read: samples are drawn again only when the model changes."""
 
-    def __init__(self, job: Job, compute: Callable[[], AbstractContextManager]):
-        self.job, self.compute = job, compute
+    def __init__(self, job: Job, compute: Callable[[], AbstractContextManager], decoder: Decoder):
+        self.job, self.compute, self.decoder = job, compute, decoder
         self.model_stamp: tuple[int, int] | None = None
         self.samples: list[Sample] = []
         self.sampled_at: dict[str, Any] | None = None
@@ -153,7 +156,7 @@ class _View:
         sampling = Sampling(temperatures=SAMPLE_TEMPERATURES, max_new_tokens=SAMPLE_TOKENS.get(level, 100),
                             seed=SAMPLE_SEED, stop_at_eos=False)
         with self.compute():
-            self.samples = generator.generate(generator.prompt("").ids, sampling)
+            self.samples = generate(self.decoder, generator, generator.prompt("").ids, sampling)
         self.sampled_at = trained.metrics.best("val_loss") if trained.metrics else None
 
 

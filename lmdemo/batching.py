@@ -1,0 +1,334 @@
+"""Many requests on one model at once: a decode loop per model that moves every waiting request on together.
+
+An LSTM step for 16 rows costs little more than for one (the matrices are small; the time is per-step
+overhead), so requests that each ran their own loop waited for one another for nothing. Here one thread per
+model (`DecodeLoop`, started by the first request, ended after `IDLE_SECONDS` without one) takes requests from a
+bounded line and, at every step:
+
+- reads the texts that arrived (a prompt, or a sample's tokens after its prompt for the next-token bars), each
+  alone, as a request on its own would: batching an `nn.LSTM` read rounds each row's floats differently;
+- joins the new samples to the batch (an LSTM request's whole state is its `(h, c)` rows: a row copy), their
+  first token drawn from their reading as `Generator.stream` draws it;
+- advances every row one token in one LSTM call and one prediction, holds each request's dial on that
+  request's rows only, and lets each request's `Decoding` pick its rows' tokens with its own settings and its
+  own random streams (lmdemo.sampling), so a request's text depends on its own inputs and seed, not on who else
+  is in the batch;
+- drops the rows that are done (max tokens, end of text, stop string) and those of requests whose reader went
+  away (a closed stream: a closed page, a Stop), so the next request takes their place.
+
+Same tokens as alone, not the same floats: a matrix product over B rows may round a row's sums differently
+than over one row (MKL/oneDNN pick kernels by shape), so probabilities can differ in the last bits between batch
+sizes. A sample's tokens differ only when two tokens' odds are that close at a step; the per-request path has
+the same caveat between one temperature and several.
+
+`--max-batch-rows` bounds the rows one step advances and the requests waiting to join; a request that would
+wait beyond that is refused at once (`Busy`) rather than queued for longer than anyone waits.
+`PerRequest` is the old path (each request decodes alone in its caller's thread), kept for measuring.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from typing import Protocol
+
+import torch
+
+from lmdemo.generation import Generator, Reading, Sample, Sampling, SettingsError
+from lmdemo.model import State
+from lmdemo.sampling import Decoding
+
+DEFAULT_MAX_ROWS = 64
+IDLE_SECONDS = 10.0  # a loop with nothing to do for this long ends its thread; the next request starts one
+
+
+class Busy(RuntimeError):
+    """The model's line is full: the request was not queued, and can simply be sent again in a moment."""
+
+
+class Decoder(Protocol):
+    """How the web demo's sampling requests run a model: batched (`Batching`) or each alone (`PerRequest`)."""
+
+    def reading(self, generator: Generator, ids: Sequence[int], after: Reading | None = None) -> Reading: ...
+
+    def stream(self, generator: Generator, reading: Reading, sampling: Sampling,
+               every: float = 0.0) -> Iterator[list[Sample]]: ...
+
+
+class _Read:
+    """A text to read: `Generator.reading(ids, after)`, answered through `done`."""
+
+    def __init__(self, ids: Sequence[int], after: Reading | None):
+        self.ids, self.after = list(ids), after
+        self.done = threading.Event()
+        self.result: Reading | None = None
+        self.error: BaseException | None = None
+
+
+class _Stream:
+    """One request's samples in the batch: its `Decoding`, which of its samples still have rows there (in
+    batch order), its step count, and what its reader is told. The loop writes under `lock`; readers copy."""
+
+    def __init__(self, reading: Reading, sampling: Sampling, generator: Generator):
+        self.reading, self.sampling = reading, sampling
+        self.decoding = Decoding(sampling, generator.tokenizer, [score.id for score in reading.scores])
+        self.rows = list(range(len(self.decoding.samples)))
+        self.step = 0
+        self.lock = threading.Lock()
+        self.changed, self.ended = threading.Event(), threading.Event()
+        self.cancelled = False
+        self.error: BaseException | None = None
+
+    def finish(self, error: BaseException | None = None) -> None:
+        self.error = error
+        self.ended.set()
+        self.changed.set()
+
+    def snapshot(self) -> tuple[int, list[Sample]]:
+        """The step reached and copies of the samples so far (the loop goes on writing the originals)."""
+        with self.lock:
+            if self.ended.is_set():
+                return self.step, self.decoding.samples
+            return self.step, [replace(s, ids=list(s.ids), tokens=list(s.tokens), probabilities=list(s.probabilities),
+                                       pieces=list(s.pieces)) for s in self.decoding.samples]
+
+
+class DecodeLoop:
+    """The decode loop of one model: `read` and `stream` queue work for its thread (see the module's docstring)."""
+
+    def __init__(self, generator: Generator, max_rows: int = DEFAULT_MAX_ROWS, idle_seconds: float = IDLE_SECONDS):
+        self.generator_ref = weakref.ref(generator)  # a model nobody serves any more can go, with its loop
+        self.max_rows, self.idle_seconds = max_rows, idle_seconds
+        self.condition = threading.Condition()
+        self.waiting: deque[_Read | _Stream] = deque()
+        self.thread: threading.Thread | None = None
+        # the batch, touched by the loop's thread only: the requests in batch order, each one's rows together
+        self.active: list[_Stream] = []
+        self.state: State | None = None
+        self.ids: torch.Tensor | None = None  # each row's last token
+
+    def read(self, ids: Sequence[int], after: Reading | None = None) -> Reading:
+        """`Generator.reading(ids, after)`, read by the loop; `Busy` when the line is full."""
+        job = _Read(ids, after)
+        self._queue(job)
+        job.done.wait()
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    def stream(self, reading: Reading, sampling: Sampling, every: float = 0.0) -> Iterator[list[Sample]]:
+        """The samples of `sampling` after `reading`, as `Generator.stream` gives them, at most every `every`
+        seconds (the last yield is the finished samples); `Busy` when the line is full. Closing the iterator
+        takes the request's rows out of the batch at the next step."""
+        generator = self.generator_ref()
+        generator.check_dial(sampling.dial)
+        if len(sampling.temperatures) > self.max_rows:
+            raise SettingsError(f"at most {self.max_rows} temperatures at once on this server "
+                                f"(got {len(sampling.temperatures)})")
+        request = _Stream(reading, sampling, generator)
+        del generator
+        self._queue(request)
+        shown, last = 0, -math.inf
+        try:
+            while True:
+                request.changed.wait()
+                elapsed = time.monotonic() - last
+                if elapsed < every:
+                    request.ended.wait(None if math.isinf(every) else every - elapsed)
+                request.changed.clear()
+                step, samples = request.snapshot()
+                if request.error is not None:
+                    raise request.error
+                if request.ended.is_set():
+                    yield samples
+                    return
+                if step > shown:
+                    shown, last = step, time.monotonic()
+                    yield samples
+        finally:
+            request.cancelled = True  # read by the loop at its next step; harmless once the request ended
+
+    def _queue(self, job: _Read | _Stream) -> None:
+        with self.condition:
+            if len(self.waiting) >= self.max_rows:
+                raise Busy("the server is busy: try again in a moment")
+            self.waiting.append(job)
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, name="decode-loop", daemon=True)
+                self.thread.start()
+            self.condition.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self.condition:
+                if not self.active and not self.waiting:
+                    self.condition.wait(self.idle_seconds)
+                    if not self.waiting:
+                        self.thread = None
+                        return
+                reads, joining = self._take()
+            generator = self.generator_ref()
+            if generator is None:  # cannot happen while a request holds its generator; ends the thread if it does
+                return
+            self._step(generator, reads, joining)
+            del generator
+
+    def _take(self) -> tuple[list[_Read], list[_Stream]]:
+        """The waiting reads, and the waiting requests whose rows fit, in the order they came (a request that does
+        not fit holds the ones behind it, so a large request is not passed over for ever)."""
+        free = self.max_rows - sum(len(request.rows) for request in self.active)
+        reads: list[_Read] = []
+        joining: list[_Stream] = []
+        kept: deque[_Read | _Stream] = deque()
+        for job in self.waiting:
+            if isinstance(job, _Read):
+                reads.append(job)
+            elif job.cancelled:  # its reader went away while it waited
+                continue
+            elif not kept and len(job.rows) <= free:
+                joining.append(job)
+                free -= len(job.rows)
+            else:
+                kept.append(job)
+        self.waiting = kept
+        return reads, joining
+
+    def _step(self, generator: Generator, reads: list[_Read], joining: list[_Stream]) -> None:
+        for job in reads:
+            try:
+                job.result = generator.reading(job.ids, job.after)
+            except Exception as error:  # noqa: BLE001 - the reader raises it
+                job.error = error
+            job.done.set()
+        try:
+            with torch.no_grad():
+                self._advance(generator, joining)
+        except Exception as error:  # noqa: BLE001 - every request in the step is told; the loop goes on
+            for request in [*self.active, *joining]:
+                request.finish(error)
+            self.active, self.state, self.ids = [], None, None
+
+    def _advance(self, generator: Generator, joining: list[_Stream]) -> None:
+        """One step: the batch's rows advance one token, the joining requests' rows join with their first."""
+        self._keep([not request.cancelled for request in self.active for _ in request.rows])
+        states: list[State] = []
+        logits: list[torch.Tensor] = []
+        if self.active:
+            state = generator.next_state(self.ids, self.state)
+            for request, rows in self._slices(self.active):
+                if request.sampling.dial is not None:
+                    state = request.sampling.dial.hold(state, rows)
+            states.append(state)
+            logits.append(generator.predict(state))
+        for request in joining:
+            count, dial = len(request.rows), request.sampling.dial
+            state = tuple(part.expand(-1, count, -1).contiguous() for part in request.reading.state)
+            if dial is None:
+                logits.append(request.reading.next_log_probs.expand(count, -1))
+            else:  # the first token already feels the dial, as alone
+                state = dial.hold(state)
+                logits.append(generator.predict(state))
+            states.append(state)
+        if not states:
+            return
+        self.active += joining
+        self.state = (torch.cat([s[0] for s in states], 1), torch.cat([s[1] for s in states], 1))
+        all_logits = torch.cat(logits)
+        chosen, going_on = [], []
+        for request, rows in self._slices(self.active):
+            with request.lock:
+                decoding, index = request.decoding, request.step
+                chosen.append(decoding.choose(all_logits[rows], request.rows, index))
+                request.step = index + 1
+                more = request.step < request.sampling.max_new_tokens
+                going_on += [more and not decoding.samples[row].finished for row in request.rows]
+                request.rows = [row for row in request.rows if more and not decoding.samples[row].finished]
+            if request.rows:
+                request.changed.set()
+            else:
+                request.finish()
+        self.ids = torch.cat(chosen)
+        self._keep(going_on, rows_known=True)
+
+    def _keep(self, keep: list[bool], rows_known: bool = False) -> None:
+        """Only the rows marked in `keep`; requests left without rows leave the batch (unless `rows_known`, their
+        `rows` are emptied here: a cancelled request's)."""
+        if all(keep):
+            return
+        if not rows_known:
+            for request in self.active:
+                if request.cancelled:
+                    request.rows = []
+        self.active = [request for request in self.active if request.rows]
+        if not self.active:
+            self.state, self.ids = None, None
+            return
+        index = torch.tensor([position for position, kept in enumerate(keep) if kept])
+        self.state = (self.state[0][:, index], self.state[1][:, index])
+        self.ids = self.ids[index]
+
+    @staticmethod
+    def _slices(requests: list[_Stream]) -> list[tuple[_Stream, slice]]:
+        """Each request with where its rows are in the batch (read before a step changes them)."""
+        slices, start = [], 0
+        for request in requests:
+            slices.append((request, slice(start, start + len(request.rows))))
+            start += len(request.rows)
+        return slices
+
+
+class Batching:
+    """The batched path: a `DecodeLoop` per model, made on its first request."""
+
+    def __init__(self, max_rows: int = DEFAULT_MAX_ROWS, idle_seconds: float = IDLE_SECONDS):
+        self.max_rows, self.idle_seconds = max_rows, idle_seconds
+        self.loops: weakref.WeakKeyDictionary[Generator, DecodeLoop] = weakref.WeakKeyDictionary()
+        self.lock = threading.Lock()
+
+    def loop(self, generator: Generator) -> DecodeLoop:
+        with self.lock:
+            loop = self.loops.get(generator)
+            if loop is None:
+                loop = self.loops[generator] = DecodeLoop(generator, self.max_rows, self.idle_seconds)
+            return loop
+
+    def reading(self, generator: Generator, ids: Sequence[int], after: Reading | None = None) -> Reading:
+        return self.loop(generator).read(ids, after)
+
+    def stream(self, generator: Generator, reading: Reading, sampling: Sampling,
+               every: float = 0.0) -> Iterator[list[Sample]]:
+        return self.loop(generator).stream(reading, sampling, every)
+
+
+class PerRequest:
+    """The per-request path: each request reads and decodes alone, in its caller's thread."""
+
+    def reading(self, generator: Generator, ids: Sequence[int], after: Reading | None = None) -> Reading:
+        return generator.reading(ids, after)
+
+    def stream(self, generator: Generator, reading: Reading, sampling: Sampling,
+               every: float = 0.0) -> Iterator[list[Sample]]:
+        """`Generator.stream`, at most every `every` seconds; the last yield is the finished samples."""
+        last, held = -math.inf, None
+        for samples in generator.stream(reading, sampling):
+            now = time.monotonic()
+            if now - last >= every:
+                last, held = now, None
+                yield samples
+            else:
+                held = samples
+        if held is not None:
+            yield held
+
+
+def generate(decoder: Decoder, generator: Generator, ids: Sequence[int], sampling: Sampling) -> list[Sample]:
+    """The finished samples of `sampling` after the text `ids`, through `decoder`."""
+    samples: list[Sample] = []
+    for samples in decoder.stream(generator, decoder.reading(generator, ids), sampling, every=math.inf):
+        pass
+    return samples
