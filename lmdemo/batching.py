@@ -45,6 +45,9 @@ from lmdemo.sampling import Decoding
 
 DEFAULT_MAX_ROWS = 64
 IDLE_SECONDS = 10.0  # a loop with nothing to do for this long ends its thread; the next request starts one
+# Page updates per second shared by everyone watching one model: each update costs the server's one Python thread
+# far more than a decode step, so with many watchers each is shown its tokens less often (first token at once).
+UPDATES_PER_SECOND = 40.0
 
 
 class Busy(RuntimeError):
@@ -107,6 +110,7 @@ class DecodeLoop:
         self.condition = threading.Condition()
         self.waiting: deque[_Read | _Stream] = deque()
         self.thread: threading.Thread | None = None
+        self.watchers = 0  # streams being shown as they grow: they share UPDATES_PER_SECOND
         # the batch, touched by the loop's thread only: the requests in batch order, each one's rows together
         self.active: list[_Stream] = []
         self.state: State | None = None
@@ -123,7 +127,8 @@ class DecodeLoop:
 
     def stream(self, reading: Reading, sampling: Sampling, every: float = 0.0) -> Iterator[list[Sample]]:
         """The samples of `sampling` after `reading`, as `Generator.stream` gives them, at most every `every`
-        seconds (the last yield is the finished samples); `Busy` when the line is full. Closing the iterator
+        seconds, or less often while many streams share `UPDATES_PER_SECOND` (the last yield is the finished
+        samples); `Busy` when the line is full. Closing the iterator
         takes the request's rows out of the batch at the next step."""
         generator = self.generator_ref()
         generator.check_dial(sampling.dial)
@@ -134,12 +139,16 @@ class DecodeLoop:
         del generator
         self._queue(request)
         shown, last = 0, -math.inf
+        watching = not math.isinf(every)
+        with self.condition:
+            self.watchers += watching
         try:
             while True:
                 request.changed.wait()
                 elapsed = time.monotonic() - last
-                if elapsed < every:
-                    request.ended.wait(None if math.isinf(every) else every - elapsed)
+                interval = max(every, self.watchers / UPDATES_PER_SECOND)
+                if elapsed < interval:
+                    request.ended.wait(None if math.isinf(interval) else interval - elapsed)
                 request.changed.clear()
                 step, samples = request.snapshot()
                 if request.error is not None:
@@ -152,6 +161,8 @@ class DecodeLoop:
                     yield samples
         finally:
             request.cancelled = True  # read by the loop at its next step; harmless once the request ended
+            with self.condition:
+                self.watchers -= watching
 
     def _queue(self, job: _Read | _Stream) -> None:
         with self.condition:
