@@ -171,12 +171,12 @@ def test_the_inside_tab_opens_on_the_atlas_and_a_row_colours_its_unit(atlas_serv
     with chromium_page(atlas_server) as page:
         page.get_by_role("tab", name="Inside the LSTM").click()
         table = page.locator("#atlas-table")
-        table.get_by_text(rows[0].sentence).wait_for(timeout=30_000)
+        table.get_by_text(rows[0].sentence).first.wait_for(timeout=30_000)
         assert page.locator("#atlas-status").get_by_text("What the units of shakespeare-atlas follow").count() == 1
         opening = page.locator("#atlas-unit .lm-atlas-sentence").inner_text()
         assert rows[0].sentence in opening
         last = rows[-1]
-        table.get_by_text(last.sentence).click()
+        table.get_by_test_id(f"cell-{len(rows) - 1}-0").click()  # the last row's property
         page.locator("#atlas-unit .lm-atlas-sentence").get_by_text(last.sentence).wait_for(timeout=30_000)
         tokens = page.locator("#atlas-unit .lm-text .tok")
         assert tokens.count() > 100
