@@ -23,6 +23,7 @@ from lmdemo.web.inside import UNIT_SORTS, Inside, UnitView
 from lmdemo.web.registry import Models
 
 DEFAULT_UNITS = 32
+ATLAS_COLUMN_WIDTHS = ["14%", "18%", "6%", "6%", "6%", "50%"]  # property, unit, metric, score, random, what it does
 
 ATLAS_HELP = """**Scores**, on text the model never trained on: **r** is the unit's correlation with a position (1: in
 step with it); **AUC** is how often the unit tells a token where the property holds from one where it does not
@@ -54,7 +55,7 @@ def build(inside: Inside, run: gr.State, model: gr.Dropdown, prompt: gr.Textbox,
     opening = atlases.atlas(models.default)
     atlas_status = gr.Markdown(render.atlas_markdown(models.default, opening), elem_id="atlas-status")
     atlas_table = gr.Dataframe(render.atlas_frame(opening), interactive=False, wrap=True, show_label=False,
-                               elem_id="atlas-table", visible=opening is not None)
+                               column_widths=ATLAS_COLUMN_WIDTHS, elem_id="atlas-table", visible=opening is not None)
     with gr.Row():
         chosen = gr.Dropdown(**property_choices(opening), label="Show the unit of", scale=1)
         text = gr.Dropdown([("the prompt", 0)], value=0, label="Text", scale=2,
@@ -125,18 +126,27 @@ def build(inside: Inside, run: gr.State, model: gr.Dropdown, prompt: gr.Textbox,
         return atlas.rows[event.index[0]].property
 
     def on_unit(current: Progress | None, name: str, prompt_text: str, choice: Any, property_name: Any) -> str:
+        """The unit over the visitor's text (when the chosen text is this model's) and the held-out examples."""
         if not property_name or atlases.atlas(name) is None:
             return ""
         try:
-            return render.unit_text_html(atlases.unit(inside.text(current, name, prompt_text, choice), name,
-                                                      property_name))
+            chosen_text = inside.text(current, name, prompt_text, choice)
+            own = chosen_text if chosen_text.model == name else None  # a sample of the model shown before
+            return render.unit_text_html(atlases.unit(own, name, property_name))
         except SettingsError as error:
             raise gr.Error(str(error), title="Check the settings") from None
 
+    def on_new_model(name: str, property_name: Any) -> str:
+        """A model just chosen: its unit over the held-out examples (the Sample tab is replacing the prompt)."""
+        try:
+            return render.unit_text_html(atlases.unit(None, name, property_name)) if property_name else ""
+        except SettingsError:  # no atlas, or one without examples: the table says what there is
+            return ""
+
     unit_reading = [run, model, prompt, text, chosen]
     show_unit = dict(fn=slots.guard(on_unit), inputs=unit_reading, outputs=unit_view, **heavy)
-    model.change(on_model, model, [atlas_status, atlas_table, chosen, atlas_help, detail],
-                 api_name="atlas").then(**show_unit, api_visibility="private")
+    model.change(on_model, model, [atlas_status, atlas_table, chosen, atlas_help, detail], api_name="atlas").then(
+        slots.guard(on_new_model), [model, chosen], unit_view, api_visibility="private", **heavy)
     atlas_table.select(on_row, model, chosen, api_visibility="private").then(**show_unit, api_visibility="private")
     chosen.input(**show_unit, api_name="atlas_unit")
     text.change(**show_unit, api_visibility="private")
