@@ -251,6 +251,7 @@ def test_train_streams_curves_and_samples_then_the_model_samples(train_server):
     assert names and names <= {prop.name for prop in properties_for("char")}
     assert (atlas["choose"]["source"], atlas["score"]["source"]) == ("train split of pasted.txt",
                                                                      "valid split of pasted.txt")
+    assert "with its own cell atlas in the Inside tab" in status
     heading, table, *_ = client.predict(name, api_name="/atlas")  # what the Inside tab shows for the model
     assert heading.startswith(f"**What the units of {name} follow**")
     assert [row[0] for row in table["data"]] == [entry["property"].replace("_", " ") for entry in atlas["properties"]]

@@ -110,8 +110,10 @@ def build(inside: Inside, run: gr.State, model: gr.Dropdown, prompt: gr.Textbox,
         except SettingsError as error:
             raise gr.Error(str(error), title="Check the span") from None
 
-    def on_model(name: str) -> tuple:
+    def on_model(name: Any) -> tuple:
         try:
+            if not isinstance(name, str):
+                raise SettingsError(f"the model must be a name (got {type(name).__name__})")
             atlas = atlases.atlas(name)
         except SettingsError as error:
             raise gr.Error(str(error), title="Unknown model") from None
@@ -145,7 +147,9 @@ def build(inside: Inside, run: gr.State, model: gr.Dropdown, prompt: gr.Textbox,
 
     unit_reading = [run, model, prompt, text, chosen]
     show_unit = dict(fn=slots.guard(on_unit), inputs=unit_reading, outputs=unit_view, **heavy)
-    model.change(on_model, model, [atlas_status, atlas_table, chosen, atlas_help, detail], api_name="atlas").then(
+    # raw values: a session's own model is not among the picker's listed choices (lmdemo.web.jobs)
+    model.change(on_model, model, [atlas_status, atlas_table, chosen, atlas_help, detail], api_name="atlas",
+                 preprocess=False).then(
         slots.guard(on_new_model), [model, chosen], unit_view, api_visibility="private", **heavy)
     atlas_table.select(on_row, model, chosen, api_visibility="private").then(**show_unit, api_visibility="private")
     chosen.input(**show_unit, api_name="atlas_unit")
