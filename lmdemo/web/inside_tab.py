@@ -150,7 +150,7 @@ def build(inside: Inside, run: gr.State, model: gr.Dropdown, prompt: gr.Textbox,
     # raw values: a session's own model is not among the picker's listed choices (lmdemo.web.jobs)
     model.change(on_model, model, [atlas_status, atlas_table, chosen, atlas_help, detail], api_name="atlas",
                  preprocess=False).then(
-        slots.guard(on_new_model), [model, chosen], unit_view, api_visibility="private", **heavy)
+        slots.guard(on_new_model), [model, chosen], unit_view, api_visibility="private", preprocess=False, **heavy)
     atlas_table.select(on_row, model, chosen, api_visibility="private").then(**show_unit, api_visibility="private")
     chosen.input(**show_unit, api_name="atlas_unit")
     text.change(**show_unit, api_visibility="private")
