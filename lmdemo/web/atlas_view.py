@@ -183,7 +183,7 @@ def _examples_for(row: AtlasRow, examples: list[dict], tokenizer) -> list[tuple[
     `SHOWN_EXAMPLES` passages where a yes/no property holds most (while not everywhere), the first ones for a
     position."""
     if row.kind == SENTIMENT:
-        return [(f"a {example['sentiment']} review (held out; its rating sentences removed)", example["text"])
+        return [(f"a {example['sentiment']} review", example["text"])
                 for example in examples if example.get("sentiment")]
     passages = [example["text"] for example in examples if not example.get("sentiment")]
     prop = next((p for p in PROPERTIES if p.name == row.property), None)

@@ -23,7 +23,7 @@ from lmdemo.web.inside import UNIT_SORTS, Inside, UnitView
 from lmdemo.web.registry import Models
 
 DEFAULT_UNITS = 32
-ATLAS_COLUMN_WIDTHS = ["14%", "18%", "6%", "6%", "6%", "50%"]  # property, unit, metric, score, random, what it does
+ATLAS_COLUMN_WIDTHS = ["14%", "18%", "8%", "6%", "6%", "48%"]  # property, unit, metric, score, random, what it does
 
 ATLAS_HELP = """**Scores**, on text the model never trained on: **r** is the unit's correlation with a position (1: in
 step with it); **AUC** is how often the unit tells a token where the property holds from one where it does not

@@ -23,7 +23,7 @@ from lmdemo.generation import Sample
 from lmdemo.internals import QUANTITIES, SpanMatch
 from lmdemo.metrics import bits, bits_per_character, perplexity
 from lmdemo.tokenizer import EOS, LOWER_BOUND, UNK, LevelUnit, level_unit
-from lmdemo.web.atlas_view import ModelAtlas, UnitReading
+from lmdemo.web.atlas_view import SENTIMENT, ModelAtlas, UnitReading
 from lmdemo.web.demo import Comparison, NextTokens, Progress
 from lmdemo.web.inside import UnitView
 from lmdemo.web.registry import ModelInfo
@@ -352,11 +352,13 @@ def unit_text_html(reading: UnitReading) -> str:
     """The chosen unit over each text, Karpathy style: each token's background coloured by the unit's value after
     reading it (a diverging scale centred on 0), where a yes/no property holds underlined, with the legend."""
     row, bound = reading.row, reading.bound
-    holds = any(text.holds is not None for text in reading.texts)
-    underline = (f' · <span class="holds">underlined</span>: where {html.escape(row.description)} holds'
-                 if holds else "")
+    note = ""
+    if row.kind == SENTIMENT:
+        note = " · the reviews are held out, their rating sentences removed"
+    elif any(text.holds is not None for text in reading.texts):
+        note = f' · <span class="holds">underlined</span>: where {html.escape(row.description)} holds'
     legend_ = (f'<div class="lm-legend">the unit\'s value after each token: {-bound:.2f} '
-               f'<span class="lm-scale"></span> {bound:+.2f} (white: 0){underline}</div>')
+               f'<span class="lm-scale"></span> {bound:+.2f} (white: 0){note}</div>')
     sections = []
     for text in reading.texts:
         spans = []
