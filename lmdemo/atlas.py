@@ -11,11 +11,14 @@ threshold on the unit's value at the end of a review (threshold and direction ch
 The result is `atlas.json` in the model folder: layers counted from 1 (bottom), units from 0; `sign` +1 when
 the unit rises with the property (higher where it holds, or the further along the position), -1 when it falls;
 and for a property with two nameable ends a `dial`: the unit's 95th and 5th percentile on the choosing text,
-named by the ends they stand for, the values a sampler can hold the unit at to steer the model.
+named by the ends they stand for, the values a sampler can hold the unit at to steer the model. It also keeps
+a few short `examples` of the scoring text (and with sentiment, rated reviews of each label), so the app can show
+a unit over text the model never trained on without the corpus at hand.
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 from collections.abc import Sequence
@@ -46,6 +49,8 @@ REVIEW_BATCH = 128
 STRETCH = 256  # most tokens read at once per review in `final_states` (bounds its memory)
 SCORE_BLOCK = 256  # columns scored at once
 METRICS = {POSITION: "r", BINARY: "auc"}
+EXAMPLE_PASSAGES, EXAMPLE_CHARACTERS = 8, 320  # held-out passages kept in atlas.json, cut at a line or word end
+EXAMPLE_REVIEWS, REVIEW_CHARACTERS = 2, 600  # of each label: the shortest rated held-out reviews, cut the same way
 
 
 @dataclass
@@ -103,6 +108,19 @@ def texts_from(text: str, source: str, tokenizer: Tokenizer, clean: bool, tokens
             reviews.append(ids)
             labels.append(label)
     return Texts(source, passages, reviews, labels)
+
+
+def stream_texts(ids: Sequence[int], source: str, tokenizer: Tokenizer, tokens: int = PART_TOKENS) -> Texts:
+    """Passages of about `tokens` tokens in all, spread evenly over text already encoded (a split as training read
+    it), each from a token that follows a line break (or the first): what a trainer has when its text file is gone."""
+    ids = [int(i) for i in ids]
+    pieces = tokenizer.pieces(ids)
+    line_starts = [0] + [index + 1 for index, piece in enumerate(pieces[:-1]) if piece.endswith("\n")]
+    count = max(1, math.ceil(tokens / PASSAGE_TOKENS))
+    starts = sorted({line_starts[min(bisect.bisect_left(line_starts, j * len(ids) // count), len(line_starts) - 1)]
+                     for j in range(count)})
+    passages = [ids[start:min(end, start + PASSAGE_TOKENS)] for start, end in zip(starts, [*starts[1:], len(ids)])]
+    return Texts(source, [passage for passage in passages if passage])
 
 
 def corpus_texts(trained: TrainedModel, tokens: int = PART_TOKENS,
@@ -366,7 +384,33 @@ def build_atlas(trained: TrainedModel, choose: Texts, score: Texts, seed: int = 
         entries.append(entry)
     return {"properties": entries, "choose": choose.describe(), "score": score.describe(),
             "baseline_model": f"the same shape, randomly initialised (seed {seed}), its best unit chosen and "
-                              f"scored the same way"}
+                              f"scored the same way", "examples": examples(score, tokenizer, sentiment)}
+
+
+def examples(texts: Texts, tokenizer: Tokenizer, sentiment: bool) -> list[dict]:
+    """A few short readable texts of a held-out part, for the app to show a unit over: `EXAMPLE_PASSAGES` passages
+    spread over it and, with `sentiment`, the shortest rated reviews of each label (ratings removed), labelled."""
+    count = min(EXAMPLE_PASSAGES, len(texts.passages))
+    picked = [texts.passages[j * len(texts.passages) // count] for j in range(count)]
+    kept = [{"text": _shortened(tokenizer.decode(passage), EXAMPLE_CHARACTERS)} for passage in picked]
+    if sentiment:
+        for label, name in ((True, "positive"), (False, "negative")):
+            labelled = (review for review, is_positive in zip(texts.reviews, texts.labels) if is_positive == label)
+            reviews = sorted(labelled, key=len)[:EXAMPLE_REVIEWS]
+            kept += [{"text": _shortened(tokenizer.decode(review), REVIEW_CHARACTERS), "sentiment": name}
+                     for review in reviews]
+    return [example for example in kept if example["text"].strip()]
+
+
+def _shortened(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` characters, at its last line break (or else space) in the second half."""
+    if len(text) <= limit:
+        return text
+    for separator in ("\n", " "):
+        cut = text.rfind(separator, limit // 2, limit)
+        if cut > 0:
+            return text[:cut + (separator == "\n")]
+    return text[:limit]
 
 
 def write_atlas(folder: str | Path, atlas: dict) -> Path:

@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", type=Path, help="run folder (default: runs/<preset or data name>)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last saved state")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--atlas", action="store_true", help="then write the best model's cell atlas of structural "
+                                                            "properties (units chosen on the training split, scored "
+                                                            "on the validation split) into its folder")
     _add_config_options(train)
 
     evaluate = commands.add_parser("eval", help="perplexity of a model on a split or a text file")
@@ -185,7 +188,7 @@ def _train(args: argparse.Namespace) -> int:
         values.update(explicit)
         config = Config(**values)
     out = args.out or Path("runs") / (args.preset or Path(config.data).stem or "run")
-    folder = train(config, out, resume=args.resume, progress_bar=not args.quiet)
+    folder = train(config, out, resume=args.resume, progress_bar=not args.quiet, atlas=args.atlas)
     print(f"best model: {folder}")
     return 0
 

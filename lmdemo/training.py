@@ -190,15 +190,19 @@ def learning_rate(config: Config, step: int, total_steps: float, lr_scale: float
 
 
 def train(config: Config, out: str | Path, resume: bool = False, progress_bar: bool = True,
-          command: str | None = None) -> Path:
-    """Train (or resume) the run in `out`; returns the folder of the best model."""
+          command: str | None = None, atlas: bool = False) -> Path:
+    """Train (or resume) the run in `out`; returns the folder of the best model. With `atlas`, the best model's
+    cell atlas follows (`Trainer.write_atlas`)."""
     out = Path(out)
     parallel = Parallel()
     device = resolve_device(config, parallel)
     parallel.start(device)
-    best = Trainer(config, out, resume, parallel, set_up_hardware(config, parallel, device), command).run(progress_bar)
+    trainer = Trainer(config, out, resume, parallel, set_up_hardware(config, parallel, device), command)
+    best = trainer.run(progress_bar)
     # Only after a clean run: a rank that failed must not wait in teardown for peers mid-collective.
     parallel.stop()
+    if atlas and parallel.main:
+        trainer.write_atlas(best)
     return best
 
 
@@ -244,6 +248,20 @@ class Trainer:
                   vocab_size=self.config.vocab_size, resumed=resume, step_budget=self.counters.step_budget,
                   **{f"{k}_tokens": v.ids.numel() for k, v in self.splits.items()},
                   **{f"{k}_characters": v.characters for k, v in self.splits.items()})
+
+    def write_atlas(self, best: Path) -> None:
+        """Write the best model's cell atlas (`lmdemo.atlas`) of structural properties into its folder: units
+        chosen on the training split, scored on the validation split, both read from the ids in memory (a Train
+        tab job's text file is gone by then). Nothing is written when the text holds too little of any property."""
+        from lmdemo.atlas import build_atlas, stream_texts, write_atlas
+        from lmdemo.checkpoint import load_model
+
+        trained = load_model(best)
+        choose, score = (stream_texts(self.splits[name].ids.tolist(), f"{name} split of {self.config.data}",
+                                      self.tokenizer) for name in ("train", "valid"))
+        atlas = build_atlas(trained, choose, score)
+        if atlas["properties"]:
+            write_atlas(best, atlas)
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self, progress_bar: bool = True) -> Path:

@@ -24,6 +24,7 @@ from lmdemo import curves
 from lmdemo.cli import build_parser
 from lmdemo.config import Config
 from lmdemo.metrics import load_run, read_metrics
+from lmdemo.properties import properties_for
 from lmdemo.web.curves_tab import models_figure
 from lmdemo.web.jobs import LiveTraining
 from lmdemo.web.registry import Models
@@ -118,6 +119,7 @@ def test_a_job_is_the_command_line_trainer_with_one_thread(tmp_path):
     arguments = train_arguments(request, "word-small-1")
     parsed = vars(build_parser().parse_args(arguments))
     assert parsed["command"] == "train" and parsed["threads"] == 1 and parsed["max_minutes"] == 1.5
+    assert parsed["atlas"]  # the model's atlas follows, for the Inside tab
     assert (parsed["data"], str(parsed["out"])) == ("pasted.txt", "word-small-1")  # relative: no server path in the run
     assert (parsed["level"], parsed["num_layers"], parsed["hidden_size"]) == ("word", 2, 256)
     config = Config(**{name: value for name, value in parsed.items() if name in Config.__dataclass_fields__})
@@ -241,8 +243,19 @@ def test_train_streams_curves_and_samples_then_the_model_samples(train_server):
     assert len(archives) == 1
     with zipfile.ZipFile(archives[0]) as zipped:
         assert sorted(zipped.namelist()) == [f"char-tiny-1/{file}" for file in
-                                             ("README.md", "config.json", "metrics.jsonl", "model.safetensors",
-                                              "tokenizer.json")]
+                                             ("README.md", "atlas.json", "config.json", "metrics.jsonl",
+                                              "model.safetensors", "tokenizer.json")]
+        atlas = json.loads(zipped.read("char-tiny-1/atlas.json"))
+    # its own atlas: structural properties only, chosen on its training text and scored on its validation text
+    names = {entry["property"] for entry in atlas["properties"]}
+    assert names and names <= {prop.name for prop in properties_for("char")}
+    assert (atlas["choose"]["source"], atlas["score"]["source"]) == ("train split of pasted.txt",
+                                                                     "valid split of pasted.txt")
+    assert "with its own cell atlas in the Inside tab" in status
+    heading, table, *_ = client.predict(name, api_name="/atlas")  # what the Inside tab shows for the model
+    assert heading.startswith(f"**What the units of {name} follow**")
+    shown = json.dumps(table)  # the table's update, as the API gives it
+    assert all(f'"{entry["property"].replace("_", " ")}"' in shown for entry in atlas["properties"])
 
 
 @pytest.mark.parametrize("arguments, message", [

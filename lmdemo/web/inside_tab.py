@@ -1,7 +1,9 @@
-"""The "Inside the LSTM" tab: a thin Gradio layer over `lmdemo.web.inside` (the requests) and `render`.
+"""The "Inside the LSTM" tab: a thin Gradio layer over `lmdemo.web.atlas_view` and `lmdemo.web.inside` (the
+requests) and `render`.
 
-It reads the Sample tab's model, prompt and last run: units x tokens of that text, ranked, traced, or found by a
-marked span.
+It opens on the model's cell atlas (what its units follow, one row per property; choosing a row shows that unit
+over the Sample tab's text and held-out text), and keeps the detailed view below: units x tokens of that text,
+ranked, traced, or found by a marked span.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import gradio as gr
 from lmdemo.generation import SettingsError
 from lmdemo.internals import QUANTITIES
 from lmdemo.web import render
+from lmdemo.web.atlas_view import AtlasView, ModelAtlas
 from lmdemo.web.compute import ComputeSlots
 from lmdemo.web.demo import Progress
 from lmdemo.web.forms import FIELD_CHARS
@@ -20,6 +23,13 @@ from lmdemo.web.inside import UNIT_SORTS, Inside, UnitView
 from lmdemo.web.registry import Models
 
 DEFAULT_UNITS = 32
+ATLAS_COLUMN_WIDTHS = ["14%", "18%", "8%", "6%", "6%", "48%"]  # property, unit, metric, score, random, what it does
+
+ATLAS_HELP = """**Scores**, on text the model never trained on: **r** is the unit's correlation with a position (1: in
+step with it); **AUC** is how often the unit tells a token where the property holds from one where it does not
+(0.5: chance, 1: always); **accuracy** is the share of rated reviews whose sentiment the unit's value at their end
+tells right. Found automatically (`python -m lmdemo atlas`), after Karpathy, Johnson & Fei-Fei (2015) and Radford
+et al.'s sentiment unit (2017)."""
 
 INSIDE_HELP = """What the model holds after reading each token of the **Sample** tab's text: rows are units of one
 layer, columns are tokens. **h** is what a layer passes on (to the layer above, or to the prediction), **c** is its
@@ -40,34 +50,45 @@ def build(inside: Inside, run: gr.State, model: gr.Dropdown, prompt: gr.Textbox,
 
     Returns the text and layer pickers, which the sampling tab updates after a run or a model change.
     """
-    limits = inside.limits
-    gr.Markdown(INSIDE_HELP, elem_classes="lm-help")
+    limits, models = inside.limits, inside.models
+    atlases = AtlasView(models, limits)
+    opening = atlases.atlas(models.default)
+    atlas_status = gr.Markdown(render.atlas_markdown(models.default, opening), elem_id="atlas-status")
+    atlas_table = gr.Dataframe(render.atlas_frame(opening), interactive=False, wrap=True, show_label=False,
+                               column_widths=ATLAS_COLUMN_WIDTHS, elem_id="atlas-table", visible=opening is not None)
     with gr.Row():
+        chosen = gr.Dropdown(**property_choices(opening), label="Show the unit of", scale=1)
         text = gr.Dropdown([("the prompt", 0)], value=0, label="Text", scale=2,
                            info="the Sample tab's model and prompt, or the prompt and one of its samples")
-        layer = gr.Dropdown(label="Layer", **layer_choices(inside.models, inside.models.default))
-        quantity = gr.Dropdown([(label, key) for key, label in QUANTITIES.items()], value="h", label="Show")
-    with gr.Row():
-        sort = gr.Dropdown([(label, key) for key, label in UNIT_SORTS.items()], value="variable", label="Units")
-        count = gr.Slider(1, limits.max_units, value=min(DEFAULT_UNITS, limits.max_units), step=1,
-                          label=f"How many units (up to {limits.max_units})")
-        # text boxes, not numbers: a browser shows an empty gr.Number as 0, and empty means "the default" here
-        at = gr.Textbox("", label="Change at position", info="for “largest change”; empty = the last token",
-                        max_length=FIELD_CHARS)
-        unit = gr.Textbox("", label="Unit to trace", info="empty = the top-ranked unit", max_length=FIELD_CHARS)
-    show = gr.Button("Show units", variant="primary")
-    gr.Markdown(SPAN_HELP, elem_classes="lm-help")
-    with gr.Row(equal_height=False):
-        first = gr.Textbox("", label="Span from position", placeholder="e.g. 22", max_length=FIELD_CHARS)
-        last = gr.Textbox("", label="to position (inclusive)", placeholder="e.g. 28", max_length=FIELD_CHARS)
-        find = gr.Button("Find units", variant="secondary")
-    status = gr.Markdown(f"Press **Show units**. At most the last {limits.max_inside_tokens} tokens of a text and "
-                         f"{limits.max_units} units are drawn.")
-    positions = gr.HTML('<div class="lm-empty">The text, with token positions, appears here.</div>')
-    heatmap = gr.Plot(show_label=False, elem_id="inside-heatmap")
-    with gr.Row(equal_height=False):
-        table = gr.Dataframe(label="Ranked units", interactive=False, scale=2)
-        trace = gr.Plot(show_label=False, scale=3)
+    unit_view = gr.HTML(_opening_unit(atlases, inside, opening, prompt.value), elem_id="atlas-unit")
+    atlas_help = gr.Markdown(ATLAS_HELP, elem_classes="lm-help", visible=opening is not None)
+    with gr.Accordion("Detailed view: any layer's units as a heatmap, and finding units for a span",
+                      open=opening is None) as detail:
+        gr.Markdown(INSIDE_HELP, elem_classes="lm-help")
+        with gr.Row():
+            layer = gr.Dropdown(label="Layer", **layer_choices(models, models.default))
+            quantity = gr.Dropdown([(label, key) for key, label in QUANTITIES.items()], value="h", label="Show")
+            sort = gr.Dropdown([(label, key) for key, label in UNIT_SORTS.items()], value="variable", label="Units")
+        with gr.Row():
+            count = gr.Slider(1, limits.max_units, value=min(DEFAULT_UNITS, limits.max_units), step=1,
+                              label=f"How many units (up to {limits.max_units})")
+            # text boxes, not numbers: a browser shows an empty gr.Number as 0, and empty means "the default" here
+            at = gr.Textbox("", label="Change at position", info="for “largest change”; empty = the last token",
+                            max_length=FIELD_CHARS)
+            unit = gr.Textbox("", label="Unit to trace", info="empty = the top-ranked unit", max_length=FIELD_CHARS)
+        show = gr.Button("Show units", variant="primary")
+        gr.Markdown(SPAN_HELP, elem_classes="lm-help")
+        with gr.Row(equal_height=False):
+            first = gr.Textbox("", label="Span from position", placeholder="e.g. 22", max_length=FIELD_CHARS)
+            last = gr.Textbox("", label="to position (inclusive)", placeholder="e.g. 28", max_length=FIELD_CHARS)
+            find = gr.Button("Find units", variant="secondary")
+        status = gr.Markdown(f"Press **Show units**. At most the last {limits.max_inside_tokens} tokens of a text "
+                             f"and {limits.max_units} units are drawn.")
+        positions = gr.HTML('<div class="lm-empty">The text, with token positions, appears here.</div>')
+        heatmap = gr.Plot(show_label=False, elem_id="inside-heatmap")
+        with gr.Row(equal_height=False):
+            table = gr.Dataframe(label="Ranked units", interactive=False, scale=2)
+            trace = gr.Plot(show_label=False, scale=3)
 
     def shown(view: UnitView) -> tuple:
         return (render.inside_markdown(view), render.positions_html(view), render.unit_heatmap(view),
@@ -89,11 +110,74 @@ def build(inside: Inside, run: gr.State, model: gr.Dropdown, prompt: gr.Textbox,
         except SettingsError as error:
             raise gr.Error(str(error), title="Check the span") from None
 
+    def on_model(name: Any) -> tuple:
+        try:
+            if not isinstance(name, str):
+                raise SettingsError(f"the model must be a name (got {type(name).__name__})")
+            atlas = atlases.atlas(name)
+        except SettingsError as error:
+            raise gr.Error(str(error), title="Unknown model") from None
+        found = atlas is not None
+        return (render.atlas_markdown(name, atlas), gr.Dataframe(render.atlas_frame(atlas), visible=found),
+                gr.Dropdown(**property_choices(atlas)), gr.Markdown(visible=found), gr.Accordion(open=not found))
+
+    def on_row(name: str, event: gr.SelectData) -> str:
+        atlas = atlases.atlas(name)
+        if atlas is None or not 0 <= event.index[0] < len(atlas.rows):
+            return gr.skip()
+        return atlas.rows[event.index[0]].property
+
+    def on_unit(current: Progress | None, name: str, prompt_text: str, choice: Any, property_name: Any) -> str:
+        """The unit over the visitor's text (when the chosen text is this model's) and the held-out examples."""
+        if not property_name or atlases.atlas(name) is None:
+            return ""
+        try:
+            chosen_text = inside.text(current, name, prompt_text, choice)
+            own = chosen_text if chosen_text.model == name else None  # a sample of the model shown before
+            return render.unit_text_html(atlases.unit(own, name, property_name))
+        except SettingsError as error:
+            raise gr.Error(str(error), title="Check the settings") from None
+
+    def on_new_model(name: str, property_name: Any) -> str:
+        """A model just chosen: its unit over the held-out examples (the Sample tab is replacing the prompt)."""
+        try:
+            return render.unit_text_html(atlases.unit(None, name, property_name)) if property_name else ""
+        except SettingsError:  # no atlas, or one without examples: the table says what there is
+            return ""
+
+    unit_reading = [run, model, prompt, text, chosen]
+    show_unit = dict(fn=slots.guard(on_unit), inputs=unit_reading, outputs=unit_view, **heavy)
+    # raw values: a session's own model is not among the picker's listed choices (lmdemo.web.jobs)
+    model.change(on_model, model, [atlas_status, atlas_table, chosen, atlas_help, detail], api_name="atlas",
+                 preprocess=False).then(
+        slots.guard(on_new_model), [model, chosen], unit_view, api_visibility="private", preprocess=False, **heavy)
+    atlas_table.select(on_row, model, chosen, api_visibility="private").then(**show_unit, api_visibility="private")
+    chosen.input(**show_unit, api_name="atlas_unit")
+    text.change(**show_unit, api_visibility="private")
+
     reading = [run, model, prompt, text, layer, quantity]
     outputs = [status, positions, heatmap, table, trace]
     show.click(slots.guard(on_show), [*reading, sort, count, at, unit], outputs, api_name="inside", **heavy)
     find.click(slots.guard(on_find), [*reading, first, last, count, unit], outputs, api_name="find_units", **heavy)
     return text, layer
+
+
+def property_choices(atlas: ModelAtlas | None) -> dict[str, Any]:
+    """The atlas's properties to choose from, the first chosen (hidden without an atlas)."""
+    rows = atlas.rows if atlas is not None else []
+    return dict(choices=[(f"{row.property.replace('_', ' ')} ({row.label})", row.property) for row in rows],
+                value=rows[0].property if rows else None, visible=bool(rows))
+
+
+def _opening_unit(atlases: AtlasView, inside: Inside, atlas: ModelAtlas | None, prompt_text: str) -> str:
+    """What the tab opens on: the default model's first atlas row over the Sample tab's opening prompt."""
+    if atlas is None or not atlas.rows:
+        return ""
+    try:
+        opening = inside.text(None, atlas.model, prompt_text, 0)
+        return render.unit_text_html(atlases.unit(opening, atlas.model, atlas.rows[0].property))
+    except SettingsError:
+        return ""
 
 
 def layer_choices(models: Models, name: str) -> dict[str, Any]:

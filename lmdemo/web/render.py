@@ -23,6 +23,7 @@ from lmdemo.generation import Sample
 from lmdemo.internals import QUANTITIES, SpanMatch
 from lmdemo.metrics import bits, bits_per_character, perplexity
 from lmdemo.tokenizer import EOS, LOWER_BOUND, UNK, LevelUnit, level_unit
+from lmdemo.web.atlas_view import SENTIMENT, ModelAtlas, UnitReading
 from lmdemo.web.demo import Comparison, NextTokens, Progress
 from lmdemo.web.inside import UnitView
 from lmdemo.web.registry import ModelInfo
@@ -38,6 +39,9 @@ SIGNED_SCALE, GATE_SCALE = "RdBu_r", "Viridis"
 MARK_COLOUR = "#e8590c"
 NO_SAMPLES = '<div class="lm-empty">Samples appear here.</div>'
 NEWLINE = '<span class="nl">↵</span>\n'
+# a unit's value as a background, Karpathy style: blue below 0, red above, as strong as |value| / the largest shown
+NEGATIVE_RGB, POSITIVE_RGB, STRONGEST = (33, 102, 172), (202, 0, 32), 0.8
+METRIC_NAMES = {"r": "r", "auc": "AUC", "accuracy": "accuracy"}
 
 CSS = """
 .lm-legend { display: flex; gap: .5rem; align-items: center; flex-wrap: wrap; font-size: .85rem; margin: .2rem 0 .6rem; }
@@ -72,6 +76,12 @@ CSS = """
 .lm-positions .part { display: inline-block; min-width: .4em; border-bottom: 1px dotted #8a94a1; }
 .lm-positions .marked { background: #ffe0c7; outline: 1px solid #e8590c; }
 .lm-positions span[title]:hover { background: #e7ecf5; }
+.lm-atlas-sentence { font-size: 1rem; margin: .2rem 0 .4rem; }
+.lm-scale { display: inline-block; width: 9rem; height: .9rem; border: 1px solid #d9dee5; border-radius: .2rem;
+            vertical-align: middle; background: linear-gradient(90deg, rgba(33,102,172,.8), #fff, rgba(202,0,32,.8)); }
+.lm-unit-texts { display: grid; grid-template-columns: repeat(auto-fit, minmax(380px, 1fr)); gap: .75rem; }
+.lm-unit-texts .lm-text { max-height: 22rem; }
+.lm-text .holds, .lm-legend .holds { text-decoration: underline 2px #1f2933; text-underline-offset: 3px; }
 """
 
 
@@ -314,6 +324,69 @@ def positions_html(view: UnitView) -> str:
         parts.append(f'{lead}{number}<span class="{classes}" title="{tooltip}">'
                      f"{html.escape(shown[len(lead):].rstrip(chr(10)))}</span>{after}")
     return f'<div class="lm-positions">{"".join(parts)}</div>'
+
+
+# -- the cell atlas ---------------------------------------------------------------------------------
+def atlas_markdown(name: str, atlas: ModelAtlas | None) -> str:
+    """Above the atlas table: whose atlas it is and where its units were chosen and scored; without an atlas, one
+    line saying so and where to look instead."""
+    if atlas is None:
+        return (f"**{name}** has no cell atlas (`python -m lmdemo atlas MODEL` writes one): the detailed view below "
+                f"shows any layer's units over your text.")
+    return (f"**What the units of {name} follow**: for each property of the text, the one unit (of every layer's "
+            f"h and c) that follows it best, chosen on the {atlas.chosen_on} and scored on the {atlas.scored_on}, text "
+            f"it never trained on. **random**: the best unit of a randomly initialised model of the same shape, chosen "
+            f"and scored the same way: what training added is the gap. Choose a row to see its unit over your text.")
+
+
+def atlas_frame(atlas: ModelAtlas | None) -> pd.DataFrame:
+    """The atlas table: one row per property, with its unit, score, the random baseline and what the unit does."""
+    rows = [{"property": row.property.replace("_", " "), "unit": row.label, "metric": METRIC_NAMES.get(row.metric,
+                                                                                                     row.metric),
+             "score": _score_text(row.score, row.metric), "random": _score_text(row.baseline, row.metric),
+             "what it does": row.sentence} for row in (atlas.rows if atlas is not None else [])]
+    return pd.DataFrame(rows, columns=["property", "unit", "metric", "score", "random", "what it does"])
+
+
+def unit_text_html(reading: UnitReading) -> str:
+    """The chosen unit over each text, Karpathy style: each token's background coloured by the unit's value after
+    reading it (a diverging scale centred on 0), where a yes/no property holds underlined, with the legend."""
+    row, bound = reading.row, reading.bound
+    note = ""
+    if row.kind == SENTIMENT:
+        note = " · the reviews are held out, their rating sentences removed"
+    elif any(text.holds is not None for text in reading.texts):
+        note = f' · <span class="holds">underlined</span>: where {html.escape(row.description)} holds'
+    legend_ = (f'<div class="lm-legend">the unit\'s value after each token: {-bound:.2f} '
+               f'<span class="lm-scale"></span> {bound:+.2f} (white: 0){note}</div>')
+    sections = []
+    for text in reading.texts:
+        spans = []
+        for index, (token, piece, value) in enumerate(zip(text.tokens, text.pieces, text.values)):
+            shown = html.escape(piece.replace(UNK, "⟨unk⟩") if token == UNK else piece).replace("\n", NEWLINE)
+            classes = "tok holds" if text.holds is not None and text.holds[index] else "tok"
+            tooltip = html.escape(f"#{text.cut + index} {visible(token)}: {value:+.3f}", quote=True)
+            spans.append(f'<span class="{classes}" style="background:{unit_colour(value, bound)}" title="{tooltip}">'
+                         f"{shown}</span>")
+        count = f"{len(text.tokens):,} tokens" + (f" (the last of {text.cut + len(text.tokens):,})" if text.cut else "")
+        sections.append(f'<section class="lm-col"><header><b>{html.escape(text.title)}</b><small>{count}</small>'
+                        f'</header><div class="lm-text{"" if reading.by_line else " mono"}">{"".join(spans)}</div>'
+                        f"</section>")
+    score = (f"held-out {METRIC_NAMES.get(row.metric, row.metric)} {_score_text(row.score, row.metric)}, "
+             f"random model {_score_text(row.baseline, row.metric)}")
+    return (f'<div class="lm-atlas-unit"><p class="lm-atlas-sentence"><b>{html.escape(row.sentence)}</b> '
+            f'<span class="lm-note">{html.escape(score)}</span></p>{legend_}'
+            f'<div class="lm-unit-texts">{"".join(sections)}</div></div>')
+
+
+def unit_colour(value: float, bound: float) -> str:
+    """A value's background on the diverging scale: transparent at 0, strongest at ±`bound`."""
+    red, green, blue = POSITIVE_RGB if value > 0 else NEGATIVE_RGB
+    return f"rgba({red},{green},{blue},{STRONGEST * min(1.0, abs(value) / bound):.3f})"
+
+
+def _score_text(score: float, metric: str) -> str:
+    return f"{score:.1%}" if metric == "accuracy" else f"{score:.3f}"
 
 
 def _positions(view: UnitView) -> list[int]:

@@ -19,8 +19,9 @@ from typing import Any
 
 import pandas as pd
 
+from lmdemo.atlas import ATLAS_FILE
 from lmdemo.batching import Decoder, PerRequest, generate
-from lmdemo.checkpoint import WEIGHTS_FILE, ModelLoadError, load_model
+from lmdemo.checkpoint import MODEL_DIR, WEIGHTS_FILE, ModelLoadError, load_model
 from lmdemo.generation import Generator, Sample, Sampling
 from lmdemo.metrics import Run, bits, load_run
 from lmdemo.runs import curve_frame
@@ -188,9 +189,11 @@ def status_markdown(update: TrainUpdate) -> str:
         verb = "Done" if update.state == FINISHED else "Stopped"
         why = f" ({update.error})" if update.error else ""  # why it stopped when the visitor did not ask
         steps = f"{update.step:,} steps in {update.elapsed:.0f} s" if update.step else f"{update.elapsed:.0f} s"
+        atlas = ", with its own cell atlas in the Inside tab" if (update.model.run / MODEL_DIR / ATLAS_FILE).is_file() \
+            else ""
         return (f"**{verb}**{why}: {steps}, best validation {best or '—'}. Your model **{update.model.key}** is now in "
-                f"the Sample, Inside and Compare pickers and the Training curves tab (for this session only), and "
-                f"**Download** gives its folder as a zip.")
+                f"the Sample, Inside and Compare pickers and the Training curves tab (for this session only){atlas}, "
+                f"and **Download** gives its folder as a zip.")
     if update.state == CANCELLED:
         return f"**Cancelled**: {update.error or 'the job left the line'}."
     if update.state == STOPPED:

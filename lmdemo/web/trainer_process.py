@@ -48,7 +48,8 @@ sys.exit(main(sys.argv[1:]))
 
 def train_arguments(request: TrainRequest, out: str) -> list[str]:
     """`python -m lmdemo train` options for a request, relative to the job's folder (its text, and `out` for the
-    run folder): its size and level on the shared recipe, a time budget, one thread, logging and validating every few seconds."""
+    run folder): its size and level on the shared recipe, a time budget, one thread, logging and validating every few
+    seconds, and the model's cell atlas once it is saved (shown in the Inside tab)."""
     size = SIZES[request.size]
     options: dict[str, Any] = dict(RECIPE, **LEVEL_OPTIONS[request.level])
     speed = size.steps_per_second * LEVEL_SPEED[request.level]
@@ -57,7 +58,7 @@ def train_arguments(request: TrainRequest, out: str) -> list[str]:
                    num_layers=size.num_layers, dropout=size.dropout, bptt=BPTT[request.level],
                    max_minutes=request.seconds / 60, epochs=100_000, log_every=log_every,
                    eval_every=max(log_every, round(speed * EVAL_EVERY_S)), threads=1)
-    arguments = ["train", "--data", request.text_name, "--out", out, "--quiet"]
+    arguments = ["train", "--data", request.text_name, "--out", out, "--quiet", "--atlas"]
     for name, value in options.items():
         flag = "--" + name.replace("_", "-")
         arguments += [flag] if value is True else [flag, f"{value:.6g}" if isinstance(value, float) else str(value)]
