@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import pandas as pd
 import plotly.graph_objects as go
 
+from lmdemo.curves import TEMPLATE
 from lmdemo.generation import Sample
 from lmdemo.internals import QUANTITIES, SpanMatch
 from lmdemo.metrics import bits, bits_per_character, perplexity
@@ -213,7 +214,7 @@ def next_token_figure(next_tokens: NextTokens) -> go.Figure:
                   f"took <b>{html.escape(taken)}</b> ({next_tokens.chosen.probability:.1%}){missing}</span>")
     top = max((s.probability for s in scores), default=1.0)
     figure.update_layout(
-        title=dict(text=title, x=0, font=dict(size=14)), template="plotly_white", showlegend=False,
+        title=dict(text=title, x=0, font=dict(size=14)), template=TEMPLATE, showlegend=False,
         height=110 + 24 * len(scores), margin=dict(l=10, r=30, t=70, b=40),
         xaxis=dict(title="probability", tickformat=".0%", range=[0, min(1.0, top * 1.2) or 1.0]),
         yaxis=dict(type="category", automargin=True))
@@ -266,7 +267,7 @@ def unit_heatmap(view: UnitView) -> go.Figure:
     figure.update_layout(
         title=dict(text=f"{_what(view)}: {len(rows)} of {view.hidden_size} units, by {view.ordered_by}",
                    x=0, font=dict(size=14)),
-        template="plotly_white", height=140 + 16 * len(rows), margin=dict(l=10, r=10, t=50, b=50),
+        template=TEMPLATE, height=140 + 16 * len(rows), margin=dict(l=10, r=10, t=50, b=50),
         yaxis=dict(autorange="reversed", type="category", automargin=True, tickfont=dict(size=10)))
     return _token_axis(figure, view)
 
@@ -281,7 +282,7 @@ def unit_trace(view: UnitView) -> go.Figure:
     colours = _colour_range(view)
     figure.update_layout(
         title=dict(text=f"Unit {view.trace_unit}: {_what(view)}", x=0, font=dict(size=14)),
-        template="plotly_white", height=280, margin=dict(l=10, r=10, t=50, b=50), showlegend=False,
+        template=TEMPLATE, height=280, margin=dict(l=10, r=10, t=50, b=50), showlegend=False,
         yaxis=dict(zeroline=True, range=[colours["zmin"] - 0.05, colours["zmax"] + 0.05]
                    if view.quantity != "c" else None))
     return _token_axis(figure, view)
