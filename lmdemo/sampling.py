@@ -186,22 +186,31 @@ class Decoding:
     def __init__(self, sampling: Sampling, tokenizer: Tokenizer, context: list[int]):
         self.sampling, self.tokenizer, self.context = sampling, tokenizer, context  # context: the ids before
         self.samples = [Sample(float(t)) for t in sampling.temperatures]
-        self.temperatures = torch.tensor([s.temperature for s in self.samples])
         self.uniforms = _Uniforms(sampling.seed, sampling.temperatures)
         unk_id = tokenizer.unk_id
-        self.banned = torch.tensor([unk_id]) if sampling.avoid_unk and unk_id is not None else None
+        banned = unk_id if sampling.avoid_unk and unk_id is not None else None
+        # what `choose_next` needs beyond each row's temperature and draw: rows of requests that share it can be
+        # chosen in one call (lmdemo.batching)
+        self.rule = ChoiceRule(sampling.top_k, sampling.top_p, banned)
         self.end_id = tokenizer.end_id if sampling.stop_at_eos else None
 
     def choose(self, logits: torch.Tensor, rows: list[int], index: int) -> torch.Tensor:
         """Step `index`: the next token [B] of each row from its logits [B, V], recorded in its sample."""
-        sampling, live = self.sampling, torch.tensor(rows)
-        ids = choose_next(logits, self.temperatures[live], self.uniforms.at(index)[live], sampling.top_k,
-                          sampling.top_p, self.banned)
-        chosen = logits.float().log_softmax(-1).gather(1, ids.unsqueeze(1)).squeeze(1).exp()
-        last = index + 1 == sampling.max_new_tokens
-        for row, token, probability in zip(rows, ids.tolist(), chosen.tolist()):
-            self._record(self.samples[row], token, probability, last)
+        temperatures, uniforms = self.draws(rows, index)
+        ids, probabilities = self.rule.choose(logits, temperatures, uniforms)
+        self.record(rows, ids.tolist(), probabilities.tolist(), index)
         return ids
+
+    def draws(self, rows: list[int], index: int) -> tuple[list[float], list[float]]:
+        """Step `index`'s temperature and uniform draw of each row: all of a row's own randomness."""
+        uniforms = self.uniforms.at(index)
+        return [self.samples[row].temperature for row in rows], [uniforms[row] for row in rows]
+
+    def record(self, rows: list[int], tokens: list[int], probabilities: list[float], index: int) -> None:
+        """Step `index`'s chosen token of each row, with the probability the model gave it, in its sample."""
+        last = index + 1 == self.sampling.max_new_tokens
+        for row, token, probability in zip(rows, tokens, probabilities):
+            self._record(self.samples[row], token, probability, last)
 
     def unfinished(self, rows: list[int]) -> list[int]:
         """The positions in `rows` of the samples that go on."""
@@ -230,6 +239,22 @@ class Decoding:
         begin = len(ids) - REPIECE - 1  # its piece is read again only as context for the next one
         before = [*context[-PIECE_CONTEXT:], *ids[max(0, begin - PIECE_CONTEXT):begin]][-PIECE_CONTEXT:]
         sample.pieces[begin + 1:] = self.tokenizer.pieces(ids[begin:], context=before)[1:]
+
+
+@dataclass(frozen=True)
+class ChoiceRule:
+    """How tokens are chosen, apart from each row's temperature and draw (top-k, top-p, a banned id)."""
+
+    top_k: int = 0
+    top_p: float = 1.0
+    banned: int | None = None
+
+    def choose(self, logits: torch.Tensor, temperatures: Sequence[float], uniforms: Sequence[float]
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row's next token [B] and the probability the model (temperature 1) gave it [B]."""
+        banned = None if self.banned is None else torch.tensor([self.banned])
+        ids = choose_next(logits, torch.tensor(temperatures), torch.tensor(uniforms), self.top_k, self.top_p, banned)
+        return ids, logits.float().log_softmax(-1).gather(1, ids.unsqueeze(1)).squeeze(1).exp()
 
 
 def choose_next(logits: torch.Tensor, temperatures: torch.Tensor, uniforms: torch.Tensor, top_k: int = 0,
@@ -270,13 +295,14 @@ class _Uniforms:
         for t in temperatures:
             self.generators.append(RandomGenerator().manual_seed(_mix(seed, seen[float(t)])))
             seen[float(t)] += 1
-        self.chunks: list[torch.Tensor] = []
+        self.chunks: list[list[list[float]]] = []
 
-    def at(self, index: int) -> torch.Tensor:
-        """The uniforms of step `index`, one per row."""
+    def at(self, index: int) -> list[float]:
+        """The uniforms of step `index`, one per row (float32 values, exact as Python floats)."""
         chunk, offset = divmod(index, UNIFORM_CHUNK)
         while len(self.chunks) <= chunk:
-            self.chunks.append(torch.stack([torch.rand(UNIFORM_CHUNK, generator=g) for g in self.generators], 1))
+            self.chunks.append(torch.stack([torch.rand(UNIFORM_CHUNK, generator=g) for g in self.generators],
+                                           1).tolist())
         return self.chunks[chunk][offset]
 
 
