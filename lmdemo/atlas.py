@@ -354,9 +354,11 @@ def _has_sentiment(texts: Texts) -> bool:
     return min(positive, len(texts.labels) - positive) >= MIN_EXAMPLES
 
 
-def build_atlas(trained: TrainedModel, choose: Texts, score: Texts, seed: int = BASELINE_SEED) -> dict:
+def build_atlas(trained: TrainedModel, choose: Texts, score: Texts, seed: int = BASELINE_SEED,
+                keep_examples: bool = True) -> dict:
     """The atlas of `trained`: per property its best unit, chosen on `choose`, scored on `score`, beside the
-    best unit of a random model of the same shape (`seed`) chosen and scored the same way."""
+    best unit of a random model of the same shape (`seed`) chosen and scored the same way; with `keep_examples`,
+    a few passages of `score` to show units over (not for a text that is not ours to copy into a model folder)."""
     tokenizer, config = trained.tokenizer, trained.config
     candidates = properties_for(config.level)
     choose_truth, score_truth = _targets(choose, tokenizer, candidates), _targets(score, tokenizer, candidates)
@@ -384,7 +386,7 @@ def build_atlas(trained: TrainedModel, choose: Texts, score: Texts, seed: int = 
         entries.append(entry)
     return {"properties": entries, "choose": choose.describe(), "score": score.describe(),
             "baseline_model": f"the same shape, randomly initialised (seed {seed}), its best unit chosen and "
-                              f"scored the same way", "examples": examples(score, tokenizer, sentiment)}
+                              f"scored the same way", "examples": examples(score, tokenizer, sentiment) if keep_examples else []}
 
 
 def examples(texts: Texts, tokenizer: Tokenizer, sentiment: bool) -> list[dict]:

@@ -252,14 +252,16 @@ class Trainer:
     def write_atlas(self, best: Path) -> None:
         """Write the best model's cell atlas (`lmdemo.atlas`) of structural properties into its folder: units
         chosen on the training split, scored on the validation split, both read from the ids in memory (a Train
-        tab job's text file is gone by then). Nothing is written when the text holds too little of any property."""
+        tab job's text file is gone by then). It keeps no passages of the text: a model folder gets shared (a Train
+        tab job's zip), its training text may be private. Nothing is written when the text holds too little of any
+        property."""
         from lmdemo.atlas import build_atlas, stream_texts, write_atlas
         from lmdemo.checkpoint import load_model
 
         trained = load_model(best)
         choose, score = (stream_texts(self.splits[name].ids.tolist(), f"{name} split of {self.config.data}",
                                       self.tokenizer) for name in ("train", "valid"))
-        atlas = build_atlas(trained, choose, score)
+        atlas = build_atlas(trained, choose, score, keep_examples=False)
         if atlas["properties"]:
             write_atlas(best, atlas)
 

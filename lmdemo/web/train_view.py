@@ -64,9 +64,9 @@ def watch(training: LiveTraining, job: Job, every: float = UPDATE_EVERY_S, poll:
             period = WAITING_EVERY_S if job.state == WAITING else every
             if finished or now - last >= period:
                 last = now
-                training.sessions.touch(job.session.owner)
-                position = training.position(job)
-                yield view.update(position, finished)
+                update = view.update(training.position(job), finished)
+                training.sessions.touch(job.session.owner)  # once the update is ready: drawing samples takes a while
+                yield update
             if finished:
                 return
     finally:
