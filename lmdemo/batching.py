@@ -5,8 +5,6 @@ overhead), so requests that each ran their own loop waited for one another for n
 model (`DecodeLoop`, started by the first request, ended after `IDLE_SECONDS` without one) takes requests from a
 bounded line and, at every step:
 
-- reads the texts that arrived (a prompt, or a sample's tokens after its prompt for the next-token bars), each
-  alone, as a request on its own would: batching an `nn.LSTM` read rounds each row's floats differently;
 - joins the new samples to the batch (an LSTM request's whole state is its `(h, c)` rows: a row copy), their
   first token drawn from their reading as `Generator.stream` draws it;
 - advances every row one token in one LSTM call and one prediction, holds each request's dial on that
@@ -20,6 +18,10 @@ Same tokens as alone, not the same floats: a matrix product over B rows may roun
 than over one row (MKL/oneDNN pick kernels by shape), so probabilities can differ in the last bits between batch
 sizes. A sample's tokens differ only when two tokens' odds are that close at a step; the per-request path has
 the same caveat between one temperature and several.
+
+A text to read (a prompt, or a sample's tokens for the next-token bars) is read whole by one `nn.LSTM` call in
+the requester's own thread, at most `concurrent_reads` at once (app.py: `--concurrency`), beside the loop: the call
+runs outside Python's lock, so it uses the other core instead of holding up every row's next step.
 
 `--max-batch-rows` bounds the rows one step advances and the requests waiting to join; a request that would
 wait beyond that is refused at once (`Busy`) rather than queued for longer than anyone waits.
@@ -44,6 +46,7 @@ from lmdemo.model import State
 from lmdemo.sampling import ChoiceRule, Decoding
 
 DEFAULT_MAX_ROWS = 64
+READ_WAIT_SECONDS = 10.0  # a read that cannot start this long after it asked is refused: the server is busy
 IDLE_SECONDS = 10.0  # a loop with nothing to do for this long ends its thread; the next request starts one
 # Page updates per second shared by everyone watching one model: each update costs the server's one Python thread
 # far more than a decode step, so with many watchers each is shown its tokens less often (first token at once).
@@ -61,16 +64,6 @@ class Decoder(Protocol):
 
     def stream(self, generator: Generator, reading: Reading, sampling: Sampling,
                every: float = 0.0) -> Iterator[list[Sample]]: ...
-
-
-class _Read:
-    """A text to read: `Generator.reading(ids, after)`, answered through `done`."""
-
-    def __init__(self, ids: Sequence[int], after: Reading | None):
-        self.ids, self.after = list(ids), after
-        self.done = threading.Event()
-        self.result: Reading | None = None
-        self.error: BaseException | None = None
 
 
 class _Stream:
@@ -108,22 +101,13 @@ class DecodeLoop:
         self.generator_ref = weakref.ref(generator)  # a model nobody serves any more can go, with its loop
         self.max_rows, self.idle_seconds = max_rows, idle_seconds
         self.condition = threading.Condition()
-        self.waiting: deque[_Read | _Stream] = deque()
+        self.waiting: deque[_Stream] = deque()
         self.thread: threading.Thread | None = None
         self.watchers = 0  # streams being shown as they grow: they share UPDATES_PER_SECOND
         # the batch, touched by the loop's thread only: the requests in batch order, each one's rows together
         self.active: list[_Stream] = []
         self.state: State | None = None
         self.ids: torch.Tensor | None = None  # each row's last token
-
-    def read(self, ids: Sequence[int], after: Reading | None = None) -> Reading:
-        """`Generator.reading(ids, after)`, read by the loop; `Busy` when the line is full."""
-        job = _Read(ids, after)
-        self._queue(job)
-        job.done.wait()
-        if job.error is not None:
-            raise job.error
-        return job.result
 
     def stream(self, reading: Reading, sampling: Sampling, every: float = 0.0) -> Iterator[list[Sample]]:
         """The samples of `sampling` after `reading`, as `Generator.stream` gives them, at most every `every`
@@ -164,7 +148,7 @@ class DecodeLoop:
             with self.condition:
                 self.watchers -= watching
 
-    def _queue(self, job: _Read | _Stream) -> None:
+    def _queue(self, job: _Stream) -> None:
         with self.condition:
             if len(self.waiting) >= self.max_rows:
                 raise Busy("the server is busy: try again in a moment")
@@ -182,24 +166,21 @@ class DecodeLoop:
                     if not self.waiting:
                         self.thread = None
                         return
-                reads, joining = self._take()
+                joining = self._take()
             generator = self.generator_ref()
             if generator is None:  # cannot happen while a request holds its generator; ends the thread if it does
                 return
-            self._step(generator, reads, joining)
+            self._step(generator, joining)
             del generator
 
-    def _take(self) -> tuple[list[_Read], list[_Stream]]:
-        """The waiting reads, and the waiting requests whose rows fit, in the order they came (a request that does
-        not fit holds the ones behind it, so a large request is not passed over for ever)."""
+    def _take(self) -> list[_Stream]:
+        """The waiting requests whose rows fit, in the order they came (a request that does not fit holds the ones
+        behind it, so a large request is not passed over for ever)."""
         free = self.max_rows - sum(len(request.rows) for request in self.active)
-        reads: list[_Read] = []
         joining: list[_Stream] = []
-        kept: deque[_Read | _Stream] = deque()
+        kept: deque[_Stream] = deque()
         for job in self.waiting:
-            if isinstance(job, _Read):
-                reads.append(job)
-            elif job.cancelled:  # its reader went away while it waited
+            if job.cancelled:  # its reader went away while it waited
                 continue
             elif not kept and len(job.rows) <= free:
                 joining.append(job)
@@ -207,15 +188,9 @@ class DecodeLoop:
             else:
                 kept.append(job)
         self.waiting = kept
-        return reads, joining
+        return joining
 
-    def _step(self, generator: Generator, reads: list[_Read], joining: list[_Stream]) -> None:
-        for job in reads:
-            try:
-                job.result = generator.reading(job.ids, job.after)
-            except Exception as error:  # noqa: BLE001 - the reader raises it
-                job.error = error
-            job.done.set()
+    def _step(self, generator: Generator, joining: list[_Stream]) -> None:
         try:
             with torch.no_grad():
                 self._advance(generator, joining)
@@ -316,10 +291,12 @@ class DecodeLoop:
 
 
 class Batching:
-    """The batched path: a `DecodeLoop` per model, made on its first request."""
+    """The batched path: a `DecodeLoop` per model, made on its first request; texts read beside it."""
 
-    def __init__(self, max_rows: int = DEFAULT_MAX_ROWS, idle_seconds: float = IDLE_SECONDS):
+    def __init__(self, max_rows: int = DEFAULT_MAX_ROWS, idle_seconds: float = IDLE_SECONDS,
+                 concurrent_reads: int = 2):
         self.max_rows, self.idle_seconds = max_rows, idle_seconds
+        self.reads = threading.BoundedSemaphore(concurrent_reads)
         self.loops: weakref.WeakKeyDictionary[Generator, DecodeLoop] = weakref.WeakKeyDictionary()
         self.lock = threading.Lock()
 
@@ -331,7 +308,13 @@ class Batching:
             return loop
 
     def reading(self, generator: Generator, ids: Sequence[int], after: Reading | None = None) -> Reading:
-        return self.loop(generator).read(ids, after)
+        """`Generator.reading(ids, after)` in the caller's thread; `Busy` when no read could start for a while."""
+        if not self.reads.acquire(timeout=READ_WAIT_SECONDS):
+            raise Busy("the server is busy: try again in a moment")
+        try:
+            return generator.reading(ids, after)
+        finally:
+            self.reads.release()
 
     def stream(self, generator: Generator, reading: Reading, sampling: Sampling,
                every: float = 0.0) -> Iterator[list[Sample]]:

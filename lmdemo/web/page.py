@@ -8,6 +8,8 @@ every picker.
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from typing import Any
 
 import gradio as gr
@@ -26,6 +28,15 @@ MODEL_QUEUE = "model"  # the one concurrency group of every event that runs a mo
 INTRO = """# LSTM language models, up close
 Pick a model, give it a prompt and compare what it writes at several **temperatures** side by side.
 Each token is shaded by how likely the model thought it was; the bars below show what it weighed up at any point."""
+
+
+def answer_missing_optional_imports(names: tuple[str, ...] = ("matplotlib", "bokeh")) -> None:
+    """Gradio tries `import matplotlib` twice and `import bokeh` once in every event; when they are not installed,
+    each failed import searches every folder of `sys.path` again (about 6 % of a busy server's time, measured with
+    py-spy under bench/load.py). A `None` in `sys.modules` makes such an import fail at once, without the search."""
+    for name in names:
+        if name not in sys.modules and importlib.util.find_spec(name) is None:
+            sys.modules[name] = None
 
 
 def build_app(models: Models, limits: Limits = Limits(), concurrency: int = 2,
