@@ -4,7 +4,7 @@
 
 Starts `python app.py` on the shipped models and `streamlit run dashboard/main.py` (free ports, offline, no
 telemetry), drives each page in the headless Chromium the tests use (`tests/browser.py`, `tests/servers.py`) into a
-state worth showing (Sample after a generation with its bars, Inside the LSTM on that text, Compare with its
+state worth showing (Sample after a generation with its bars, Inside the LSTM on its cell atlas, Compare with its
 bits-per-character table, Train mid-run with its curve and samples, Training curves, the dashboard's chart), crops
 each to what matters and writes it as a palette PNG (Pillow), so the six stay a few hundred KB in all. Re-run it
 whenever the UI changes; it takes about two minutes.
@@ -65,10 +65,11 @@ def app_pictures(url: str, out: Path) -> None:
         save(page, out / "sample.png", page.get_by_role("heading", name="Samples"), bars)
 
         page.get_by_role("tab", name="Inside the LSTM").click()
-        page.get_by_role("button", name="Show units").click()
-        heatmap = page.locator("#inside-heatmap")
-        heatmap.locator(".hm image").wait_for(timeout=WAIT_MS)
-        save(page, out / "inside.png", page.get_by_text(f"{SAMPLE_MODEL} reading").first, heatmap)
+        unit = page.locator("#atlas-unit")  # the tab opens on the atlas's first property, over the text and examples
+        unit.locator(".lm-text .tok").first.wait_for(timeout=WAIT_MS)
+        page.wait_for_function("!document.querySelector('.pending, .generating')", timeout=WAIT_MS)
+        page.wait_for_timeout(500)  # the fade-in after an update
+        save(page, out / "inside.png", page.locator("#atlas-status"), unit)
 
         page.get_by_role("tab", name="Compare").click()
         page.get_by_role("button", name="Compare", exact=True).click()
