@@ -179,8 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     _stop_on_sigterm()
     training = _training(args, models)
     try:
-        decoder = Batching(args.max_batch_rows, concurrent_reads=args.concurrency) if args.decode == "batched" \
-            else PerRequest()
+        decoder = Batching(args.max_batch_rows) if args.decode == "batched" else PerRequest()
         page.answer_missing_optional_imports()
         app = build_app(models, limits, args.concurrency, training, args.behind_proxy, decoder)
         app.queue(default_concurrency_limit=args.concurrency, max_size=args.queue_size)

@@ -5,6 +5,8 @@ overhead), so requests that each ran their own loop waited for one another for n
 model (`DecodeLoop`, started by the first request, ended after `IDLE_SECONDS` without one) takes requests from a
 bounded line and, at every step:
 
+- reads the texts that arrived (a prompt, or a sample's tokens after its prompt for the next-token bars), each
+  alone, as a request on its own would: batching an `nn.LSTM` read rounds each row's floats differently;
 - joins the new samples to the batch (an LSTM request's whole state is its `(h, c)` rows: a row copy), their
   first token drawn from their reading as `Generator.stream` draws it;
 - advances every row one token in one LSTM call and one prediction, holds each request's dial on that
@@ -18,10 +20,6 @@ Same tokens as alone, not the same floats: a matrix product over B rows may roun
 than over one row (MKL/oneDNN pick kernels by shape), so probabilities can differ in the last bits between batch
 sizes. A sample's tokens differ only when two tokens' odds are that close at a step; the per-request path has
 the same caveat between one temperature and several.
-
-A text to read (a prompt, or a sample's tokens for the next-token bars) is read whole by one `nn.LSTM` call in
-the requester's own thread, at most `concurrent_reads` at once (app.py: `--concurrency`), beside the loop: the call
-runs outside Python's lock, so it uses the other core instead of holding up every row's next step.
 
 `--max-batch-rows` bounds the rows one step advances and the requests waiting to join; a request that would
 wait beyond that is refused at once (`Busy`) rather than queued for longer than anyone waits.
@@ -46,7 +44,6 @@ from lmdemo.model import State
 from lmdemo.sampling import ChoiceRule, Decoding
 
 DEFAULT_MAX_ROWS = 64
-READ_WAIT_SECONDS = 10.0  # a read that cannot start this long after it asked is refused: the server is busy
 IDLE_SECONDS = 10.0  # a loop with nothing to do for this long ends its thread; the next request starts one
 # Page updates per second shared by everyone watching one model: each update costs the server's one Python thread
 # far more than a decode step, so with many watchers each is shown its tokens less often (first token at once).
@@ -64,6 +61,16 @@ class Decoder(Protocol):
 
     def stream(self, generator: Generator, reading: Reading, sampling: Sampling,
                every: float = 0.0) -> Iterator[list[Sample]]: ...
+
+
+class _Read:
+    """A text to read: `Generator.reading(ids, after)`, answered through `done`."""
+
+    def __init__(self, ids: Sequence[int], after: Reading | None):
+        self.ids, self.after = list(ids), after
+        self.done = threading.Event()
+        self.result: Reading | None = None
+        self.error: BaseException | None = None
 
 
 class _Stream:
@@ -101,13 +108,22 @@ class DecodeLoop:
         self.generator_ref = weakref.ref(generator)  # a model nobody serves any more can go, with its loop
         self.max_rows, self.idle_seconds = max_rows, idle_seconds
         self.condition = threading.Condition()
-        self.waiting: deque[_Stream] = deque()
+        self.waiting: deque[_Read | _Stream] = deque()
         self.thread: threading.Thread | None = None
         self.watchers = 0  # streams being shown as they grow: they share UPDATES_PER_SECOND
         # the batch, touched by the loop's thread only: the requests in batch order, each one's rows together
         self.active: list[_Stream] = []
         self.state: State | None = None
         self.ids: torch.Tensor | None = None  # each row's last token
+
+    def read(self, ids: Sequence[int], after: Reading | None = None) -> Reading:
+        """`Generator.reading(ids, after)`, read by the loop; `Busy` when the line is full."""
+        job = _Read(ids, after)
+        self._queue(job)
+        job.done.wait()
+        if job.error is not None:
+            raise job.error
+        return job.result
 
     def stream(self, reading: Reading, sampling: Sampling, every: float = 0.0) -> Iterator[list[Sample]]:
         """The samples of `sampling` after `reading`, as `Generator.stream` gives them, at most every `every`
@@ -148,7 +164,7 @@ class DecodeLoop:
             with self.condition:
                 self.watchers -= watching
 
-    def _queue(self, job: _Stream) -> None:
+    def _queue(self, job: _Read | _Stream) -> None:
         with self.condition:
             if len(self.waiting) >= self.max_rows:
                 raise Busy("the server is busy: try again in a moment")
@@ -166,21 +182,24 @@ class DecodeLoop:
                     if not self.waiting:
                         self.thread = None
                         return
-                joining = self._take()
+                reads, joining = self._take()
             generator = self.generator_ref()
             if generator is None:  # cannot happen while a request holds its generator; ends the thread if it does
                 return
-            self._step(generator, joining)
+            self._step(generator, reads, joining)
             del generator
 
-    def _take(self) -> list[_Stream]:
-        """The waiting requests whose rows fit, in the order they came (a request that does not fit holds the ones
-        behind it, so a large request is not passed over for ever)."""
+    def _take(self) -> tuple[list[_Read], list[_Stream]]:
+        """The waiting reads, and the waiting requests whose rows fit, in the order they came (a request that does
+        not fit holds the ones behind it, so a large request is not passed over for ever)."""
         free = self.max_rows - sum(len(request.rows) for request in self.active)
+        reads: list[_Read] = []
         joining: list[_Stream] = []
-        kept: deque[_Stream] = deque()
+        kept: deque[_Read | _Stream] = deque()
         for job in self.waiting:
-            if job.cancelled:  # its reader went away while it waited
+            if isinstance(job, _Read):
+                reads.append(job)
+            elif job.cancelled:  # its reader went away while it waited
                 continue
             elif not kept and len(job.rows) <= free:
                 joining.append(job)
@@ -188,9 +207,15 @@ class DecodeLoop:
             else:
                 kept.append(job)
         self.waiting = kept
-        return joining
+        return reads, joining
 
-    def _step(self, generator: Generator, joining: list[_Stream]) -> None:
+    def _step(self, generator: Generator, reads: list[_Read], joining: list[_Stream]) -> None:
+        for job in reads:
+            try:
+                job.result = generator.reading(job.ids, job.after)
+            except Exception as error:  # noqa: BLE001 - the reader raises it
+                job.error = error
+            job.done.set()
         try:
             with torch.no_grad():
                 self._advance(generator, joining)
@@ -291,12 +316,10 @@ class DecodeLoop:
 
 
 class Batching:
-    """The batched path: a `DecodeLoop` per model, made on its first request; texts read beside it."""
+    """The batched path: a `DecodeLoop` per model, made on its first request."""
 
-    def __init__(self, max_rows: int = DEFAULT_MAX_ROWS, idle_seconds: float = IDLE_SECONDS,
-                 concurrent_reads: int = 2):
+    def __init__(self, max_rows: int = DEFAULT_MAX_ROWS, idle_seconds: float = IDLE_SECONDS):
         self.max_rows, self.idle_seconds = max_rows, idle_seconds
-        self.reads = threading.BoundedSemaphore(concurrent_reads)
         self.loops: weakref.WeakKeyDictionary[Generator, DecodeLoop] = weakref.WeakKeyDictionary()
         self.lock = threading.Lock()
 
@@ -308,13 +331,7 @@ class Batching:
             return loop
 
     def reading(self, generator: Generator, ids: Sequence[int], after: Reading | None = None) -> Reading:
-        """`Generator.reading(ids, after)` in the caller's thread; `Busy` when no read could start for a while."""
-        if not self.reads.acquire(timeout=READ_WAIT_SECONDS):
-            raise Busy("the server is busy: try again in a moment")
-        try:
-            return generator.reading(ids, after)
-        finally:
-            self.reads.release()
+        return self.loop(generator).read(ids, after)
 
     def stream(self, generator: Generator, reading: Reading, sampling: Sampling,
                every: float = 0.0) -> Iterator[list[Sample]]:

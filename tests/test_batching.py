@@ -16,7 +16,7 @@ import torch
 from browser import chromium_page
 from servers import free_port, serving, wait_until
 
-from lmdemo import batching, load_model
+from lmdemo import load_model
 from lmdemo.batching import Batching, Busy, DecodeLoop, PerRequest, generate
 from lmdemo.generation import Dial, Generator, Sampling, SettingsError
 
@@ -154,25 +154,13 @@ def test_a_full_line_answers_busy_and_too_many_rows_are_refused(char_generator):
     wait_until(lambda: len(loop.waiting) == 1, 30, "the second request never queued")
     with pytest.raises(Busy, match="busy: try again in a moment"):
         next(loop.stream(reading, Sampling(max_new_tokens=5)))
+    with pytest.raises(Busy):
+        loop.read([1, 2, 3])
     with pytest.raises(SettingsError, match="at most 1 temperatures at once"):
         next(loop.stream(reading, Sampling(temperatures=(0.5, 1.0))))
     running.close()
     waiter.join(60)
-    assert not waiter.is_alive()
-    wait_until(lambda: loop.active == [] and not loop.waiting, 30, "the finished requests stayed in the loop")
-
-
-def test_reads_wait_for_a_read_slot_and_answer_busy_when_none_frees(char_generator, monkeypatch):
-    monkeypatch.setattr(batching, "READ_WAIT_SECONDS", 0.2)
-    decoder = Batching(concurrent_reads=1)
-    ids = char_generator.prompt("ROMEO:\n").ids
-    alone = char_generator.reading(ids)
-    assert torch.equal(decoder.reading(char_generator, ids).state[0], alone.state[0])
-    decoder.reads.acquire()  # another visitor's text is being read
-    with pytest.raises(Busy, match="busy: try again in a moment"):
-        decoder.reading(char_generator, ids)
-    decoder.reads.release()
-    assert torch.equal(decoder.reading(char_generator, ids).next_log_probs, alone.next_log_probs)
+    assert not waiter.is_alive() and loop.read([]).state[0].shape[1] == 1
 
 
 def test_the_loop_stops_when_idle_and_starts_again(char_generator):
