@@ -61,3 +61,40 @@ def bpe_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A byte-level BPE model on IMDB reviews (300 subwords, 20k training tokens)."""
     return train_small(tmp_path_factory.mktemp("bpe") / "imdb-bpe-tiny", level="bpe", data=str(DATA / "imdb"),
                        train_split="train", valid_split="valid", test_split="test", max_vocab=300, max_tokens=20_000)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small models on a shared 2-core machine run faster on one thread than fighting for two (a module asks for it
+    with `pytestmark = pytest.mark.usefixtures("one_thread")`)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def char_generator(char_model: Path):
+    """The tiny character model, loaded for generation."""
+    from lmdemo import load_model
+    from lmdemo.generation import Generator
+
+    return Generator(load_model(char_model))
+
+
+@pytest.fixture(scope="module")
+def word_generator(word_model: Path):
+    from lmdemo import load_model
+    from lmdemo.generation import Generator
+
+    return Generator(load_model(word_model))
+
+
+@pytest.fixture(scope="module")
+def bpe_generator(bpe_model: Path):
+    from lmdemo import load_model
+    from lmdemo.generation import Generator
+
+    return Generator(load_model(bpe_model))

@@ -11,12 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 from browser import chromium_page
 from servers import free_port, serving, wait_until
 
-from lmdemo import load_model
 from lmdemo.batching import Batching, Busy, DecodeLoop, PerRequest, generate
 from lmdemo.generation import Dial, Generator, Sampling, SettingsError
 
@@ -25,23 +23,7 @@ ENV = {key: value for key, value in os.environ.items() if key != "LMDEMO_MODELS"
     "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_DISABLE_TELEMETRY": "1"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small models on a shared 2-core machine run faster on one thread than fighting for two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def char_generator(char_model) -> Generator:
-    return Generator(load_model(char_model))
-
-
-@pytest.fixture(scope="module")
-def word_generator(word_model) -> Generator:
-    return Generator(load_model(word_model))
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def batch_sizes(generator: Generator, monkeypatch) -> list[int]:

@@ -19,13 +19,18 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 
 
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("train_speed", ROOT / "bench" / "train_speed.py")
+def bench_module(name: str, file: str):
+    """A bench script, imported from its file (bench/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / file)
     module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("train_speed", module)
+    sys.modules.setdefault(name, module)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return bench_module("train_speed", "train_speed.py")
 
 
 @pytest.fixture
@@ -97,11 +102,7 @@ def test_peaks_on_cpus_without_native_bf16(bench):
 
 @pytest.fixture(scope="module")
 def atlas_bench():
-    spec = importlib.util.spec_from_file_location("atlas_bench", ROOT / "bench" / "atlas.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("atlas_bench", module)
-    spec.loader.exec_module(module)
-    return module
+    return bench_module("atlas_bench", "atlas.py")
 
 
 def rated(words: list[str], rating: int, count: int) -> list[str]:

@@ -21,28 +21,7 @@ from lmdemo.tokenizer import EOS, Tokenizer, level_unit
 from lmdemo.web import render
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small models on a shared 2-core machine run faster on one thread than fighting for two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def char_generator(char_model) -> Generator:
-    return Generator(load_model(char_model))
-
-
-@pytest.fixture(scope="module")
-def word_generator(word_model) -> Generator:
-    return Generator(load_model(word_model))
-
-
-@pytest.fixture(scope="module")
-def bpe_generator(bpe_model) -> Generator:
-    return Generator(load_model(bpe_model))
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
