@@ -1,12 +1,12 @@
 """The pictures in the README and docs/: every tab of the web demo, and the dashboard, as the project draws them.
 
-    python bench/screenshots.py docs/images      # sample, inside, compare, train, curves, dashboard .png
+    python bench/screenshots.py docs/images      # sample, inside, dial, compare, train, curves, dashboard .png
 
 Starts `python app.py` on the shipped models and `streamlit run dashboard/main.py` (free ports, offline, no
 telemetry), drives each page in the headless Chromium the tests use (`tests/browser.py`, `tests/servers.py`) into a
-state worth showing (Sample after a generation with its bars, Inside the LSTM on its cell atlas, Compare with its
+state worth showing (Sample after a generation with its bars, the dial, Inside the LSTM on its cell atlas, Compare with its
 bits-per-character table, Train mid-run with its curve and samples, Training curves, the dashboard's chart), crops
-each to what matters and writes it as a palette PNG (Pillow), so the six stay a few hundred KB in all. Re-run it
+each to what matters and writes it as a palette PNG (Pillow), so the seven stay a few hundred KB in all. Re-run it
 whenever the UI changes; it takes about two minutes.
 """
 
@@ -36,6 +36,7 @@ ENV.pop("LMDEMO_MODELS", None)
 WAIT_MS = 120_000  # a step's longest wait, on a busy 2-core machine
 TRAIN_SHOT_AFTER_S = 30  # the Train tab is shown this far into its 60 s run: the curve has fallen, samples read
 SAMPLE_MODEL, SAMPLE_PROMPT = "shakespeare-char", "ROMEO:\n"  # characters: short columns, a readable heatmap
+DIAL_MODEL, DIAL_PROMPT = "imdb-word", "this movie was"  # its atlas has a sentiment unit: the Sample tab's dial
 COLOURS = 256  # a palette this size keeps text and charts crisp at a fraction of the RGB size
 
 
@@ -70,6 +71,19 @@ def app_pictures(url: str, out: Path) -> None:
         page.wait_for_function("!document.querySelector('.pending, .generating')", timeout=WAIT_MS)
         page.wait_for_timeout(500)  # the fade-in after an update
         save(page, out / "inside.png", page.locator("#atlas-status"), unit)
+
+        page.get_by_role("tab", name="Sample").click()
+        page.get_by_label("Model", exact=True).first.click()
+        page.get_by_role("option", name=DIAL_MODEL).click()
+        page.get_by_role("textbox", name="Prompt").first.fill(DIAL_PROMPT)
+        page.get_by_label("sentiment: negative ↔ positive").first.wait_for(state="visible", timeout=WAIT_MS)
+        page.get_by_label("Dial sentiment: hold its unit (samples without and with the dial, same seed)").check()
+        page.wait_for_function("() => [...document.querySelectorAll('textarea, input')]"
+                               ".some(e => /^\\d+:\\d+:[hc]=/.test(e.value))", timeout=WAIT_MS)  # the dial is set
+        page.get_by_role("button", name="Generate").click()
+        page.get_by_text("Done", exact=False).first.wait_for(timeout=WAIT_MS)
+        page.wait_for_function("!document.querySelector('.pending, .generating')", timeout=WAIT_MS)
+        save(page, out / "dial.png", page.get_by_role("heading", name="Samples"), shown.locator(".lm-col").last)
 
         page.get_by_role("tab", name="Compare").click()
         page.get_by_role("button", name="Compare", exact=True).click()

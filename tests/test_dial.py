@@ -144,6 +144,18 @@ def test_the_registry_reads_the_steerable_properties_once(atlas_model, char_mode
         Models({"broken-tiny": str(broken)})
 
 
+def test_the_sentiment_dial_comes_first_whatever_the_atlas_order(char_model, tmp_path):
+    """The Sample tab's slider turns the first steerable property: a review's sentiment, when the atlas has it."""
+    folder = tmp_path / "many-dials"
+    shutil.copytree(char_model, folder)
+    (folder / "atlas.json").write_text(json.dumps({"properties": [
+        {"property": "position_in_sentence", "layer": 1, "unit": 3, "quantity": "c",
+         "dial": {"sentence end": -0.5, "sentence start": 0.5}},
+        {"property": "sentiment", "layer": 2, "unit": 5, "quantity": "h", "dial": ATLAS_DIAL}]}))
+    steerable = Models({"many-dials": str(folder)}).describe("many-dials").steerable
+    assert [found.property for found in steerable] == ["sentiment", "position_in_sentence"]
+
+
 @pytest.fixture(scope="module")
 def server(atlas_model, char_model, tmp_path_factory) -> Iterator[str]:
     port = free_port()

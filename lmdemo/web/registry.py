@@ -16,6 +16,7 @@ from lmdemo.config import data_name
 from lmdemo.files import hub_id
 from lmdemo.generation import Dial, Generator, SettingsError
 from lmdemo.metrics import CONFIG_FILE
+from lmdemo.properties import SENTIMENT
 from lmdemo.space import MODELS_ENV, read_models_file
 
 # Example prompts in the style of each level's shipped model: Shakespeare's plays, IMDB reviews as
@@ -51,7 +52,8 @@ class Steerable:
 
 
 def read_steerable(folder: Path, num_layers: int, hidden_size: int) -> list[Steerable]:
-    """The steerable properties of a model folder's atlas (none without `atlas.json`); a property whose `dial`
+    """The steerable properties of a model folder's atlas (none without `atlas.json`), review sentiment first (the
+    dial measured to steer, by bench/atlas.py: the Sample tab's slider turns the first); a property whose `dial`
     does not name two ends and a unit of this model makes the file unreadable, with one line saying why."""
     path = folder / ATLAS_FILE
     try:
@@ -73,7 +75,7 @@ def read_steerable(folder: Path, num_layers: int, hidden_size: int) -> list[Stee
             steerable.append(found)
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         raise SettingsError(f"{path} cannot be read: {error}") from None
-    return steerable
+    return sorted(steerable, key=lambda found: found.property != SENTIMENT.name)
 
 
 class NoModelsError(RuntimeError):
