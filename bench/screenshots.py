@@ -76,8 +76,9 @@ def app_pictures(url: str, out: Path) -> None:
         page.get_by_label("Model", exact=True).first.click()
         page.get_by_role("option", name=DIAL_MODEL).click()
         page.get_by_role("textbox", name="Prompt").first.fill(DIAL_PROMPT)
-        page.get_by_label("sentiment: negative ↔ positive").first.wait_for(state="visible", timeout=WAIT_MS)
-        page.get_by_label("Dial sentiment: hold its unit (samples without and with the dial, same seed)").check()
+        dial_on = page.get_by_label("Dial sentiment: hold its unit (samples without and with the dial, same seed)")
+        dial_on.wait_for(state="visible", timeout=WAIT_MS)
+        dial_on.check()
         page.wait_for_function("() => [...document.querySelectorAll('textarea, input')]"
                                ".some(e => /^\\d+:\\d+:[hc]=/.test(e.value))", timeout=WAIT_MS)  # the dial is set
         page.get_by_role("button", name="Generate").click()
