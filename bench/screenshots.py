@@ -52,15 +52,30 @@ def save(page: Any, path: Path, top: Any, bottom: Any, left: Any = None, margin:
     print(f"{path}: {image.width}×{image.height}, {path.stat().st_size // 1024} KB", flush=True)
 
 
+def choose_model(page: Any, model: str, prompt: str) -> None:
+    """The Sample tab's model and prompt."""
+    page.get_by_label("Model", exact=True).first.click()
+    page.get_by_role("option", name=model).click()
+    page.get_by_role("textbox", name="Prompt").first.fill(prompt)
+
+
+def generate(page: Any) -> None:
+    """Generate, until the samples are done."""
+    page.get_by_role("button", name="Generate").click()
+    page.get_by_text("Done", exact=False).first.wait_for(timeout=WAIT_MS)
+
+
+def settled(page: Any) -> None:
+    """Until no component is still updating."""
+    page.wait_for_function("!document.querySelector('.pending, .generating')", timeout=WAIT_MS)
+
+
 def app_pictures(url: str, out: Path) -> None:
     """Sample, Inside the LSTM, Compare, Train and Training curves, in that order (Inside reads Sample's text)."""
     with chromium_page(url) as page:
         shown = page.locator("[role=tabpanel]:visible")
-        page.get_by_label("Model", exact=True).first.click()
-        page.get_by_role("option", name=SAMPLE_MODEL).click()
-        page.get_by_role("textbox", name="Prompt").first.fill(SAMPLE_PROMPT)
-        page.get_by_role("button", name="Generate").click()
-        page.get_by_text("Done", exact=False).first.wait_for(timeout=WAIT_MS)
+        choose_model(page, SAMPLE_MODEL, SAMPLE_PROMPT)
+        generate(page)
         bars = shown.locator(".js-plotly-plot").last
         bars.wait_for(timeout=WAIT_MS)
         save(page, out / "sample.png", page.get_by_role("heading", name="Samples"), bars)
@@ -68,22 +83,19 @@ def app_pictures(url: str, out: Path) -> None:
         page.get_by_role("tab", name="Inside the LSTM").click()
         unit = page.locator("#atlas-unit")  # the tab opens on the atlas's first property, over the text and examples
         unit.locator(".lm-text .tok").first.wait_for(timeout=WAIT_MS)
-        page.wait_for_function("!document.querySelector('.pending, .generating')", timeout=WAIT_MS)
+        settled(page)
         page.wait_for_timeout(500)  # the fade-in after an update
         save(page, out / "inside.png", page.locator("#atlas-status"), unit)
 
         page.get_by_role("tab", name="Sample").click()
-        page.get_by_label("Model", exact=True).first.click()
-        page.get_by_role("option", name=DIAL_MODEL).click()
-        page.get_by_role("textbox", name="Prompt").first.fill(DIAL_PROMPT)
+        choose_model(page, DIAL_MODEL, DIAL_PROMPT)
         dial_on = page.get_by_label("Dial sentiment: hold its unit (samples without and with the dial, same seed)")
         dial_on.wait_for(state="visible", timeout=WAIT_MS)
         dial_on.check()
         page.wait_for_function("() => [...document.querySelectorAll('textarea, input')]"
                                ".some(e => /^\\d+:\\d+:[hc]=/.test(e.value))", timeout=WAIT_MS)  # the dial is set
-        page.get_by_role("button", name="Generate").click()
-        page.get_by_text("Done", exact=False).first.wait_for(timeout=WAIT_MS)
-        page.wait_for_function("!document.querySelector('.pending, .generating')", timeout=WAIT_MS)
+        generate(page)
+        settled(page)
         save(page, out / "dial.png", page.get_by_role("heading", name="Samples"), shown.locator(".lm-col").last)
 
         page.get_by_role("tab", name="Compare").click()

@@ -83,6 +83,10 @@ class Unit:
         layer, quantity = divmod(block, len(QUANTITIES))
         return cls(layer, QUANTITIES[quantity], unit)
 
+    def column(self, hidden_size: int) -> int:
+        """Where this unit is in those matrices: the inverse of `from_column`."""
+        return (self.layer * len(QUANTITIES) + QUANTITIES.index(self.quantity)) * hidden_size + self.unit
+
 
 # -- the text ------------------------------------------------------------------------------------
 def texts_from(text: str, source: str, tokenizer: Tokenizer, clean: bool, tokens: int = PART_TOKENS,

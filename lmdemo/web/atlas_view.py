@@ -13,7 +13,7 @@ import functools
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmdemo.atlas import ATLAS_FILE, QUANTITIES, read_atlas, read_passages
+from lmdemo.atlas import ATLAS_FILE, Unit, read_atlas, read_passages
 from lmdemo.generation import SettingsError
 from lmdemo.properties import BINARY, POSITION, PROPERTIES, truth
 from lmdemo.web.forms import Limits
@@ -151,8 +151,7 @@ class AtlasView:
         if not texts:
             raise SettingsError("nothing to read: type a prompt in the Sample tab")
         values = read_passages(generator.trained.model, [ids for _, ids, _ in texts], tokenizer.start_id)
-        column = ((row.layer - 1) * len(QUANTITIES) + QUANTITIES.index(row.quantity)) * generator.config.hidden_size \
-            + row.unit
+        column = Unit(row.layer - 1, row.quantity, row.unit).column(generator.config.hidden_size)
         prop = next((p for p in PROPERTIES if p.name == row.property and p.kind == BINARY), None)
         shown, first = [], 0
         for title, ids, limit in texts:

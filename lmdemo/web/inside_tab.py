@@ -8,6 +8,7 @@ ranked, traced, or found by a marked span.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import gradio as gr
@@ -90,25 +91,24 @@ def build(inside: Inside, run: gr.State, model: gr.Dropdown, prompt: gr.Textbox,
             table = gr.Dataframe(label="Ranked units", interactive=False, scale=2)
             trace = gr.Plot(show_label=False, scale=3)
 
-    def shown(view: UnitView) -> tuple:
+    def shown(view_of: Callable[[], UnitView], title: str) -> tuple:
+        """The detailed view's outputs for the view `view_of` makes; a bad setting is one error titled `title`."""
+        try:
+            view = view_of()
+        except SettingsError as error:
+            raise gr.Error(str(error), title=title) from None
         return (render.inside_markdown(view), render.positions_html(view), render.unit_heatmap(view),
                 render.unit_table(view), render.unit_trace(view))
 
     def on_show(current: Progress | None, name: str, prompt_text: str, choice: Any, layer_number: Any, what: str,
                 order: str, how_many: Any, at_position: Any, traced: Any) -> tuple:
-        try:
-            chosen = inside.text(current, name, prompt_text, choice)
-            return shown(inside.units(chosen, layer_number, what, order, how_many, at_position, traced))
-        except SettingsError as error:
-            raise gr.Error(str(error), title="Check the settings") from None
+        return shown(lambda: inside.units(inside.text(current, name, prompt_text, choice), layer_number, what, order,
+                                          how_many, at_position, traced), "Check the settings")
 
     def on_find(current: Progress | None, name: str, prompt_text: str, choice: Any, layer_number: Any, what: str,
                 start: Any, end: Any, how_many: Any, traced: Any) -> tuple:
-        try:
-            chosen = inside.text(current, name, prompt_text, choice)
-            return shown(inside.find_span(chosen, layer_number, what, start, end, how_many, traced))
-        except SettingsError as error:
-            raise gr.Error(str(error), title="Check the span") from None
+        return shown(lambda: inside.find_span(inside.text(current, name, prompt_text, choice), layer_number, what,
+                                              start, end, how_many, traced), "Check the span")
 
     def on_model(name: Any) -> tuple:
         try:
