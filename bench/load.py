@@ -6,11 +6,14 @@
     python bench/load.py --users 16 --requests 70 --rss-at 100 1000   # memory after 100 and 1,000
     python bench/load.py --users 4 --requests 40 --training    # idle, then while a Train-tab job trains
 
-Each user is a thread with its own gradio_client session that sends a seeded mix of requests:
+Each user is a page of its own (a session, one keep-alive connection, Gradio's queue protocol as a browser
+speaks it; all users share one thread of this process) that sends a seeded mix of requests:
 "generate" (3 temperatures x 100 new tokens), "next" (next-token bars of its last sample) and
-"score" (a long prompt, one new token: the work of colouring the prompt by surprisal). Prints
+"score" (a long prompt, one new token: the work of colouring the prompt by surprisal); a "generate" or "score"
+ends, as on the page, with the /after_generate the page sends when a run is done (its bars and pickers). Prints
 requests/s, p50/p95/p99 latency per kind and overall, the time to first token of "generate" (until its first
-streamed update reaches the client, polled every 10 ms), errors, and the server's resident memory (peak, and after
+streamed update reaches the client), errors, the CPU the server and the simulated users used, and the server's
+resident memory (peak, and after
 the requests counted by --rss-at). With both --decode paths (app.py's --decode: one decode loop per model that
 batches every request's steps, or each request decoding alone) the same users and requests run against a server of
 each, one after the other, and a last table sets the two side by side.
@@ -23,6 +26,8 @@ summary sets the two "generate" p95 latencies side by side, and says how fast th
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import math
 import os
 import random
@@ -32,8 +37,12 @@ import sys
 import threading
 import time
 import urllib.request
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_DISABLE_TELEMETRY": "1"}
@@ -55,62 +64,104 @@ MIX = {"generate": 0.5, "next": 0.25, "score": 0.25}
 
 @dataclass
 class Tally:
-    """What every user saw; shared between threads under one lock."""
+    """What every user saw (they all run in one thread)."""
     latencies: dict[str, list[float]] = field(default_factory=lambda: {kind: [] for kind in MIX})
     first_token: list[float] = field(default_factory=list)  # "generate": until its first streamed update
     errors: list[str] = field(default_factory=list)
     done: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, kind: str, seconds: float | None, error: str | None = None) -> int:
-        with self.lock:
-            if error is None:
-                self.latencies[kind].append(seconds)
-            else:
-                self.errors.append(f"{kind}: {error}")
-            self.done += 1
-            return self.done
+        if error is None:
+            self.latencies[kind].append(seconds)
+        else:
+            self.errors.append(f"{kind}: {error}")
+        self.done += 1
+        return self.done
 
 
 def generate_args(model: str, prompt: str, temperatures: str, max_new: int, seed: int) -> list:
-    """The /generate endpoint's inputs, in the order app.py declares them."""
-    return [model, prompt, temperatures, max_new, 0, 1.0, str(seed), "", False]
+    """The /generate endpoint's inputs, in the order app.py declares them (the last: no dial)."""
+    return [model, prompt, temperatures, max_new, 0, 1.0, str(seed), "", False, ""]
 
 
-def user(url: str, model: str, number: int, requests: int, deadline: float, tally: Tally,
-         on_count: callable) -> None:
-    from gradio_client import Client
+class Page:
+    """What one open page sends, through Gradio's queue as its browser does (join, then read the session's event
+    stream until the event completes), on one keep-alive connection. Not gradio_client: that client opens a
+    connection and a thread per request and polls, and 16 of them took more CPU (1.1 cores of 2) than the server
+    they measured (0.7); these pages all share one thread."""
 
-    client = Client(url, verbose=False)
+    def __init__(self, http: httpx.AsyncClient, endpoints: dict[str, tuple[int, list[bool]]]):
+        self.http, self.endpoints = http, endpoints
+        self.session = uuid.uuid4().hex
+
+    async def call(self, api_name: str, *data: Any, first: list[float] | None = None) -> list:
+        """The endpoint's outputs; `first` gets the time its first streamed update came, if any."""
+        fn, stateful = self.endpoints[api_name]
+        if len(data) != stateful.count(False):
+            raise ValueError(f"/{api_name} takes {stateful.count(False)} inputs (got {len(data)})")
+        values = iter(data)
+        payload = dict(data=[None if state else next(values) for state in stateful], fn_index=fn,
+                       session_hash=self.session, event_data=None, trigger_id=None)
+        started = time.perf_counter()
+        joined = await self.http.post("gradio_api/queue/join", json=payload)
+        joined.raise_for_status()
+        event = joined.json()["event_id"]
+        async with self.http.stream("GET", "gradio_api/queue/data", params={"session_hash": self.session}) as stream:
+            async for line in stream.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                message = json.loads(line[5:])
+                if message.get("event_id") != event:
+                    continue
+                if message["msg"] == "process_generating" and first is not None and not first:
+                    first.append(time.perf_counter() - started)
+                if message["msg"] == "process_completed":
+                    if not message.get("success"):
+                        raise RuntimeError(message.get("output", {}).get("error") or "the event failed")
+                    return message["output"]["data"]
+        raise RuntimeError("the event stream ended before the event completed")
+
+
+def endpoints(url: str) -> dict[str, tuple[int, list[bool]]]:
+    """Each named endpoint's event number and which of its inputs are session state (the page sends null)."""
+    with urllib.request.urlopen(url + "config", timeout=30) as answer:
+        config = json.load(answer)
+    states = {component["id"] for component in config["components"] if component["type"] == "state"}
+    return {event["api_name"]: (event["id"], [block in states for block in event["inputs"]])
+            for event in config["dependencies"] if event.get("api_name")}
+
+
+async def user(url: str, named: dict, model: str, number: int, requests: int, deadline: float, tally: Tally,
+               on_count: callable) -> None:
     draw = random.Random(number)
     shown: tuple[int, int] | None = None  # the session's last samples: how many, how many tokens at least
-    for _ in range(requests):
-        if time.monotonic() > deadline:
-            return
-        kind = draw.choices(list(MIX), weights=list(MIX.values()))[0]
-        if kind == "next" and shown is None:
-            kind = "generate"
-        started = time.perf_counter()
-        try:
-            if kind == "generate":
-                job = client.submit(*generate_args(model, draw.choice(PROMPTS[model]), "0.5, 0.8, 1.0", 100,
-                                                   draw.randrange(1000)), api_name="/generate")
-                while not job.outputs() and not job.done():
-                    time.sleep(0.01)
-                first = time.perf_counter() - started
-                job.result()
-                with tally.lock:
-                    tally.first_token.append(first)
-                shown = (3, 20)
-            elif kind == "next":
-                client.predict(draw.randrange(shown[0]), draw.randrange(shown[1]), 10, api_name="/next_tokens")
-            else:
-                client.predict(*generate_args(model, LONG_PROMPT[model], "1", 1, 0), api_name="/generate")
-                shown = (1, 1)
-            count = tally.add(kind, time.perf_counter() - started)
-        except Exception as error:  # a benchmark counts failures instead of stopping on them
-            count = tally.add(kind, None, f"{type(error).__name__}: {error}"[:200])
-        on_count(count)
+    async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(300.0)) as http:
+        page = Page(http, named)
+        for _ in range(requests):
+            if time.monotonic() > deadline:
+                return
+            kind = draw.choices(list(MIX), weights=list(MIX.values()))[0]
+            if kind == "next" and shown is None:
+                kind = "generate"
+            started = time.perf_counter()
+            try:
+                if kind == "generate":
+                    first: list[float] = []
+                    await page.call("generate", *generate_args(model, draw.choice(PROMPTS[model]), "0.5, 0.8, 1.0",
+                                                               100, draw.randrange(1000)), first=first)
+                    await page.call("after_generate")  # the page asks for the run's bars once it is done
+                    tally.first_token += first
+                    shown = (3, 20)
+                elif kind == "next":
+                    await page.call("next_tokens", draw.randrange(shown[0]), draw.randrange(shown[1]), 10)
+                else:
+                    await page.call("generate", *generate_args(model, LONG_PROMPT[model], "1", 1, 0))
+                    await page.call("after_generate")
+                    shown = (1, 1)
+                count = tally.add(kind, time.perf_counter() - started)
+            except Exception as error:  # a benchmark counts failures instead of stopping on them
+                count = tally.add(kind, None, f"{type(error).__name__}: {error}"[:200])
+            on_count(count)
 
 
 def rss_kib(pid: int, field_name: str = "VmRSS") -> int:
@@ -119,6 +170,12 @@ def rss_kib(pid: int, field_name: str = "VmRSS") -> int:
         if line.startswith(field_name + ":"):
             return int(line.split()[1])
     raise RuntimeError(f"no {field_name} for process {pid}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time a process has used (user and system, all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -165,15 +222,15 @@ def run_load(url: str, pid: int, model: str, users: int, requests: int, seconds:
         if count in rss_at:
             rss_seen[count] = rss_kib(pid)
 
+    async def everyone() -> None:
+        named = endpoints(url)
+        await asyncio.gather(*(user(url, named, model, n, requests, deadline, tally, on_count) for n in range(users)))
+
     deadline = time.monotonic() + seconds
-    started = time.perf_counter()
-    threads = [threading.Thread(target=user, args=(url, model, n, requests, deadline, tally, on_count))
-               for n in range(users)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    started, server_cpu, own_cpu = time.perf_counter(), cpu_seconds(pid), sum(os.times()[:2])
+    asyncio.run(everyone())
     wall = time.perf_counter() - started
+    server_cores, own_cores = (cpu_seconds(pid) - server_cpu) / wall, (sum(os.times()[:2]) - own_cpu) / wall
     every = [s for values in tally.latencies.values() for s in values]
     print(f"\n{users} user(s): {tally.done} requests in {wall:.1f} s = {tally.done / wall:.2f} requests/s, "
           f"{len(tally.errors)} error(s)")
@@ -186,6 +243,7 @@ def run_load(url: str, pid: int, model: str, users: int, requests: int, seconds:
     print(f"  generate's first token: p50 {percentile(first, 50):.3f} s, p95 {percentile(first, 95):.3f} s")
     for error in tally.errors[:5]:
         print(f"  error: {error}")
+    print(f"  CPU: the server {server_cores:.2f} cores, these simulated users {own_cores:.2f}, of {os.cpu_count()}")
     peak = rss_kib(pid, 'VmHWM') / 1024
     print(f"  server memory: now {rss_kib(pid) / 1024:.0f} MiB, peak {peak:.0f} MiB"
           + "".join(f", after {n} requests {kib / 1024:.0f} MiB" for n, kib in sorted(rss_seen.items())))

@@ -14,6 +14,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import plotly.graph_objects as go
 import pytest
 import torch
 
@@ -171,7 +172,8 @@ def test_a_bpe_model_runs_through_every_tab(char_model, bpe_model):
     assert "subword tokens, " in render.prompt_html(progress) and "bits/char" in render.prompt_html(progress)
     assert "lower bound" not in render.prompt_html(progress)
     bars = render.next_token_figure(demo.next_tokens(progress, 1, 3, 5))
-    assert len(bars.data[0].y) == 5
+    assert len(bars["data"][0]["y"]) == 5
+    assert go.Figure(bars).to_plotly_json()["data"][0]["y"] == bars["data"][0]["y"]  # plain data Plotly validates
     card = render.model_markdown(models.describe("bpe"))
     assert "LSTM over subword tokens" in card and "bits/char" in card and "lower bound" not in card
     inside = Inside(models, limits)
@@ -209,7 +211,7 @@ def test_one_generate_reads_the_prompt_through_the_model_once(char_model, monkey
 def test_the_next_token_title_escapes_the_context():
     taken = TokenScore(5, "<", 0.6)
     shown = NextTokens("<script>alert(1)</script> <b>bold", 3, 0.5, [taken, TokenScore(6, "x", 0.3)], taken)
-    title = render.next_token_figure(shown).layout.title.text
+    title = render.next_token_figure(shown)["layout"]["title"]["text"]
     assert "<script>" not in title and "<b>bold" not in title
     assert "&lt;script&gt;alert(1)&lt;/script&gt; &lt;b&gt;bold" in title and "<b>&lt;</b>" in title
 
@@ -409,6 +411,8 @@ def test_the_page_generates_in_a_browser_without_leaving_the_host(server):
         columns = page.locator("#samples .lm-col")
         assert columns.count() == 5
         assert len(columns.first.locator(".tok").all()) > 10
+        # the page then asks for the run's bars (/after_generate): the chart of what came after the prompt
+        page.get_by_text("Next token after").first.wait_for(timeout=30_000)
         assert not page.elsewhere, f"the page fetched from other hosts: {page.elsewhere}"
 
 

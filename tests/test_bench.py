@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import re
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from servers import free_port
 
 from lmdemo.checkpoint import read_weights
 from lmdemo.config import Config
@@ -148,3 +150,13 @@ def test_dial_arms_score_samples_under_the_plain_model(atlas_bench):
         assert len(arm.texts) == 4 and arm.tokens == 48 and arm.perplexity > 1
         assert arm.positive == pytest.approx(sum("e" in atlas_bench.judge_words(text) for text in arm.texts) / 4)
     assert arms[0].texts != arms[2].texts
+
+
+def test_the_load_bench_talks_to_a_real_server_as_pages_do(capsys):
+    """bench/load.py speaks Gradio's queue protocol itself (join, then the session's event stream): a Gradio
+    upgrade that changed it would show here as errors, not as flattering figures."""
+    load = bench_module("load", "load.py")
+    assert load.main(["--users", "2", "--requests", "4", "--decode", "batched", "--port", str(free_port())]) == 0
+    printed = capsys.readouterr().out
+    assert "2 user(s): 8 requests" in printed and ", 0 error(s)" in printed, printed
+    assert re.search(r"generate's first token: p50 \d", printed), printed

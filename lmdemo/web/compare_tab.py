@@ -65,7 +65,7 @@ def build(demo: Demo, lane: Lane) -> list[gr.Dropdown]:
         results = []
         for progress, next_tokens, info in zip(comparison.runs, comparison.next_tokens, comparison.infos):
             results += [render.model_markdown(info), render.samples_html(progress), render.prompt_html(progress),
-                        render.next_token_figure(next_tokens)]
+                        render.plot_value(render.next_token_figure(next_tokens))]
         return (render.compare_markdown(comparison), *results)
 
     button.click(lane.guard(on_compare), [*pickers, prompt, temperatures, max_new_tokens, top_k, top_p, seed],

@@ -145,8 +145,10 @@ def build(inside: Inside, run: gr.State, model: gr.Dropdown, prompt: gr.Textbox,
         except SettingsError:  # no atlas, or one without examples: the table says what there is
             return ""
 
+    # raw values (lmdemo checks them): a sample can be chosen before the page has listed it (/after_generate)
+    raw = dict(preprocess=False, **heavy)
     unit_reading = [run, model, prompt, text, chosen]
-    show_unit = dict(fn=slots.guard(on_unit), inputs=unit_reading, outputs=unit_view, **heavy)
+    show_unit = dict(fn=slots.guard(on_unit), inputs=unit_reading, outputs=unit_view, **raw)
     # raw values: a session's own model is not among the picker's listed choices (lmdemo.web.jobs)
     model.change(on_model, model, [atlas_status, atlas_table, chosen, atlas_help, detail], api_name="atlas",
                  preprocess=False).then(
@@ -157,8 +159,8 @@ def build(inside: Inside, run: gr.State, model: gr.Dropdown, prompt: gr.Textbox,
 
     reading = [run, model, prompt, text, layer, quantity]
     outputs = [status, positions, heatmap, table, trace]
-    show.click(slots.guard(on_show), [*reading, sort, count, at, unit], outputs, api_name="inside", **heavy)
-    find.click(slots.guard(on_find), [*reading, first, last, count, unit], outputs, api_name="find_units", **heavy)
+    show.click(slots.guard(on_show), [*reading, sort, count, at, unit], outputs, api_name="inside", **raw)
+    find.click(slots.guard(on_find), [*reading, first, last, count, unit], outputs, api_name="find_units", **raw)
     return text, layer
 
 

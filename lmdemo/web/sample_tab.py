@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
+from gradio.components.plot import PlotData
 
 from lmdemo.batching import Busy
 from lmdemo.generation import SettingsError
@@ -120,8 +121,8 @@ def build(models: Models, limits: Limits, run: gr.State) -> SampleTab:
 def connect(tab: SampleTab, demo: Demo, inside_text: gr.Dropdown, inside_layer: gr.Dropdown, lane: Lane) -> None:
     """Wire the tab's events: a model change (its card, examples, the Inside layers, the `<unk>` box, the dial),
     the dial's box and slider (they write the dial's text), Generate (streamed; `/generate`, whose tenth input is
-    the dial's text: a caller that sends nine gets no dial), Stop, the random seed and the next-token bars
-    (`/next_tokens`). Generate and the bars run in the sampling `lane`; a full line answers "busy"."""
+    the dial's text: a caller that sends nine gets no dial; when it succeeds the page asks `/after_generate` for
+    the run's bars and pickers), Stop, the random seed and the next-token bars (`/next_tokens`). Generate and the bars run in the sampling `lane`; a full line answers "busy"."""
     models, limits = demo.models, demo.limits
 
     def on_model(name: str) -> tuple[str, Any, str]:
@@ -135,7 +136,7 @@ def connect(tab: SampleTab, demo: Demo, inside_text: gr.Dropdown, inside_layer: 
                     seed_text: Any, stop_at: str, no_unk: bool, dial_text: Any = None) -> Iterator[tuple]:
         try:
             sampling = read_sampling(limits, temperature_text, max_new, k, p, seed_text, stop_at, no_unk, dial_text)
-            yield from _generation_updates(demo, demo.generate(name, prompt_text, sampling))
+            yield from _generation_updates(demo.generate(name, prompt_text, sampling))
         except SettingsError as error:
             raise gr.Error(str(error), title="Check the settings") from None
         except Busy as error:
@@ -149,6 +150,14 @@ def connect(tab: SampleTab, demo: Demo, inside_text: gr.Dropdown, inside_layer: 
             return _figure(demo, current, index, at, count)
         except SettingsError as error:
             raise gr.Error(str(error), title="Check the settings") from None
+        except Busy as error:
+            raise gr.Error(str(error), title="Busy") from None
+
+    def on_finished(current: Progress | None) -> tuple:
+        if current is None:
+            raise gr.Error("Generate some text first: this shows a finished run's bars.", title="Nothing to show yet")
+        try:
+            return _finished_updates(demo, current)
         except Busy as error:
             raise gr.Error(str(error), title="Busy") from None
 
@@ -173,36 +182,41 @@ def connect(tab: SampleTab, demo: Demo, inside_text: gr.Dropdown, inside_layer: 
         lane.guard(on_generate),
         [model, tab.prompt, tab.temperatures, tab.max_new_tokens, tab.top_k, tab.top_p, tab.seed, tab.stop_text,
          tab.avoid_unk, tab.dial],
-        [tab.samples, tab.prompt_view, tab.status, tab.run, tab.which, tab.position, tab.plot, inside_text],
+        [tab.samples, tab.prompt_view, tab.status, tab.run],
         api_name="generate", preprocess=False, **lane.events)  # raw values: lmdemo checks them and names the field
+    generation.success(lane.guard(on_finished), tab.run, [tab.which, tab.position, tab.plot, inside_text],
+                       api_name="after_generate", **lane.events)
     tab.stop.click(None, None, None, cancels=[generation], api_visibility="private")
     explore_inputs = [tab.run, tab.which, tab.position, tab.bars]
     explore = lane.guard(on_explore)
-    tab.which.input(explore, explore_inputs, tab.plot, api_name="next_tokens", **lane.events)
-    tab.position.release(explore, explore_inputs, tab.plot, api_visibility="private", **lane.events)
-    tab.bars.release(explore, explore_inputs, tab.plot, api_visibility="private", **lane.events)
+    raw = dict(preprocess=False, **lane.events)  # lmdemo checks the sample, position and count against the run
+    tab.which.input(explore, explore_inputs, tab.plot, api_name="next_tokens", **raw)
+    tab.position.release(explore, explore_inputs, tab.plot, api_visibility="private", **raw)
+    tab.bars.release(explore, explore_inputs, tab.plot, api_visibility="private", **raw)
 
 
-def _generation_updates(demo: Demo, progress_stream: Iterator[Progress]) -> Iterator[tuple]:
-    """The page's updates of one request: samples, prompt colouring and status while it runs; at the end also the
-    run, the bars' pickers and figure and the Inside tab's text picker. A prompt's notes are shown once, as warnings."""
-    first_update = True
+def _generation_updates(progress_stream: Iterator[Progress]) -> Iterator[tuple]:
+    """The page's updates of one request: samples, prompt colouring and status while it runs, the run at the end.
+    A prompt's notes are shown once, as warnings. Every output gets a value each time, never `gr.skip()`: Gradio
+    rebuilds a skipped component and its config, which cost a busy server more than the samples did; a value
+    that did not change is sent as an empty diff."""
+    prompt_view = None
     for progress in progress_stream:
-        if first_update:
+        if prompt_view is None:
             for note in progress.prompt.notes:
                 gr.Warning(note)
-        prompt_update = render.prompt_html(progress) if first_update or progress.done else gr.skip()
-        first_update = False
-        if not progress.done:
-            yield (render.samples_html(progress), prompt_update, render.status_markdown(progress),
-                   gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip())
-            continue
-        longest = max(len(s.ids) for s in progress.samples)
-        choices = [(f"T = {s.temperature:g}", i) for i, s in enumerate(progress.samples)]
-        figure = _figure(demo, progress, 0, 0, DEFAULT_BARS)
-        yield (render.samples_html(progress), prompt_update, render.status_markdown(progress), progress,
-               gr.Dropdown(choices=choices, value=0), gr.Slider(maximum=max(1, longest), value=0), figure,
-               inside_tab.text_choices(progress))
+            prompt_view = render.prompt_html(progress)
+        run = progress if progress.done else gr.skip()  # a State takes a skip without rebuilding anything
+        yield render.samples_html(progress), prompt_view, render.status_markdown(progress), run
+
+
+def _finished_updates(demo: Demo, progress: Progress) -> tuple:
+    """After a run (a second event, which the page sends when the first succeeds): the bars' pickers and the bars
+    after the prompt, and the Inside tab's text picker."""
+    longest = max(len(s.ids) for s in progress.samples)
+    choices = [(f"T = {s.temperature:g}", i) for i, s in enumerate(progress.samples)]
+    return (gr.Dropdown(choices=choices, value=0), gr.Slider(maximum=max(1, longest), value=0),
+            _figure(demo, progress, 0, 0, DEFAULT_BARS), inside_tab.text_choices(progress))
 
 
 def unk_choice(models: Models, name: str) -> dict[str, Any]:
@@ -234,6 +248,6 @@ def _dial_updates(choices: tuple[dict[str, Any], dict[str, Any], dict[str, Any]]
     return gr.Checkbox(**on_choice), gr.Slider(**slider_choice), gr.Textbox(**text_choice)
 
 
-def _figure(demo: Demo, progress: Progress, index: Any, at: Any, count: Any) -> Any:
+def _figure(demo: Demo, progress: Progress, index: Any, at: Any, count: Any) -> PlotData:
     explained = demo.next_tokens(progress, index, at, count)
-    return render.next_token_figure(explained)
+    return render.plot_value(render.next_token_figure(explained))
