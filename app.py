@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"batched: the most samples one step advances, and the most requests waiting to join; "
                              f"beyond that a request is told the server is busy (default: {DEFAULT_MAX_ROWS})")
     parser.add_argument("--queue-size", type=int, default=32,
-                        help="requests waiting at most; more are turned away (default: 32)")
+                        help="requests waiting at most for a model slot, more are turned away; batched sampling requests "
+                             "have --max-batch-rows more places (default: 32)")
     parser.add_argument("--threads", type=int, help="torch threads per request (default: CPU cores / concurrency)")
     parser.add_argument("--max-new-tokens", type=int, default=Limits.max_new_tokens,
                         help=f"most new tokens a request may ask for (default: {Limits.max_new_tokens})")
@@ -185,7 +186,10 @@ def main(argv: list[str] | None = None) -> int:
         decoder = Batching(args.max_batch_rows) if args.decode == "batched" else PerRequest()
         page.answer_missing_optional_imports()
         app = build_app(models, limits, args.concurrency, training, args.behind_proxy, decoder)
-        app.queue(default_concurrency_limit=args.concurrency, max_size=args.queue_size)
+        # batched sampling requests pass through Gradio's queue on their way to their loop's own line: room for a
+        # full line of them (bursts of arrivals wait there a moment) besides the --queue-size waiting for a slot
+        waiting = args.queue_size + (args.max_batch_rows if args.decode == "batched" else 0)
+        app.queue(default_concurrency_limit=args.concurrency, max_size=waiting)
         upload_cap = dict(max_file_size=training.limits.max_upload_bytes) if training else {}
         # a batched request waits for its loop in a worker thread: enough threads for a full line and the rest
         threads = max(DEFAULT_THREADS, 2 * args.max_batch_rows + args.concurrency + DEFAULT_THREADS // 2) \

@@ -117,7 +117,10 @@ class DecodeLoop:
         self.ids: torch.Tensor | None = None  # each row's last token
 
     def read(self, ids: Sequence[int], after: Reading | None = None) -> Reading:
-        """`Generator.reading(ids, after)`, read by the loop; `Busy` when the line is full."""
+        """`Generator.reading(ids, after)`, read by the loop; `Busy` when the line is full. Nothing to read after
+        a reading (the bars right after a prompt) is that reading, without waiting for the loop."""
+        if after is not None and not ids:
+            return after
         job = _Read(ids, after)
         self._queue(job)
         job.done.wait()
