@@ -5,8 +5,6 @@ overhead), so requests that each ran their own loop waited for one another for n
 model (`DecodeLoop`, started by the first request, ended after `IDLE_SECONDS` without one) takes requests from a
 bounded line and, at every step:
 
-- reads the texts that arrived (a prompt, or a sample's tokens after its prompt for the next-token bars), each
-  alone, as a request on its own would: batching an `nn.LSTM` read rounds each row's floats differently;
 - joins the new samples to the batch (an LSTM request's whole state is its `(h, c)` rows: a row copy), their
   first token drawn from their reading as `Generator.stream` draws it;
 - advances every row one token in one LSTM call and one prediction, holds each request's dial on that
@@ -15,6 +13,11 @@ bounded line and, at every step:
   is in the batch;
 - drops the rows that are done (max tokens, end of text, stop string) and those of requests whose reader went
   away (a closed stream: a closed page, a Stop), so the next request takes their place.
+
+Texts (a prompt, or a sample's tokens after its prompt for the next-token bars) are read by a second thread
+of the model, one at a time, each alone as a request on its own would read it (batching an `nn.LSTM` read
+rounds each row's floats differently): a long prompt takes tens of milliseconds, which the batch's rows would
+otherwise wait through, and the two threads' matrix work (outside Python's lock) shares the machine's cores.
 
 Same tokens as alone, not the same floats: a matrix product over B rows may round a row's sums differently
 than over one row (MKL/oneDNN pick kernels by shape), so probabilities can differ in the last bits between batch
@@ -34,6 +37,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Protocol
 
@@ -61,16 +65,6 @@ class Decoder(Protocol):
 
     def stream(self, generator: Generator, reading: Reading, sampling: Sampling,
                every: float = 0.0) -> Iterator[list[Sample]]: ...
-
-
-class _Read:
-    """A text to read: `Generator.reading(ids, after)`, answered through `done`."""
-
-    def __init__(self, ids: Sequence[int], after: Reading | None):
-        self.ids, self.after = list(ids), after
-        self.done = threading.Event()
-        self.result: Reading | None = None
-        self.error: BaseException | None = None
 
 
 class _Stream:
@@ -108,8 +102,10 @@ class DecodeLoop:
         self.generator_ref = weakref.ref(generator)  # a model nobody serves any more can go, with its loop
         self.max_rows, self.idle_seconds = max_rows, idle_seconds
         self.condition = threading.Condition()
-        self.waiting: deque[_Read | _Stream] = deque()
+        self.waiting: deque[_Stream] = deque()
         self.thread: threading.Thread | None = None
+        self.reader = ThreadPoolExecutor(1, thread_name_prefix="read-texts")
+        self.reads = 0  # texts waiting to be read or being read
         self.watchers = 0  # streams being shown as they grow: they share UPDATES_PER_SECOND
         # the batch, touched by the loop's thread only: the requests in batch order, each one's rows together
         self.active: list[_Stream] = []
@@ -117,16 +113,19 @@ class DecodeLoop:
         self.ids: torch.Tensor | None = None  # each row's last token
 
     def read(self, ids: Sequence[int], after: Reading | None = None) -> Reading:
-        """`Generator.reading(ids, after)`, read by the loop; `Busy` when the line is full. Nothing to read after
-        a reading (the bars right after a prompt) is that reading, without waiting for the loop."""
+        """`Generator.reading(ids, after)`, read by the loop's reader; `Busy` when its line is full. Nothing to read
+        after a reading (the bars right after a prompt) is that reading, without waiting."""
         if after is not None and not ids:
             return after
-        job = _Read(ids, after)
-        self._queue(job)
-        job.done.wait()
-        if job.error is not None:
-            raise job.error
-        return job.result
+        with self.condition:
+            if self.reads >= self.max_rows:
+                raise Busy("the server is busy: try again in a moment")
+            self.reads += 1
+        try:
+            return self.reader.submit(self.generator_ref().reading, ids, after).result()
+        finally:
+            with self.condition:
+                self.reads -= 1
 
     def stream(self, reading: Reading, sampling: Sampling, every: float = 0.0) -> Iterator[list[Sample]]:
         """The samples of `sampling` after `reading`, as `Generator.stream` gives them, at most every `every`
@@ -167,7 +166,7 @@ class DecodeLoop:
             with self.condition:
                 self.watchers -= watching
 
-    def _queue(self, job: _Read | _Stream) -> None:
+    def _queue(self, job: _Stream) -> None:
         with self.condition:
             if len(self.waiting) >= self.max_rows:
                 raise Busy("the server is busy: try again in a moment")
@@ -185,40 +184,31 @@ class DecodeLoop:
                     if not self.waiting:
                         self.thread = None
                         return
-                reads, joining = self._take()
+                joining = self._take()
             generator = self.generator_ref()
             if generator is None:  # cannot happen while a request holds its generator; ends the thread if it does
                 return
-            self._step(generator, reads, joining)
+            self._step(generator, joining)
             del generator
 
-    def _take(self) -> tuple[list[_Read], list[_Stream]]:
-        """The waiting reads, and the waiting requests whose rows fit, in the order they came (a request that does
-        not fit holds the ones behind it, so a large request is not passed over for ever)."""
+    def _take(self) -> list[_Stream]:
+        """The waiting requests whose rows fit, in the order they came (a request that does not fit holds the ones
+        behind it, so a large request is not passed over for ever)."""
         free = self.max_rows - sum(len(request.rows) for request in self.active)
-        reads: list[_Read] = []
         joining: list[_Stream] = []
-        kept: deque[_Read | _Stream] = deque()
+        kept: deque[_Stream] = deque()
         for job in self.waiting:
-            if isinstance(job, _Read):
-                reads.append(job)
-            elif job.cancelled:  # its reader went away while it waited
+            if job.cancelled:  # its reader went away while it waited
                 continue
-            elif not kept and len(job.rows) <= free:
+            if not kept and len(job.rows) <= free:
                 joining.append(job)
                 free -= len(job.rows)
             else:
                 kept.append(job)
         self.waiting = kept
-        return reads, joining
+        return joining
 
-    def _step(self, generator: Generator, reads: list[_Read], joining: list[_Stream]) -> None:
-        for job in reads:
-            try:
-                job.result = generator.reading(job.ids, job.after)
-            except Exception as error:  # noqa: BLE001 - the reader raises it
-                job.error = error
-            job.done.set()
+    def _step(self, generator: Generator, joining: list[_Stream]) -> None:
         try:
             with torch.no_grad():
                 self._advance(generator, joining)

@@ -137,12 +137,16 @@ def test_a_full_line_answers_busy_and_too_many_rows_are_refused(char_generator):
     wait_until(lambda: len(loop.waiting) == 1, 30, "the second request never queued")
     with pytest.raises(Busy, match="busy: try again in a moment"):
         next(loop.stream(reading, Sampling(max_new_tokens=5)))
-    with pytest.raises(Busy):
-        loop.read([1, 2, 3])
     with pytest.raises(SettingsError, match="at most 1 temperatures at once"):
         next(loop.stream(reading, Sampling(temperatures=(0.5, 1.0))))
+    long_read = threading.Thread(target=lambda: loop.read([1] * 10_000), daemon=True)  # texts have a line too
+    long_read.start()
+    wait_until(lambda: loop.reads == 1, 30, "the long read never started")
+    with pytest.raises(Busy):
+        loop.read([1, 2, 3])
     running.close()
     waiter.join(60)
+    long_read.join(60)
     assert not waiter.is_alive() and loop.read([]).state[0].shape[1] == 1
 
 
