@@ -29,7 +29,7 @@ import torch
 from torch.nn import functional as F
 
 from lmdemo.checkpoint import TrainedModel
-from lmdemo.model import State
+from lmdemo.model import LSTMLanguageModel, State, adaptive_log_probs, head_log_probs
 from lmdemo.prompts import Prompt, encode_prompt
 from lmdemo.sampling import SEED_LIMIT, Decoding, Dial, Sample, Sampling, SettingsError
 
@@ -97,6 +97,20 @@ class _Dense:
                 self.packed = None
         return F.linear(x, self.weight, self.bias)
 
+class _AdaptiveDecoder:
+    """The model's adaptive softmax (`LSTMLanguageModel.logits`) with its matrices packed like the others: MKL's
+    GEMM on imdb-word's 26k-word tail cluster took 11 ms at 2 rows and 17.6 ms at 3, packed 3.5 and 3.7 ms."""
+
+    def __init__(self, model: LSTMLanguageModel):
+        weight, bias, cuts = model.decoder.weight.detach().float(), model.decoder.bias.detach().float(), model.cutoffs
+        self.frequent = _Dense(weight[:cuts[0]], bias[:cuts[0]])
+        self.clusters = _Dense(model.clusters.weight.detach().float(), model.clusters.bias.detach().float())
+        self.tails = [_Dense(weight[low:high], bias[low:high]) for low, high in zip(cuts, cuts[1:])]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return adaptive_log_probs(head_log_probs(self.frequent(x), self.clusters(x)), [tail(x) for tail in self.tails])
+
+
 @dataclass
 class Rows:
     """The rows the decode loop moves on together, as one batch: the sample each row extends (its index in
@@ -141,7 +155,7 @@ class Generator:
             self.projection = _Dense(model.projection.weight.detach().float(), None) \
                 if model.projection is not None else None
             self.decoder = _Dense(model.decoder.weight.detach().float(), model.decoder.bias.detach().float()) \
-                if model.clusters is None else model.logits  # the adaptive softmax assembles its scores
+                if model.clusters is None else _AdaptiveDecoder(model)
 
     # -- the cell ------------------------------------------------------------------------------
     def step(self, ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:

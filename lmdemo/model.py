@@ -89,16 +89,12 @@ class LSTMLanguageModel(
         if self.clusters is None:
             return self.decoder(features)
         weight, bias, cuts = self.decoder.weight, self.decoder.bias, self.cutoffs
-        head = self._head(features)
-        parts = [head[..., :cuts[0]]]
-        for index, (low, high) in enumerate(zip(cuts, cuts[1:])):
-            tail = F.linear(features, weight[low:high], bias[low:high]).float().log_softmax(-1)
-            parts.append(head[..., cuts[0] + index, None] + tail)
-        return torch.cat(parts, -1)
+        return adaptive_log_probs(self._head(features), [F.linear(features, weight[low:high], bias[low:high])
+                                                         for low, high in zip(cuts, cuts[1:])])
 
     def _head(self, features: torch.Tensor) -> torch.Tensor:
         frequent = F.linear(features, self.decoder.weight[:self.cutoffs[0]], self.decoder.bias[:self.cutoffs[0]])
-        return torch.cat([frequent, self.clusters(features)], -1).float().log_softmax(-1)
+        return head_log_probs(frequent, self.clusters(features))
 
     def _loss(self, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean negative log-likelihood of targets [N] from features [N, D]."""
@@ -119,3 +115,15 @@ class LSTMLanguageModel(
         """Distinct trainable parameters (a tied matrix counts once)."""
         return sum(p.numel() for p in self.parameters())
 
+
+def head_log_probs(frequent: torch.Tensor, clusters: torch.Tensor) -> torch.Tensor:
+    """The adaptive softmax's head: log-probabilities of the frequent words [..., C] and of each tail cluster."""
+    return torch.cat([frequent, clusters], -1).float().log_softmax(-1)
+
+
+def adaptive_log_probs(head: torch.Tensor, tails: list[torch.Tensor]) -> torch.Tensor:
+    """Every word's log-probability from the head's (`head_log_probs`) and each tail cluster's word scores: the one
+    assembly of the adaptive softmax, for the model's `logits` and for `lmdemo.generation`'s packed decoder."""
+    cutoff = head.size(-1) - len(tails)
+    return torch.cat([head[..., :cutoff], *(head[..., cutoff + index, None] + tail.float().log_softmax(-1)
+                                            for index, tail in enumerate(tails))], -1)

@@ -68,6 +68,20 @@ def test_step_matches_the_models_forward(kind, lookup, char_model, word_model, m
     torch.testing.assert_close(state[1], c, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("rows", [1, 3, 8])
+def test_the_packed_adaptive_softmax_gives_the_models_log_probabilities(rows):
+    """`Generator`'s adaptive decoder packs the clusters' matrices (MKL ran 3-5x slower at a few rows) and
+    must still give `LSTMLanguageModel.logits`, clusters and all."""
+    config = Config(level="word", vocab_size=40_000, emb_size=24, hidden_size=24, num_layers=1, softmax="adaptive")
+    model = LSTMLanguageModel(config).eval()
+    assert model.cutoffs == [2000, 10_000, 40_000]  # the last cluster's matrix is large enough to be packed
+    features = torch.randn(rows, 24, generator=torch.Generator().manual_seed(rows))
+    with torch.no_grad():
+        packed = generation._AdaptiveDecoder(model)
+        assert packed.tails[-1].packed is not None or not torch.backends.mkldnn.is_available()
+        torch.testing.assert_close(packed(features), model.logits(features), atol=1e-5, rtol=1e-5)
+
+
 def test_same_seed_same_text_and_other_seeds_differ(char_generator):
     settings = dict(temperatures=(0.8, 1.2), max_new_tokens=60)
     first = texts(char_generator, "ROMEO:\n", seed=5, **settings)
