@@ -3,8 +3,9 @@
     python bench/decode.py                      # a random 2x512 character model (emb 128, vocab 65)
     python bench/decode.py --model checkpoints/shakespeare-char --threads 2
     python bench/decode.py --model checkpoints/imdb-word --dial 2:19:h=-0.9   # the request also with a dial
+    python bench/decode.py --model checkpoints/shakespeare-char --batches 1 16 32 64   # what rows cost together
 
-Prints ms per step at batch 1 and 5 for both, their ratio, and the end-to-end time of one
+Prints ms per step at batch 1 and 5 (or --batches) for both, their ratio, and the end-to-end time of one
 request for 5 temperatures x 200 new tokens (and with `--dial`, the same request holding that unit).
 Timings are medians of torch.utils.benchmark runs; end-to-end times are the best of 3.
 """
@@ -52,6 +53,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1, as the app uses)")
     parser.add_argument("--min-run-time", type=float, default=1.0, help="seconds per measurement (default: 1)")
     parser.add_argument("--dial", help="also time the request holding this unit: LAYER:UNIT:QUANTITY=VALUE")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 5], help="rows per step to time (default: 1 5)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     trained = load_model(args.model) if args.model else random_char_model()
@@ -60,7 +62,7 @@ def main() -> int:
     print(f"model: {trained.source}: {config.level}, {config.num_layers}x{config.hidden_size}, emb {config.emb_size}, "
           f"vocab {config.vocab_size}; torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
     print(f"{'batch':>5} {'Generator.step ms':>18} {'nn.LSTM step ms':>16} {'speed-up':>9}")
-    for batch in (1, 5):
+    for batch in args.batches:
         ids = torch.randint(config.vocab_size, (batch,))
         zeros = torch.zeros(config.num_layers, batch, config.hidden_size)
         scope = dict(torch=torch, generator=generator, model=model, ids=ids, state=(zeros, zeros.clone()))
