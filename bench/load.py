@@ -7,7 +7,8 @@
     python bench/load.py --users 4 --requests 40 --training    # idle, then while a Train-tab job trains
 
 Each user is a page of its own (a session, one keep-alive connection, Gradio's queue protocol as a browser
-speaks it; all users share one thread of this process) that sends a seeded mix of requests:
+speaks it; all users share one thread of this process) from an address of its own (app.py runs with
+--behind-proxy, each user's X-Forwarded-For a documentation address) that sends a seeded mix of requests:
 "generate" (3 temperatures x 100 new tokens), "next" (next-token bars of its last sample) and
 "score" (a long prompt, one new token: the work of colouring the prompt by surprisal); a "generate" or "score"
 ends, as on the page, with the /after_generate the page sends when a run is done (its bars and pickers). Prints
@@ -135,7 +136,8 @@ async def user(url: str, named: dict, model: str, number: int, requests: int, de
                on_count: callable) -> None:
     draw = random.Random(number)
     shown: tuple[int, int] | None = None  # the session's last samples: how many, how many tokens at least
-    async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(300.0)) as http:
+    address = {"X-Forwarded-For": f"203.0.113.{number % 254 + 1}"}  # a visitor's own, as a Space's proxy says
+    async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(300.0), headers=address) as http:
         page = Page(http, named)
         for _ in range(requests):
             if time.monotonic() > deadline:
@@ -183,7 +185,9 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def start_server(port: int, extra: list[str]) -> subprocess.Popen:
-    command = [sys.executable, str(ROOT / "app.py"), "--port", str(port), *extra]
+    """app.py behind a (pretend) proxy: each simulated user has an address of its own, told by X-Forwarded-For,
+    as visitors of a Space do (documentation addresses, 203.0.113.x: they only name users)."""
+    command = [sys.executable, str(ROOT / "app.py"), "--port", str(port), "--behind-proxy", *extra]
     server = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:

@@ -25,7 +25,9 @@ sizes. A sample's tokens differ only when two tokens' odds are that close at a s
 the same caveat between one temperature and several.
 
 `--max-batch-rows` bounds the rows one step advances and the requests waiting to join; a request that would
-wait beyond that is refused at once (`Busy`) rather than queued for longer than anyone waits.
+wait beyond that is refused at once (`Busy`) rather than queued for longer than anyone waits. Fair to everyone:
+one address holds at most half of that line, and of the waiting requests, those of the client with the fewest
+rows in the batch join first (a class behind one school address still fits; one script cannot starve others).
 `PerRequest` is the old path (each request decodes alone in its caller's thread), kept for measuring.
 """
 
@@ -64,15 +66,16 @@ class Decoder(Protocol):
     def reading(self, generator: Generator, ids: Sequence[int], after: Reading | None = None) -> Reading: ...
 
     def stream(self, generator: Generator, reading: Reading, sampling: Sampling,
-               every: float = 0.0) -> Iterator[list[Sample]]: ...
+               every: float = 0.0, client: str = "") -> Iterator[list[Sample]]: ...
 
 
 class _Stream:
     """One request's samples in the batch: its `Decoding`, which of its samples still have rows there (in
     batch order), its step count, and what its reader is told. The loop writes under `lock`; readers copy."""
 
-    def __init__(self, reading: Reading, sampling: Sampling, generator: Generator):
+    def __init__(self, reading: Reading, sampling: Sampling, generator: Generator, client: str = ""):
         self.reading, self.sampling = reading, sampling
+        self.client: object = client or self  # whose request: an address; a request of nobody's is its own
         self.decoding = Decoding(sampling, generator.tokenizer, [score.id for score in reading.scores])
         self.rows = list(range(len(self.decoding.samples)))
         self.step = 0
@@ -127,17 +130,18 @@ class DecodeLoop:
             with self.condition:
                 self.reads -= 1
 
-    def stream(self, reading: Reading, sampling: Sampling, every: float = 0.0) -> Iterator[list[Sample]]:
+    def stream(self, reading: Reading, sampling: Sampling, every: float = 0.0, client: str = ""
+               ) -> Iterator[list[Sample]]:
         """The samples of `sampling` after `reading`, as `Generator.stream` gives them, at most every `every`
         seconds, or less often while many streams share `UPDATES_PER_SECOND` (the last yield is the finished
-        samples); `Busy` when the line is full. Closing the iterator
-        takes the request's rows out of the batch at the next step."""
+        samples); `Busy` when the line is full, or when `client` (an address) already holds half of it. Closing
+        the iterator takes the request's rows out of the batch at the next step."""
         generator = self.generator_ref()
         generator.check_dial(sampling.dial)
         if len(sampling.temperatures) > self.max_rows:
             raise SettingsError(f"at most {self.max_rows} temperatures at once on this server "
                                 f"(got {len(sampling.temperatures)})")
-        request = _Stream(reading, sampling, generator)
+        request = _Stream(reading, sampling, generator, client)
         del generator
         self._queue(request)
         shown, last = 0, -math.inf
@@ -170,6 +174,10 @@ class DecodeLoop:
         with self.condition:
             if len(self.waiting) >= self.max_rows:
                 raise Busy("the server is busy: try again in a moment")
+            mine = sum(waiting.client == job.client for waiting in self.waiting)
+            if mine >= max(1, self.max_rows // 2):
+                raise Busy(f"{mine} requests from your address are already waiting for this model: try again "
+                           f"when one is done")
             self.waiting.append(job)
             if self.thread is None:
                 self.thread = threading.Thread(target=self._run, name="decode-loop", daemon=True)
@@ -192,20 +200,24 @@ class DecodeLoop:
             del generator
 
     def _take(self) -> list[_Stream]:
-        """The waiting requests whose rows fit, in the order they came (a request that does not fit holds the ones
-        behind it, so a large request is not passed over for ever)."""
+        """The waiting requests whose rows fit, fairly: the client holding the fewest rows in the batch goes first,
+        in the order they came among equals, so one address's many requests do not keep others waiting. A
+        request that does not fit holds the ones behind it, so a large request is not passed over for ever."""
         free = self.max_rows - sum(len(request.rows) for request in self.active)
+        held: dict[object, int] = {}
+        for request in self.active:
+            held[request.client] = held.get(request.client, 0) + len(request.rows)
+        waiting = [job for job in self.waiting if not job.cancelled]  # a cancelled one: its reader went away
         joining: list[_Stream] = []
-        kept: deque[_Stream] = deque()
-        for job in self.waiting:
-            if job.cancelled:  # its reader went away while it waited
-                continue
-            if not kept and len(job.rows) <= free:
-                joining.append(job)
-                free -= len(job.rows)
-            else:
-                kept.append(job)
-        self.waiting = kept
+        while waiting:
+            job = min(waiting, key=lambda waiter: held.get(waiter.client, 0))  # the first of the least served
+            if len(job.rows) > free:
+                break
+            waiting.remove(job)
+            joining.append(job)
+            free -= len(job.rows)
+            held[job.client] = held.get(job.client, 0) + len(job.rows)
+        self.waiting = deque(waiting)
         return joining
 
     def _step(self, generator: Generator, joining: list[_Stream]) -> None:
@@ -327,8 +339,8 @@ class Batching:
         return self.loop(generator).read(ids, after)
 
     def stream(self, generator: Generator, reading: Reading, sampling: Sampling,
-               every: float = 0.0) -> Iterator[list[Sample]]:
-        return self.loop(generator).stream(reading, sampling, every)
+               every: float = 0.0, client: str = "") -> Iterator[list[Sample]]:
+        return self.loop(generator).stream(reading, sampling, every, client)
 
 
 class PerRequest:
@@ -338,8 +350,9 @@ class PerRequest:
         return generator.reading(ids, after)
 
     def stream(self, generator: Generator, reading: Reading, sampling: Sampling,
-               every: float = 0.0) -> Iterator[list[Sample]]:
-        """`Generator.stream`, at most every `every` seconds; the last yield is the finished samples."""
+               every: float = 0.0, client: str = "") -> Iterator[list[Sample]]:
+        """`Generator.stream`, at most every `every` seconds; the last yield is the finished samples. (`client` is
+        not used: these requests wait in Gradio's queue, first come first served.)"""
         last, held = -math.inf, None
         for samples in generator.stream(reading, sampling):
             now = time.monotonic()

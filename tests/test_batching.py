@@ -150,6 +150,41 @@ def test_a_full_line_answers_busy_and_too_many_rows_are_refused(char_generator):
     assert not waiter.is_alive() and loop.read([]).state[0].shape[1] == 1
 
 
+def test_the_line_is_fair_between_addresses(char_generator):
+    """One address holds at most half the waiting line, and a freed row goes first to the client with the
+    fewest rows in the batch, even one that came later."""
+    loop = DecodeLoop(char_generator, max_rows=4)
+    reading = char_generator.reading(char_generator.prompt("JULIET:\n").ids)
+    greedy, polite, late = "203.0.113.1", "203.0.113.2", "203.0.113.3"
+    hog = loop.stream(reading, Sampling(temperatures=(0.5, 0.8, 1.0), max_new_tokens=10**7, seed=1), client=greedy)
+    next(hog)  # 3 rows
+    other = loop.stream(reading, Sampling(max_new_tokens=10**7, seed=2), client=polite)
+    next(other)  # the 4th: the batch is full
+    short = Sampling(max_new_tokens=5, seed=3)
+
+    finished: list[str] = []
+
+    def waiter(client: str) -> threading.Thread:
+        def wait() -> None:
+            list(loop.stream(reading, short, client=client))
+            finished.append(client)
+        thread = threading.Thread(target=wait, daemon=True)
+        thread.start()
+        return thread
+
+    waiters = [waiter(greedy), waiter(greedy)]
+    wait_until(lambda: len(loop.waiting) == 2, 30, "the greedy address's requests never queued")
+    with pytest.raises(Busy, match="2 requests from your address are already waiting"):
+        next(loop.stream(reading, short, client=greedy))
+    waiters.append(waiter(late))
+    wait_until(lambda: len(loop.waiting) == 3, 30, "the late request never queued")
+    other.close()  # one row frees: the late address (no rows) takes it before the greedy one's earlier requests
+    for thread in waiters:
+        thread.join(60)
+    hog.close()
+    assert finished == [late, greedy, greedy] and not loop.waiting  # first come, first served: greedy first
+
+
 def test_the_loop_stops_when_idle_and_starts_again(char_generator):
     loop = DecodeLoop(char_generator, idle_seconds=0.2)
     reading = char_generator.reading(char_generator.prompt("ROMEO:\n").ids)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Mapping
+from typing import Any
 
 HOUR_S = 3600.0
 
@@ -23,6 +24,11 @@ def client_address(host: str | None, headers: Mapping[str, str], behind_proxy: b
         if forwarded:
             return forwarded[-1]
     return host or "unknown"
+
+
+def request_address(request: Any, behind_proxy: bool) -> str:
+    """`client_address` of a Gradio request (its peer and headers)."""
+    return client_address(request.client.host if request.client else None, request.headers, behind_proxy)
 
 
 class TrainingBudget:

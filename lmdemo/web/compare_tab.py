@@ -10,6 +10,7 @@ import gradio as gr
 from lmdemo.batching import Busy
 from lmdemo.generation import SettingsError
 from lmdemo.web import render
+from lmdemo.web.clients import request_address
 from lmdemo.web.compute import Lane
 from lmdemo.web.demo import DEFAULT_MAX_NEW_TOKENS, Demo
 from lmdemo.web.forms import FIELD_CHARS, read_sampling
@@ -22,7 +23,7 @@ each was by the prompt, and what each expects right after it. Models that cut te
 puts both models' figures side by side."""
 
 
-def build(demo: Demo, lane: Lane) -> list[gr.Dropdown]:
+def build(demo: Demo, lane: Lane, behind_proxy: bool = False) -> list[gr.Dropdown]:
     """Two model pickers, one prompt and one set of settings; both models' results side by side.
 
     Returns the pickers, whose choices a session's own trained models join."""
@@ -53,11 +54,12 @@ def build(demo: Demo, lane: Lane) -> list[gr.Dropdown]:
                 picker.change(lambda name: render.model_markdown(models.describe(name)), picker, card,
                               api_visibility="private")
 
-    def on_compare(name_a: str, name_b: str, prompt_text: str, temperature_text: str, max_new: Any, k: Any, p: Any,
-                   seed_text: Any) -> tuple:
+    def on_compare(request: gr.Request, name_a: str, name_b: str, prompt_text: str, temperature_text: str,
+                   max_new: Any, k: Any, p: Any, seed_text: Any) -> tuple:
         try:
             sampling = read_sampling(limits, temperature_text, max_new, k, p, seed_text)
-            comparison = demo.compare([name_a, name_b], prompt_text, sampling)
+            comparison = demo.compare([name_a, name_b], prompt_text, sampling,
+                                      client=request_address(request, behind_proxy))
         except SettingsError as error:
             raise gr.Error(str(error), title="Check the settings") from None
         except Busy as error:

@@ -73,8 +73,10 @@ class Demo:
         self.models, self.limits = models, limits
         self.decoder = decoder or PerRequest()
 
-    def generate(self, name: str, prompt_text: Any, sampling: Sampling, every: float = 0.1) -> Iterator[Progress]:
-        """Stream a request: a `Progress` at most every `every` seconds, and a last one with `done`.
+    def generate(self, name: str, prompt_text: Any, sampling: Sampling, every: float = 0.1, client: str = ""
+                 ) -> Iterator[Progress]:
+        """Stream a request: a `Progress` at most every `every` seconds, and a last one with `done`; `client` (an
+        address) is whose request it is, for the decoder's fair share.
 
         With a dial, the samples come twice under the same seed: without it (`samples`), then with it
         (`dialled`), so the page can show what the dial changed. Every update is the same object brought up
@@ -91,7 +93,7 @@ class Demo:
                             prompt_text, prompt, reading, [], 0.0, dial=sampling.dial)
         runs = [("samples", replace(sampling, dial=None))] + ([("dialled", sampling)] if sampling.dial else [])
         for field_name, run in runs:
-            for samples in self.decoder.stream(generator, reading, run, every):
+            for samples in self.decoder.stream(generator, reading, run, every, client):
                 setattr(progress, field_name, samples)
                 progress.seconds = time.perf_counter() - start
                 yield progress
@@ -114,12 +116,12 @@ class Demo:
         context = generator.tokenizer.decode([*run.prompt.ids, *sample.ids[:position]])
         return NextTokens(context, position, sample.temperature, generator.next_tokens(reading, k), chosen)
 
-    def compare(self, names: Sequence[str], prompt_text: Any, sampling: Sampling, k: int = DEFAULT_BARS
-                ) -> Comparison:
+    def compare(self, names: Sequence[str], prompt_text: Any, sampling: Sampling, k: int = DEFAULT_BARS,
+                client: str = "") -> Comparison:
         """Run each model to the end on the same request; the bars show each one's first token after the prompt."""
         runs = []
         for name in names:
-            for progress in self.generate(name, prompt_text, sampling, every=math.inf):
+            for progress in self.generate(name, prompt_text, sampling, every=math.inf, client=client):
                 pass
             runs.append(progress)
         return Comparison(runs, [self.next_tokens(run, 0, 0, k) for run in runs],

@@ -69,7 +69,7 @@ def build_app(models: Models, limits: Limits = Limits(), concurrency: int = 2,
                 inside_text, inside_layer = inside_tab.build(Inside(models, limits), run, sample.model, sample.prompt,
                                                              heavy, slots)
             with gr.Tab("Compare", id="compare"):
-                compare_pickers = compare_tab.build(demo, lane)
+                compare_pickers = compare_tab.build(demo, lane, behind_proxy)
             if training is not None:
                 with gr.Tab("Train", id="train"):
                     connect_training = train_tab.build(training, lane, behind_proxy)
@@ -77,7 +77,7 @@ def build_app(models: Models, limits: Limits = Limits(), concurrency: int = 2,
                 curve_picker = curves_tab.build(models)
         if training is not None:
             connect_training(app, [sample.model, *compare_pickers, curve_picker])
-        sample_tab.connect(sample, demo, inside_text, inside_layer, lane)
+        sample_tab.connect(sample, demo, inside_text, inside_layer, lane, behind_proxy)
     return app
 
 

@@ -16,6 +16,7 @@ from gradio.components.plot import PlotData
 from lmdemo.batching import Busy
 from lmdemo.generation import SettingsError
 from lmdemo.web import inside_tab, render
+from lmdemo.web.clients import request_address
 from lmdemo.web.compute import Lane
 from lmdemo.web.demo import DEFAULT_BARS, DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURES, Demo, Progress
 from lmdemo.web.forms import FIELD_CHARS, Limits, draw_seed, read_sampling
@@ -118,7 +119,8 @@ def build(models: Models, limits: Limits, run: gr.State) -> SampleTab:
                      which, position, bars, plot)
 
 
-def connect(tab: SampleTab, demo: Demo, inside_text: gr.Dropdown, inside_layer: gr.Dropdown, lane: Lane) -> None:
+def connect(tab: SampleTab, demo: Demo, inside_text: gr.Dropdown, inside_layer: gr.Dropdown, lane: Lane,
+            behind_proxy: bool = False) -> None:
     """Wire the tab's events: a model change (its card, examples, the Inside layers, the `<unk>` box, the dial),
     the dial's box and slider (they write the dial's text), Generate (streamed; `/generate`, whose tenth input is
     the dial's text: a caller that sends nine gets no dial; when it succeeds the page asks `/after_generate` for
@@ -132,11 +134,12 @@ def connect(tab: SampleTab, demo: Demo, inside_text: gr.Dropdown, inside_layer: 
             raise gr.Error(str(error), title="Unknown model") from None
         return render.model_markdown(info), gr.Dataset(samples=[[e] for e in shown]), shown[0]
 
-    def on_generate(name: str, prompt_text: str, temperature_text: str, max_new: Any, k: Any, p: Any,
-                    seed_text: Any, stop_at: str, no_unk: bool, dial_text: Any = None) -> Iterator[tuple]:
+    def on_generate(request: gr.Request, name: str, prompt_text: str, temperature_text: str, max_new: Any, k: Any,
+                    p: Any, seed_text: Any, stop_at: str, no_unk: bool, dial_text: Any = None) -> Iterator[tuple]:
         try:
             sampling = read_sampling(limits, temperature_text, max_new, k, p, seed_text, stop_at, no_unk, dial_text)
-            yield from _generation_updates(demo.generate(name, prompt_text, sampling))
+            client = request_address(request, behind_proxy)  # the decode loop's fair share is per address
+            yield from _generation_updates(demo.generate(name, prompt_text, sampling, client=client))
         except SettingsError as error:
             raise gr.Error(str(error), title="Check the settings") from None
         except Busy as error:

@@ -15,7 +15,7 @@ import gradio as gr
 from lmdemo import curves
 from lmdemo.generation import SettingsError
 from lmdemo.web import train_view
-from lmdemo.web.clients import client_address
+from lmdemo.web.clients import request_address
 from lmdemo.web.compute import Lane
 from lmdemo.web.jobs import Job, LiveTraining
 from lmdemo.web.train_requests import (
@@ -67,8 +67,7 @@ def build(training: LiveTraining, sampling: Lane, behind_proxy: bool) -> Callabl
         owner = request.session_hash
         try:
             body, source_name = read_source(source_value, text_value, file, limits)
-            job = training.submit(owner, client_address(request.client.host if request.client else None,
-                                                        request.headers, behind_proxy),
+            job = training.submit(owner, request_address(request, behind_proxy),
                                   read_request(body, level_value, size_value, budget, limits, source_name))
         except SettingsError as error:
             raise gr.Error(str(error), title="Check the text and settings") from None
