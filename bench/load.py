@@ -35,6 +35,7 @@ import random
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -107,20 +108,25 @@ class Page:
         joined = await self.http.post("gradio_api/queue/join", json=payload)
         joined.raise_for_status()
         event = joined.json()["event_id"]
+        completed = None
         async with self.http.stream("GET", "gradio_api/queue/data", params={"session_hash": self.session}) as stream:
-            async for line in stream.aiter_lines():
-                if not line.startswith("data:"):
+            async for line in stream.aiter_lines():  # to the server's close_stream, as a page reads: a stream
+                if not line.startswith("data:"):     # left early could be handed the next event's messages
                     continue
                 message = json.loads(line[5:])
+                if message["msg"] == "close_stream":
+                    break
                 if message.get("event_id") != event:
                     continue
                 if message["msg"] == "process_generating" and first is not None and not first:
                     first.append(time.perf_counter() - started)
                 if message["msg"] == "process_completed":
-                    if not message.get("success"):
-                        raise RuntimeError(message.get("output", {}).get("error") or "the event failed")
-                    return message["output"]["data"]
-        raise RuntimeError("the event stream ended before the event completed")
+                    completed = message
+        if completed is None:
+            raise RuntimeError("the event stream ended before the event completed")
+        if not completed.get("success"):
+            raise RuntimeError(completed.get("output", {}).get("error") or "the event failed")
+        return completed["output"]["data"]
 
 
 def endpoints(url: str) -> dict[str, tuple[int, list[bool]]]:
@@ -188,11 +194,15 @@ def start_server(port: int, extra: list[str]) -> subprocess.Popen:
     """app.py behind a (pretend) proxy: each simulated user has an address of its own, told by X-Forwarded-For,
     as visitors of a Space do (documentation addresses, 203.0.113.x: they only name users)."""
     command = [sys.executable, str(ROOT / "app.py"), "--port", str(port), "--behind-proxy", *extra]
-    server = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # its log goes to a file: a pipe nobody reads fills up with the tracebacks Gradio prints for refused requests,
+    # and then every write blocks the server
+    log = tempfile.TemporaryFile("w+")
+    server = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=log, text=True)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise SystemExit(f"app.py exited with {server.returncode}: {server.stderr.read()}")
+            log.seek(0)
+            raise SystemExit(f"app.py exited with {server.returncode}: {log.read()}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2):
                 return server
