@@ -73,8 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"batched: the most samples one step advances, and the most requests waiting to join; "
                              f"beyond that a request is told the server is busy (default: {DEFAULT_MAX_ROWS})")
     parser.add_argument("--queue-size", type=int, default=32,
-                        help="requests waiting at most for a model slot, more are turned away; batched sampling requests "
-                             "have --max-batch-rows more places (default: 32)")
+                        help="requests waiting at most for a model slot, more are turned away; batched sampling "
+                             "requests have --max-batch-rows more places (default: 32)")
     parser.add_argument("--threads", type=int, help="torch threads per request (default: CPU cores / concurrency)")
     parser.add_argument("--max-new-tokens", type=int, default=Limits.max_new_tokens,
                         help=f"most new tokens a request may ask for (default: {Limits.max_new_tokens})")

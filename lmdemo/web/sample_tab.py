@@ -124,14 +124,15 @@ def connect(tab: SampleTab, demo: Demo, inside_text: gr.Dropdown, inside_layer: 
     """Wire the tab's events: a model change (its card, examples, the Inside layers, the `<unk>` box, the dial),
     the dial's box and slider (they write the dial's text), Generate (streamed; `/generate`, whose tenth input is
     the dial's text: a caller that sends nine gets no dial; when it succeeds the page asks `/after_generate` for
-    the run's bars and pickers), Stop, the random seed and the next-token bars (`/next_tokens`). Generate and the bars run in the sampling `lane`; a full line answers "busy"."""
+    the run's bars and pickers), Stop, the random seed and the next-token bars (`/next_tokens`). Generate and the
+    bars run in the sampling `lane`; a full line answers "busy"; the lane's fair share is per address."""
     models, limits = demo.models, demo.limits
 
     def on_model(name: str) -> tuple[str, Any, str]:
         try:
             shown, info = models.examples(name), models.describe(name)
         except SettingsError as error:
-            raise gr.Error(str(error), title="Unknown model") from None
+            raise gr.Error(str(error), title="Unknown model", print_exception=False) from None
         return render.model_markdown(info), gr.Dataset(samples=[[e] for e in shown]), shown[0]
 
     def on_generate(request: gr.Request, name: str, prompt_text: str, temperature_text: str, max_new: Any, k: Any,
@@ -141,28 +142,29 @@ def connect(tab: SampleTab, demo: Demo, inside_text: gr.Dropdown, inside_layer: 
             client = request_address(request, behind_proxy)  # the decode loop's fair share is per address
             yield from _generation_updates(demo.generate(name, prompt_text, sampling, client=client))
         except SettingsError as error:
-            raise gr.Error(str(error), title="Check the settings") from None
+            raise gr.Error(str(error), title="Check the settings", print_exception=False) from None
         except Busy as error:
-            raise gr.Error(str(error), title="Busy") from None
+            raise gr.Error(str(error), title="Busy", print_exception=False) from None
 
     def on_explore(current: Progress | None, index: Any, at: Any, count: Any) -> Any:
         if current is None:
             raise gr.Error("Generate some text first: the bars explain a sample's next tokens.",
-                           title="Nothing to explain yet")
+                           title="Nothing to explain yet", print_exception=False)
         try:
             return _figure(demo, current, index, at, count)
         except SettingsError as error:
-            raise gr.Error(str(error), title="Check the settings") from None
+            raise gr.Error(str(error), title="Check the settings", print_exception=False) from None
         except Busy as error:
-            raise gr.Error(str(error), title="Busy") from None
+            raise gr.Error(str(error), title="Busy", print_exception=False) from None
 
     def on_finished(current: Progress | None) -> tuple:
         if current is None:
-            raise gr.Error("Generate some text first: this shows a finished run's bars.", title="Nothing to show yet")
+            raise gr.Error("Generate some text first: this shows a finished run's bars.", title="Nothing to show yet",
+                           print_exception=False)
         try:
             return _finished_updates(demo, current)
         except Busy as error:
-            raise gr.Error(str(error), title="Busy") from None
+            raise gr.Error(str(error), title="Busy", print_exception=False) from None
 
     model = tab.model
     model.change(on_model, model, [tab.model_info, tab.examples, tab.prompt], api_name="model_info")
