@@ -225,6 +225,9 @@ def test_app_without_models_exits_with_one_clear_line(tmp_path):
     assert "Traceback" not in done.stderr
 
 
+SERVER_LOG = "test-app-server.log"
+
+
 @pytest.fixture(scope="module")
 def server(char_model, word_model, bpe_model, tmp_path_factory) -> Iterator[str]:
     """One `python app.py` for the module, polled until it answers, killed at the end."""
@@ -234,7 +237,7 @@ def server(char_model, word_model, bpe_model, tmp_path_factory) -> Iterator[str]
                "--model", str(bpe_model),
                "--checkpoints", str(tmp_path_factory.mktemp("no-checkpoints")), "--max-new-tokens", "300",
                "--max-prompt-tokens", str(PROMPT_LIMIT)]
-    with serving(command, url, tmp_path_factory.mktemp("app") / "app.log", cwd=ROOT, env=ENV):
+    with serving(command, url, tmp_path_factory.getbasetemp() / SERVER_LOG, cwd=ROOT, env=ENV):
         yield url
 
 
@@ -294,6 +297,16 @@ def test_bad_settings_come_back_as_errors_and_the_server_stays_up(client, change
     with pytest.raises(AppError, match=message):
         generate(client, **changes)
     assert generate(client, max_new=5)[2].startswith("**Done**")
+
+
+def test_a_visitors_mistake_stays_out_of_the_server_log(client, tmp_path_factory):
+    """A refused request is the visitor's message, not a traceback in the server's log with what they typed."""
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="must be a number"):
+        generate(client, temperature_text="hot-QZXV")
+    log = (tmp_path_factory.getbasetemp() / SERVER_LOG).read_text()
+    assert "QZXV" not in log and "Traceback" not in log, log[-2000:]
 
 
 def test_concurrent_users_get_their_own_results_and_errors(server, client):

@@ -46,7 +46,7 @@ def build(models: Models) -> gr.Dropdown:
         try:
             return models_figure(models, names_value, measure_value, x_value, log_value, weight_value)
         except ValueError as error:
-            raise gr.Error(str(error), title="Check the chart settings") from None
+            raise gr.Error(str(error), title="Check the chart settings", print_exception=False) from None
 
     gr.on([chosen.change, measure.change, x_axis.change, log_y.change, weight.release], on_draw,
           [chosen, measure, x_axis, log_y, weight], [plot, note], api_name="curves",

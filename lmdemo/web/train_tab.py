@@ -70,7 +70,7 @@ def build(training: LiveTraining, sampling: Lane, behind_proxy: bool) -> Callabl
             job = training.submit(owner, request_address(request, behind_proxy),
                                   read_request(body, level_value, size_value, budget, limits, source_name))
         except SettingsError as error:
-            raise gr.Error(str(error), title="Check the text and settings") from None
+            raise gr.Error(str(error), title="Check the text and settings", print_exception=False) from None
         if source_value == "upload":
             training.sessions.discard_upload(owner, file)
         return job
