@@ -160,3 +160,13 @@ def test_the_load_bench_talks_to_a_real_server_as_pages_do(capsys):
     printed = capsys.readouterr().out
     assert "2 user(s): 8 requests" in printed and ", 0 error(s)" in printed, printed
     assert re.search(r"generate's first token: p50 \d", printed), printed
+
+
+def test_the_loop_bench_runs_the_load_benchs_users_without_a_server(capsys, one_thread):
+    """bench/loop.py sends bench/load.py's mix straight to the batched decoder: every request is counted, and a
+    generate's first update is timed."""
+    loop = bench_module("loop", "loop.py")
+    assert loop.main(["--users", "2", "--requests", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert "2 user(s): 6 requests in" in printed, printed
+    assert re.search(r"all +6 +\d", printed) and re.search(r"generate's first update: p50 \d", printed), printed
