@@ -145,7 +145,7 @@ def describe_hardware(hardware: Hardware, world: int) -> str:
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
-        name = platform.processor() or platform.machine()
+        name = platform.machine()  # not platform.processor(): on Linux it runs `uname -p`, a process for nothing
         try:
             for line in Path("/proc/cpuinfo").read_text().splitlines():
                 if line.startswith("model name"):
