@@ -230,6 +230,6 @@ def test_the_dial_in_the_browser(server):
         assert page.locator("#samples .lm-col").count() == 10
         page.get_by_label("Model").first.click()
         page.get_by_role("option", name="shakespeare-tiny").click()
-        page.wait_for_timeout(2_000)
-        assert not slider.first.is_visible() and not dial_text.is_visible()
+        slider.first.wait_for(state="hidden", timeout=30_000)  # a model without a steerable unit: no dial
+        dial_text.wait_for(state="hidden", timeout=30_000)
         assert not page.elsewhere, f"the page fetched from other hosts: {page.elsewhere}"
