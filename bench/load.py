@@ -80,6 +80,16 @@ class Tally:
         self.done += 1
         return self.done
 
+    def print_latencies(self) -> list[float]:
+        """Print p50/p95/p99 per kind and overall; the latencies of every kind together."""
+        every = [s for values in self.latencies.values() for s in values]
+        print(f"  {'kind':<9}{'count':>6}{'p50 s':>8}{'p95 s':>8}{'p99 s':>8}")
+        for kind, values in [*self.latencies.items(), ("all", every)]:
+            if values:
+                print(f"  {kind:<9}{len(values):>6}{percentile(values, 50):>8.2f}{percentile(values, 95):>8.2f}"
+                      f"{percentile(values, 99):>8.2f}")
+        return every
+
 
 def generate_args(model: str, prompt: str, temperatures: str, max_new: int, seed: int) -> list:
     """The /generate endpoint's inputs, in the order app.py declares them (the last: no dial)."""
@@ -245,14 +255,9 @@ def run_load(url: str, pid: int, model: str, users: int, requests: int, seconds:
     asyncio.run(everyone())
     wall = time.perf_counter() - started
     server_cores, own_cores = (cpu_seconds(pid) - server_cpu) / wall, (sum(os.times()[:2]) - own_cpu) / wall
-    every = [s for values in tally.latencies.values() for s in values]
     print(f"\n{users} user(s): {tally.done} requests in {wall:.1f} s = {tally.done / wall:.2f} requests/s, "
           f"{len(tally.errors)} error(s)")
-    print(f"  {'kind':<9}{'count':>6}{'p50 s':>8}{'p95 s':>8}{'p99 s':>8}")
-    for kind, values in [*tally.latencies.items(), ("all", every)]:
-        if values:
-            print(f"  {kind:<9}{len(values):>6}{percentile(values, 50):>8.2f}{percentile(values, 95):>8.2f}"
-                  f"{percentile(values, 99):>8.2f}")
+    every = tally.print_latencies()
     first = tally.first_token or [math.nan]
     print(f"  generate's first token: p50 {percentile(first, 50):.3f} s, p95 {percentile(first, 95):.3f} s")
     for error in tally.errors[:5]:

@@ -76,14 +76,9 @@ def run(demo: Demo, model: str, users: int, requests: int) -> None:
     for thread in threads:
         thread.join()
     wall, cores = time.perf_counter() - started, (sum(os.times()[:2]) - cpu) / (time.perf_counter() - started)
-    every = [s for values in tally.latencies.values() for s in values]
     print(f"\n{users} user(s): {tally.done} requests in {wall:.1f} s = {tally.done / wall:.2f} requests/s; "
           f"this process used {cores:.2f} cores of {os.cpu_count()}")
-    print(f"  {'kind':<9}{'count':>6}{'p50 s':>8}{'p95 s':>8}{'p99 s':>8}")
-    for kind, values in [*tally.latencies.items(), ("all", every)]:
-        if values:
-            print(f"  {kind:<9}{len(values):>6}{percentile(values, 50):>8.2f}{percentile(values, 95):>8.2f}"
-                  f"{percentile(values, 99):>8.2f}")
+    tally.print_latencies()
     if tally.first_token:
         print(f"  generate's first update: p50 {percentile(tally.first_token, 50):.3f} s, "
               f"p95 {percentile(tally.first_token, 95):.3f} s")
