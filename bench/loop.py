@@ -75,7 +75,8 @@ def run(demo: Demo, model: str, users: int, requests: int) -> None:
         thread.start()
     for thread in threads:
         thread.join()
-    wall, cores = time.perf_counter() - started, (sum(os.times()[:2]) - cpu) / (time.perf_counter() - started)
+    wall = time.perf_counter() - started
+    cores = (sum(os.times()[:2]) - cpu) / wall
     print(f"\n{users} user(s): {tally.done} requests in {wall:.1f} s = {tally.done / wall:.2f} requests/s; "
           f"this process used {cores:.2f} cores of {os.cpu_count()}")
     tally.print_latencies()

@@ -61,9 +61,9 @@ def build(demo: Demo, lane: Lane, behind_proxy: bool = False) -> list[gr.Dropdow
             comparison = demo.compare([name_a, name_b], prompt_text, sampling,
                                       client=request_address(request, behind_proxy))
         except SettingsError as error:
-            raise gr.Error(str(error), title="Check the settings", print_exception=False) from None
+            raise render.refused(str(error), "Check the settings") from None
         except Busy as error:
-            raise gr.Error(str(error), title="Busy", print_exception=False) from None
+            raise render.refused(str(error), "Busy") from None
         results = []
         for progress, next_tokens, info in zip(comparison.runs, comparison.next_tokens, comparison.infos):
             results += [render.model_markdown(info), render.samples_html(progress), render.prompt_html(progress),

@@ -12,6 +12,7 @@ import plotly.graph_objects as go
 from lmdemo.curves import check_choices, colours_for, curves_figure
 from lmdemo.metrics import METRICS_FILE, load_run
 from lmdemo.runs import MEASURES, X_AXES, curve_frame, log_notes
+from lmdemo.web import render
 from lmdemo.web.registry import Models
 
 MAX_CURVES = 8  # models drawn at once by `models_figure`
@@ -46,7 +47,7 @@ def build(models: Models) -> gr.Dropdown:
         try:
             return models_figure(models, names_value, measure_value, x_value, log_value, weight_value)
         except ValueError as error:
-            raise gr.Error(str(error), title="Check the chart settings", print_exception=False) from None
+            raise render.refused(str(error), "Check the chart settings") from None
 
     gr.on([chosen.change, measure.change, x_axis.change, log_y.change, weight.release], on_draw,
           [chosen, measure, x_axis, log_y, weight], [plot, note], api_name="curves",

@@ -96,7 +96,7 @@ def build(inside: Inside, run: gr.State, model: gr.Dropdown, prompt: gr.Textbox,
         try:
             view = view_of()
         except SettingsError as error:
-            raise gr.Error(str(error), title=title, print_exception=False) from None
+            raise render.refused(str(error), title) from None
         return (render.inside_markdown(view), render.positions_html(view), render.unit_heatmap(view),
                 render.unit_table(view), render.unit_trace(view))
 
@@ -116,7 +116,7 @@ def build(inside: Inside, run: gr.State, model: gr.Dropdown, prompt: gr.Textbox,
                 raise SettingsError(f"the model must be a name (got {type(name).__name__})")
             atlas = atlases.atlas(name)
         except SettingsError as error:
-            raise gr.Error(str(error), title="Unknown model", print_exception=False) from None
+            raise render.refused(str(error), "Unknown model") from None
         found = atlas is not None
         return (render.atlas_markdown(name, atlas), gr.Dataframe(render.atlas_frame(atlas), visible=found),
                 gr.Dropdown(**property_choices(atlas)), gr.Markdown(visible=found), gr.Accordion(open=not found))
@@ -136,7 +136,7 @@ def build(inside: Inside, run: gr.State, model: gr.Dropdown, prompt: gr.Textbox,
             own = chosen_text if chosen_text.model == name else None  # a sample of the model shown before
             return render.unit_text_html(atlases.unit(own, name, property_name))
         except SettingsError as error:
-            raise gr.Error(str(error), title="Check the settings", print_exception=False) from None
+            raise render.refused(str(error), "Check the settings") from None
 
     def on_new_model(name: str, property_name: Any) -> str:
         """A model just chosen: its unit over the held-out examples (the Sample tab is replacing the prompt)."""

@@ -17,6 +17,7 @@ import json
 import math
 from collections.abc import Sequence
 
+import gradio as gr
 import pandas as pd
 import plotly.graph_objects as go
 from gradio.components.plot import PlotData
@@ -196,6 +197,12 @@ def model_markdown(info: ModelInfo) -> str:
             f"{info.num_layers}×{info.hidden_size} (embedding {info.emb_size}), {info.parameters / 1e6:.2f} M "
             f"parameters, vocabulary {info.vocab_size:,}  \n"
             f"Trained on `{info.data}`{trained} · {measured}")
+
+
+def refused(message: str, title: str) -> gr.Error:
+    """A visitor's request refused, with a message for them alone: Gradio prints a traceback for any other
+    `gr.Error`, and the message (which may quote what they typed) would land in the server's log."""
+    return gr.Error(message, title=title, print_exception=False)
 
 
 def next_token_figure(next_tokens: NextTokens) -> dict:

@@ -132,7 +132,7 @@ def connect(tab: SampleTab, demo: Demo, inside_text: gr.Dropdown, inside_layer: 
         try:
             shown, info = models.examples(name), models.describe(name)
         except SettingsError as error:
-            raise gr.Error(str(error), title="Unknown model", print_exception=False) from None
+            raise render.refused(str(error), "Unknown model") from None
         return render.model_markdown(info), gr.Dataset(samples=[[e] for e in shown]), shown[0]
 
     def on_generate(request: gr.Request, name: str, prompt_text: str, temperature_text: str, max_new: Any, k: Any,
@@ -142,29 +142,28 @@ def connect(tab: SampleTab, demo: Demo, inside_text: gr.Dropdown, inside_layer: 
             client = request_address(request, behind_proxy)  # the decode loop's fair share is per address
             yield from _generation_updates(demo.generate(name, prompt_text, sampling, client=client))
         except SettingsError as error:
-            raise gr.Error(str(error), title="Check the settings", print_exception=False) from None
+            raise render.refused(str(error), "Check the settings") from None
         except Busy as error:
-            raise gr.Error(str(error), title="Busy", print_exception=False) from None
+            raise render.refused(str(error), "Busy") from None
 
     def on_explore(current: Progress | None, index: Any, at: Any, count: Any) -> Any:
         if current is None:
-            raise gr.Error("Generate some text first: the bars explain a sample's next tokens.",
-                           title="Nothing to explain yet", print_exception=False)
+            raise render.refused("Generate some text first: the bars explain a sample's next tokens.",
+                                 "Nothing to explain yet")
         try:
             return _figure(demo, current, index, at, count)
         except SettingsError as error:
-            raise gr.Error(str(error), title="Check the settings", print_exception=False) from None
+            raise render.refused(str(error), "Check the settings") from None
         except Busy as error:
-            raise gr.Error(str(error), title="Busy", print_exception=False) from None
+            raise render.refused(str(error), "Busy") from None
 
     def on_finished(current: Progress | None) -> tuple:
         if current is None:
-            raise gr.Error("Generate some text first: this shows a finished run's bars.", title="Nothing to show yet",
-                           print_exception=False)
+            raise render.refused("Generate some text first: this shows a finished run's bars.", "Nothing to show yet")
         try:
             return _finished_updates(demo, current)
         except Busy as error:
-            raise gr.Error(str(error), title="Busy", print_exception=False) from None
+            raise render.refused(str(error), "Busy") from None
 
     model = tab.model
     model.change(on_model, model, [tab.model_info, tab.examples, tab.prompt], api_name="model_info")

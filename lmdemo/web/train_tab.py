@@ -14,7 +14,7 @@ import gradio as gr
 
 from lmdemo import curves
 from lmdemo.generation import SettingsError
-from lmdemo.web import train_view
+from lmdemo.web import render, train_view
 from lmdemo.web.clients import request_address
 from lmdemo.web.compute import Lane
 from lmdemo.web.jobs import Job, LiveTraining
@@ -70,7 +70,7 @@ def build(training: LiveTraining, sampling: Lane, behind_proxy: bool) -> Callabl
             job = training.submit(owner, request_address(request, behind_proxy),
                                   read_request(body, level_value, size_value, budget, limits, source_name))
         except SettingsError as error:
-            raise gr.Error(str(error), title="Check the text and settings", print_exception=False) from None
+            raise render.refused(str(error), "Check the text and settings") from None
         if source_value == "upload":
             training.sessions.discard_upload(owner, file)
         return job
