@@ -25,18 +25,23 @@ from typing import Any  # noqa: E402
 
 import torch  # noqa: E402
 
-from lmdemo.batching import DEFAULT_MAX_ROWS, Batching, PerRequest  # noqa: E402
+from starlette.middleware import Middleware  # noqa: E402
+
+from lmdemo.batching import DEFAULT_MAX_ROWS  # noqa: E402
 from lmdemo.checkpoint import ModelLoadError  # noqa: E402
 from lmdemo.space import MODELS_ENV, MODELS_FILE  # noqa: E402
 from lmdemo.web import page, render  # noqa: E402
 from lmdemo.web.forms import Limits  # noqa: E402
-from lmdemo.web.jobs import LiveTraining  # noqa: E402
+from lmdemo.web.gate import Gate, Serving  # noqa: E402
+from lmdemo.web.jobs import TrainingLine  # noqa: E402
 from lmdemo.web.page import build_app  # noqa: E402
 from lmdemo.web.registry import Models, NoModelsError, discover_models  # noqa: E402
 from lmdemo.web.train_requests import TrainLimits  # noqa: E402
+from lmdemo.web.uploads import UploadDoor, Uploads  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
-DEFAULT_THREADS = 40  # Gradio's worker threads unless told otherwise
+DEFAULT_THREADS = 40  # Gradio's worker threads besides one for every event the gate admits
+TRAIN_SECONDS_ENV, NO_TRAIN_ENV, PROXY_HOPS_ENV = "LMDEMO_TRAIN_SECONDS", "LMDEMO_NO_TRAIN", "LMDEMO_PROXY_HOPS"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--queue-size", type=int, default=32,
                         help="requests waiting at most for a model slot, more are turned away; batched sampling "
                              "requests have --max-batch-rows more places (default: 32)")
+    hops = os.environ.get(PROXY_HOPS_ENV) or ("1" if os.environ.get("SPACE_ID") else "0")
+    parser.add_argument("--proxy-hops", type=int, default=int(hops) if hops.isdigit() else -1, metavar="N",
+                        help=f"trusted reverse proxies in front that each append to X-Forwarded-For: per-visitor "
+                             f"limits key on the address the outermost one saw, the N-th entry from the right; 0 "
+                             f"ignores the header (default: ${PROXY_HOPS_ENV}, else 1 when SPACE_ID is set, as on a "
+                             f"Hugging Face Space, else 0); never more than the proxies really there, or clients "
+                             f"choose their own address")
     parser.add_argument("--threads", type=int, help="torch threads per request (default: CPU cores / concurrency)")
     parser.add_argument("--max-new-tokens", type=int, default=Limits.max_new_tokens,
                         help=f"most new tokens a request may ask for (default: {Limits.max_new_tokens})")
@@ -94,11 +106,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         value = getattr(args, name)
         if value is not None and value <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive (got {value})")
+    if args.proxy_hops < 0:
+        parser.error(f"--proxy-hops (or ${PROXY_HOPS_ENV}) must be a whole number from 0 (got {args.proxy_hops})")
     _check_train_options(parser, args)
     return args
 
-
-TRAIN_SECONDS_ENV, NO_TRAIN_ENV, PROXY_ENV = "LMDEMO_TRAIN_SECONDS", "LMDEMO_NO_TRAIN", "LMDEMO_BEHIND_PROXY"
 
 
 def _train_options(parser: argparse.ArgumentParser) -> None:
@@ -125,12 +137,6 @@ def _train_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--train-root", type=Path,
                        help="where the private training folder is made (default: the system's temporary folder); "
                             "it is deleted when the server stops, and a later server deletes it if this one is killed")
-    on_space = bool(os.environ.get("SPACE_ID"))
-    group.add_argument("--behind-proxy", action="store_true",
-                       default=on_space or os.environ.get(PROXY_ENV, "") not in ("", "0"),
-                       help=f"a reverse proxy that sets X-Forwarded-For stands in front: per-visitor limits key on the "
-                            f"address it saw (default: on when SPACE_ID is set, as on a Hugging Face Space, or "
-                            f"{PROXY_ENV}=1); never set it for a server clients reach directly")
 
 
 def _check_train_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -146,7 +152,7 @@ def _check_train_options(parser: argparse.ArgumentParser, args: argparse.Namespa
             parser.error(f"--{name.replace('_', '-')} must be positive (got {getattr(args, name):g})")
 
 
-def _training(args: argparse.Namespace, models: Models) -> LiveTraining | None:
+def _training(args: argparse.Namespace, models: Models, gate: Gate) -> TrainingLine | None:
     """The server's training slot and queue, unless --no-train. Gradio's cache (uploads, the zips it serves) is
     made a folder of the training folder's, so it is this server's alone and goes with it."""
     if args.no_train:
@@ -155,7 +161,8 @@ def _training(args: argparse.Namespace, models: Models) -> LiveTraining | None:
                          default_seconds=min(TrainLimits.default_seconds, args.train_seconds),
                          budget_per_hour_s=args.train_budget_per_hour, disk_mb=args.train_disk_mb,
                          session_ttl_s=args.session_ttl)
-    training = LiveTraining(models, limits, args.train_root, cache=os.environ.get("GRADIO_TEMP_DIR") or None)
+    training = TrainingLine(models, limits, args.train_root, cache=os.environ.get("GRADIO_TEMP_DIR") or None,
+                            admission=gate.admission)
     os.environ["GRADIO_TEMP_DIR"] = str(training.cache)
     return training
 
@@ -181,21 +188,22 @@ def main(argv: list[str] | None = None) -> int:
     limits = Limits(max_prompt_chars=args.max_prompt_chars, max_prompt_tokens=args.max_prompt_tokens,
                     max_new_tokens=args.max_new_tokens)
     _stop_on_sigterm()
-    training = _training(args, models)
+    gate = Gate(Serving(args.concurrency, args.queue_size, args.decode, args.max_batch_rows, args.proxy_hops,
+                        session_ttl_s=args.session_ttl))
+    training = _training(args, models, gate)
+    uploads = training.uploads if training else Uploads(gate.admission, ROOT, max_file_bytes=0)  # none taken
     try:
-        decoder = Batching(args.max_batch_rows) if args.decode == "batched" else PerRequest()
         page.answer_missing_optional_imports()
-        app = build_app(models, limits, args.concurrency, training, args.behind_proxy, decoder)
-        # batched sampling requests pass through Gradio's queue on their way to their loop's own line: room for a
-        # full line of them (bursts of arrivals wait there a moment) besides the --queue-size waiting for a slot
-        waiting = args.queue_size + (args.max_batch_rows if args.decode == "batched" else 0)
-        app.queue(default_concurrency_limit=args.concurrency, max_size=waiting)
+        app = build_app(models, limits, training, gate)
+        # Gradio's queue hands every event to a worker at once (no event has a concurrency limit): the gate admits
+        # it there, fairly per address; the queue's own bound is only a backstop beyond the gate's
+        app.queue(default_concurrency_limit=None, max_size=2 * gate.serving.events)
         upload_cap = dict(max_file_size=training.limits.max_upload_bytes) if training else {}
-        # a batched request waits for its loop in a worker thread: enough threads for a full line and the rest
-        threads = max(DEFAULT_THREADS, 2 * args.max_batch_rows + args.concurrency + DEFAULT_THREADS // 2) \
-            if args.decode == "batched" else DEFAULT_THREADS
+        # an admitted event waits for its turn or its decode loop in a worker thread: one each, and some to spare
+        door = Middleware(UploadDoor, uploads=uploads, address=gate.client)
         app.launch(server_name=args.host, server_port=args.port, theme=page.theme(), css=render.CSS, ssr_mode=False,
-                   footer_links=["api"], max_threads=threads, **upload_cap)
+                   footer_links=["api"], max_threads=gate.serving.events + DEFAULT_THREADS,
+                   app_kwargs=dict(middleware=[door]), **upload_cap)
     except KeyboardInterrupt:
         pass
     finally:

@@ -4,7 +4,7 @@
     python bench/abuse.py --app /tmp/old/app.py  # another checkout's, same attacks (options it lacks are left out)
 
 Every request is a raw HTTP call, as a script would make it (its own session ids, no heartbeat). Clients are
-told apart by the X-Forwarded-For a proxy would set (the server runs with --behind-proxy; documentation
+told apart by the X-Forwarded-For a proxy would set (the server runs with --proxy-hops 1; documentation
 addresses 203.0.113.x, which only name clients, no traffic goes there). Bounded in requests and time.
 Phases, each followed by the server's disk (training folder and web cache) and resident memory:
 
@@ -19,6 +19,8 @@ Phases, each followed by the server's disk (training folder and web cache) and r
 6. served files: every file under the training folder while a job trains, asked for at /gradio_api/file=
    and /file=.
 7. the hourly budget: one client trains back to back until refused; the seconds it was granted.
+8. junk uploads: one client uploads 1 MB files until refused; another client's upload; one file uploaded by two
+   clients (one path or two); the disk once the uploads went unused for --session-ttl.
 """
 
 from __future__ import annotations
@@ -123,7 +125,8 @@ class Server:
         self.base = work / "train-root"
         offered = subprocess.run([sys.executable, str(app), "--help"], capture_output=True, text=True,
                                  cwd=app.parent, env=ENV).stdout
-        wanted = {"--behind-proxy": [], "--session-ttl": [str(ttl)], "--train-budget-per-hour": [str(budget)]}
+        proxy = {"--proxy-hops": ["1"]} if "--proxy-hops" in offered else {"--behind-proxy": []}  # older apps: a switch
+        wanted = {**proxy, "--session-ttl": [str(ttl)], "--train-budget-per-hour": [str(budget)]}
         extra = [part for flag, value in wanted.items() if flag in offered for part in (flag, *value)]
         self.missing = [flag for flag in wanted if flag not in offered]
         env = dict(ENV)
@@ -303,6 +306,33 @@ def hourly_budget(server: Server, budget: float) -> None:
     print(f"7. hourly budget {budget:g} s: {jobs} jobs granted, never refused within {budget * 3:g} s")
 
 
+def junk_uploads(server: Server, ttl: float) -> None:
+    """One address uploads 1 MB of junk at a time until refused (or 64 MB); another then uploads a small file, and
+    both upload the same file; the disk once the uploads go unused for the session time to live."""
+    before, accepted, refusal = server.disk_mb(), 0, "-"
+    junk = os.urandom(1_000_000)
+    for _ in range(64):
+        answer = _upload(server, "198.51.100.13", junk + uuid.uuid4().bytes)
+        if answer.status_code != 200:
+            refusal = f"{answer.status_code} {answer.text[:120]}"
+            break
+        accepted += 1
+    full = server.disk_mb()
+    other = _upload(server, "198.51.100.14", b"an honest visitor's notes\n" * 100)
+    same = [_upload(server, address, b"one file, two visitors\n").text for address in ("198.51.100.15", "198.51.100.16")]
+    print(f"8. junk uploads: one address, 1 MB each: {accepted} accepted, then {refusal}; disk {before:.1f} -> "
+          f"{full:.1f} MB")
+    print(f"   another address's upload: {other.status_code}; the same file from two addresses: "
+          f"{'two paths' if len(set(same)) == 2 else 'ONE PATH: ' + same[0]}")
+    time.sleep(ttl + 5)
+    server.report(f"phase 8 (after --session-ttl {ttl:g} s unused)")
+
+
+def _upload(server: Server, address: str, content: bytes) -> httpx.Response:
+    return httpx.post(server.url + "gradio_api/upload", files={"files": ("notes.txt", content)},
+                      headers={"X-Forwarded-For": address}, timeout=60)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--app", type=Path, default=ROOT / "app.py")
@@ -312,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--raw", type=int, default=3)
     parser.add_argument("--session-ttl", type=float, default=20.0)
     parser.add_argument("--budget", type=float, default=60.0, help="the server's --train-budget-per-hour")
-    parser.add_argument("--phases", default="1234567", help="which phases to run, by number (default: all)")
+    parser.add_argument("--phases", default="12345678", help="which phases to run, by number (default: all)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="lmdemo-abuse-") as work:
         server = Server(args.app.resolve(), args.port, Path(work), args.session_ttl, args.budget)
@@ -322,7 +352,8 @@ def main(argv: list[str] | None = None) -> int:
             phases = {"1": lambda: many_sessions(server, args.sessions), "2": lambda: submit_stop(server, args.rounds),
                       "3": lambda: honest_visitor(server), "4": lambda: malformed(server),
                       "5": lambda: raw_sessions(server, args.raw, args.session_ttl), "6": lambda: served_files(server),
-                      "7": lambda: hourly_budget(server, args.budget)}
+                      "7": lambda: hourly_budget(server, args.budget),
+                      "8": lambda: junk_uploads(server, args.session_ttl)}
             for number in args.phases:
                 phases[number]()
         finally:

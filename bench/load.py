@@ -8,7 +8,7 @@
 
 Each user is a page of its own (a session, one keep-alive connection, Gradio's queue protocol as a browser
 speaks it; all users share one thread of this process) from an address of its own (app.py runs with
---behind-proxy, each user's X-Forwarded-For a documentation address) that sends a seeded mix of requests:
+--proxy-hops 1, each user's X-Forwarded-For a documentation address) that sends a seeded mix of requests:
 "generate" (3 temperatures x 100 new tokens), "next" (next-token bars of its last sample) and
 "score" (a long prompt, one new token: the work of colouring the prompt by surprisal); a "generate" or "score"
 ends, as on the page, with the /after_generate the page sends when a run is done (its bars and pickers). Prints
@@ -203,7 +203,7 @@ def percentile(values: list[float], q: float) -> float:
 def start_server(port: int, extra: list[str]) -> subprocess.Popen:
     """app.py behind a (pretend) proxy: each simulated user has an address of its own, told by X-Forwarded-For,
     as visitors of a Space do (documentation addresses, 203.0.113.x: they only name users)."""
-    command = [sys.executable, str(ROOT / "app.py"), "--port", str(port), "--behind-proxy", *extra]
+    command = [sys.executable, str(ROOT / "app.py"), "--port", str(port), "--proxy-hops", "1", *extra]
     # its log goes to a file: a pipe nobody reads fills up with the tracebacks Gradio prints for refused requests,
     # and then every write blocks the server
     log = tempfile.TemporaryFile("w+")

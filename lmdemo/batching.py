@@ -3,67 +3,111 @@
 An LSTM step for 16 rows costs little more than for one (the matrices are small; the time is per-step
 overhead), so requests that each ran their own loop waited for one another for nothing. Here one thread per
 model (`DecodeLoop`, started by the first request, ended after `IDLE_SECONDS` without one) takes requests from a
-bounded line and, at every step:
+bounded line and, at every step (`_Batch.step`):
 
+- reads once whether each request's reader went away (a closed stream: a closed page, a Stop), and drops those
+  requests and their rows from that one reading, so the rows kept and the requests that own them always agree;
 - joins the new samples to the batch (an LSTM request's whole state is its `(h, c)` rows: a row copy), their
   first token drawn from their reading as `Generator.stream` draws it;
 - advances every row one token in one LSTM call and one prediction, holds each request's dial on that
   request's rows only, and lets each request's `Decoding` pick its rows' tokens with its own settings and its
   own random streams (lmdemo.sampling), so a request's text depends on its own inputs and seed, not on who else
   is in the batch;
-- drops the rows that are done (max tokens, end of text, stop string) and those of requests whose reader went
-  away (a closed stream: a closed page, a Stop), so the next request takes their place.
+- drops the rows that are done (max tokens, end of text, stop string), so the next request takes their place.
 
-Texts (a prompt, or a sample's tokens after its prompt for the next-token bars) are read by a second thread
-of the model, one at a time, each alone as a request on its own would read it (batching an `nn.LSTM` read
+Texts (a prompt, or a sample's tokens after its prompt for the next-token bars) are read in the caller's own
+thread, one at a time per model, each alone as a request on its own would read it (batching an `nn.LSTM` read
 rounds each row's floats differently): a long prompt takes tens of milliseconds, which the batch's rows would
-otherwise wait through, and the two threads' matrix work (outside Python's lock) shares the machine's cores.
+otherwise wait through, and the reader's and the loop's matrix work (outside Python's lock) share the cores.
+Whose text is read next is a fair turn (`Turns(1)`: the client with the fewest reads in progress first).
 
 Same tokens as alone, not the same floats: a matrix product over B rows may round a row's sums differently
 than over one row (MKL/oneDNN pick kernels by shape), so probabilities can differ in the last bits between batch
 sizes. A sample's tokens differ only when two tokens' odds are that close at a step; the per-request path has
 the same caveat between one temperature and several.
 
-`--max-batch-rows` bounds the rows one step advances and the requests waiting to join; a request that would
-wait beyond that is refused at once (`Busy`) rather than queued for longer than anyone waits. Fair to everyone:
-one address holds at most half of that line, and of the waiting requests, those of the client with the fewest
-rows in the batch join first (a class behind one school address still fits; one script cannot starve others).
+Fair to everyone, through the server's one `Admission` (lmdemo.admission): texts waiting for or being read
+(`READS`) and requests waiting to join a batch (`WAITING`) are lines of `--max-batch-rows` places each, server-wide,
+of which one address holds at most its share (half, by default); past it, or past the line's capacity, a request
+hears `Busy` at once rather than queueing for longer than anyone waits. In the batch itself one address has at
+most that share of its rows (a class behind one school address still fits; one script cannot take every row): a
+request whose address is at its share waits until its own rows free, and among the others those of the client
+with the fewest rows in the batch join first.
+
+Nothing waits unbounded. If anything in the loop's thread fails, every request it held or that waited for it
+hears `LoopFailed` (try again), and the next request starts a fresh thread; a request whose loop thread is gone
+finds out within `WATCH_SECONDS`, and one that waited `WAIT_LIMIT_S` for a row hears `Busy`.
 `PerRequest` is the old path (each request decodes alone in its caller's thread), kept for measuring.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
+import sys
 import threading
 import time
+import traceback
 import weakref
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Protocol
 
 import torch
 
+from lmdemo.admission import WAIT_LIMIT_S, Admission, Busy, Hold, Line, Turns
 from lmdemo.generation import Generator, Reading, Sample, Sampling, SettingsError
 from lmdemo.model import State
 from lmdemo.sampling import ChoiceRule, Decoding
 
+__all__ = ["Batching", "Busy", "DecodeLoop", "Decoder", "LoopFailed", "PerRequest", "add_lines", "generate"]
+
 DEFAULT_MAX_ROWS = 64
+SHARE = 0.5  # of each line, and of a batch's rows, the most one address holds
 IDLE_SECONDS = 10.0  # a loop with nothing to do for this long ends its thread; the next request starts one
 # Page updates per second shared by everyone watching one model: each update costs the server's one Python thread
 # far more than a decode step, so with many watchers each is shown its tokens less often (first token at once).
 UPDATES_PER_SECOND = 40.0
+WATCH_SECONDS = 1.0  # how often a waiting request looks whether its loop's thread is still there
+
+READS = "reads"  # the admission's line of texts waiting for or being read, every model's together
+WAITING = "decode waiting"  # the admission's line of requests waiting to join a batch, every model's together
+ROWS = "decode rows"  # a batch's rows: each model's batch has its own, so this line is the loop's, not the server's
 
 
-class Busy(RuntimeError):
-    """The model's line is full: the request was not queued, and can simply be sent again in a moment."""
+class LoopFailed(Busy):
+    """The model's decode loop failed: the request was ended (with the loop's error as its cause) and the loop
+    reset, so the same request can simply be sent again."""
+
+    def __init__(self, cause: BaseException | None = None):
+        super().__init__("this model's decode loop failed: try again in a moment")
+        self.__cause__ = cause
+
+
+def add_lines(admission: Admission, max_rows: int, share: float = SHARE) -> Admission:
+    """The decode loops' server-wide lines (`READS`, `WAITING`), each `max_rows` places, added to `admission` unless
+    the server already made them (then theirs stand)."""
+    for line in (Line(READS, max_rows, share, "texts waiting to be read"),
+                 Line(WAITING, max_rows, share, "requests waiting for a model")):
+        if line.name not in admission.lines:
+            admission.add(line)
+    return admission
+
+
+_unnamed = itertools.count()
+
+
+def _whose(client: str) -> str:
+    """`client` (an address), or for a request of nobody's a key of its own: it shares with no one."""
+    return client or f"<request {next(_unnamed)}>"
 
 
 class Decoder(Protocol):
     """How the web demo's sampling requests run a model: batched (`Batching`) or each alone (`PerRequest`)."""
 
-    def reading(self, generator: Generator, ids: Sequence[int], after: Reading | None = None) -> Reading: ...
+    def reading(self, generator: Generator, ids: Sequence[int], after: Reading | None = None,
+                client: str = "") -> Reading: ...
 
     def stream(self, generator: Generator, reading: Reading, sampling: Sampling,
                every: float = 0.0, client: str = "") -> Iterator[list[Sample]]: ...
@@ -73,18 +117,23 @@ class _Stream:
     """One request's samples in the batch: its `Decoding`, which of its samples still have rows there (in
     batch order), its step count, and what its reader is told. The loop writes under `lock`; readers copy."""
 
-    def __init__(self, reading: Reading, sampling: Sampling, generator: Generator, client: str = ""):
+    def __init__(self, reading: Reading, sampling: Sampling, generator: Generator, client: str):
         self.reading, self.sampling = reading, sampling
-        self.client: object = client or self  # whose request: an address; a request of nobody's is its own
+        self.client = client
         self.decoding = Decoding(sampling, generator.tokenizer, [score.id for score in reading.scores])
         self.rows = list(range(len(self.decoding.samples)))
         self.step = 0
         self.lock = threading.Lock()
         self.changed, self.ended = threading.Event(), threading.Event()
-        self.cancelled = False
+        self.cancelled = False  # set by the reader's `finally`; the loop reads it once per step (`_Batch.step`)
         self.error: BaseException | None = None
+        self.hold: Hold | None = None  # its place in the `WAITING` line, until it joins the batch
+        self.deadline = math.inf  # when it stops waiting to join
 
     def finish(self, error: BaseException | None = None) -> None:
+        """Tell the reader the request ended (with `error`, if it failed); the first word stands."""
+        if self.ended.is_set():
+            return
         self.error = error
         self.ended.set()
         self.changed.set()
@@ -98,145 +147,37 @@ class _Stream:
                                        pieces=list(s.pieces)) for s in self.decoding.samples]
 
 
-class DecodeLoop:
-    """The decode loop of one model: `read` and `stream` queue work for its thread (see the module's docstring)."""
+class _Batch:
+    """The rows one step advances and who owns them: the requests in batch order (each one's rows together), their
+    `(h, c)` rows and each row's last token. Only the loop's thread touches it; a failed loop drops it whole."""
 
-    def __init__(self, generator: Generator, max_rows: int = DEFAULT_MAX_ROWS, idle_seconds: float = IDLE_SECONDS):
-        self.generator_ref = weakref.ref(generator)  # a model nobody serves any more can go, with its loop
-        self.max_rows, self.idle_seconds = max_rows, idle_seconds
-        self.condition = threading.Condition()
-        self.waiting: deque[_Stream] = deque()
-        self.thread: threading.Thread | None = None
-        self.reader = ThreadPoolExecutor(1, thread_name_prefix="read-texts")
-        self.reads = 0  # texts waiting to be read or being read
-        self.watchers = 0  # streams being shown as they grow: they share UPDATES_PER_SECOND
-        # the batch, touched by the loop's thread only: the requests in batch order, each one's rows together
+    def __init__(self) -> None:
         self.active: list[_Stream] = []
         self.state: State | None = None
         self.ids: torch.Tensor | None = None  # each row's last token
 
-    def read(self, ids: Sequence[int], after: Reading | None = None) -> Reading:
-        """`Generator.reading(ids, after)`, read by the loop's reader; `Busy` when its line is full. Nothing to read
-        after a reading (the bars right after a prompt) is that reading, without waiting."""
-        if after is not None and not ids:
-            return after
-        with self.condition:
-            if self.reads >= self.max_rows:
-                raise Busy("the server is busy: try again in a moment")
-            self.reads += 1
-        try:
-            return self.reader.submit(self.generator_ref().reading, ids, after).result()
-        finally:
-            with self.condition:
-                self.reads -= 1
-
-    def stream(self, reading: Reading, sampling: Sampling, every: float = 0.0, client: str = ""
-               ) -> Iterator[list[Sample]]:
-        """The samples of `sampling` after `reading`, as `Generator.stream` gives them, at most every `every`
-        seconds, or less often while many streams share `UPDATES_PER_SECOND` (the last yield is the finished
-        samples); `Busy` when the line is full, or when `client` (an address) already holds half of it. Closing
-        the iterator takes the request's rows out of the batch at the next step."""
-        generator = self.generator_ref()
-        generator.check_dial(sampling.dial)
-        if len(sampling.temperatures) > self.max_rows:
-            raise SettingsError(f"at most {self.max_rows} temperatures at once on this server "
-                                f"(got {len(sampling.temperatures)})")
-        request = _Stream(reading, sampling, generator, client)
-        del generator
-        self._queue(request)
-        shown, last = 0, -math.inf
-        watching = not math.isinf(every)
-        with self.condition:
-            self.watchers += watching
-        try:
-            while True:
-                request.changed.wait()
-                elapsed = time.monotonic() - last
-                interval = max(every, self.watchers / UPDATES_PER_SECOND)
-                if elapsed < interval:
-                    request.ended.wait(None if math.isinf(interval) else interval - elapsed)
-                request.changed.clear()
-                step, samples = request.snapshot()
-                if request.error is not None:
-                    raise request.error
-                if request.ended.is_set():
-                    yield samples
-                    return
-                if step > shown:
-                    shown, last = step, time.monotonic()
-                    yield samples
-        finally:
-            request.cancelled = True  # read by the loop at its next step; harmless once the request ended
-            with self.condition:
-                self.watchers -= watching
-
-    def _queue(self, job: _Stream) -> None:
-        with self.condition:
-            if len(self.waiting) >= self.max_rows:
-                raise Busy("the server is busy: try again in a moment")
-            mine = sum(waiting.client == job.client for waiting in self.waiting)
-            if mine >= max(1, self.max_rows // 2):
-                raise Busy(f"{mine} requests from your address are already waiting for this model: try again "
-                           f"when one is done")
-            self.waiting.append(job)
-            if self.thread is None:
-                self.thread = threading.Thread(target=self._run, name="decode-loop", daemon=True)
-                self.thread.start()
-            self.condition.notify()
-
-    def _run(self) -> None:
-        while True:
-            with self.condition:
-                if not self.active and not self.waiting:
-                    self.condition.wait(self.idle_seconds)
-                    if not self.waiting:
-                        self.thread = None
-                        return
-                joining = self._take()
-            generator = self.generator_ref()
-            if generator is None:  # cannot happen while a request holds its generator; ends the thread if it does
-                return
-            self._step(generator, joining)
-            del generator
-
-    def _take(self) -> list[_Stream]:
-        """The waiting requests whose rows fit, fairly: the client holding the fewest rows in the batch goes first,
-        in the order they came among equals, so one address's many requests do not keep others waiting. A
-        request that does not fit holds the ones behind it, so a large request is not passed over for ever."""
-        free = self.max_rows - sum(len(request.rows) for request in self.active)
-        held: dict[object, int] = {}
+    def rows_by_client(self) -> Counter[str]:
+        held: Counter[str] = Counter()
         for request in self.active:
-            held[request.client] = held.get(request.client, 0) + len(request.rows)
-        waiting = [job for job in self.waiting if not job.cancelled]  # a cancelled one: its reader went away
-        joining: list[_Stream] = []
-        while waiting:
-            job = min(waiting, key=lambda waiter: held.get(waiter.client, 0))  # the first of the least served
-            if len(job.rows) > free:
-                break
-            waiting.remove(job)
-            joining.append(job)
-            free -= len(job.rows)
-            held[job.client] = held.get(job.client, 0) + len(job.rows)
-        self.waiting = deque(waiting)
-        return joining
+            held[request.client] += len(request.rows)
+        return held
 
-    def _step(self, generator: Generator, joining: list[_Stream]) -> None:
-        try:
-            with torch.inference_mode():  # the batch's tensors never leave the loop: ~8 % off a step, measured
-                self._advance(generator, joining)
-        except Exception as error:  # noqa: BLE001 - every request in the step is told; the loop goes on
-            for request in [*self.active, *joining]:
-                request.finish(error)
-            self.active, self.state, self.ids = [], None, None
-
-    def _advance(self, generator: Generator, joining: list[_Stream]) -> None:
-        """One step: the batch's rows advance one token, the joining requests' rows join with their first."""
-        self._keep([not request.cancelled for request in self.active for _ in request.rows])
+    def step(self, generator: Generator, joining: list[_Stream]) -> None:
+        """One step: requests whose readers left go, the others' rows advance one token, and the joining requests'
+        rows join with their first."""
+        # Each request's `cancelled` is read here once: its reader may set it at any moment, and a second reading
+        # that disagreed would drop a request but keep its rows, which the next request would then take as its own.
+        gone = [request.cancelled for request in self.active]
+        if any(gone):
+            for request, left in zip(self.active, gone):
+                if left:
+                    request.finish()
+            self._keep([[] if left else request.rows for request, left in zip(self.active, gone)])
         states: list[State] = []
         logits: list[torch.Tensor] = []
         if self.active:
             state = generator.next_state(self.ids, self.state)
-            for request, rows in self._slices(self.active):
+            for request, rows in self._slices():
                 if request.sampling.dial is not None:
                     state = request.sampling.dial.hold(state, rows)
             states.append(state)
@@ -256,27 +197,26 @@ class DecodeLoop:
         self.state = (torch.cat([s[0] for s in states], 1), torch.cat([s[1] for s in states], 1))
         ids, probabilities = self._choose(torch.cat(logits))
         tokens, going_on = ids.tolist(), []
-        for request, rows in self._slices(self.active):
+        for request, rows in self._slices():
             with request.lock:
                 decoding, index = request.decoding, request.step
                 decoding.record(request.rows, tokens[rows], probabilities[rows], index)
                 request.step = index + 1
                 more = request.step < request.sampling.max_new_tokens
-                going_on += [more and not decoding.samples[row].finished for row in request.rows]
-                request.rows = [row for row in request.rows if more and not decoding.samples[row].finished]
-            if request.rows:
+                going_on.append([row for row in request.rows if more and not decoding.samples[row].finished])
+            if going_on[-1]:
                 request.changed.set()
             else:
                 request.finish()
         self.ids = ids
-        self._keep(going_on, rows_known=True)
+        self._keep(going_on)
 
     def _choose(self, logits: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
         """Every row's next token [B] and its probability, with one `choose_next` call per `ChoiceRule` in the
         batch (usually one): a call costs the loop about as much for 60 rows as for one, and the rows' own
         temperatures and draws keep each request's tokens its own."""
         groups: dict[ChoiceRule, tuple[list[int], list[float], list[float]]] = {}
-        for request, rows in self._slices(self.active):
+        for request, rows in self._slices():
             positions, temperatures, uniforms = groups.setdefault(request.decoding.rule, ([], [], []))
             row_temperatures, row_uniforms = request.decoding.draws(request.rows, request.step)
             positions += range(rows.start, rows.stop)
@@ -293,38 +233,220 @@ class DecodeLoop:
             ids[index], chosen[index] = rule.choose(logits[index], temperatures, uniforms)
         return ids, chosen.tolist()
 
-    def _keep(self, keep: list[bool], rows_known: bool = False) -> None:
-        """Only the rows marked in `keep`; requests left without rows leave the batch (unless `rows_known`, their
-        `rows` are emptied here: a cancelled request's)."""
-        if all(keep):
-            return
-        if not rows_known:
-            for request in self.active:
-                if request.cancelled:
-                    request.rows = []
+    def _keep(self, kept: list[list[int]]) -> None:
+        """Each active request (in batch order) keeps only its samples in `kept` (none: it leaves the batch). The
+        tensor rows kept and each request's `rows` come from this one list, so they cannot disagree."""
+        positions, start = [], 0
+        for request, rows in zip(self.active, kept, strict=True):
+            staying = set(rows)
+            positions += [start + i for i, row in enumerate(request.rows) if row in staying]
+            start += len(request.rows)
+            request.rows = [row for row in request.rows if row in staying]
         self.active = [request for request in self.active if request.rows]
         if not self.active:
             self.state, self.ids = None, None
-            return
-        index = torch.tensor([position for position, kept in enumerate(keep) if kept])
-        self.state = (self.state[0][:, index], self.state[1][:, index])
-        self.ids = self.ids[index]
+        elif len(positions) < start:
+            index = torch.tensor(positions)
+            self.state = (self.state[0][:, index], self.state[1][:, index])
+            self.ids = self.ids[index]
 
-    @staticmethod
-    def _slices(requests: list[_Stream]) -> list[tuple[_Stream, slice]]:
+    def _slices(self) -> list[tuple[_Stream, slice]]:
         """Each request with where its rows are in the batch (read before a step changes them)."""
         slices, start = [], 0
-        for request in requests:
+        for request in self.active:
             slices.append((request, slice(start, start + len(request.rows))))
             start += len(request.rows)
         return slices
 
 
-class Batching:
-    """The batched path: a `DecodeLoop` per model, made on its first request."""
+class DecodeLoop:
+    """The decode loop of one model: `read` reads texts in turn, `stream` queues requests for its thread (see the
+    module's docstring). `admission` is the server's (one for every kind of work); a loop of its own otherwise."""
 
-    def __init__(self, max_rows: int = DEFAULT_MAX_ROWS, idle_seconds: float = IDLE_SECONDS):
-        self.max_rows, self.idle_seconds = max_rows, idle_seconds
+    def __init__(self, generator: Generator, max_rows: int = DEFAULT_MAX_ROWS, idle_seconds: float = IDLE_SECONDS,
+                 admission: Admission | None = None, share: float = SHARE, wait_limit_s: float = WAIT_LIMIT_S):
+        self.generator_ref = weakref.ref(generator)  # a model nobody serves any more can go, with its loop
+        self.max_rows, self.idle_seconds, self.wait_limit_s = max_rows, idle_seconds, wait_limit_s
+        self.admission = add_lines(Admission() if admission is None else admission, max_rows, share)
+        self.rows_line = Line(ROWS, max_rows, share, "samples in one batch")  # counted by the loop, per batch
+        self.turns = Turns(1, wait_limit_s)  # texts are read one at a time, fairly
+        self.condition = threading.Condition()  # reentrant: `_fail` runs under it from `_queue` and `_watch` too
+        self.waiting: deque[_Stream] = deque()
+        self.thread: threading.Thread | None = None
+        self.watchers = 0  # streams being shown as they grow: they share UPDATES_PER_SECOND
+        self.batch = _Batch()
+
+    def read(self, ids: Sequence[int], after: Reading | None = None, client: str = "") -> Reading:
+        """`Generator.reading(ids, after)`, in the caller's thread when its turn comes; `Busy` when `client` (an
+        address) already has its share of the `READS` line, or the line is full. Nothing to read after a reading
+        (the bars right after a prompt) is that reading, without waiting."""
+        if after is not None and not ids:
+            return after
+        whose = _whose(client)
+        with self.admission.admit(READS, whose), self.turns.turn(whose):
+            return self._generator().reading(ids, after)
+
+    def stream(self, reading: Reading, sampling: Sampling, every: float = 0.0, client: str = ""
+               ) -> Iterator[list[Sample]]:
+        """The samples of `sampling` after `reading`, as `Generator.stream` gives them, at most every `every`
+        seconds, or less often while many streams share `UPDATES_PER_SECOND` (the last yield is the finished
+        samples); `Busy` when `client` (an address) already has its share of the `WAITING` line or the line is full,
+        or when it waited `wait_limit_s` for rows; `LoopFailed` if the loop fails. Closing the iterator takes the
+        request's rows out of the batch at the next step."""
+        generator = self._generator()
+        generator.check_dial(sampling.dial)
+        if len(sampling.temperatures) > self.rows_line.per_client:
+            raise SettingsError(f"at most {self.rows_line.per_client} temperatures at once on this server "
+                                f"(got {len(sampling.temperatures)})")
+        request = _Stream(reading, sampling, generator, _whose(client))
+        del generator
+        self._queue(request)
+        watching = not math.isinf(every)
+        with self.condition:
+            self.watchers += watching
+        try:
+            yield from self._updates(request, every)
+        finally:
+            request.cancelled = True  # read by the loop at its next step; harmless once the request ended
+            with self.condition:
+                self.watchers -= watching
+                if request in self.waiting:
+                    self.waiting.remove(request)
+            request.hold.release()
+
+    def _updates(self, request: _Stream, every: float) -> Iterator[list[Sample]]:
+        shown, last = 0, -math.inf
+        while True:
+            self._wait(request, request.changed, math.inf)
+            elapsed, interval = time.monotonic() - last, max(every, self.watchers / UPDATES_PER_SECOND)
+            if elapsed < interval:  # shown too recently: wait for the rest of the interval, or the end
+                self._wait(request, request.ended, interval - elapsed)
+            request.changed.clear()
+            step, samples = request.snapshot()
+            if request.error is not None:
+                raise request.error
+            if request.ended.is_set():
+                yield samples
+                return
+            if step > shown:
+                shown, last = step, time.monotonic()
+                yield samples
+
+    def _wait(self, request: _Stream, event: threading.Event, seconds: float) -> None:
+        """Wait up to `seconds` (inf: no limit) for `event`, looking every `WATCH_SECONDS` that the request still
+        has a loop to wait for (`_watch` ends it otherwise, which sets the event)."""
+        deadline = time.monotonic() + seconds
+        while not event.wait(max(0.0, min(WATCH_SECONDS, deadline - time.monotonic()))):
+            if time.monotonic() >= deadline:
+                return
+            self._watch(request)
+
+    def _watch(self, request: _Stream) -> None:
+        """End a request that waits for nothing: its loop's thread is gone (`LoopFailed`), or it waited its time
+        for rows to free (`Busy`)."""
+        with self.condition:
+            if request.ended.is_set():
+                return
+            if not self._running():
+                self._fail(RuntimeError("the decode loop's thread ended without telling its requests"), [request])
+            elif request in self.waiting and time.monotonic() > request.deadline:
+                self.waiting.remove(request)
+                request.hold.release()
+                request.finish(Busy(f"the server is busy: this model had no row free for {self.wait_limit_s:.0f} s; "
+                                    f"try again later"))
+
+    def _queue(self, request: _Stream) -> None:
+        """Admit `request` to the `WAITING` line (`Busy` past its share) and have a running thread take it."""
+        request.hold = self.admission.admit(WAITING, request.client)
+        with self.condition:
+            if self.thread is not None and not self.thread.is_alive():  # it died without a word: start afresh
+                self._fail(RuntimeError("the decode loop's thread ended without telling its requests"))
+            request.deadline = time.monotonic() + self.wait_limit_s
+            self.waiting.append(request)
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, name="decode-loop", daemon=True)
+                self.thread.start()
+            self.condition.notify()
+
+    def _running(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
+    def _run(self) -> None:
+        """The loop's thread: take the requests that fit, step, until idle. Anything that fails here fails every
+        request the loop holds or that waits for it, and resets the loop (`_fail`)."""
+        joining: list[_Stream] = []
+        try:
+            while True:
+                with self.condition:
+                    if not self.batch.active and not self.waiting:
+                        self.condition.wait(self.idle_seconds)
+                        if not self.waiting:
+                            self.thread = None
+                            return
+                    joining = self._take()
+                generator = self._generator()
+                with torch.inference_mode():  # the batch's tensors never leave the loop: ~8 % off a step, measured
+                    self.batch.step(generator, joining)
+                joining = []
+                del generator
+        except BaseException as error:  # noqa: BLE001 - every request is told; the next one starts a fresh loop
+            self._fail(error, joining)
+
+    def _fail(self, error: BaseException, also: Sequence[_Stream] = ()) -> None:
+        """End every request of the loop (in the batch, joining it, waiting for it, and `also`) with `LoopFailed`,
+        and reset the loop so that the next request starts a fresh thread. Runs under the condition, so no request
+        can join the dropped batch or wait for the old thread meanwhile."""
+        with self.condition:
+            told = [*self.batch.active, *also, *self.waiting]
+            self.batch, self.waiting, self.thread = _Batch(), deque(), None
+            for request in told:
+                if request.hold is not None:
+                    request.hold.release()
+                request.finish(LoopFailed(error))
+        print(f"lmdemo.batching: a decode loop failed; its {len(set(map(id, told)))} requests were told to try again",
+              file=sys.stderr)
+        traceback.print_exception(error, file=sys.stderr)
+
+    def _take(self) -> list[_Stream]:
+        """The waiting requests whose rows fit, fairly: the client holding the fewest rows in the batch goes first,
+        in the order they came among equals, so one address's many requests do not keep others waiting. A client
+        at its share of the batch's rows waits for its own rows to free (its requests stay in the line, in their
+        order); a request that does not fit the free rows holds the ones behind it, so it is not passed over for
+        ever."""
+        held = self.batch.rows_by_client()
+        free = self.max_rows - held.total()
+        candidates = list(self.waiting)
+        joining: list[_Stream] = []
+        while candidates:
+            job = min(candidates, key=lambda waiter: held[waiter.client])  # the first of the least served
+            if held[job.client] + len(job.rows) > self.rows_line.per_client:
+                candidates = [waiter for waiter in candidates if waiter.client != job.client]
+                continue
+            if len(job.rows) > free:
+                break
+            job.hold.release()  # first: should it fail, the request is still in the line, where `_fail` finds it
+            candidates.remove(job)
+            self.waiting.remove(job)
+            joining.append(job)
+            free -= len(job.rows)
+            held[job.client] += len(job.rows)
+        return joining
+
+    def _generator(self) -> Generator:
+        generator = self.generator_ref()
+        if generator is None:  # cannot happen while a request holds its generator; fails the loop if it does
+            raise RuntimeError("the model of this decode loop is no longer served")
+        return generator
+
+
+class Batching:
+    """The batched path: a `DecodeLoop` per model, made on its first request, all under one `admission` (the
+    server's, for every kind of work; one of its own otherwise), to which it adds the loops' lines if absent."""
+
+    def __init__(self, max_rows: int = DEFAULT_MAX_ROWS, idle_seconds: float = IDLE_SECONDS,
+                 admission: Admission | None = None, share: float = SHARE):
+        self.max_rows, self.idle_seconds, self.share = max_rows, idle_seconds, share
+        self.admission = add_lines(Admission() if admission is None else admission, max_rows, share)
         self.loops: weakref.WeakKeyDictionary[Generator, DecodeLoop] = weakref.WeakKeyDictionary()
         self.lock = threading.Lock()
 
@@ -332,11 +454,13 @@ class Batching:
         with self.lock:
             loop = self.loops.get(generator)
             if loop is None:
-                loop = self.loops[generator] = DecodeLoop(generator, self.max_rows, self.idle_seconds)
+                loop = self.loops[generator] = DecodeLoop(generator, self.max_rows, self.idle_seconds,
+                                                          self.admission, self.share)
             return loop
 
-    def reading(self, generator: Generator, ids: Sequence[int], after: Reading | None = None) -> Reading:
-        return self.loop(generator).read(ids, after)
+    def reading(self, generator: Generator, ids: Sequence[int], after: Reading | None = None,
+                client: str = "") -> Reading:
+        return self.loop(generator).read(ids, after, client)
 
     def stream(self, generator: Generator, reading: Reading, sampling: Sampling,
                every: float = 0.0, client: str = "") -> Iterator[list[Sample]]:
@@ -344,15 +468,16 @@ class Batching:
 
 
 class PerRequest:
-    """The per-request path: each request reads and decodes alone, in its caller's thread."""
+    """The per-request path: each request reads and decodes alone, in its caller's thread. (`client` is not used:
+    these requests wait in Gradio's queue, first come first served.)"""
 
-    def reading(self, generator: Generator, ids: Sequence[int], after: Reading | None = None) -> Reading:
+    def reading(self, generator: Generator, ids: Sequence[int], after: Reading | None = None,
+                client: str = "") -> Reading:
         return generator.reading(ids, after)
 
     def stream(self, generator: Generator, reading: Reading, sampling: Sampling,
                every: float = 0.0, client: str = "") -> Iterator[list[Sample]]:
-        """`Generator.stream`, at most every `every` seconds; the last yield is the finished samples. (`client` is
-        not used: these requests wait in Gradio's queue, first come first served.)"""
+        """`Generator.stream`, at most every `every` seconds; the last yield is the finished samples."""
         last, held = -math.inf, None
         for samples in generator.stream(reading, sampling):
             now = time.monotonic()
@@ -365,9 +490,11 @@ class PerRequest:
             yield held
 
 
-def generate(decoder: Decoder, generator: Generator, ids: Sequence[int], sampling: Sampling) -> list[Sample]:
-    """The finished samples of `sampling` after the text `ids`, through `decoder`."""
+def generate(decoder: Decoder, generator: Generator, ids: Sequence[int], sampling: Sampling,
+             client: str = "") -> list[Sample]:
+    """The finished samples of `sampling` after the text `ids`, through `decoder`, as `client`'s request."""
     samples: list[Sample] = []
-    for samples in decoder.stream(generator, decoder.reading(generator, ids), sampling, every=math.inf):
+    for samples in decoder.stream(generator, decoder.reading(generator, ids, client=client), sampling,
+                                  every=math.inf, client=client):
         pass
     return samples

@@ -35,7 +35,7 @@ from lmdemo.sampling import SEED_LIMIT, Decoding, Dial, Sample, Sampling, Settin
 
 # Sampling's types are part of this module's API: callers import them from here with `Generator`.
 __all__ = ["SEED_LIMIT", "CellStep", "Dial", "Generator", "Prompt", "Reading", "Rows", "Sample", "Sampling",
-           "SettingsError", "TokenScore", "lstm_cell"]
+           "SettingsError", "TokenScore", "lstm_cell", "owned"]
 
 LOOKUP_LIMIT = 4_000_000  # floats in a precomputed first-layer table (16 MB)
 PACK_MIN = 2**18  # weights smaller than this (1 MB) run faster unpacked: oneDNN's call costs ~20-40 us
@@ -52,12 +52,14 @@ class Reading:
     """A text as the model read it, once: what it gave each token, what it expects next, its state after.
 
     Sampling continues from `state`, the prompt's colouring is `scores` and the bars after the prompt
-    are `next_log_probs`, so one request reads its prompt through the model once.
+    are `next_log_probs`, so one request reads its prompt through the model once. A page keeps it (with its
+    run) between events, so its tensors are its own: never views into the [tokens, V] matrix it was read from,
+    whose size grows with the prompt times the vocabulary.
     """
 
     scores: list[TokenScore]  # each token with the probability the model gave it
-    next_log_probs: torch.Tensor  # [V]: the distribution of the token after the text
-    state: State  # ([L, 1, H], [L, 1, H]) after the last token
+    next_log_probs: torch.Tensor  # [V], its own storage: the distribution of the token after the text
+    state: State  # ([L, 1, H], [L, 1, H]) after the last token, their own storage
 
 
 class CellStep(NamedTuple):
@@ -216,7 +218,9 @@ class Generator:
             log_probs, state = self.read(ids, after.state)
             log_probs = torch.cat([after.next_log_probs.unsqueeze(0), log_probs])
         chosen = log_probs[torch.arange(len(ids)), torch.tensor(ids, dtype=torch.long)].exp()
-        return Reading(self._scores(ids, chosen.tolist()), log_probs[-1], state)
+        # the last row copied: a view of it would keep the whole [n+1, V] matrix alive with the reading (145 MB for
+        # a 1,000-word prompt on a 36k-word model), as long as a page keeps its run
+        return Reading(self._scores(ids, chosen.tolist()), log_probs[-1].clone(), (owned(state[0]), owned(state[1])))
 
     @property
     def start_id(self) -> int:
@@ -278,6 +282,14 @@ class Generator:
         for samples in self.stream(prompt, sampling):
             pass
         return samples
+
+
+def owned(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor`, or a copy of it when it is a view into a larger storage: what is kept (a `Reading`, a page's run)
+    holds only its own bytes, never the matrix it was cut from."""
+    if tensor.untyped_storage().nbytes() > tensor.numel() * tensor.element_size():
+        return tensor.clone()
+    return tensor
 
 
 def lstm_cell(gates: torch.Tensor, c: torch.Tensor) -> CellStep:

@@ -7,7 +7,7 @@ a token is compared with what is true once that token has been read.
 
 Review sentiment has its own rule (`rating_label`): a review's rating, as the reviewer wrote it, is its
 label, and every sentence holding a rating is removed before the model reads the review
-(`without_ratings`), so a unit cannot win by reading "7/10".
+(`without_ratings`), so a unit cannot win by reading "7/10" or "seven out of ten".
 """
 
 from __future__ import annotations
@@ -26,9 +26,21 @@ NEGATION = re.compile(r"\b(?:not|never|no)\b|n't\b", re.IGNORECASE)
 OPENING, CLOSING = "([{", ")]}"
 SPEAKER_LINE = re.compile(r"[A-Z][A-Za-z' ]*:")  # "First Citizen:", "KING RICHARD III:"
 
-# The rating rule. A rating out of 10 labels a review; a rating on any scale removes its sentence.
-RATING = re.compile(r"(?<![\d./])(\d{1,2}(?:\.\d+)?)\s*(?:/|out of)\s*10(?![\d.]?\d|/)", re.IGNORECASE)
-ANY_RATING = re.compile(r"\d+(?:\.\d+)?\s*(?:/|out of)\s*\d+|\d+(?:\.\d+)?\s*stars?\b", re.IGNORECASE)
+# The rating rule. A rating out of 10 labels a review; a rating on any scale removes its sentence. Ratings are written
+# in digits ("7/10", "8.5 out of 10") or words ("seven out of ten", "8 out of ten", "two stars out of 10", "seven and
+# a half out of ten"); "nine out of ten times" is no rating. A rating is found by its scale ("/10", "out of ten",
+# "stars"), a search that skips ahead to the few characters a scale can start with, and then its score, read
+# backwards from there (at most SCORE_REACH characters); the patterns read lower-cased text.
+SCORE_WORDS = {"zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8,
+               "nine": 9, "ten": 10}
+_WORD = rf"\b(?:{'|'.join(SCORE_WORDS)})\b"
+OUT_OF_TEN = re.compile(r"(?:/|out\s+of(?![a-z]))\s*(?:10(?![\d.]?\d|/)|ten\b)(?!\s+times\b)")
+ANY_SCALE = re.compile(rf"(?:/|out\s+of(?![a-z]))\s*(?:\d|{_WORD})|stars?\b")  # "/5", "out of five", "stars"
+# a score ending where its scale starts: "7", "8.5", "seven", "seven and a half", "2 stars", "one point", "0-"; not
+# the end of a number ("5" of "7.5", "12" of "112") or of a date ("10" of "10/10/10")
+SCORE = re.compile(rf"(?:(?<![\d/])(?<!\d\.)(\d+(?:\.\d+)?)|({_WORD}))(\s+and\s+(?:a\s+)?half)?"
+                   rf"(?:[\s-]*(?:stars?|points?|marks?))?[\s-]*$")
+SCORE_REACH = 40  # characters before a scale that its score may take ("seven and a half stars " is 23)
 POSITIVE_FROM, NEGATIVE_TO = 7.0, 4.0  # IMDB's own rule: >= 7 of 10 positive, <= 4 negative
 SENTENCE_BREAK = re.compile(r"<br\s*/?>|(?<=[.!?])\s+", re.IGNORECASE)
 
@@ -179,12 +191,10 @@ def truth(pieces: Sequence[str], properties: Sequence[Property]) -> numpy.ndarra
 
 
 def rating_label(review: str) -> bool | None:
-    """A review's sentiment by its own ratings out of 10 ("7/10", "3 out of 10", "8.5 / 10"): True
-    (positive) when every one is >= 7, False (negative) when every one is <= 4, None when it has none,
-    one between 4 and 7, or ratings on both sides."""
-    if "10" not in review:  # most reviews: no rating out of 10, and the search is the slow part
-        return None
-    ratings = [float(value) for value in RATING.findall(review) if float(value) <= 10]
+    """A review's sentiment by its own ratings out of 10, in digits or words ("7/10", "3 out of 10", "8.5 / 10",
+    "seven out of ten", "8 out of ten"): True (positive) when every one is >= 7, False (negative) when every one is
+    <= 4, None when it has none, one between 4 and 7, or ratings on both sides."""
+    ratings = ratings_out_of_ten(review)
     if not ratings:
         return None
     if all(rating >= POSITIVE_FROM for rating in ratings):
@@ -194,8 +204,27 @@ def rating_label(review: str) -> bool | None:
     return None
 
 
+def ratings_out_of_ten(review: str) -> list[float]:
+    """Every rating out of 10 in a review, in digits or words, in order."""
+    lowered = review.lower()
+    if "10" not in lowered and "ten" not in lowered:  # most reviews: no rating out of 10, and the search is the
+        return []  # slow part
+    return [score for score in _scores(lowered, OUT_OF_TEN) if score <= 10]
+
+
+def _scores(lowered: str, scale: re.Pattern[str]) -> list[float]:
+    """The score before each match of `scale` in lower-cased text that has one."""
+    scores = []
+    for found in scale.finditer(lowered):
+        score = SCORE.search(lowered, max(0, found.start() - SCORE_REACH), found.start())
+        if score is not None:
+            digits, word, half = score.groups()
+            scores.append((float(digits) if digits else float(SCORE_WORDS[word])) + (0.5 if half else 0.0))
+    return scores
+
+
 def without_ratings(review: str) -> str:
-    """The review less every sentence that holds a rating on any scale ("7/10", "4 out of 5", "3 stars");
-    sentences end at . ! ? before a space, and at <br /> tags."""
+    """The review less every sentence that holds a rating on any scale, in digits or words ("7/10", "4 out of 5",
+    "3 stars", "seven out of ten", "three stars"); sentences end at . ! ? before a space, and at <br /> tags."""
     kept = [sentence.strip() for sentence in SENTENCE_BREAK.split(review)]
-    return " ".join(sentence for sentence in kept if sentence and not ANY_RATING.search(sentence))
+    return " ".join(sentence for sentence in kept if sentence and not _scores(sentence.lower(), ANY_SCALE))

@@ -15,7 +15,7 @@ import pytest
 from browser import chromium_page
 from servers import free_port, serving, wait_until
 
-from lmdemo.batching import Batching, Busy, DecodeLoop, PerRequest, generate
+from lmdemo.batching import READS, Batching, Busy, DecodeLoop, PerRequest, generate
 from lmdemo.generation import Dial, Generator, Sampling, SettingsError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,7 +107,7 @@ def long_request(loop: DecodeLoop, generator: Generator, temperatures: tuple[flo
 
 
 def test_a_cancelled_request_frees_its_rows_for_the_next(char_generator):
-    loop = DecodeLoop(char_generator, max_rows=2)
+    loop = DecodeLoop(char_generator, max_rows=2, share=1.0)  # one request may take both rows
     first = long_request(loop, char_generator, (0.5, 1.0))
     reading = char_generator.reading(char_generator.prompt("JULIET:\n").ids)
     finished = threading.Event()
@@ -124,7 +124,7 @@ def test_a_cancelled_request_frees_its_rows_for_the_next(char_generator):
     first.close()
     assert finished.wait(60), "the cancelled request's rows were never freed"
     thread.join()
-    wait_until(lambda: loop.active == [], 30, "the finished request stayed in the batch")  # it leaves after its end is told
+    wait_until(lambda: loop.batch.active == [], 30, "the finished request stayed in the batch")  # it leaves after its end is told
 
 
 def test_a_full_line_answers_busy_and_too_many_rows_are_refused(char_generator):
@@ -135,14 +135,14 @@ def test_a_full_line_answers_busy_and_too_many_rows_are_refused(char_generator):
     waiter = threading.Thread(target=lambda: list(queued), daemon=True)
     waiter.start()
     wait_until(lambda: len(loop.waiting) == 1, 30, "the second request never queued")
-    with pytest.raises(Busy, match="busy: try again in a moment"):
+    with pytest.raises(Busy, match=r"the server is busy \(1 requests waiting for a model\): try again in a moment"):
         next(loop.stream(reading, Sampling(max_new_tokens=5)))
     with pytest.raises(SettingsError, match="at most 1 temperatures at once"):
         next(loop.stream(reading, Sampling(temperatures=(0.5, 1.0))))
     long_read = threading.Thread(target=lambda: loop.read([1] * 10_000), daemon=True)  # texts have a line too
     long_read.start()
-    wait_until(lambda: loop.reads == 1, 30, "the long read never started")
-    with pytest.raises(Busy):
+    wait_until(lambda: loop.admission.total(READS) == 1, 30, "the long read never started")
+    with pytest.raises(Busy, match=r"the server is busy \(1 texts waiting to be read\)"):
         loop.read([1, 2, 3])
     running.close()
     waiter.join(60)
@@ -151,15 +151,21 @@ def test_a_full_line_answers_busy_and_too_many_rows_are_refused(char_generator):
 
 
 def test_the_line_is_fair_between_addresses(char_generator):
-    """One address holds at most half the waiting line, and a freed row goes first to the client with the
-    fewest rows in the batch, even one that came later."""
-    loop = DecodeLoop(char_generator, max_rows=4)
+    """A freed row goes first to the client with the fewest rows in the batch, even one that came later; an address
+    at its share of the rows (half of them) waits for its own rows to free."""
+    loop = DecodeLoop(char_generator, max_rows=8)  # one address: at most 4 rows
     reading = char_generator.reading(char_generator.prompt("JULIET:\n").ids)
-    greedy, polite, late = "203.0.113.1", "203.0.113.2", "203.0.113.3"
-    hog = loop.stream(reading, Sampling(temperatures=(0.5, 0.8, 1.0), max_new_tokens=10**7, seed=1), client=greedy)
-    next(hog)  # 3 rows
-    other = loop.stream(reading, Sampling(max_new_tokens=10**7, seed=2), client=polite)
-    next(other)  # the 4th: the batch is full
+    greedy, polite, brief, late = "203.0.113.1", "203.0.113.2", "203.0.113.3", "203.0.113.4"
+
+    def running(client: str, temperatures: tuple[float, ...], seed: int) -> Iterator:
+        stream = loop.stream(reading, Sampling(temperatures=temperatures, max_new_tokens=10**7, seed=seed),
+                             client=client)
+        next(stream)
+        return stream
+
+    hog = running(greedy, (0.5, 0.8, 1.0), 1)  # 3 rows
+    other = running(polite, (0.5, 0.8, 1.0, 1.3), 2)  # 4: its share
+    filler = running(brief, (1.0,), 3)  # the 8th: the batch is full
     short = Sampling(max_new_tokens=5, seed=3)
 
     finished: list[str] = []
@@ -174,15 +180,14 @@ def test_the_line_is_fair_between_addresses(char_generator):
 
     waiters = [waiter(greedy), waiter(greedy)]
     wait_until(lambda: len(loop.waiting) == 2, 30, "the greedy address's requests never queued")
-    with pytest.raises(Busy, match="2 requests from your address are already waiting"):
-        next(loop.stream(reading, short, client=greedy))
     waiters.append(waiter(late))
     wait_until(lambda: len(loop.waiting) == 3, 30, "the late request never queued")
-    other.close()  # one row frees: the late address (no rows) takes it before the greedy one's earlier requests
-    for thread in waiters:
+    filler.close()  # one row frees: the late address (no rows) takes it before the greedy one's earlier requests
+    for thread in waiters:  # then the greedy address's, one at a time: with 3 rows running it is at 4, its share
         thread.join(60)
     hog.close()
-    assert finished == [late, greedy, greedy] and not loop.waiting  # first come, first served: greedy first
+    other.close()
+    assert finished == [late, greedy, greedy] and not loop.waiting
 
 
 def test_the_loop_stops_when_idle_and_starts_again(char_generator):
@@ -221,7 +226,7 @@ def test_the_server_answers_busy_when_full_and_a_closed_request_frees_its_row(na
     wait_until(running.outputs, 120, "the long generation never streamed")
     queued = generate_job(narrow, 20)
     refused = generate_job(narrow, 20)
-    with pytest.raises(AppError, match="busy: try again in a moment"):
+    with pytest.raises(AppError, match="busy|from one address"):
         refused.result(timeout=120)
     assert not queued.done(), "the queued request ran although the long one held the only row"
     running.cancel()  # what a closed page or Stop does: its row leaves the batch at the next step

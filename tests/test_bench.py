@@ -170,3 +170,22 @@ def test_the_loop_bench_runs_the_load_benchs_users_without_a_server(capsys, one_
     printed = capsys.readouterr().out
     assert "2 user(s): 6 requests in" in printed, printed
     assert re.search(r"all +6 +\d", printed) and re.search(r"generate's first update: p50 \d", printed), printed
+
+
+def test_the_soak_bench_runs_visitors_and_an_abuser_against_a_real_server_and_stops_it(capsys):
+    """bench/soak.py at its smallest: its pages and its abuser speak Gradio's protocol (no honest errors), it prints
+    the server's figures over time, the latencies per phase, the abuser's tally and a verdict for every target, and
+    the server it started is gone when it returns."""
+    soak = bench_module("soak", "soak.py")
+    assert soak.main(["--sessions", "8", "--minutes", "0.2", "--addresses", "4", "--session-ttl", "3",
+                      "--sample-every", "1", "--print-every", "4", "--think", "0.2", "--abuser-inflight", "3",
+                      "--port", str(free_port())]) == 0
+    printed = capsys.readouterr().out
+    for shown in ("RSS MiB", "threads", "fds", "disk MB", "honest visitors, seconds per request", "the abuser (",
+                  "verdict:"):
+        assert shown in printed, printed
+    for phase in ("honest", r"honest\+abuser"):
+        assert re.search(rf"\n  {phase} +all +\d+ +\d+\.\d+ +\d+\.\d+ +\d+ +0\n", printed), printed  # no errors
+    assert len(re.findall(r"  (PASS|FAIL)  ", printed)) == 10, printed
+    pid = int(re.search(r"server stopped: pid (\d+), exit code 0\n", printed).group(1))
+    assert not Path(f"/proc/{pid}").exists() and "STILL RUNNING" not in printed

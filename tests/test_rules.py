@@ -1,4 +1,5 @@
-"""Each rule once: folder or Hub id, the best model, the measured step, no import cycle, clean stops."""
+"""Each rule once: folder or Hub id, the best model, the measured step, no import cycle, clean stops, the rating
+rule in digits or words."""
 
 from __future__ import annotations
 
@@ -14,13 +15,14 @@ from pathlib import Path
 import pytest
 
 from conftest import DATA, ROOT
-from lmdemo import LSTMLanguageModel, Tokenizer
+from lmdemo import LSTMLanguageModel, Tokenizer, properties
 from lmdemo.checkpoint import ModelLoadError, hub_dataset, load_model, save_model, write_model_card
 from lmdemo.cli import main
 from lmdemo.config import Config, data_name
 from lmdemo.corpus import CorpusError, load_corpus
 from lmdemo.files import hub_id
 from lmdemo.metrics import MetricsWriter, improves, read_metrics
+from lmdemo.properties import rating_label, without_ratings
 from lmdemo.training import Trainer
 from lmdemo.web.registry import _display_name
 
@@ -223,3 +225,58 @@ def test_the_log_reaches_the_disk_before_the_state_that_counts_it(tmp_path, monk
     assert len(states) >= 4  # a save at every log interval
     for previous, state in zip([-1, *states], states):
         assert "metrics.jsonl" in synced[previous + 1:state], synced
+
+
+# -- 6. the rating rule: a rating in words is a rating --------------------------------------------------------------
+@pytest.mark.parametrize("review, label", [
+    ("Great fun. I'd give it seven out of ten.", True),
+    ("Loved every minute: 8 out of ten", True),
+    ("A solid seven out of 10 from me.", True),
+    ("Ten out of Ten!", True),
+    ("Seven and a half out of ten.", True),
+    ("A waste of time. Three out of ten.", False),
+    ("Two stars out of 10 for the music alone.", False),
+    ("My rating: 1 star out of 10.", False),  # digits with a unit, like the words
+    ("Five out of ten: watchable.", None),  # between 4 and 7
+    ("The book is nine out of ten but the film is two out of ten.", None),  # both sides
+    ("Seven of the ten episodes are great.", None),  # not a rating
+    ("Nine out of ten times the hero wins.", None),  # the idiom, not a rating
+    ("Someone out of ten thousand would like it.", None),  # "one" inside a word is no score
+    ("It was often written, and I saw it ten times.", None),
+    ("It was fine, 4 out of10; one goes out often.", False),  # "out of10" is a scale, "out often" is not
+])
+def test_a_rating_in_words_labels_a_review_like_digits(review, label):
+    assert rating_label(review) is label
+
+
+@pytest.mark.parametrize("review, kept", [
+    ("Great cast. I'd give it seven out of ten. Worth it.", "Great cast. Worth it."),
+    ("Worth seeing.<br /><br />8 out of ten<br />See it? Yes.", "Worth seeing. See it? Yes."),
+    ("Dull. Three out of ten! Skip it.", "Dull. Skip it."),
+    ("Fine film. Three stars. Four out of five, even.", "Fine film."),  # words on any scale
+    ("Seven of the ten episodes are great. The rest are fine.", "Seven of the ten episodes are great. The rest are fine."),
+])
+def test_a_rating_in_words_is_removed_before_reading(review, kept):
+    assert without_ratings(review) == kept
+    assert rating_label(without_ratings(review)) is None
+
+
+def test_the_rating_check_stays_cheap_for_reviews_without_one(monkeypatch):
+    """Only a review that holds "10" or "ten" is searched, and the search looks for the scale ("/10", "out of ten"),
+    then for a score right before it, so words do not make every review's search slower."""
+    searched = []
+
+    class Counting:
+        def __init__(self, pattern):
+            self.pattern = pattern
+
+        def finditer(self, text):
+            searched.append(text)
+            return self.pattern.finditer(text)
+
+    monkeypatch.setattr(properties, "OUT_OF_TEN", Counting(properties.OUT_OF_TEN))
+    for review in ("A plain review, no rating at all.", "Seven of the nine episodes; the eighth is fine."):
+        assert rating_label(review) is None
+    assert searched == []
+    assert rating_label("Great. 9/10") is True and rating_label("Great. Nine out of ten.") is True
+    assert rating_label("Often written, seen ten times.") is None and len(searched) == 3

@@ -1,4 +1,4 @@
-"""The Train tab is safe to open to strangers: in-process against `LiveTraining` with a stand-in trainer (a
+"""The Train tab is safe to open to strangers: in-process against `TrainingLine` with a stand-in trainer (a
 small script that writes a log and a real model, fails, or ignores SIGINT), then one real server whose run
 files are never served and whose visitors' texts leave the disk when their sessions expire and when it stops.
 """
@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -22,11 +23,11 @@ from conftest import DATA
 from servers import free_port, wait_until
 from test_app import ENV
 
+from lmdemo.admission import Turns
 from lmdemo.web import jobs as jobs_module
 from lmdemo.web import trainer_process
 from lmdemo.web.clients import TrainingBudget, client_address
-from lmdemo.web.compute import ComputeSlots
-from lmdemo.web.jobs import CANCELLED, ENDED, FAILED, FINISHED, STOPPED, WAITING, LiveTraining
+from lmdemo.web.jobs import CANCELLED, ENDED, FAILED, FINISHED, STOPPED, WAITING, TrainingLine
 from lmdemo.web.registry import Models
 from lmdemo.web.train_requests import TrainInputError, TrainLimits, read_request
 from lmdemo.web.train_view import watch
@@ -68,11 +69,11 @@ def alive(job) -> bool:
 
 @pytest.fixture
 def service(char_model, tmp_path):
-    """A factory of `LiveTraining`s over a stand-in trainer, each closed at the end of the test."""
+    """A factory of `TrainingLine`s over a stand-in trainer, each closed at the end of the test."""
     made = []
 
-    def make(mode: str = "quick", **limits) -> LiveTraining:
-        training = LiveTraining(Models({"char": str(char_model)}), TrainLimits(**limits), tmp_path / "base",
+    def make(mode: str = "quick", **limits) -> TrainingLine:
+        training = TrainingLine(Models({"char": str(char_model)}), TrainLimits(**limits), tmp_path / "base",
                                 command=stand_in(mode, char_model), sweep_every=0.05)
         made.append(training)
         return training
@@ -249,28 +250,38 @@ def test_the_disk_cap_refuses_a_job_before_anything_is_written(service):
     assert not list(training.sessions) and files_under(training.root) == [training.root / trainer_process.MARKER]
 
 
-def test_the_client_address_trusts_x_forwarded_for_only_behind_a_proxy():
+def test_the_client_address_trusts_as_many_x_forwarded_for_entries_as_there_are_proxies():
     headers = {"x-forwarded-for": "198.51.100.7, 203.0.113.5"}
-    assert client_address("127.0.0.1", headers, behind_proxy=False) == "127.0.0.1"
-    assert client_address("10.1.2.3", headers, behind_proxy=True) == "203.0.113.5"  # the proxy's own entry
-    assert client_address("127.0.0.1", {}, behind_proxy=True) == "127.0.0.1"
+    assert client_address("127.0.0.1", headers, proxy_hops=0) == "127.0.0.1"  # no proxy: the header is the client's
+    assert client_address("10.1.2.3", headers, proxy_hops=1) == "203.0.113.5"  # the one proxy's own entry
+    assert client_address("127.0.0.1", {}, proxy_hops=1) == "127.0.0.1"
+    # two proxies: the outer one wrote the client, the inner one wrote the outer proxy (the same for everyone)
+    two = {"x-forwarded-for": "6.6.6.6, 198.51.100.7, 10.0.0.2"}
+    assert client_address("10.0.0.3", two, proxy_hops=2) == "198.51.100.7"
+    assert client_address("10.0.0.3", two, proxy_hops=1) == "10.0.0.2", "one hop keys every visitor as the proxy"
 
 
-def test_the_train_tabs_samples_take_a_model_slot(service):
+def test_an_ipv6_address_is_keyed_by_its_64_block():
+    one = client_address("2001:db8:1:2:aaaa::1", {}, proxy_hops=0)
+    assert one == client_address("2001:db8:1:2:ffff:1234:5678:9abc", {}, proxy_hops=0) == "2001:db8:1:2::/64"
+    assert one != client_address("2001:db8:1:3::1", {}, proxy_hops=0)
+    assert client_address("::ffff:203.0.113.9", {}, proxy_hops=0) == "203.0.113.9"
+    assert client_address("10.0.0.1", {"x-forwarded-for": "[2001:db8::5]"}, proxy_hops=1) == "2001:db8::/64"
+
+
+def test_the_train_tabs_samples_take_a_model_turn_when_each_request_decodes_alone(service):
     training = service("quick")
     job = training.submit("alice", "203.0.113.1", request())
-    slots = ComputeSlots(1)
+    turns = Turns(1)
     held = []
 
-    class Slot:
-        def __enter__(self):
-            held.append(slots.semaphore._value)
-            return slots.semaphore.__enter__()
+    @contextmanager
+    def turn():
+        with turns.turn("203.0.113.1"):
+            held.append(turns.running.total())
+            yield
 
-        def __exit__(self, *exc):
-            return slots.semaphore.__exit__(*exc)
-
-    updates = list(watch(training, job, every=0.1, poll=0.05, compute=Slot))
+    updates = list(watch(training, job, every=0.1, poll=0.05, compute=turn))
     assert updates[-1].done and updates[-1].samples and held == [1] * len(held) and held
 
 

@@ -26,7 +26,7 @@ from lmdemo.config import Config
 from lmdemo.metrics import load_run, read_metrics
 from lmdemo.properties import properties_for
 from lmdemo.web.curves_tab import models_figure
-from lmdemo.web.jobs import LiveTraining
+from lmdemo.web.jobs import TrainingLine
 from lmdemo.web.registry import Models
 from lmdemo.web.train_requests import (
     CORPORA,
@@ -153,7 +153,7 @@ def test_the_curves_tab_draws_with_the_dashboards_code(char_model, word_model):
 def test_a_session_model_is_served_but_never_listed(char_model, tmp_path):
     """Private models: found by name, absent from `names` and from what an unknown name's message lists."""
     models = Models({"char": str(char_model)})
-    service = LiveTraining(models, LIMITS, tmp_path)
+    service = TrainingLine(models, LIMITS, tmp_path)
     try:
         models.add_private("mine-1234", models.generator("char"))
         assert models.generator("mine-1234") is models.generator("char") and models.names == ["char"]
@@ -182,7 +182,7 @@ def train_server(char_model, tmp_path_factory) -> Iterator[tuple[str, Path]]:
     url = f"http://127.0.0.1:{port}/"
     command = [sys.executable, "app.py", "--port", str(port), "--model", str(char_model),
                "--checkpoints", str(tmp_path_factory.mktemp("no-checkpoints")), "--train-root", str(root),
-               "--train-seconds", str(SECONDS), "--behind-proxy"]  # the tests' clients are told apart as a proxy would
+               "--train-seconds", str(SECONDS), "--proxy-hops", "1"]  # the tests' clients are told apart as a proxy would
     with serving(command, url, tmp_path_factory.mktemp("train-app") / "app.log", cwd=ROOT, env=ENV):
         yield url, root
 
@@ -412,7 +412,7 @@ def test_no_train_turns_the_tab_and_its_api_off(char_model, tmp_path, monkeypatc
     app_module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(app_module)
     models = Models({"char": str(char_model)})
-    service = LiveTraining(models, LIMITS, tmp_path)
+    service = TrainingLine(models, LIMITS, tmp_path)
     try:
         def endpoints(page) -> set[str]:
             return {fn.api_name for fn in page.fns.values() if fn.api_name}

@@ -1,34 +1,62 @@
-"""Who is asking, and how much training they have had: the fair-share rules for strangers.
+"""Who is asking, and how much training they have had: the address every fair share is keyed on.
 
 A Gradio session id is chosen by the client, so limits keyed on it are no limits: one script can open as
-many sessions as it likes. Limits are keyed on the client's address instead. Behind a reverse proxy (a
-Hugging Face Space, or `--behind-proxy`), every request comes from the proxy, which appends the address
-it saw to `X-Forwarded-For`; the last entry is the one the proxy wrote, the earlier ones are whatever the
-client sent and are never trusted. Without a proxy, the header is the client's own words and is ignored.
+many sessions as it likes. Limits are keyed on the client's address instead. Behind reverse proxies (a
+Hugging Face Space has one), every request comes from the nearest proxy, and each trusted proxy appends the
+address it saw to `X-Forwarded-For`: with `proxy_hops` trusted proxies, the client is the `proxy_hops`-th entry
+from the right; entries further left are whatever the client sent and are never trusted. With no proxy
+(`proxy_hops` 0) the header is the client's own words and is ignored. An IPv6 address is keyed by its /64, the
+block one subscriber gets: otherwise one visitor could be endless "clients".
 """
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections import defaultdict
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 HOUR_S = 3600.0
+IPV6_PREFIX = 64  # one subscriber's block
 
 
-def client_address(host: str | None, headers: Mapping[str, str], behind_proxy: bool) -> str:
-    """The address limits are keyed on: the proxy's last `X-Forwarded-For` entry behind a proxy, else the peer."""
-    if behind_proxy:
+def client_address(host: str | None, headers: Mapping[str, str], proxy_hops: int) -> str:
+    """The key limits use: the address the outermost trusted proxy saw (`proxy_hops` from the right of
+    `X-Forwarded-For`), else the peer; an IPv6 address as its /64."""
+    address = host or "unknown"
+    if proxy_hops > 0:
         forwarded = [part.strip() for part in headers.get("x-forwarded-for", "").split(",") if part.strip()]
-        if forwarded:
-            return forwarded[-1]
-    return host or "unknown"
+        if len(forwarded) >= proxy_hops:
+            address = forwarded[-proxy_hops]
+        elif forwarded:  # fewer entries than trusted proxies: the leftmost is still one a proxy wrote
+            address = forwarded[0]
+    return address_key(address)
 
 
-def request_address(request: Any, behind_proxy: bool) -> str:
-    """`client_address` of a Gradio request (its peer and headers)."""
-    return client_address(request.client.host if request.client else None, request.headers, behind_proxy)
+def address_key(address: str) -> str:
+    """An IPv4 address as it is, an IPv6 one as its /64 network, anything else (a name) as given."""
+    try:
+        parsed = ipaddress.ip_address(address.strip("[]"))
+    except ValueError:
+        return address
+    if parsed.version == 6 and parsed.ipv4_mapped is None:
+        return str(ipaddress.ip_network(f"{parsed}/{IPV6_PREFIX}", strict=False))
+    return str(parsed.ipv4_mapped or parsed)
+
+
+def request_address(request: Any, proxy_hops: int) -> str:
+    """`client_address` of a Gradio or Starlette request (its peer and headers)."""
+    return client_address(request.client.host if request.client else None, request.headers, proxy_hops)
+
+
+@dataclass
+class Charge:
+    """One job's entry in its client's training budget: when it started and the seconds charged."""
+
+    when: float
+    seconds: float
 
 
 class TrainingBudget:
@@ -37,16 +65,16 @@ class TrainingBudget:
 
     def __init__(self, seconds_per_hour: float):
         self.seconds_per_hour = seconds_per_hour
-        self.charges: dict[str, list[list[float]]] = defaultdict(list)  # client -> [[when, seconds], ...]
+        self.charges: dict[str, list[Charge]] = defaultdict(list)
 
     def used(self, client: str, now: float | None = None) -> float:
         now = time.monotonic() if now is None else now
-        charges = [c for c in self.charges.get(client, []) if now - c[0] < HOUR_S]
+        charges = [c for c in self.charges.get(client, []) if now - c.when < HOUR_S]
         if charges:
             self.charges[client] = charges
         else:
             self.charges.pop(client, None)
-        return sum(seconds for _, seconds in charges)
+        return sum(charge.seconds for charge in charges)
 
     def refusal(self, client: str, seconds: float, now: float | None = None) -> str | None:
         """Why `client` may not train `seconds` more now, in one line with when to come back; None if it may."""
@@ -56,8 +84,8 @@ class TrainingBudget:
             return None
         left = self.seconds_per_hour - used
         frees, freed = now, 0.0  # when enough of the hour's charges expire
-        for when, charged in sorted(self.charges.get(client, [])):
-            frees, freed = when + HOUR_S, freed + charged
+        for charge in sorted(self.charges.get(client, []), key=lambda c: c.when):
+            frees, freed = charge.when + HOUR_S, freed + charge.seconds
             if left + freed >= seconds:
                 break
         wait = max(1, round((frees - now) / 60))
@@ -65,12 +93,15 @@ class TrainingBudget:
         return (f"you have trained {used:.0f} s of the {self.seconds_per_hour:.0f} s each visitor may train per hour "
                 f"on this server: {seconds:g} s more fits in about {wait} minute{'s' if wait != 1 else ''}{smaller}")
 
-    def charge(self, client: str, seconds: float) -> list[float]:
+    def charge(self, client: str, seconds: float) -> Charge:
         """Charge `seconds` now; returns the charge, whose seconds `settle` lowers to what the job used."""
-        entry = [time.monotonic(), seconds]
+        now = time.monotonic()
+        for known in list(self.charges):  # an hour-old charge is forgotten, so this never grows with visitors
+            self.used(known, now)
+        entry = Charge(now, seconds)
         self.charges[client].append(entry)
         return entry
 
     @staticmethod
-    def settle(charge: list[float], used: float) -> None:
-        charge[1] = min(charge[1], max(0.0, used))
+    def settle(charge: Charge, used: float) -> None:
+        charge.seconds = min(charge.seconds, max(0.0, used))

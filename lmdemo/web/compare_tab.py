@@ -7,13 +7,12 @@ from typing import Any
 
 import gradio as gr
 
-from lmdemo.batching import Busy
+from lmdemo.admission import Busy
 from lmdemo.generation import SettingsError
 from lmdemo.web import render
-from lmdemo.web.clients import request_address
-from lmdemo.web.compute import Lane
 from lmdemo.web.demo import DEFAULT_MAX_NEW_TOKENS, Demo
 from lmdemo.web.forms import FIELD_CHARS, read_sampling
+from lmdemo.web.gate import UNLIMITED, Gate
 
 COMPARE_TEMPERATURES = "0.5, 1"
 
@@ -23,7 +22,7 @@ each was by the prompt, and what each expects right after it. Models that cut te
 puts both models' figures side by side."""
 
 
-def build(demo: Demo, lane: Lane, behind_proxy: bool = False) -> list[gr.Dropdown]:
+def build(demo: Demo, gate: Gate) -> list[gr.Dropdown]:
     """Two model pickers, one prompt and one set of settings; both models' results side by side.
 
     Returns the pickers, whose choices a session's own trained models join."""
@@ -44,22 +43,34 @@ def build(demo: Demo, lane: Lane, behind_proxy: bool = False) -> list[gr.Dropdow
         seed = gr.Textbox("0", label="Seed", max_length=FIELD_CHARS)
     button = gr.Button("Compare", variant="primary")
     status = gr.Markdown("Press **Compare** to run both models.")
+    events = CompareEvents(demo, gate)
     sides = []
     with gr.Row(equal_height=False):
         for picker in pickers:
             with gr.Column():
                 card = gr.Markdown(render.model_markdown(models.describe(picker.value)))
-                sides.append([card, gr.HTML(), gr.HTML(),
-                              gr.Plot(show_label=False)])
-                picker.change(lambda name: render.model_markdown(models.describe(name)), picker, card,
-                              api_visibility="private")
+                sides.append([card, gr.HTML(), gr.HTML(), gr.Plot(show_label=False)])
+                picker.change(events.card, picker, card, api_visibility="private")
+    button.click(gate.sampling(events.on_compare), [*pickers, prompt, temperatures, max_new_tokens, top_k, top_p, seed],
+                 [status, *sides[0], *sides[1]], api_name="compare",
+                 preprocess=False, **UNLIMITED)  # raw values: lmdemo checks them and names the field in its message
+    return pickers
 
-    def on_compare(request: gr.Request, name_a: str, name_b: str, prompt_text: str, temperature_text: str,
+
+class CompareEvents:
+    """The tab's event handlers, over `demo`'s requests; `gate` says who asks."""
+
+    def __init__(self, demo: Demo, gate: Gate):
+        self.demo, self.gate = demo, gate
+
+    def card(self, name: str) -> str:
+        return render.model_markdown(self.demo.models.describe(name))
+
+    def on_compare(self, request: gr.Request, name_a: str, name_b: str, prompt_text: str, temperature_text: str,
                    max_new: Any, k: Any, p: Any, seed_text: Any) -> tuple:
         try:
-            sampling = read_sampling(limits, temperature_text, max_new, k, p, seed_text)
-            comparison = demo.compare([name_a, name_b], prompt_text, sampling,
-                                      client=request_address(request, behind_proxy))
+            sampling = read_sampling(self.demo.limits, temperature_text, max_new, k, p, seed_text)
+            comparison = self.demo.compare([name_a, name_b], prompt_text, sampling, client=self.gate.client(request))
         except SettingsError as error:
             raise render.refused(str(error), "Check the settings") from None
         except Busy as error:
@@ -69,8 +80,3 @@ def build(demo: Demo, lane: Lane, behind_proxy: bool = False) -> list[gr.Dropdow
             results += [render.model_markdown(info), render.samples_html(progress), render.prompt_html(progress),
                         render.plot_value(render.next_token_figure(next_tokens))]
         return (render.compare_markdown(comparison), *results)
-
-    button.click(lane.guard(on_compare), [*pickers, prompt, temperatures, max_new_tokens, top_k, top_p, seed],
-                 [status, *sides[0], *sides[1]], api_name="compare",
-                 preprocess=False, **lane.events)  # raw values: lmdemo checks them and names the field in its message
-    return pickers

@@ -29,13 +29,19 @@ DEFAULT_BARS = 10
 
 @dataclass
 class Progress:
-    """A generation request so far: what the model read, how it scored it, and the samples."""
+    """A generation request so far: what the model read, how it scored it, and the samples.
+
+    The page keeps the finished one between events (a `gr.State`, for as long as Gradio keeps a closed page's
+    state), so it holds only what the page shows or needs next: no model, no text the page does not show, and no
+    tensor but the reading's own [V] distribution after the prompt and its ([L, 1, H], [L, 1, H]) state, never a
+    view into a larger matrix. Its size grows with the prompt only by the prompt's per-token records (ids, pieces,
+    scores); tests/test_memory.py measures it.
+    """
 
     model: str
     unit: LevelUnit  # what one token is, in words ("character", "word", "subword token")
     by_line: bool  # whether the model reads text line by line (newlines are not tokens of their own)
     lower_bound: bool  # whether its bits per character understate the text's cost (words; a prompt with <unk>)
-    prompt_text: str
     prompt: Prompt
     reading: Reading  # the prompt as the model read it: its scores, the next token's odds, the state
     samples: list[Sample]
@@ -87,10 +93,10 @@ class Demo:
         generator.check_dial(sampling.dial)  # refused before anything is sampled
         start = time.perf_counter()
         prompt = generator.prompt(prompt_text, self.limits.max_prompt_tokens)
-        reading = self.decoder.reading(generator, prompt.ids)
+        reading = self.decoder.reading(generator, prompt.ids, client=client)
         tokenizer = generator.tokenizer
         progress = Progress(name, level_unit(tokenizer.level), tokenizer.by_line, tokenizer.lower_bound(prompt.ids),
-                            prompt_text, prompt, reading, [], 0.0, dial=sampling.dial)
+                            prompt, reading, [], 0.0, dial=sampling.dial)
         runs = [("samples", replace(sampling, dial=None))] + ([("dialled", sampling)] if sampling.dial else [])
         for field_name, run in runs:
             for samples in self.decoder.stream(generator, reading, run, every, client):
@@ -100,8 +106,10 @@ class Demo:
         progress.seconds, progress.done = time.perf_counter() - start, True
         yield progress
 
-    def next_tokens(self, run: Progress, sample_index: Any, position: Any, k: Any = DEFAULT_BARS) -> NextTokens:
-        """The top-k next tokens after the prompt and the first `position` tokens of one sample (form values)."""
+    def next_tokens(self, run: Progress, sample_index: Any, position: Any, k: Any = DEFAULT_BARS, client: str = ""
+                    ) -> NextTokens:
+        """The top-k next tokens after the prompt and the first `position` tokens of one sample (form values); `client`
+        is whose request it is, for the decoder's fair share."""
         index, k = parse_whole(sample_index, "sample", empty=0), parse_whole(k, "number of bars", empty=DEFAULT_BARS)
         if not 0 <= index < len(run.samples):
             raise SettingsError(f"sample must be from 1 to {len(run.samples)} (got {index + 1})")
@@ -109,7 +117,7 @@ class Demo:
             raise SettingsError(f"number of bars must be from 1 to {self.limits.max_bars} (got {k})")
         generator, sample = self.models.generator(run.model), run.samples[index]
         position = max(0, min(parse_whole(position, "position", empty=0), len(sample.ids)))
-        reading = self.decoder.reading(generator, sample.ids[:position], after=run.reading)
+        reading = self.decoder.reading(generator, sample.ids[:position], after=run.reading, client=client)
         chosen = None
         if position < len(sample.ids):
             chosen = TokenScore(sample.ids[position], sample.tokens[position], sample.probabilities[position])
@@ -124,5 +132,6 @@ class Demo:
             for progress in self.generate(name, prompt_text, sampling, every=math.inf, client=client):
                 pass
             runs.append(progress)
-        return Comparison(runs, [self.next_tokens(run, 0, 0, k) for run in runs],
+        return Comparison(runs, [self.next_tokens(run, 0, 0, k, client) for run in runs],
                           [self.models.describe(name) for name in names])
+

@@ -3,12 +3,15 @@
 The values come from `lmdemo.internals` (the cell that generates text, step by step); this module
 turns form values into a `UnitView`: the chosen units of one quantity of one layer over the shown
 tokens, best first, and one unit's trace. The last few texts' internals are cached, so re-sorting or
-tracing another unit does not re-read the text.
+tracing another unit does not re-read the text; the cache holds its models weakly, so a model nobody serves any
+more (an ended session's) goes at once, with its cached texts and its decode loop.
 """
 
 from __future__ import annotations
 
-import functools
+import threading
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +26,8 @@ from lmdemo.web.registry import Models
 
 UNIT_SORTS = {"unit": "unit number", "active": "most active (mean |value|)", "variable": "most variable (std)",
               "change": "largest change at a token"}
-INTERNALS_CACHE = 8  # texts whose internals are kept, so re-sorting or re-plotting does not re-read them
+INTERNALS_CACHE = 8  # texts whose internals are kept (all models together), so re-sorting or re-plotting does not
+# re-read them
 
 
 @dataclass
@@ -77,6 +81,7 @@ class Inside:
 
     def __init__(self, models: Models, limits: Limits = Limits()):
         self.models, self.limits = models, limits
+        self.internals = InternalsCache(INTERNALS_CACHE)
 
     def text(self, run: Progress | None, name: str, prompt_text: Any, sample: Any) -> InsideText:
         """Sample 0: `prompt_text` read by model `name`; sample k >= 1: the last run's prompt and its k-th sample."""
@@ -148,7 +153,7 @@ class Inside:
             raise SettingsError(f"number of units must be from 1 to {self.limits.max_units} (got {count})")
         if not text.ids:
             raise SettingsError("the text is empty: type a prompt or choose a sample")
-        internals = _read_internals(generator, tuple(text.ids), self.limits.max_inside_tokens)
+        internals = self.internals.read(generator, text.ids, self.limits.max_inside_tokens)
         return internals, number - 1, internals.matrix(quantity, number - 1), count
 
     def _view(self, text: InsideText, internals: Internals, layer: int, quantity: str,
@@ -165,9 +170,48 @@ class Inside:
                         values[:, [row.unit for row in ranking]].t(), traced, values[:, traced].tolist(), **marks)
 
 
-@functools.lru_cache(maxsize=INTERNALS_CACHE)
-def _read_internals(generator: Generator, ids: tuple[int, ...], max_tokens: int) -> Internals:
-    return read_internals(generator, ids, max_tokens)
+class InternalsCache:
+    """The internals of the last `size` texts read (all models together), each model's held weakly: a model the
+    registry drops (an ended session's) is not kept alive by its cached texts, and its entries go with it.
+
+    Each model's texts are in a `WeakKeyDictionary` (model -> {(ids, max_tokens): Internals}); the order of use,
+    for evicting the oldest, names the model by a weak reference. `Internals` hold no model."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.lock = threading.Lock()
+        self.texts: weakref.WeakKeyDictionary[Generator, dict[tuple, Internals]] = weakref.WeakKeyDictionary()
+        self.order: OrderedDict[tuple[weakref.ref, tuple], None] = OrderedDict()  # oldest first
+
+    def read(self, generator: Generator, ids: list[int] | tuple[int, ...], max_tokens: int) -> Internals:
+        """`read_internals(generator, ids, max_tokens)`, from the cache when this model read this text lately."""
+        key = (tuple(ids), max_tokens)
+        with self.lock:
+            found = self.texts.get(generator, {}).get(key)
+            if found is not None:
+                self.order.move_to_end((weakref.ref(generator), key))
+                return found
+        internals = read_internals(generator, key[0], max_tokens)  # outside the lock: other reads go on
+        with self.lock:
+            self.texts.setdefault(generator, {})[key] = internals
+            self.order[(weakref.ref(generator), key)] = None
+            self.order.move_to_end((weakref.ref(generator), key))
+            for gone in [entry for entry in self.order if entry[0]() is None]:  # a model that went: its texts did too
+                del self.order[gone]
+            while len(self.order) > self.size:
+                (owner_ref, old), _ = self.order.popitem(last=False)
+                owner = owner_ref()
+                texts = self.texts.get(owner) if owner is not None else None
+                if texts is not None:
+                    texts.pop(old, None)
+                    if not texts:
+                        del self.texts[owner]
+                del owner
+        return internals
+
+    def __len__(self) -> int:
+        with self.lock:
+            return sum(len(texts) for texts in self.texts.values())
 
 
 def _index(internals: Internals, position: int, what: str) -> int:

@@ -17,9 +17,9 @@ from lmdemo.generation import SettingsError
 from lmdemo.internals import QUANTITIES
 from lmdemo.web import render
 from lmdemo.web.atlas_view import AtlasView, ModelAtlas
-from lmdemo.web.compute import ComputeSlots
 from lmdemo.web.demo import Progress
 from lmdemo.web.forms import FIELD_CHARS
+from lmdemo.web.gate import UNLIMITED, Gate
 from lmdemo.web.inside import UNIT_SORTS, Inside, UnitView
 from lmdemo.web.registry import Models
 
@@ -45,15 +45,17 @@ on/off unit scores about 1/√(p(1−p)) for a span that is a share p of the tex
 preference."""
 
 
-def build(inside: Inside, run: gr.State, model: gr.Dropdown, prompt: gr.Textbox, heavy: dict[str, Any],
-          slots: ComputeSlots) -> tuple[gr.Dropdown, gr.Dropdown]:
-    """Units x tokens of the sampling tab's text: ranked, traced, or found by a marked span.
+def build(inside: Inside, run: gr.State, model: gr.Dropdown, prompt: gr.Textbox, gate: Gate
+          ) -> tuple[gr.Dropdown, gr.Dropdown]:
+    """The cell atlas of the model, one unit over the Sample tab's text, and the detailed view below: units x
+    tokens of that text, ranked, traced, or found by a marked span. Every view that reads a text is model work
+    of the `gate` (a fair turn per address).
 
     Returns the text and layer pickers, which the sampling tab updates after a run or a model change.
     """
     limits, models = inside.limits, inside.models
-    atlases = AtlasView(models, limits)
-    opening = atlases.atlas(models.default)
+    events = InsideEvents(inside, AtlasView(models, limits))
+    opening = events.atlases.atlas(models.default)
     atlas_status = gr.Markdown(render.atlas_markdown(models.default, opening), elem_id="atlas-status")
     atlas_table = gr.Dataframe(render.atlas_frame(opening), interactive=False, wrap=True, show_label=False,
                                column_widths=ATLAS_COLUMN_WIDTHS, elem_id="atlas-table", visible=opening is not None)
@@ -61,7 +63,7 @@ def build(inside: Inside, run: gr.State, model: gr.Dropdown, prompt: gr.Textbox,
         chosen = gr.Dropdown(**property_choices(opening), label="Show the unit of", scale=1)
         text = gr.Dropdown([("the prompt", 0)], value=0, label="Text", scale=2,
                            info="the Sample tab's model and prompt, or the prompt and one of its samples")
-    unit_view = gr.HTML(_opening_unit(atlases, inside, opening, prompt.value), elem_id="atlas-unit")
+    unit_view = gr.HTML(_opening_unit(events.atlases, inside, opening, prompt.value), elem_id="atlas-unit")
     atlas_help = gr.Markdown(ATLAS_HELP, elem_classes="lm-help", visible=opening is not None)
     with gr.Accordion("Detailed view: any layer's units as a heatmap, and finding units for a span",
                       open=opening is None) as detail:
@@ -91,77 +93,88 @@ def build(inside: Inside, run: gr.State, model: gr.Dropdown, prompt: gr.Textbox,
             table = gr.Dataframe(label="Ranked units", interactive=False, scale=2)
             trace = gr.Plot(show_label=False, scale=3)
 
-    def shown(view_of: Callable[[], UnitView], title: str) -> tuple:
-        """The detailed view's outputs for the view `view_of` makes; a bad setting is one error titled `title`."""
-        try:
-            view = view_of()
-        except SettingsError as error:
-            raise render.refused(str(error), title) from None
-        return (render.inside_markdown(view), render.positions_html(view), render.unit_heatmap(view),
-                render.unit_table(view), render.unit_trace(view))
+    # raw values (lmdemo checks them): a sample can be chosen before the page has listed it (/after_generate), and a
+    # session's own model is not among the picker's listed choices (lmdemo.web.jobs)
+    raw = dict(preprocess=False, **UNLIMITED)
+    show_unit = dict(fn=gate.model_work(events.on_unit), inputs=[run, model, prompt, text, chosen], outputs=unit_view,
+                     **raw)
+    model.change(events.on_model, model, [atlas_status, atlas_table, chosen, atlas_help, detail], api_name="atlas",
+                 preprocess=False).then(gate.model_work(events.on_new_model), [model, chosen], unit_view,
+                                        api_visibility="private", **raw)
+    atlas_table.select(events.on_row, model, chosen, api_visibility="private").then(**show_unit,
+                                                                                     api_visibility="private")
+    chosen.input(**show_unit, api_name="atlas_unit")
+    text.change(**show_unit, api_visibility="private")
+    reading = [run, model, prompt, text, layer, quantity]
+    outputs = [status, positions, heatmap, table, trace]
+    show.click(gate.model_work(events.on_show), [*reading, sort, count, at, unit], outputs, api_name="inside", **raw)
+    find.click(gate.model_work(events.on_find), [*reading, first, last, count, unit], outputs, api_name="find_units",
+               **raw)
+    return text, layer
 
-    def on_show(current: Progress | None, name: str, prompt_text: str, choice: Any, layer_number: Any, what: str,
-                order: str, how_many: Any, at_position: Any, traced: Any) -> tuple:
-        return shown(lambda: inside.units(inside.text(current, name, prompt_text, choice), layer_number, what, order,
-                                          how_many, at_position, traced), "Check the settings")
 
-    def on_find(current: Progress | None, name: str, prompt_text: str, choice: Any, layer_number: Any, what: str,
-                start: Any, end: Any, how_many: Any, traced: Any) -> tuple:
-        return shown(lambda: inside.find_span(inside.text(current, name, prompt_text, choice), layer_number, what,
-                                              start, end, how_many, traced), "Check the span")
+class InsideEvents:
+    """The tab's event handlers over `inside` (the detailed view) and `atlases` (the cell atlas)."""
 
-    def on_model(name: Any) -> tuple:
+    def __init__(self, inside: Inside, atlases: AtlasView):
+        self.inside, self.atlases = inside, atlases
+
+    def on_show(self, current: Progress | None, name: str, prompt_text: str, choice: Any, layer_number: Any,
+                what: str, order: str, how_many: Any, at_position: Any, traced: Any) -> tuple:
+        inside = self.inside
+        return _shown(lambda: inside.units(inside.text(current, name, prompt_text, choice), layer_number, what, order,
+                                           how_many, at_position, traced), "Check the settings")
+
+    def on_find(self, current: Progress | None, name: str, prompt_text: str, choice: Any, layer_number: Any,
+                what: str, start: Any, end: Any, how_many: Any, traced: Any) -> tuple:
+        inside = self.inside
+        return _shown(lambda: inside.find_span(inside.text(current, name, prompt_text, choice), layer_number, what,
+                                               start, end, how_many, traced), "Check the span")
+
+    def on_model(self, name: Any) -> tuple:
         try:
             if not isinstance(name, str):
                 raise SettingsError(f"the model must be a name (got {type(name).__name__})")
-            atlas = atlases.atlas(name)
+            atlas = self.atlases.atlas(name)
         except SettingsError as error:
             raise render.refused(str(error), "Unknown model") from None
         found = atlas is not None
         return (render.atlas_markdown(name, atlas), gr.Dataframe(render.atlas_frame(atlas), visible=found),
                 gr.Dropdown(**property_choices(atlas)), gr.Markdown(visible=found), gr.Accordion(open=not found))
 
-    def on_row(name: str, event: gr.SelectData) -> str:
-        atlas = atlases.atlas(name)
+    def on_row(self, name: str, event: gr.SelectData) -> str:
+        atlas = self.atlases.atlas(name)
         if atlas is None or not 0 <= event.index[0] < len(atlas.rows):
             return gr.skip()
         return atlas.rows[event.index[0]].property
 
-    def on_unit(current: Progress | None, name: str, prompt_text: str, choice: Any, property_name: Any) -> str:
+    def on_unit(self, current: Progress | None, name: str, prompt_text: str, choice: Any, property_name: Any) -> str:
         """The unit over the visitor's text (when the chosen text is this model's) and the held-out examples."""
-        if not property_name or atlases.atlas(name) is None:
+        if not property_name or self.atlases.atlas(name) is None:
             return ""
         try:
-            chosen_text = inside.text(current, name, prompt_text, choice)
+            chosen_text = self.inside.text(current, name, prompt_text, choice)
             own = chosen_text if chosen_text.model == name else None  # a sample of the model shown before
-            return render.unit_text_html(atlases.unit(own, name, property_name))
+            return render.unit_text_html(self.atlases.unit(own, name, property_name))
         except SettingsError as error:
             raise render.refused(str(error), "Check the settings") from None
 
-    def on_new_model(name: str, property_name: Any) -> str:
+    def on_new_model(self, name: str, property_name: Any) -> str:
         """A model just chosen: its unit over the held-out examples (the Sample tab is replacing the prompt)."""
         try:
-            return render.unit_text_html(atlases.unit(None, name, property_name)) if property_name else ""
+            return render.unit_text_html(self.atlases.unit(None, name, property_name)) if property_name else ""
         except SettingsError:  # no atlas, or one without examples: the table says what there is
             return ""
 
-    # raw values (lmdemo checks them): a sample can be chosen before the page has listed it (/after_generate)
-    raw = dict(preprocess=False, **heavy)
-    unit_reading = [run, model, prompt, text, chosen]
-    show_unit = dict(fn=slots.guard(on_unit), inputs=unit_reading, outputs=unit_view, **raw)
-    # raw values: a session's own model is not among the picker's listed choices (lmdemo.web.jobs)
-    model.change(on_model, model, [atlas_status, atlas_table, chosen, atlas_help, detail], api_name="atlas",
-                 preprocess=False).then(
-        slots.guard(on_new_model), [model, chosen], unit_view, api_visibility="private", preprocess=False, **heavy)
-    atlas_table.select(on_row, model, chosen, api_visibility="private").then(**show_unit, api_visibility="private")
-    chosen.input(**show_unit, api_name="atlas_unit")
-    text.change(**show_unit, api_visibility="private")
 
-    reading = [run, model, prompt, text, layer, quantity]
-    outputs = [status, positions, heatmap, table, trace]
-    show.click(slots.guard(on_show), [*reading, sort, count, at, unit], outputs, api_name="inside", **raw)
-    find.click(slots.guard(on_find), [*reading, first, last, count, unit], outputs, api_name="find_units", **raw)
-    return text, layer
+def _shown(view_of: Callable[[], UnitView], title: str) -> tuple:
+    """The detailed view's outputs for the view `view_of` makes; a bad setting is one error titled `title`."""
+    try:
+        view = view_of()
+    except SettingsError as error:
+        raise render.refused(str(error), title) from None
+    return (render.inside_markdown(view), render.positions_html(view), render.unit_heatmap(view),
+            render.unit_table(view), render.unit_trace(view))
 
 
 def property_choices(atlas: ModelAtlas | None) -> dict[str, Any]:

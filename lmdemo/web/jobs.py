@@ -26,9 +26,11 @@ from lmdemo.checkpoint import MODEL_DIR, WEIGHTS_FILE, ModelLoadError, load_mode
 from lmdemo.generation import Generator
 from lmdemo.metrics import METRICS_FILE
 from lmdemo.web import trainer_process
-from lmdemo.web.clients import TrainingBudget
+from lmdemo.admission import Admission, Busy, Hold, Line
+from lmdemo.web.clients import Charge, TrainingBudget
 from lmdemo.web.registry import Models
-from lmdemo.web.sessions import Session, SessionModel, Sessions
+from lmdemo.web.sessions import Session, SessionModel, Sessions, inside
+from lmdemo.web.uploads import Uploads
 from lmdemo.web.train_requests import TrainInputError, TrainLimits, TrainRequest, bytes_needed
 
 STOP_GRACE_S = 20.0  # after a stop request, how long the trainer gets to save and finish
@@ -39,6 +41,7 @@ KEPT_FILES = (METRICS_FILE, MODEL_DIR)  # what a finished run keeps: its log (th
 WAITING, STARTING, TRAINING, STOPPING = "waiting", "starting", "training", "stopping"
 FINISHED, STOPPED, FAILED, CANCELLED = "finished", "stopped", "failed", "cancelled"
 ENDED = (FINISHED, STOPPED, FAILED, CANCELLED)
+TRAINING_LINE = "training"  # the admission's line of training jobs
 
 
 @dataclass
@@ -49,7 +52,8 @@ class Job:
     request: TrainRequest
     folder: Path  # the child's working folder: the text, the trainer's output and the run folder
     reserved: int  # bytes of the disk cap held for it until it ends
-    charge: list[float]  # its entry in the client's training budget
+    charge: Charge  # its entry in the client's training budget
+    place: Hold  # its address's place in the admission's training line, until it ends
     state: str = WAITING
     process: subprocess.Popen | None = None
     stop_reason: str | None = None  # "stop", "deadline", "session" or "server"
@@ -82,7 +86,7 @@ class Job:
         return self.folder / "trainer.log"
 
 
-class LiveTraining:
+class TrainingLine:
     """The server's training slot and the line waiting for it, and what may join it.
 
     One lock guards the line and the sessions (`Sessions`); a job's own thread starts its process, waits for it
@@ -92,8 +96,11 @@ class LiveTraining:
 
     def __init__(self, models: Models, limits: TrainLimits = TrainLimits(), root: str | Path | None = None,
                  cache: str | Path | None = None, command: Callable[[TrainRequest, str], list[str]] | None = None,
-                 sweep_every: float | None = None):
+                 sweep_every: float | None = None, admission: Admission | None = None, uploads: Uploads | None = None):
         self.models, self.limits = models, limits
+        # one job running or waiting per address (share 0: the floor of one), out of the slot and its line
+        self.admission = admission or Admission()
+        self.admission.add(Line(TRAINING_LINE, 1 + limits.max_waiting, 0.0, "training jobs running or waiting"))
         self.command = command or trainer_process.train_command
         self.root = trainer_process.make_training_folder(root)
         self.cache = Path(cache) if cache is not None else self.root / "cache"
@@ -102,8 +109,10 @@ class LiveTraining:
         self.waiting: list[Job] = []
         self.running: Job | None = None
         self.lock = threading.RLock()
+        self.uploads = uploads or Uploads(self.admission, self.cache, unused_s=min(300.0, limits.session_ttl_s),
+                                          max_file_bytes=limits.max_upload_bytes)
         self.sessions = Sessions(self.root, self.cache, models, limits.session_ttl_s, limits.max_session_models,
-                                 self.lock)
+                                 self.lock, self.uploads)
         self.closed = threading.Event()
         every = sweep_every if sweep_every is not None else min(30.0, limits.session_ttl_s / 4)
         threading.Thread(target=self._sweep_forever, args=(every,), name="lmdemo-sessions", daemon=True).start()
@@ -116,12 +125,16 @@ class LiveTraining:
         with self.lock:
             if self.closed.is_set():
                 raise TrainInputError("the server is shutting down: try again in a minute")
-            self._refuse_unfair(owner, client, request)
-            reserved = self._reserve_disk(request)
+            place = self._admit(owner, client, request)
+            try:
+                reserved = self._reserve_disk(request)
+            except TrainInputError:
+                place.release()
+                raise
             session = self.sessions.open(owner, client)
             session.count += 1
             job = Job(session, replace(request, text=""), session.folder / str(session.count), reserved,
-                      self.budget.charge(client, request.seconds))
+                      self.budget.charge(client, request.seconds), place)
         try:
             job.folder.mkdir(parents=True)
             job.text_path.write_text(request.text, encoding="utf-8")
@@ -173,8 +186,9 @@ class LiveTraining:
             return next((job for job in (self.running, *self.waiting) if job and job.session.owner == owner), None)
 
     def disk_bytes(self) -> int:
-        """Bytes on disk now: the training folder and the sessions' zips."""
-        return trainer_process.folder_bytes(self.root) + self.sessions.downloads_bytes()
+        """Bytes on disk now: the training folder and the sessions' zips (uploads have a cap of their own)."""
+        uploads = trainer_process.folder_bytes(self.uploads.folder) if inside(self.uploads.folder, self.root) else 0
+        return trainer_process.folder_bytes(self.root) - uploads + self.sessions.downloads_bytes()
 
     def close(self) -> None:
         """End every session and job now (the server is stopping) and delete every folder."""
@@ -192,27 +206,36 @@ class LiveTraining:
             running.done.wait(10)
         for owner in self.sessions:
             self.end_session(owner)
+        self.uploads.close()
         shutil.rmtree(self.root, ignore_errors=True)
 
     # -- inside the lock --------------------------------------------------------------------------
-    def _refuse_unfair(self, owner: str, client: str, request: TrainRequest) -> None:
-        """One job running or waiting per client address, a bounded line, and the client's hourly budget."""
+    def _admit(self, owner: str, client: str, request: TrainRequest) -> Hold:
+        """The client's place in the training line (one job running or waiting per session and per address, the
+        line bounded), within its hourly budget; else one line that says why and when to come back."""
         active = [job for job in (self.running, *self.waiting) if job is not None]
-        for job in active:
-            if job.session.owner == owner or job.session.client == client:
-                where = "running" if job is self.running else f"waiting, {self.position(job)} ahead of it"
-                whose = "you already have" if job.session.owner == owner else "your address already has"
+        mine = next((job for job in active if job.session.owner == owner), None)
+        try:
+            if mine is not None:
+                raise Busy("one job per session")
+            place = self.admission.admit(TRAINING_LINE, client)
+        except Busy:
+            theirs = mine or next((job for job in active if job.session.client == client), None)
+            if theirs is not None:
+                where = "running" if theirs is self.running else f"waiting, {self.position(theirs)} ahead of it"
+                whose = "you already have" if theirs.session.owner == owner else "your address already has"
                 raise TrainInputError(f"{whose} a training job ({where}); one per visitor: wait for it to end, or "
-                                      f"press Stop before training again")
-        if self.running is not None and len(self.waiting) >= self.limits.max_waiting:
+                                      f"press Stop before training again") from None
             ahead = sum(job.request.seconds for job in active) / 60
             line = f"{len(self.waiting)} wait, the most this server queues" if self.limits.max_waiting else \
                 "this server queues none"
             raise TrainInputError(f"the training slot is busy and {line}: try again in about {max(1, round(ahead))} "
-                                  f"minute{'s' if round(ahead) > 1 else ''}")
+                                  f"minute{'s' if round(ahead) > 1 else ''}") from None
         refusal = self.budget.refusal(client, request.seconds)
         if refusal:
+            place.release()
             raise TrainInputError(refusal)
+        return place
 
     def _reserve_disk(self, request: TrainRequest) -> int:
         """The bytes a job may write, held until it ends; refused past the disk cap."""
@@ -245,6 +268,7 @@ class LiveTraining:
         if job in self.waiting:
             self.waiting.remove(job)
         job.state, job.error, job.ended = state, why, time.monotonic()
+        job.place.release()
         self.budget.settle(job.charge, 0.0)
         shutil.rmtree(job.folder, ignore_errors=True)
         job.done.set()
@@ -267,6 +291,7 @@ class LiveTraining:
         goodbye, or a script's session), and clear what nobody claimed in the cache."""
         for owner in self.sessions.idle():
             self.end_session(owner)
+        self.uploads.sweep()
         self.sessions.sweep_cache()
 
 def release_free_memory() -> None:
@@ -283,7 +308,7 @@ class JobThread:
     the slot on. On Linux the parent-death signal is tied to the thread that started the child, so this thread
     outlives its process."""
 
-    def __init__(self, line: LiveTraining, job: Job):
+    def __init__(self, line: TrainingLine, job: Job):
         self.line, self.job = line, job
 
     def run(self) -> None:
@@ -304,6 +329,7 @@ class JobThread:
                 if job.state not in ENDED:
                     job.state = FAILED
                 job.ended = time.monotonic()
+                job.place.release()
                 self.line.budget.settle(job.charge, job.ended - (job.started or job.ended))
                 self.line.running = None
                 if job.session.ended:  # its session went while the process ran: the folder is this thread's to delete

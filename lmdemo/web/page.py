@@ -1,5 +1,5 @@
 """The page: the tabs composed, in order (Sample, Inside the LSTM, Compare, Train, Training curves), with the
-page-wide texts, the one queue of model computations and the look it launches with.
+page-wide texts and the look it launches with.
 
 Each tab lives in its own module (`sample_tab`, `inside_tab`, `compare_tab`, `train_tab`, `curves_tab`); this one
 only places them and wires what crosses tabs: the Sample tab's text into Inside, a finished Train job's model into
@@ -14,16 +14,13 @@ from typing import Any
 
 import gradio as gr
 
-from lmdemo.batching import Batching, Decoder
 from lmdemo.web import compare_tab, curves_tab, inside_tab, sample_tab, train_tab
-from lmdemo.web.compute import ComputeSlots, Lane
 from lmdemo.web.demo import Demo
 from lmdemo.web.forms import Limits
+from lmdemo.web.gate import Gate
 from lmdemo.web.inside import Inside
-from lmdemo.web.jobs import LiveTraining
+from lmdemo.web.jobs import TrainingLine
 from lmdemo.web.registry import Models
-
-MODEL_QUEUE = "model"  # the one concurrency group of every event that runs a model
 
 INTRO = """# LSTM language models, up close
 Pick a model, give it a prompt and compare what it writes at several **temperatures** side by side.
@@ -39,26 +36,21 @@ def answer_missing_optional_imports(names: tuple[str, ...] = ("matplotlib", "bok
             sys.modules[name] = None
 
 
-def build_app(models: Models, limits: Limits = Limits(), concurrency: int = 2,
-              training: LiveTraining | None = None, behind_proxy: bool = False,
-              decoder: Decoder | None = None) -> gr.Blocks:
+def build_app(models: Models, limits: Limits = Limits(), training: TrainingLine | None = None,
+              gate: Gate | None = None) -> gr.Blocks:
     """The page: a sampling tab (controls on the right, samples below, next-token bars at the bottom),
-    a look inside the LSTM at the sampling tab's text, and two models compared on one request.
+    a look inside the LSTM at the sampling tab's text, two models compared on one request, and the training
+    curves; with `training`, a Train tab trains a visitor's own model (`lmdemo.web.train_tab`).
 
-    Every event that runs a model joins one concurrency group of `concurrency` slots, whichever tab
-    or endpoint it comes from, and takes one of as many `ComputeSlots` (which the Train tab's samples take
-    too), so `--concurrency` bounds the model computations at once; sampling requests run through `decoder`
-    (default: batched, one decode loop per model), outside those slots when it batches (`Lane`). With
-    `training`, a Train tab trains a visitor's own model (`lmdemo.web.train_tab`); the Training curves tab is
-    always there.
+    Every event that does work is admitted by `gate` (`lmdemo.web.gate`: one fair share per address of every
+    line, model work in fair turns, sampling through its decoder). What the page keeps between events (the last
+    run, for the bars and the Inside tab) lives `gate.serving.session_ttl_s` after its last use.
     """
-    slots = ComputeSlots(concurrency)
-    heavy = dict(concurrency_id=MODEL_QUEUE, concurrency_limit=concurrency)
-    lane = Lane.of(decoder or Batching(), slots, heavy)
-    demo = Demo(models, limits, lane.decoder)
+    gate = gate or Gate()
+    demo = Demo(models, limits, gate.decoder)
 
     with gr.Blocks(title="LSTM language models") as app:
-        run = gr.State(None)
+        run = gr.State(None, time_to_live=gate.serving.session_ttl_s)
         gr.Markdown(INTRO)
         if models.skipped:
             gr.Markdown(skipped_markdown(models.skipped), elem_id="skipped-models")
@@ -67,17 +59,18 @@ def build_app(models: Models, limits: Limits = Limits(), concurrency: int = 2,
                 sample = sample_tab.build(models, limits, run)
             with gr.Tab("Inside the LSTM", id="inside"):
                 inside_text, inside_layer = inside_tab.build(Inside(models, limits), run, sample.model, sample.prompt,
-                                                             heavy, slots)
+                                                             gate)
             with gr.Tab("Compare", id="compare"):
-                compare_pickers = compare_tab.build(demo, lane, behind_proxy)
+                compare_pickers = compare_tab.build(demo, gate)
             if training is not None:
                 with gr.Tab("Train", id="train"):
-                    connect_training = train_tab.build(training, lane, behind_proxy)
+                    connect_training = train_tab.build(training, gate)
             with gr.Tab("Training curves", id="curves"):
                 curve_picker = curves_tab.build(models)
         if training is not None:
             connect_training(app, [sample.model, *compare_pickers, curve_picker])
-        sample_tab.connect(sample, demo, inside_text, inside_layer, lane, behind_proxy)
+        sample_tab.connect(sample, demo, inside_text, inside_layer, gate)
+    gate.pages.start(app)
     return app
 
 

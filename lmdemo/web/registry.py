@@ -140,6 +140,9 @@ class Models:
         self.generators: dict[str, Generator] = {}
         self.steerable: dict[str, list[Steerable]] = {}  # display name -> its atlas's steerable properties
         self.skipped: dict[str, str] = {}  # display name -> why it is not served
+        # models trained in the app: name -> (generator, owning session or None); served to their owner only
+        self.private: dict[str, tuple[Generator, str | None]] = {}
+        self.visitor: Callable[[], str | None] | None = None  # who is asking (the web app: the request's session)
         for name, source in sources.items():
             if not skip_broken:
                 self._load(name, source)
@@ -229,20 +232,19 @@ class Models:
         shipped models only), and, once `set_visitor` says who asks, only to `owner`."""
         if name in self.generators:
             raise ValueError(f"{name!r} is already a served model")
-        self.__dict__.setdefault("private", {})[name] = (generator, owner)
+        self.private[name] = (generator, owner)
 
     def remove_private(self, name: str) -> None:
-        self.__dict__.get("private", {}).pop(name, None)
+        self.private.pop(name, None)
 
     def set_visitor(self, visitor: Callable[[], str | None]) -> None:
         """`visitor()` names who is asking (the web app: the request's session); a private model with an owner
         is then unknown to everyone else."""
-        self.__dict__["visitor"] = visitor
+        self.visitor = visitor
 
     def _private(self, name: str) -> Generator | None:
-        generator, owner = self.__dict__.get("private", {}).get(name, (None, None))
-        visitor = self.__dict__.get("visitor")
-        if generator is None or (owner is not None and visitor is not None and visitor() != owner):
+        generator, owner = self.private.get(name, (None, None))
+        if generator is None or (owner is not None and self.visitor is not None and self.visitor() != owner):
             return None
         return generator
 

@@ -13,13 +13,12 @@ from typing import Any
 import gradio as gr
 from gradio.components.plot import PlotData
 
-from lmdemo.batching import Busy
+from lmdemo.admission import Busy
 from lmdemo.generation import SettingsError
 from lmdemo.web import inside_tab, render
-from lmdemo.web.clients import request_address
-from lmdemo.web.compute import Lane
 from lmdemo.web.demo import DEFAULT_BARS, DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURES, Demo, Progress
 from lmdemo.web.forms import FIELD_CHARS, Limits, draw_seed, read_sampling
+from lmdemo.web.gate import UNLIMITED, Gate
 from lmdemo.web.registry import Models
 
 TEMPERATURE_HELP = """**Temperature** reshapes the model's odds before each token is drawn. **0** always
@@ -119,84 +118,106 @@ def build(models: Models, limits: Limits, run: gr.State) -> SampleTab:
                      which, position, bars, plot)
 
 
-def connect(tab: SampleTab, demo: Demo, inside_text: gr.Dropdown, inside_layer: gr.Dropdown, lane: Lane,
-            behind_proxy: bool = False) -> None:
+def connect(tab: SampleTab, demo: Demo, inside_text: gr.Dropdown, inside_layer: gr.Dropdown, gate: Gate) -> None:
     """Wire the tab's events: a model change (its card, examples, the Inside layers, the `<unk>` box, the dial),
     the dial's box and slider (they write the dial's text), Generate (streamed; `/generate`, whose tenth input is
     the dial's text: a caller that sends nine gets no dial; when it succeeds the page asks `/after_generate` for
     the run's bars and pickers), Stop, the random seed and the next-token bars (`/next_tokens`). Generate and the
-    bars run in the sampling `lane`; a full line answers "busy"; the lane's fair share is per address."""
-    models, limits = demo.models, demo.limits
+    bars are sampling events of the `gate` (its fair share per address)."""
+    events = SampleEvents(demo, gate)
+    model = tab.model
+    model.change(events.on_model, model, [tab.model_info, tab.examples, tab.prompt], api_name="model_info")
+    model.change(events.layer_picker, model, inside_layer, api_visibility="private")
+    model.change(events.unk_box, model, tab.avoid_unk, api_visibility="private")
+    model.change(events.dial_boxes, model, [tab.dial_on, tab.dial_slider, tab.dial], api_visibility="private")
+    dial_inputs = [model, tab.dial_on, tab.dial_slider]
+    tab.dial_on.input(events.on_dial, dial_inputs, tab.dial, api_visibility="private")
+    tab.dial_slider.release(events.on_dial, dial_inputs, tab.dial, api_visibility="private")
+    tab.examples.click(first_of, tab.examples, tab.prompt, api_visibility="private")
+    tab.dice.click(random_seed, None, tab.seed, api_name="random_seed")
+    sampling = dict(preprocess=False, **UNLIMITED)  # raw values: lmdemo checks them and names the field
+    generation = tab.generate.click(
+        gate.sampling(events.on_generate),
+        [model, tab.prompt, tab.temperatures, tab.max_new_tokens, tab.top_k, tab.top_p, tab.seed, tab.stop_text,
+         tab.avoid_unk, tab.dial],
+        [tab.samples, tab.prompt_view, tab.status, tab.run], api_name="generate", **sampling)
+    generation.success(gate.sampling(events.on_finished), tab.run, [tab.which, tab.position, tab.plot, inside_text],
+                       api_name="after_generate", **UNLIMITED)
+    tab.stop.click(None, None, None, cancels=[generation], api_visibility="private")
+    explore_inputs = [tab.run, tab.which, tab.position, tab.bars]
+    explore = gate.sampling(events.on_explore)  # lmdemo checks the sample, position and count against the run
+    tab.which.input(explore, explore_inputs, tab.plot, api_name="next_tokens", **sampling)
+    tab.position.release(explore, explore_inputs, tab.plot, api_visibility="private", **sampling)
+    tab.bars.release(explore, explore_inputs, tab.plot, api_visibility="private", **sampling)
 
-    def on_model(name: str) -> tuple[str, Any, str]:
+
+class SampleEvents:
+    """The tab's event handlers, over the requests of `demo`; `gate` says who asks."""
+
+    def __init__(self, demo: Demo, gate: Gate):
+        self.demo, self.gate = demo, gate
+        self.models, self.limits = demo.models, demo.limits
+
+    def on_model(self, name: str) -> tuple[str, Any, str]:
         try:
-            shown, info = models.examples(name), models.describe(name)
+            shown, info = self.models.examples(name), self.models.describe(name)
         except SettingsError as error:
             raise render.refused(str(error), "Unknown model") from None
         return render.model_markdown(info), gr.Dataset(samples=[[e] for e in shown]), shown[0]
 
-    def on_generate(request: gr.Request, name: str, prompt_text: str, temperature_text: str, max_new: Any, k: Any,
-                    p: Any, seed_text: Any, stop_at: str, no_unk: bool, dial_text: Any = None) -> Iterator[tuple]:
+    def layer_picker(self, name: str) -> gr.Dropdown:
+        return gr.Dropdown(**inside_tab.layer_choices(self.models, name))
+
+    def unk_box(self, name: str) -> gr.Checkbox:
+        return gr.Checkbox(**unk_choice(self.models, name))
+
+    def dial_boxes(self, name: str) -> tuple:
+        return _dial_updates(dial_choices(self.models, name))
+
+    def on_dial(self, name: str, on: bool, value: float) -> str:
+        steerable = self.models.describe(name).steerable
+        return str(steerable[0].dial(value)) if on and steerable else ""
+
+    def on_generate(self, request: gr.Request, name: str, prompt_text: str, temperature_text: str, max_new: Any,
+                    k: Any, p: Any, seed_text: Any, stop_at: str, no_unk: bool, dial_text: Any = None
+                    ) -> Iterator[tuple]:
         try:
-            sampling = read_sampling(limits, temperature_text, max_new, k, p, seed_text, stop_at, no_unk, dial_text)
-            client = request_address(request, behind_proxy)  # the decode loop's fair share is per address
-            yield from _generation_updates(demo.generate(name, prompt_text, sampling, client=client))
+            sampling = read_sampling(self.limits, temperature_text, max_new, k, p, seed_text, stop_at, no_unk,
+                                     dial_text)
+            progress = self.demo.generate(name, prompt_text, sampling, client=self.gate.client(request))
+            yield from _generation_updates(progress)
         except SettingsError as error:
             raise render.refused(str(error), "Check the settings") from None
         except Busy as error:
             raise render.refused(str(error), "Busy") from None
 
-    def on_explore(current: Progress | None, index: Any, at: Any, count: Any) -> Any:
+    def on_explore(self, request: gr.Request, current: Progress | None, index: Any, at: Any, count: Any) -> Any:
         if current is None:
             raise render.refused("Generate some text first: the bars explain a sample's next tokens.",
                                  "Nothing to explain yet")
         try:
-            return _figure(demo, current, index, at, count)
+            return _figure(self.demo, current, index, at, count, self.gate.client(request))
         except SettingsError as error:
             raise render.refused(str(error), "Check the settings") from None
         except Busy as error:
             raise render.refused(str(error), "Busy") from None
 
-    def on_finished(current: Progress | None) -> tuple:
+    def on_finished(self, request: gr.Request, current: Progress | None) -> tuple:
         if current is None:
             raise render.refused("Generate some text first: this shows a finished run's bars.", "Nothing to show yet")
         try:
-            return _finished_updates(demo, current)
+            return _finished_updates(self.demo, current, self.gate.client(request))
         except Busy as error:
             raise render.refused(str(error), "Busy") from None
 
-    model = tab.model
-    model.change(on_model, model, [tab.model_info, tab.examples, tab.prompt], api_name="model_info")
-    model.change(lambda name: gr.Dropdown(**inside_tab.layer_choices(models, name)), model, inside_layer,
-                 api_visibility="private")
-    model.change(lambda name: gr.Checkbox(**unk_choice(models, name)), model, tab.avoid_unk, api_visibility="private")
-    model.change(lambda name: _dial_updates(dial_choices(models, name)), model,
-                 [tab.dial_on, tab.dial_slider, tab.dial], api_visibility="private")
 
-    def on_dial(name: str, on: bool, value: float) -> str:
-        steerable = models.describe(name).steerable
-        return str(steerable[0].dial(value)) if on and steerable else ""
+def first_of(chosen: list[str]) -> str:
+    """An example prompt's text."""
+    return chosen[0]
 
-    dial_inputs = [model, tab.dial_on, tab.dial_slider]
-    tab.dial_on.input(on_dial, dial_inputs, tab.dial, api_visibility="private")
-    tab.dial_slider.release(on_dial, dial_inputs, tab.dial, api_visibility="private")
-    tab.examples.click(lambda chosen: chosen[0], tab.examples, tab.prompt, api_visibility="private")
-    tab.dice.click(lambda: str(draw_seed()), None, tab.seed, api_name="random_seed")
-    generation = tab.generate.click(
-        lane.guard(on_generate),
-        [model, tab.prompt, tab.temperatures, tab.max_new_tokens, tab.top_k, tab.top_p, tab.seed, tab.stop_text,
-         tab.avoid_unk, tab.dial],
-        [tab.samples, tab.prompt_view, tab.status, tab.run],
-        api_name="generate", preprocess=False, **lane.events)  # raw values: lmdemo checks them and names the field
-    generation.success(lane.guard(on_finished), tab.run, [tab.which, tab.position, tab.plot, inside_text],
-                       api_name="after_generate", **lane.events)
-    tab.stop.click(None, None, None, cancels=[generation], api_visibility="private")
-    explore_inputs = [tab.run, tab.which, tab.position, tab.bars]
-    explore = lane.guard(on_explore)
-    raw = dict(preprocess=False, **lane.events)  # lmdemo checks the sample, position and count against the run
-    tab.which.input(explore, explore_inputs, tab.plot, api_name="next_tokens", **raw)
-    tab.position.release(explore, explore_inputs, tab.plot, api_visibility="private", **raw)
-    tab.bars.release(explore, explore_inputs, tab.plot, api_visibility="private", **raw)
+
+def random_seed() -> str:
+    return str(draw_seed())
 
 
 def _generation_updates(progress_stream: Iterator[Progress]) -> Iterator[tuple]:
@@ -214,13 +235,13 @@ def _generation_updates(progress_stream: Iterator[Progress]) -> Iterator[tuple]:
         yield render.samples_html(progress), prompt_view, render.status_markdown(progress), run
 
 
-def _finished_updates(demo: Demo, progress: Progress) -> tuple:
+def _finished_updates(demo: Demo, progress: Progress, client: str) -> tuple:
     """After a run (a second event, which the page sends when the first succeeds): the bars' pickers and the bars
     after the prompt, and the Inside tab's text picker."""
     longest = max(len(s.ids) for s in progress.samples)
     choices = [(f"T = {s.temperature:g}", i) for i, s in enumerate(progress.samples)]
     return (gr.Dropdown(choices=choices, value=0), gr.Slider(maximum=max(1, longest), value=0),
-            _figure(demo, progress, 0, 0, DEFAULT_BARS), inside_tab.text_choices(progress))
+            _figure(demo, progress, 0, 0, DEFAULT_BARS, client), inside_tab.text_choices(progress))
 
 
 def unk_choice(models: Models, name: str) -> dict[str, Any]:
@@ -252,6 +273,6 @@ def _dial_updates(choices: tuple[dict[str, Any], dict[str, Any], dict[str, Any]]
     return gr.Checkbox(**on_choice), gr.Slider(**slider_choice), gr.Textbox(**text_choice)
 
 
-def _figure(demo: Demo, progress: Progress, index: Any, at: Any, count: Any) -> PlotData:
-    explained = demo.next_tokens(progress, index, at, count)
+def _figure(demo: Demo, progress: Progress, index: Any, at: Any, count: Any, client: str) -> PlotData:
+    explained = demo.next_tokens(progress, index, at, count, client=client)
     return render.plot_value(render.next_token_figure(explained))

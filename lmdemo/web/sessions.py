@@ -22,6 +22,7 @@ from pathlib import Path
 from lmdemo.generation import Generator
 from lmdemo.web.registry import Models
 from lmdemo.web.trainer_process import folder_bytes
+from lmdemo.web.uploads import Uploads
 
 
 @dataclass
@@ -43,7 +44,6 @@ class Session:
     folder: Path
     downloads: Path
     models: list[SessionModel] = field(default_factory=list)
-    uploads: set[Path] = field(default_factory=set)
     count: int = 0
     last_used: float = field(default_factory=time.monotonic)
     ended: bool = False
@@ -53,8 +53,8 @@ class Sessions:
     """The sessions of one server, under the lock its training line shares (`lock`)."""
 
     def __init__(self, root: Path, cache: Path, models: Models, ttl_s: float, max_models: int,
-                 lock: threading.RLock):
-        self.root, self.cache, self.models = root, cache, models
+                 lock: threading.RLock, uploads: Uploads):
+        self.root, self.cache, self.models, self.uploads = root, cache, models, uploads
         self.ttl_s, self.max_models, self.lock = ttl_s, max_models, lock
         self.by_owner: dict[str, Session] = {}
 
@@ -81,24 +81,6 @@ class Sessions:
             if session is not None:
                 session.last_used = time.monotonic()
 
-    def keep_upload(self, owner: str, path: str | Path) -> None:
-        """An upload of `owner`'s page, deleted with its session (or when it is read); only the cache's own files."""
-        path = Path(path)
-        if inside(path, self.cache):
-            self.open(owner, "").uploads.add(path)
-
-    def discard_upload(self, owner: str | None, path: str | Path | None) -> None:
-        """Delete an upload (and its folder in the cache, when empty) once its text has been read."""
-        if not path:
-            return
-        path = Path(path)
-        session = self.get(owner)
-        if session is not None:
-            with self.lock:
-                session.uploads.discard(path)
-        if inside(path, self.cache):
-            delete_upload(path, self.cache)
-
     def end(self, owner: str, keep_folder: Callable[[Session], bool]) -> Session | None:
         """End `owner`'s session: its models leave the registry, its uploads and zips are deleted, and its folder
         too unless `keep_folder(session)` (a job's thread still writes there: it deletes the folder itself)."""
@@ -110,10 +92,8 @@ class Sessions:
             for model in session.models:
                 self.models.remove_private(model.key)
             session.models.clear()
-            uploads, session.uploads = set(session.uploads), set()
             keep = keep_folder(session)
-        for path in uploads:
-            delete_upload(path, self.cache)
+        self.uploads.end_session(owner)
         shutil.rmtree(session.downloads, ignore_errors=True)
         if not keep:
             shutil.rmtree(session.folder, ignore_errors=True)
@@ -126,12 +106,14 @@ class Sessions:
             return [owner for owner, session in self.by_owner.items() if now - session.last_used > self.ttl_s]
 
     def sweep_cache(self) -> None:
-        """Delete what nobody claimed in the web server's cache for `ttl_s` (an upload never trained on), when the
-        cache is this server's own (inside its training folder), never another program's files."""
+        """Delete what nobody claimed in the web server's cache for `ttl_s` (what Gradio stored for an upload that
+        `UploadDoor` refused on the way out), when the cache is this server's own (inside its training folder),
+        never another program's files; the uploads themselves are `Uploads`' (swept whoever owns the cache)."""
         if not inside(self.cache, self.root):
             return
         with self.lock:
             kept = {session.downloads.resolve() for session in self.by_owner.values()}
+        kept.add(self.uploads.folder.resolve())
         try:
             entries = list(self.cache.iterdir())
         except OSError:  # the server is closing: the folder is gone
@@ -198,15 +180,3 @@ def inside(path: Path, folder: Path) -> bool:
         return path.resolve().is_relative_to(folder.resolve()) and path.resolve() != folder.resolve()
     except OSError:
         return False
-
-
-def delete_upload(path: Path, cache: Path) -> None:
-    """An upload and the folder the web server made for it, up to (never including) the cache folder."""
-    path.unlink(missing_ok=True)
-    parent = path.parent
-    while inside(parent, cache):
-        try:
-            parent.rmdir()
-        except OSError:
-            return
-        parent = parent.parent

@@ -15,9 +15,8 @@ import gradio as gr
 from lmdemo import curves
 from lmdemo.generation import SettingsError
 from lmdemo.web import render, train_view
-from lmdemo.web.clients import request_address
-from lmdemo.web.compute import Lane
-from lmdemo.web.jobs import Job, LiveTraining
+from lmdemo.web.gate import UNLIMITED, Gate
+from lmdemo.web.jobs import Job, TrainingLine
 from lmdemo.web.train_requests import (
     CORPORA,
     DEFAULT_LEVEL,
@@ -40,7 +39,7 @@ the **Training curves** tab, for this session only. Your text is deleted from th
 it; leaving the page stops your job and deletes your models and downloads."""
 
 
-def build(training: LiveTraining, sampling: Lane, behind_proxy: bool) -> Callable[[gr.Blocks, list], None]:
+def build(training: TrainingLine, gate: Gate) -> Callable[[gr.Blocks, list], None]:
     """Text (a bundled corpus, pasted, or an uploaded .txt), level, size and time budget; Train streams the
     curves, samples and status of a job of `training`, Stop ends it keeping the best model, Download zips it.
 
@@ -48,97 +47,113 @@ def build(training: LiveTraining, sampling: Lane, behind_proxy: bool) -> Callabl
     (Sample, Compare A and B, Training curves). `/train` (text, level, size, seconds) streams the same updates
     over the API and ends with the model's name in the session; `/stop_training` stops the session's job.
     """
-    limits, models = training.limits, training.models
-    models.set_visitor(lambda: _visitor(training))  # a session's trained models answer that session only
+    training.models.set_visitor(lambda: _visitor(training))  # a session's trained models answer that session only
     (source, about, text, upload, level, size, seconds, train, stop, stopped, status, curve, samples, name, download,
-     points, api_train, heartbeat) = _layout(limits)
+     points, api_train, heartbeat) = _layout(training.limits)
 
-    def shown(update: train_view.TrainUpdate, points: bool = True) -> tuple:
-        """Status, curve, (the curve points: API only,) samples and the model's name, of one update."""
-        figure = gr.skip() if update.frame.empty else curves.curves_figure(
-            update.frame, "loss", "time", log_y=False, weight=0.6, height=400, title=train_view.curve_title(update),
-            y_title=train_view.loss_unit(update))
-        return (train_view.status_markdown(update), figure, *([curves.curve_points(update.frame)] if points else []),
-                train_view.samples_html(update), update.model.key if update.model is not None else gr.skip())
+    def connect(app: gr.Blocks, pickers: list[gr.Dropdown]) -> None:
+        events = TrainEvents(training, gate, len(pickers))
+        # the training line admits jobs itself (one per address); the watching event holds a place like any other
+        train.click(gate.event(events.on_train), [source, text, upload, level, size, seconds],
+                    [status, curve, samples, name, train, download, *pickers], api_visibility="private", **UNLIMITED)
+        api_train.click(gate.event(events.on_api_train), [text, level, size, seconds],
+                        [status, curve, points, samples, name], api_name="train",
+                        preprocess=False, **UNLIMITED)  # raw values: lmdemo checks them and says what is wrong
+        stop.click(events.on_stop, None, stopped, api_name="stop_training", **UNLIMITED)
+        bookkeeping = dict(api_visibility="private", **UNLIMITED)  # no model, no line: answered at once
+        upload.upload(events.on_upload, upload, None, **bookkeeping)
+        heartbeat.tick(events.on_heartbeat, None, None, show_progress="hidden", **bookkeeping)
+        source.change(events.on_source, source, [about, text, upload], **bookkeeping)
+        app.unload(events.on_leave)
 
-    def submit(request: gr.Request, source_value: Any, text_value: Any, file: Any, level_value: Any,
+    return connect
+
+
+class TrainEvents:
+    """The tab's event handlers over `training` (the line, the sessions, the uploads); `gate` says who asks, and
+    `pickers` model pickers (Sample, Compare A and B, Training curves) take a finished model."""
+
+    def __init__(self, training: TrainingLine, gate: Gate, pickers: int):
+        self.training, self.gate, self.pickers = training, gate, pickers
+
+    def submit(self, request: gr.Request, source_value: Any, text_value: Any, file: Any, level_value: Any,
                size_value: Any, budget: Any) -> Job:
         """Read, check and queue; the text lives in this call only, then on disk until the trainer has read it."""
-        owner = request.session_hash
+        training, limits = self.training, self.training.limits
+        owner, client = request.session_hash, self.gate.client(request)
         try:
+            if source_value == "upload" and file and not training.uploads.usable(owner, client, file):
+                raise SettingsError("that upload is not this page's (or it expired): upload the file again")
             body, source_name = read_source(source_value, text_value, file, limits)
-            job = training.submit(owner, request_address(request, behind_proxy),
-                                  read_request(body, level_value, size_value, budget, limits, source_name))
+            job = training.submit(owner, client, read_request(body, level_value, size_value, budget, limits,
+                                                              source_name))
         except SettingsError as error:
             raise render.refused(str(error), "Check the text and settings") from None
         if source_value == "upload":
-            training.sessions.discard_upload(owner, file)
+            training.uploads.discard(file)
         return job
 
-    def on_api_train(text_value: Any, level_value: Any, size_value: Any, budget: Any,
+    def watch(self, job: Job, request: gr.Request) -> Iterator[train_view.TrainUpdate]:
+        """`train_view.watch`, its samples drawn as the asking address's sampling requests."""
+        client = self.gate.client(request)
+        return train_view.watch(self.training, job, compute=lambda: self.gate.compute(client),
+                                decoder=self.gate.decoder, client=client)
+
+    def on_api_train(self, text_value: Any, level_value: Any, size_value: Any, budget: Any,
                      request: gr.Request) -> Iterator[tuple]:
-        job = submit(request, "paste", text_value, None, level_value, size_value, budget)
+        job = self.submit(request, "paste", text_value, None, level_value, size_value, budget)
         del text_value
-        for update in train_view.watch(training, job, compute=sampling.compute, decoder=sampling.decoder):
-            yield shown(update)
+        for update in self.watch(job, request):
+            yield _shown(update)
 
-    def connect(app: gr.Blocks, pickers: list[gr.Dropdown]) -> None:
-        def on_train(chosen: Any, text_value: Any, file: Any, level_value: Any, size_value: Any, budget: Any,
-                     request: gr.Request) -> Iterator[tuple]:
-            owner = request.session_hash
-            job = submit(request, chosen, text_value, file, level_value, size_value, budget)
-            del text_value
-            shown_samples = None
-            for update in train_view.watch(training, job, compute=sampling.compute, decoder=sampling.decoder):
-                status_text, figure, samples_text, model_name = shown(update, points=False)
-                if samples_text == shown_samples:  # the page keeps what it shows: less to send and compare
-                    samples_text = gr.skip()
-                else:
-                    shown_samples = samples_text
-                page = (gr.Button(interactive=update.done, value="Train" if update.done else "Training…"),
-                        gr.skip() if update.model is None else gr.DownloadButton(value=str(update.model.archive),
-                                                                                 interactive=True))
-                joined = (gr.skip(),) * len(pickers)
-                if update.model is not None:  # the pickers, Compare's model A on the new model: mine vs shipped
-                    mine = [(n, n) for n in models.names] + [(m.label, m.key)
-                                                             for m in training.sessions.models_of(owner)]
-                    joined = (gr.Dropdown(choices=mine, interactive=True),
-                              gr.Dropdown(choices=mine, value=update.model.key), gr.Dropdown(choices=mine),
-                              gr.Dropdown(choices=mine))
-                yield (status_text, figure, samples_text, model_name, *page, *joined)
+    def on_train(self, chosen: Any, text_value: Any, file: Any, level_value: Any, size_value: Any, budget: Any,
+                 request: gr.Request) -> Iterator[tuple]:
+        owner = request.session_hash
+        job = self.submit(request, chosen, text_value, file, level_value, size_value, budget)
+        del text_value
+        shown_samples = None
+        for update in self.watch(job, request):
+            status_text, figure, samples_text, model_name = _shown(update, points=False)
+            if samples_text == shown_samples:  # the page keeps what it shows: less to send and compare
+                samples_text = gr.skip()
+            else:
+                shown_samples = samples_text
+            page = (gr.Button(interactive=update.done, value="Train" if update.done else "Training…"),
+                    gr.skip() if update.model is None else gr.DownloadButton(value=str(update.model.archive),
+                                                                             interactive=True))
+            joined = (gr.skip(),) * self.pickers
+            if update.model is not None:  # the pickers, Compare's model A on the new model: mine vs shipped
+                mine = [(n, n) for n in self.training.models.names] + [
+                    (m.label, m.key) for m in self.training.sessions.models_of(owner)]
+                joined = (gr.Dropdown(choices=mine, interactive=True),
+                          gr.Dropdown(choices=mine, value=update.model.key), gr.Dropdown(choices=mine),
+                          gr.Dropdown(choices=mine))
+            yield (status_text, figure, samples_text, model_name, *page, *joined)
 
-        def on_stop(request: gr.Request) -> str:
-            return training.stop(request.session_hash)
+    def on_stop(self, request: gr.Request) -> str:
+        return self.training.stop(request.session_hash)
 
-        def on_leave(request: gr.Request) -> None:
-            training.end_session(request.session_hash)
+    def on_leave(self, request: gr.Request) -> None:
+        self.training.end_session(request.session_hash)
 
-        def on_upload(file: Any, request: gr.Request) -> None:
-            if isinstance(file, str):
-                training.sessions.keep_upload(request.session_hash, file)
+    def on_upload(self, file: Any, request: gr.Request) -> None:
+        self.training.uploads.claim(request.session_hash, self.gate.client(request), file)
 
-        def on_heartbeat(request: gr.Request) -> None:
-            training.sessions.touch(request.session_hash)
+    def on_heartbeat(self, request: gr.Request) -> None:
+        self.training.sessions.touch(request.session_hash)
 
-        def on_source(chosen: str) -> tuple:
-            return (source_note(chosen, limits), gr.Textbox(visible=chosen == "paste"),
-                    gr.File(visible=chosen == "upload"))
+    def on_source(self, chosen: str) -> tuple:
+        return (source_note(chosen, self.training.limits), gr.Textbox(visible=chosen == "paste"),
+                gr.File(visible=chosen == "upload"))
 
-        outputs = [status, curve, points, samples, name]
-        lane = dict(concurrency_id="train", concurrency_limit=None)  # LiveTraining keeps the line itself
-        quick = dict(api_visibility="private", concurrency_id="train-quick", concurrency_limit=None)
-        train.click(on_train, [source, text, upload, level, size, seconds],
-                    [status, curve, samples, name, train, download, *pickers], api_visibility="private", **lane)
-        api_train.click(on_api_train, [text, level, size, seconds], outputs, api_name="train",
-                        preprocess=False, **lane)  # raw values: lmdemo checks them and says what is wrong
-        stop.click(on_stop, None, stopped, api_name="stop_training", concurrency_id="train-stop",
-                   concurrency_limit=None)
-        upload.upload(on_upload, upload, None, **quick)
-        heartbeat.tick(on_heartbeat, None, None, show_progress="hidden", **quick)
-        source.change(on_source, source, [about, text, upload], api_visibility="private", concurrency_limit=None)
-        app.unload(on_leave)
 
-    return connect
+def _shown(update: train_view.TrainUpdate, points: bool = True) -> tuple:
+    """Status, curve, (the curve points: API only,) samples and the model's name, of one update."""
+    figure = gr.skip() if update.frame.empty else curves.curves_figure(
+        update.frame, "loss", "time", log_y=False, weight=0.6, height=400, title=train_view.curve_title(update),
+        y_title=train_view.loss_unit(update))
+    return (train_view.status_markdown(update), figure, *([curves.curve_points(update.frame)] if points else []),
+            train_view.samples_html(update), update.model.key if update.model is not None else gr.skip())
 
 
 def _layout(limits: TrainLimits) -> tuple:
@@ -188,7 +203,7 @@ def _layout(limits: TrainLimits) -> tuple:
             download, points, api_train, heartbeat)
 
 
-def _visitor(training: LiveTraining) -> str | None:
+def _visitor(training: TrainingLine) -> str | None:
     """The session of the request being handled (Gradio keeps the request in a context variable for every event);
     using a session's own model is a request of that session."""
     from gradio.context import LocalContext

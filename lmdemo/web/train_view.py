@@ -36,7 +36,7 @@ from lmdemo.web.jobs import (
     TRAINING,
     WAITING,
     Job,
-    LiveTraining,
+    TrainingLine,
     SessionModel,
 )
 from lmdemo.web.train_requests import CORPORA, SIZES, TrainRequest
@@ -49,13 +49,13 @@ SAMPLE_EVERY_S = 6.0  # samples are drawn again at most this often (and when the
 WAITING_EVERY_S = 1.0
 
 
-def watch(training: LiveTraining, job: Job, every: float = UPDATE_EVERY_S, poll: float = 0.25,
+def watch(training: TrainingLine, job: Job, every: float = UPDATE_EVERY_S, poll: float = 0.25,
           compute: Callable[[], AbstractContextManager] = nullcontext,
-          decoder: Decoder | None = None) -> Iterator[TrainUpdate]:
+          decoder: Decoder | None = None, client: str = "") -> Iterator[TrainUpdate]:
     """Updates on `job` until it ends: its place in line while it waits, then every `every` seconds
     the curves, samples (re-drawn when the best model changes), speed and time left; the last update
     has `done` set. If the watcher goes away (the stream is closed), the job is stopped."""
-    view = _View(job, compute, decoder or PerRequest())
+    view = _View(job, compute, decoder or PerRequest(), client)
     last = -math.inf
     try:
         while True:
@@ -98,8 +98,8 @@ class TrainUpdate:
 class _View:
     """A job's log and best model as last read: samples are drawn again only when the model changes."""
 
-    def __init__(self, job: Job, compute: Callable[[], AbstractContextManager], decoder: Decoder):
-        self.job, self.compute, self.decoder = job, compute, decoder
+    def __init__(self, job: Job, compute: Callable[[], AbstractContextManager], decoder: Decoder, client: str):
+        self.job, self.compute, self.decoder, self.client = job, compute, decoder, client
         self.model_stamp: tuple[int, int] | None = None
         self.samples: list[Sample] = []
         self.sampled_at: dict[str, Any] | None = None
@@ -157,7 +157,7 @@ class _View:
         sampling = Sampling(temperatures=SAMPLE_TEMPERATURES, max_new_tokens=SAMPLE_TOKENS.get(level, 100),
                             seed=SAMPLE_SEED, stop_at_eos=False)
         with self.compute():
-            self.samples = generate(self.decoder, generator, generator.prompt("").ids, sampling)
+            self.samples = generate(self.decoder, generator, generator.prompt("").ids, sampling, self.client)
         self.sampled_at = trained.metrics.best("val_loss") if trained.metrics else None
 
 

@@ -1,0 +1,148 @@
+"""The web demo's side of `lmdemo.admission`: who asks, and the events they may start.
+
+Gradio's own queue bounds events by concurrency group, first come first served, with one `max_size` shared by
+everyone: one script could fill it. So no event here has a Gradio concurrency limit: the queue hands every event
+to a worker at once, and the `Gate` admits it there, by the asking client's address:
+
+- every event that does work holds one place of the `events` line while it runs or waits (Gradio's queue places);
+- model work (the Inside tab's views, and sampling when each request decodes alone) also holds a place of the
+  `model work` line and runs in one of `concurrency` turns, the address with the fewest turns first;
+- batched sampling requests run through the decode loops (`lmdemo.batching`), whose lines the same admission
+  keeps (texts waiting to be read, requests waiting to join, rows in a batch); training has its own line
+  (`lmdemo.web.jobs`) and uploads theirs (`lmdemo.web.uploads`), in the same admission.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+from lmdemo.admission import Admission, Busy, Line, Turns
+from lmdemo.batching import DEFAULT_MAX_ROWS, Batching, Decoder, PerRequest
+from lmdemo.web import render
+from lmdemo.web.clients import request_address
+from lmdemo.web.page_states import PageStates
+
+EVENTS_LINE, MODEL_LINE = "events", "model work"
+UNLIMITED = dict(concurrency_limit=None)  # every event starts at once: the gate admits it (see the module docstring)
+
+
+@dataclass(frozen=True)
+class Serving:
+    """How the server shares itself: `python app.py`'s options for it."""
+
+    concurrency: int = 2  # model computations at once (one per core), besides batched sampling
+    queue_size: int = 32  # model computations that may wait for a turn
+    decode: str = "batched"  # "batched": one decode loop per model; "per-request": each request decodes alone
+    max_batch_rows: int = DEFAULT_MAX_ROWS
+    proxy_hops: int = 0  # trusted proxies that append to X-Forwarded-For (lmdemo.web.clients)
+    share: float = 0.5  # of every line, the most one address may hold
+    session_ttl_s: float = 900.0  # what a page keeps between events is dropped this long after its last use
+
+    @property
+    def events(self) -> int:
+        """Events that may be in the server at once: every model computation and every batched request."""
+        return self.concurrency + self.queue_size + (self.max_batch_rows if self.decode == "batched" else 0)
+
+
+class Gate:
+    """The server's one admission and what the web events need of it: the asking address, the sampling decoder,
+    and wrappers that hold an event's places."""
+
+    def __init__(self, serving: Serving = Serving(), admission: Admission | None = None):
+        self.serving = serving
+        self.admission = admission or Admission()
+        self.admission.add(Line(EVENTS_LINE, serving.events, serving.share, "requests in the server"))
+        self.admission.add(Line(MODEL_LINE, serving.concurrency + serving.queue_size, serving.share,
+                                "requests running or waiting for a model"))
+        self.turns = Turns(serving.concurrency)
+        self.decoder: Decoder = (Batching(serving.max_batch_rows, admission=self.admission, share=serving.share)
+                                 if serving.decode == "batched" else PerRequest())
+        self.batched = isinstance(self.decoder, Batching)
+        self.pages = PageStates(serving.session_ttl_s)  # Gradio's state of each page: bounded per address
+
+    def client(self, request: Any = None) -> str:
+        """The address of `request`, or of the event being handled (Gradio keeps its request in a context
+        variable); an event without one (a test calling a function) is "local"."""
+        if request is None:
+            from gradio.context import LocalContext
+
+            request = LocalContext.request.get(None)
+        return request_address(request, self.serving.proxy_hops) if request is not None else "local"
+
+    def _asking(self) -> str:
+        """The address of the event being handled, its page noted as used (`PageStates`)."""
+        from gradio.context import LocalContext
+
+        request = LocalContext.request.get(None)
+        client = self.client(request)
+        self.pages.seen(getattr(request, "session_hash", None), client)
+        return client
+
+    def event(self, function: Callable) -> Callable:
+        """`function` (plain or a generator, as Gradio events are) holding a place of the events line for its life."""
+        return self._wrap(function, lambda client: self.admission.admit(EVENTS_LINE, client), None)
+
+    def model_work(self, function: Callable) -> Callable:
+        """`function` holding an event's place and a place of the model line, computing in a fair turn; a generator
+        takes its turn between its updates only, so a slow reader never keeps one."""
+        def places(client: str) -> AbstractContextManager:
+            stack = ExitStack()
+            stack.enter_context(self.admission.admit(EVENTS_LINE, client))
+            stack.enter_context(self.admission.admit(MODEL_LINE, client))
+            return stack
+        return self._wrap(function, places, self.turns.turn)
+
+    def sampling(self, function: Callable) -> Callable:
+        """A sampling event: batched, only its event's place (the decode loop keeps its own lines); decoding
+        alone, model work."""
+        return self.event(function) if self.batched else self.model_work(function)
+
+    def compute(self, client: str) -> AbstractContextManager:
+        """A model computation inside a long event (the Train tab's samples): a fair turn when sampling decodes
+        alone; batched, the decode loop's lines bound it."""
+        return self.turns.turn(client) if not self.batched else nullcontext()
+
+    def _wrap(self, function: Callable, places: Callable[[str], AbstractContextManager],
+              turn: Callable[[str], AbstractContextManager] | None) -> Callable:
+        """`function` inside `places(client)` for its life and inside `turn(client)` while it computes; a refusal
+        is the page's one-line error."""
+        def turn_of(client: str) -> AbstractContextManager:
+            return turn(client) if turn else nullcontext()
+
+        if inspect.isgeneratorfunction(function):
+            @functools.wraps(function)
+            def stream(*args: Any, **kwargs: Any) -> Iterator[Any]:
+                client = self._asking()
+                with _refused_as_error(), places(client):
+                    updates = function(*args, **kwargs)
+                    try:
+                        while True:
+                            with turn_of(client):
+                                try:
+                                    update = next(updates)
+                                except StopIteration:
+                                    return
+                            yield update
+                    finally:
+                        updates.close()  # a closed page: the request's own clean-up runs now, not when collected
+            return stream
+
+        @functools.wraps(function)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            client = self._asking()
+            with _refused_as_error(), places(client), turn_of(client):
+                return function(*args, **kwargs)
+        return call
+
+
+@contextmanager
+def _refused_as_error() -> Iterator[None]:
+    try:
+        yield
+    except Busy as error:
+        raise render.refused(str(error), "Busy") from None

@@ -1,0 +1,88 @@
+"""A real `python app.py` behind a (pretend) proxy, one fair share per address: uploads, floods, page memory."""
+
+from __future__ import annotations
+
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from servers import free_port, serving, wait_until
+from test_app import ENV, ROOT
+
+
+@pytest.fixture(scope="module")
+def small_server(char_model, tmp_path_factory) -> Iterator[tuple[str, Path]]:
+    """A server with small lines (1 model turn, 2 waiting, 4 batch rows) so a flood is a few requests; sessions and
+    unused uploads go after 3 s."""
+    port, root = free_port(), tmp_path_factory.mktemp("train-root")
+    url = f"http://127.0.0.1:{port}/"
+    command = [sys.executable, "app.py", "--port", str(port), "--model", str(char_model), "--checkpoints",
+               str(tmp_path_factory.mktemp("no-checkpoints")), "--proxy-hops", "1", "--concurrency", "1",
+               "--queue-size", "2", "--max-batch-rows", "4", "--session-ttl", "3", "--train-root", str(root)]
+    with serving(command, url, tmp_path_factory.mktemp("fair") / "app.log", cwd=ROOT, env=ENV):
+        yield url, root
+
+
+def upload(url: str, address: str, content: bytes, name: str = "notes.txt") -> httpx.Response:
+    return httpx.post(url + "gradio_api/upload", files={"files": (name, content)},
+                      headers={"X-Forwarded-For": address}, timeout=30)
+
+
+def uploaded_files(root: Path) -> list[Path]:
+    return [path for path in root.rglob("uploads/*/*") if path.is_file()]
+
+
+def test_uploads_are_capped_per_address_never_shared_and_gone_when_unused(small_server):
+    url, root = small_server
+    first = upload(url, "203.0.113.1", b"the same text\n" * 10)
+    second = upload(url, "203.0.113.2", b"the same text\n" * 10)
+    assert first.status_code == second.status_code == 200, (first.text, second.text)
+    assert first.json() != second.json(), "two visitors' uploads of one file share one path"
+    for _ in range(7):  # 8 files per address (1/8 of 64)
+        assert upload(url, "203.0.113.1", uuid.uuid4().bytes * 100).status_code == 200
+    refused = upload(url, "203.0.113.1", b"one more")
+    assert refused.status_code == 429 and "you already have 8 uploaded files kept" in refused.text
+    assert upload(url, "203.0.113.3", b"another visitor").status_code == 200, "another address is not refused"
+    assert len(uploaded_files(root)) == 10
+    # nobody claimed them: gone after the unused time (the session time to live here), the caps with them
+    wait_until(lambda: not uploaded_files(root), 30, lambda: f"uploads left: {uploaded_files(root)}")
+    assert upload(url, "203.0.113.1", b"after the sweep").status_code == 200
+
+
+def test_one_address_flooding_model_work_is_refused_past_its_share_while_another_is_served(small_server):
+    from gradio_client import Client
+
+    url, _ = small_server
+    speech = "ROMEO:\n" + "What light through yonder window breaks? " * 60
+    flood = [Client(url, verbose=False, headers={"X-Forwarded-For": "198.51.100.66"}) for _ in range(4)]
+    jobs = [client.submit("shakespeare-tiny", speech, 0, 2, "c", "variable", 64, "", "", api_name="/inside")
+            for client in flood]
+    honest = Client(url, verbose=False, headers={"X-Forwarded-For": "203.0.113.9"})
+    status = honest.predict("shakespeare-tiny", "ROMEO:\n", 0, 1, "h", "variable", 8, "", "", api_name="/inside")[0]
+    assert status.startswith("**shakespeare-tiny**")
+    outcomes = []
+    for job in jobs:
+        try:
+            outcomes.append(job.result(timeout=120)[0][:20])
+        except Exception as error:  # noqa: BLE001 - a refusal comes back as the page's error
+            outcomes.append(str(error))
+    refused = [outcome for outcome in outcomes if "you already have" in outcome]
+    assert refused and len(refused) < len(outcomes), outcomes  # half of 1 turn + 2 waiting: one at a time
+
+
+def test_the_page_state_of_an_idle_session_goes(small_server):
+    """Gradio keeps every session's page state (~240 KB) until 10,000 newer ones; here one idle for the session
+    time to live goes. Seen through the run it kept: the bars of a run need it."""
+    from gradio_client import Client
+
+    url, _ = small_server
+    client = Client(url, verbose=False, headers={"X-Forwarded-For": "203.0.113.20"})
+    client.predict("shakespeare-tiny", "ROMEO:\n", "1", 5, 0, 1.0, "1", "", False, api_name="/generate")
+    assert client.predict(0, 1, 3, api_name="/next_tokens")  # the run is there
+    time.sleep(3 + 1 + 1)  # idle is the condition itself: any request would refresh it (ttl, sweep, a margin)
+    with pytest.raises(Exception, match="Generate some text first"):
+        client.predict(0, 1, 3, api_name="/next_tokens")

@@ -1,0 +1,175 @@
+"""Memory per visitor is bounded by construction: what a page keeps between events (a finished run in its
+`gr.State`) holds no view into a large matrix and nothing whose size grows with the vocabulary times the prompt,
+and the Inside tab's cache lets an ended session's model go."""
+
+from __future__ import annotations
+
+import gc
+import sys
+import types
+import weakref
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import DATA, ROOT
+from lmdemo.batching import PerRequest
+from lmdemo.checkpoint import TrainedModel, save_model
+from lmdemo.config import Config
+from lmdemo.generation import Generator, Sampling
+from lmdemo.model import LSTMLanguageModel
+from lmdemo.tokenizer import Tokenizer
+from lmdemo.web import inside as inside_module
+from lmdemo.web.demo import Demo
+from lmdemo.web.inside import Inside
+from lmdemo.web.registry import Models
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# a finished run may grow with its prompt only by its per-token Python records (the prompt's ids and pieces, each
+# token's score for the colouring): at most this many bytes a prompt token, against 145 kB a token (V floats) before
+PER_TOKEN_BYTES = 300  # measured: about 200 (a 1,000-token review's run holds 202 kB of Python objects)
+MB = 10**6
+
+
+def kept_bytes(kept: object) -> tuple[int, int]:
+    """What `kept` holds: (the bytes of every tensor storage reachable from it, a view counting its whole storage
+    and a storage shared by several tensors once; the bytes of the other Python objects reachable from it). Types,
+    modules and functions are not what an object keeps; a model or a `Generator` is, and fails the measure."""
+    storages: dict[int, int] = {}
+    seen: set[int] = set()
+    python = 0
+    stack = [kept]
+    while stack:
+        item = stack.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, torch.Tensor):
+            storage = item.untyped_storage()
+            storages[storage.data_ptr() or id(item)] = storage.nbytes()
+            continue
+        if isinstance(item, (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType)):
+            continue
+        if isinstance(item, (Generator, torch.nn.Module, Tokenizer)):
+            raise AssertionError(f"a kept object holds a {type(item).__name__}")
+        python += sys.getsizeof(item)
+        stack.extend(gc.get_referents(item))
+    return sum(storages.values()), python
+
+
+def review(words: int) -> str:
+    """An IMDB test review of about `words` words (the first one between `words` and 1.2 x `words`)."""
+    with open(DATA / "imdb" / "test.txt", encoding="utf-8") as lines:
+        return next(line.strip() for line in lines if words <= len(line.split()) <= 1.2 * words)
+
+
+@pytest.fixture(scope="module")
+def imdb_word() -> Models:
+    """The shipped word model: 36,358 words, where a [tokens, V] matrix of a long prompt is 145 MB."""
+    return Models({"imdb-word": str(ROOT / "checkpoints" / "imdb-word")})
+
+
+def test_a_reading_of_a_long_prompt_keeps_no_view_of_its_whole_distribution(imdb_word):
+    """Before: `Reading.next_log_probs` was `log_probs[-1]`, a view pinning the [n+1, V] matrix: 145.6 MB kept for
+    a 1,000-token prompt. Now the [V] vector it needs (145 kB) and the state."""
+    generator = imdb_word.generator("imdb-word")
+    assert generator.tokenizer.vocab_size == 36_358
+    prompt = generator.prompt(review(1000), 1000)
+    assert len(prompt.ids) == 1000
+    reading = PerRequest().reading(generator, prompt.ids)
+    tensors, _ = kept_bytes(reading)
+    assert reading.next_log_probs.shape == (36_358,)
+    assert tensors < 1 * MB, f"a reading keeps {tensors / MB:.1f} MB of tensors"
+    # reading on from it (the bars inside a sample) keeps no more either
+    later = generator.reading(prompt.ids[:50], after=reading)
+    assert kept_bytes(later)[0] < 1 * MB
+
+
+def test_a_finished_run_keeps_the_same_size_for_a_short_and_a_long_prompt(imdb_word):
+    """The run a page keeps (the last `Progress` of `Demo.generate`, one new token) holds the same tensor storage
+    for a 10-token and a 1,000-token prompt, and grows only by its per-token records (ids, pieces, scores)."""
+    demo = Demo(imdb_word, decoder=PerRequest())
+    measured = {}
+    for words in (6, 1000):
+        progress = None
+        for progress in demo.generate("imdb-word", review(words), Sampling((1.0,), max_new_tokens=1, seed=1)):
+            pass
+        measured[len(progress.prompt.ids)] = kept_bytes(progress)
+        del progress
+    (short, (short_tensors, short_python)), (long, (long_tensors, long_python)) = sorted(measured.items())
+    assert short <= 12 and long == 1000
+    assert long_tensors == short_tensors < 1 * MB, measured
+    assert long_python - short_python <= PER_TOKEN_BYTES * (long - short), measured
+
+
+# -- the Inside tab's cache ---------------------------------------------------------------------------------------
+TEXT = "ROMEO:\nWhat say you?\n\nJULIET:\nNothing.\n"
+
+
+def _random_model(seed: int) -> TrainedModel:
+    torch.manual_seed(seed)
+    tokenizer = Tokenizer.build([TEXT], "char")
+    config = Config(level="char", emb_size=6, hidden_size=10, num_layers=2, dropout=0.0, vocab_size=tokenizer.vocab_size)
+    return TrainedModel(LSTMLanguageModel(config).eval(), tokenizer, "random", Path("."), None)
+
+
+def test_an_ended_sessions_model_goes_after_an_inside_read(tmp_path, monkeypatch):
+    """Before: a module-wide `lru_cache` keyed by the generator kept an ended session's model (and its decode loop)
+    until 8 newer reads pushed it out (the generator stayed alive: referred to by the cache's dict and key tuple).
+    Now the cache holds its models weakly: the generator goes, and its cached text with it."""
+    served = _random_model(1)
+    models = Models({"served": str(save_model(tmp_path / "served", served.model, served.tokenizer))})
+    inside = Inside(models)
+    reads = []
+    real_read = inside_module.read_internals
+    monkeypatch.setattr(inside_module, "read_internals", lambda *args: reads.append(args[1]) or real_read(*args))
+
+    private = Generator(_random_model(2))
+    models.add_private("mine", private, owner=None)
+    text = inside.text(None, "mine", TEXT, 0)
+    first = inside.units(text, 1, "h", "unit", 4)
+    again = inside.units(text, 2, "c", "active", 4)  # the same text, another layer: no second read
+    assert len(reads) == 1 and first.tokens == again.tokens
+    kept_bytes(first)  # what the page is given holds no model (kept_bytes fails on one)
+
+    gone = weakref.ref(private)
+    models.remove_private("mine")
+    del private, first, again, text
+    gc.collect()
+    assert gone() is None, [type(r).__name__ for r in gc.get_referrers(gone())]
+    assert len(inside.internals) == 0  # its cached text went with it
+
+
+def test_an_inside_read_is_cached_per_model_and_text(tmp_path, monkeypatch):
+    served = _random_model(1)
+    models = Models({"served": str(save_model(tmp_path / "served", served.model, served.tokenizer))})
+    inside = Inside(models)
+    reads = []
+    real_read = inside_module.read_internals
+    monkeypatch.setattr(inside_module, "read_internals", lambda *args: reads.append(tuple(args[1])) or real_read(*args))
+    text = inside.text(None, "served", TEXT, 0)
+    other = inside.text(None, "served", TEXT[:20], 0)
+    for shown in (text, other, text, other):
+        inside.units(shown, 1, "h", "variable", 3)
+    assert reads == [tuple(text.ids), tuple(other.ids)]
+    for texts in inside.internals.texts.values():
+        for internals in texts.values():
+            kept_bytes(internals)  # the cached internals hold no model (kept_bytes fails on one)
+    # a second model reading the same text has its own entry
+    models.add_private("mine", Generator(_random_model(2)), owner=None)
+    inside.units(inside.text(None, "mine", TEXT, 0), 1, "h", "unit", 3)
+    assert len(reads) == 3 and len(inside.internals) == 3
+    # at most INTERNALS_CACHE texts, all models together: the least recently used goes first
+    for end in range(5, 5 + inside_module.INTERNALS_CACHE - 2):
+        inside.units(inside.text(None, "served", TEXT[:end], 0), 1, "h", "unit", 3)
+    assert len(inside.internals) == inside_module.INTERNALS_CACHE
+    inside.units(other, 1, "h", "unit", 3)  # used again: now the most recent
+    inside.units(inside.text(None, "served", TEXT[:2], 0), 1, "h", "unit", 3)  # pushes out the oldest, `text`
+    assert len(inside.internals) == inside_module.INTERNALS_CACHE
+    before = len(reads)
+    inside.units(other, 1, "h", "unit", 3)
+    assert len(reads) == before
+    inside.units(text, 1, "h", "unit", 3)
+    assert reads[-1] == tuple(text.ids) and len(reads) == before + 1
