@@ -32,7 +32,7 @@ from lmdemo.checkpoint import ModelLoadError  # noqa: E402
 from lmdemo.space import MODELS_ENV, MODELS_FILE  # noqa: E402
 from lmdemo.web import page, render  # noqa: E402
 from lmdemo.web.forms import Limits  # noqa: E402
-from lmdemo.web.gate import Gate, Serving  # noqa: E402
+from lmdemo.web.gate import Gate, JoinDoor, Serving  # noqa: E402
 from lmdemo.web.jobs import TrainingLine  # noqa: E402
 from lmdemo.web.page import build_app  # noqa: E402
 from lmdemo.web.registry import Models, NoModelsError, discover_models  # noqa: E402
@@ -200,10 +200,10 @@ def main(argv: list[str] | None = None) -> int:
         app.queue(default_concurrency_limit=None, max_size=2 * gate.serving.events)
         upload_cap = dict(max_file_size=training.limits.max_upload_bytes) if training else {}
         # an admitted event waits for its turn or its decode loop in a worker thread: one each, and some to spare
-        door = Middleware(UploadDoor, uploads=uploads, address=gate.client)
+        doors = [Middleware(JoinDoor, gate=gate), Middleware(UploadDoor, uploads=uploads, address=gate.client)]
         app.launch(server_name=args.host, server_port=args.port, theme=page.theme(), css=render.CSS, ssr_mode=False,
                    footer_links=["api"], max_threads=gate.serving.events + DEFAULT_THREADS,
-                   app_kwargs=dict(middleware=[door]), **upload_cap)
+                   app_kwargs=dict(middleware=doors), **upload_cap)
     except KeyboardInterrupt:
         pass
     finally:

@@ -64,7 +64,16 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from load import ENV, LONG_PROMPT, PROMPTS, Page, cpu_seconds, endpoints, generate_args, percentile  # noqa: E402
+from load import (
+    ENV,
+    LONG_PROMPT,
+    PROMPTS,
+    Page,
+    cpu_seconds,
+    endpoints,
+    generate_args,
+    percentile,
+)
 
 MB, MIB = 10**6, 2**20
 MODELS = ("shakespeare-char", "imdb-word", "imdb-bpe")
@@ -159,7 +168,7 @@ class Visit:
             result = await call()
         except asyncio.CancelledError:
             raise
-        except Exception as error:  # noqa: BLE001 - a benchmark counts failures instead of stopping on them
+        except Exception as error:
             self.soak.ledger.failed("honest", phase, kind, error)
             raise Failed from error
         self.soak.ledger.ok("honest", phase, kind, time.perf_counter() - started)
@@ -268,13 +277,19 @@ class Visit:
 
     async def train(self) -> None:
         start = self.draw.randrange(len(SHAKESPEARE) - 200_000)
-        done = await self.act("train", lambda: self.page.call("train", SHAKESPEARE[start:start + 200_000], "char",
-                                                              "tiny", TRAIN_BUDGET_S))
-        name = final_text(done[-1]) if done else ""
-        self.soak.trained.append(name or "?")
-        if name:
-            await self.think()
-            await self.generate("own model", name, "ROMEO:\n", "0.5, 1", 100)
+
+        async def job() -> str:
+            done = await self.page.call("train", SHAKESPEARE[start:start + 200_000], "char", "tiny", TRAIN_BUDGET_S)
+            name = final_text(done[-1]) if done else ""
+            if not name:  # the job ended without a model: the visitor got nothing for its wait
+                status = final_text(done[0]) if done else ""
+                raise RuntimeError(f"ended without a model: {' '.join(status.split())[:200]}")
+            return name
+
+        name = await self.act("train", job)
+        self.soak.trained.append(name)
+        await self.think()
+        await self.generate("own model", name, "ROMEO:\n", "0.5, 1", 100)
 
 
 def final_text(value: Any) -> str:
@@ -295,7 +310,6 @@ class SoakPage(Page):
         name = f"#{fn}"
         self.endpoints.setdefault(name, (fn, [False] * len(data)))
         return await self.call(name, *data)
-
 
 
 async def hold_heartbeat(http: httpx.AsyncClient, session: str) -> None:
@@ -353,7 +367,7 @@ async def flood(url: str, inflight: int, seed: int, train_seconds: float, junk_k
             result = await call()
         except asyncio.CancelledError:
             raise
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:  # noqa: BLE001 - counted, whatever it is
             ledger.failed("abuser", "x", kind, error)
             return None
         ledger.ok("abuser", "x", kind, time.perf_counter() - started)
@@ -414,7 +428,7 @@ class Abuser:
     """The abuser's process: started, told to stop, its tally read."""
 
     def __init__(self, url: str, args: argparse.Namespace, train_seconds: float, log: Path):
-        self.log = log.open("w")
+        self.log_path, self.log = log, log.open("w")
         self.process = subprocess.Popen(
             [sys.executable, __file__, "--abuse", url, "--abuser-inflight", str(args.abuser_inflight), "--seed",
              str(args.seed), "--train-seconds", f"{train_seconds:g}", "--junk-kb", str(args.junk_kb)],
@@ -444,7 +458,11 @@ class Abuser:
             out, _ = self.process.communicate()
         self.log.close()
         lines = [line for line in (out or "").splitlines() if line.startswith("{")]
-        return json.loads(lines[-1]) if lines else {"counts": {}, "errors": [["(no tally)", 1]], "refusals": []}
+        if lines:
+            return json.loads(lines[-1])
+        said = " ".join(self.log_path.read_text(errors="replace").split()[-40:])
+        return {"counts": {"(its process)": {"sent": 0, "ok": 0, "refused": 0, "errors": 1}}, "refusals": [],
+                "errors": [[f"the abuser ended with {self.process.returncode} and no tally: {said}", 1]]}
 
 
 # -- the server and its samples ---------------------------------------------------------------------------------
@@ -454,7 +472,7 @@ def proxy_flags(app_args: list[str]) -> list[str]:
     if any(arg.startswith(("--proxy-hops", "--behind-proxy")) for arg in app_args):
         return []
     shown = subprocess.run([sys.executable, str(ROOT / "app.py"), "--help"], capture_output=True, text=True, cwd=ROOT,
-                           env=ENV).stdout
+                           env=ENV, check=False).stdout
     return ["--proxy-hops", "1"] if "--proxy-hops" in shown else ["--behind-proxy"]
 
 
@@ -732,7 +750,7 @@ class Soak:
                 as http:
             try:
                 await SoakPage(http, self.named).call("random_seed")
-            except Exception as error:  # noqa: BLE001
+            except Exception as error:  # noqa: BLE001 - said, whatever it is
                 print(f"  the last visitor's /random_seed failed: {classify(error)[1]}", flush=True)
         await asyncio.sleep(1.0)
 
@@ -815,7 +833,7 @@ def report(soak: Soak, sampler: Sampler, marks: dict[str, Sample], abuser: dict 
     args, ledger = soak.args, soak.ledger
     phases = ["warm-up", "honest", "honest+abuser" if args.abuser else "honest, again"]
     print(f"\n{soak.done} sessions ({dict(soak.kinds)}; {dict(soak.endings)}) from {len(soak.used)} addresses; "
-          f"{len(soak.trained)} Train job(s) ({', '.join(soak.trained) or 'none'}); CPU: the server "
+          f"{len(soak.trained)} Train job(s) gave a model ({', '.join(soak.trained) or 'none'}); CPU: the server "
           f"{cores[0]:.2f} cores, the honest visitors' client {cores[1]:.2f}"
           + (f", the abuser's {abuser.get('cores', 0):.2f}" if abuser else "") + f", of {os.cpu_count()}")
 
@@ -945,6 +963,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample-every", type=float, default=5.0, help="seconds between samples (default: 5)")
     parser.add_argument("--print-every", type=int, default=6, help="print every N-th sample (default: 6)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--server-log", type=Path, help="keep the server's log (its output) in this file")
     parser.add_argument("app_args", nargs="*", help="after --: options for app.py (e.g. -- --concurrency 3)")
     parser.add_argument("--abuse", help=argparse.SUPPRESS)  # the abuser's own process
     parser.add_argument("--train-seconds", type=float, default=30, help=argparse.SUPPRESS)
@@ -963,12 +982,18 @@ def main(argv: list[str] | None = None) -> int:
         server = Server(args.port, work, app_args)
         return run_soak(args, server, work)
     finally:
+        stopped = ""
         if server is not None:
+            family = [server.pid, *server.descendants()]  # its trainers too, if any is still running
             code = server.stop()
-            alive = [pid for pid in [server.pid, *server.descendants()] if Path(f"/proc/{pid}").exists()]
-            print(f"server stopped: pid {server.pid}, exit code {code}"
-                  + (f"; STILL RUNNING: {alive}" if alive else ""), flush=True)
+            alive = [pid for pid in family if Path(f"/proc/{pid}").exists()]
+            stopped = f"server stopped: pid {server.pid}, exit code {code}" + (f"; STILL RUNNING: {alive}" if alive
+                                                                               else "")
+            if args.server_log:
+                shutil.copyfile(server.log_path, args.server_log)
         shutil.rmtree(work, ignore_errors=True)
+        if stopped:
+            print(stopped, flush=True)
 
 
 if __name__ == "__main__":

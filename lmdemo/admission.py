@@ -86,18 +86,28 @@ class Admission:
     def admit(self, name: str, client: str, amount: int = 1) -> Hold:
         """Hold `amount` of line `name` for `client`, or raise `Busy` saying whose limit it met."""
         with self.lock:
-            line, held = self.lines[name], self.held[name]
-            mine = held[client]
-            if mine + amount > line.per_client and mine > 0:
-                raise Busy(f"you already have {line.amount(mine)} on this server (at most {line.amount(line.per_client)}"
-                           f" from one address): wait for one to finish")
-            if amount > line.per_client:
-                raise Busy(f"too large: {line.amount(amount)} asked, at most {line.amount(line.per_client)} from one "
-                           f"address")
-            if held.total() + amount > line.capacity:
-                raise Busy(f"the server is busy ({line.amount(held.total())}): try again in a moment")
-            held[client] += amount
-        return Hold(self, line, client, amount)
+            refusal = self._refusal(name, client, amount)
+            if refusal:
+                raise Busy(refusal)
+            self.held[name][client] += amount
+        return Hold(self, self.lines[name], client, amount)
+
+    def refusal(self, name: str, client: str, amount: int = 1) -> str | None:
+        """What `admit` would say now, holding nothing: a door can turn a request away before it costs anything."""
+        with self.lock:
+            return self._refusal(name, client, amount)
+
+    def _refusal(self, name: str, client: str, amount: int) -> str | None:
+        line, held = self.lines[name], self.held[name]
+        mine = held[client]
+        if mine + amount > line.per_client and mine > 0:
+            return (f"you already have {line.amount(mine)} on this server (at most {line.amount(line.per_client)} "
+                    f"from one address): wait for one to finish")
+        if amount > line.per_client:
+            return f"too large: {line.amount(amount)} asked, at most {line.amount(line.per_client)} from one address"
+        if held.total() + amount > line.capacity:
+            return f"the server is busy ({line.amount(held.total())}): try again in a moment"
+        return None
 
     def holding(self, name: str, client: str) -> int:
         with self.lock:

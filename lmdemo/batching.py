@@ -61,7 +61,9 @@ from lmdemo.generation import Generator, Reading, Sample, Sampling, SettingsErro
 from lmdemo.model import State
 from lmdemo.sampling import ChoiceRule, Decoding
 
-__all__ = ["Batching", "Busy", "DecodeLoop", "Decoder", "LoopFailed", "PerRequest", "add_lines", "generate"]
+__all__ = ["DEFAULT_MAX_ROWS", "IDLE_SECONDS", "READS", "ROWS", "SHARE", "UPDATES_PER_SECOND", "WAITING",
+           "WATCH_SECONDS", "Batching", "Busy", "DecodeLoop", "Decoder", "LoopFailed", "PerRequest", "add_lines",
+           "generate"]
 
 DEFAULT_MAX_ROWS = 64
 SHARE = 0.5  # of each line, and of a batch's rows, the most one address holds
@@ -157,6 +159,7 @@ class _Batch:
         self.ids: torch.Tensor | None = None  # each row's last token
 
     def rows_by_client(self) -> Counter[str]:
+        """The rows each client holds in the batch (those of requests about to leave too: they are still there)."""
         held: Counter[str] = Counter()
         for request in self.active:
             held[request.client] += len(request.rows)
@@ -169,10 +172,10 @@ class _Batch:
         # that disagreed would drop a request but keep its rows, which the next request would then take as its own.
         gone = [request.cancelled for request in self.active]
         if any(gone):
-            for request, left in zip(self.active, gone):
+            for request, left in zip(self.active, gone, strict=True):
                 if left:
                     request.finish()
-            self._keep([[] if left else request.rows for request, left in zip(self.active, gone)])
+            self._keep([[] if left else request.rows for request, left in zip(self.active, gone, strict=True)])
         states: list[State] = []
         logits: list[torch.Tensor] = []
         if self.active:

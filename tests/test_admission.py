@@ -115,7 +115,7 @@ def test_uploads_are_each_visitors_own_capped_per_address_and_deleted_when_unuse
 def test_model_work_computes_one_at_a_time_in_fair_turns_and_a_flood_is_refused_past_its_share():
     from lmdemo.web.gate import Gate, Serving
 
-    gate = Gate(Serving(concurrency=1, queue_size=6, decode="per-request"))
+    gate = Gate(Serving(concurrency=1, queue_size=6, decode="per-request", share=1.0))  # one address ("local")
     computing, overlaps, finished = [0], [], []
     lock = threading.Lock()
 
@@ -147,7 +147,9 @@ def test_model_work_computes_one_at_a_time_in_fair_turns_and_a_flood_is_refused_
     assert len(updates) < 20, "the short request waited for the whole stream instead of a turn between its updates"
     streamer.join(10)
     assert max(overlaps) == 1 and len(updates) == 20, "two computations ran at once"
-    # the model line: 1 running + 6 waiting, at most half of it per address ("local" here): the fourth waits no more
+    # the model line: 1 running + 6 waiting, at most half of it per address ("local" here): past that, refused
+    gate = Gate(Serving(concurrency=1, queue_size=6, decode="per-request", share=0.5))
+    call = gate.model_work(short)
     holds = [gate.admission.admit("model work", "local") for _ in range(3)]
     with pytest.raises(Exception, match="you already have 3 requests running or waiting for a model"):
         call()

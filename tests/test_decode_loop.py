@@ -61,7 +61,7 @@ def texts(samples) -> list[list[int]]:
 def running(loop: DecodeLoop, reading, seed: int, client: str = "", temperatures=(1.0,)) -> Iterator:
     """A request that would run for minutes, already in the batch."""
     stream = loop.stream(reading, Sampling(temperatures=temperatures, max_new_tokens=10**7, seed=seed), client=client)
-    next(stream)
+    within(HANG, lambda: next(stream))
     return stream
 
 
@@ -106,8 +106,8 @@ def test_a_reader_leaving_between_two_reads_of_the_step_moves_no_rows(shipped, m
 
     loop = DecodeLoop(shipped)
     a, b = loop.stream(reading, sampling(A_SEED, 10**7)), loop.stream(reading, sampling(B_SEED, 10**7))
-    next(a)
-    next(b)
+    within(HANG, lambda: next(a))
+    within(HANG, lambda: next(b))
     c_started, c_result = threading.Event(), {}
 
     def run_c() -> None:
@@ -214,7 +214,7 @@ def test_a_request_waits_for_a_row_at_most_the_wait_limit(char_generator):
     loop = DecodeLoop(char_generator, max_rows=1, wait_limit_s=0.5)
     reading = char_generator.reading(char_generator.prompt("ROMEO:\n").ids)
     first = running(loop, reading, seed=1)
-    with pytest.raises(batching.Busy, match="no row free for 0 s"):
+    with pytest.raises(batching.Busy, match=r"no row free for \d+ s"):
         within(HANG, lambda: list(loop.stream(reading, Sampling(max_new_tokens=3))))
     assert not loop.waiting and loop.admission.total(WAITING) == 0
     first.close()

@@ -139,10 +139,11 @@ def test_stopped_without_a_model_and_cancelled_jobs_leave_nothing(service):
 
 def test_a_session_without_requests_expires_on_a_timer_with_its_models_zips_and_uploads(service, tmp_path):
     training = service("quick", session_ttl_s=1.0)
-    upload = training.cache / "0123abcd" / "diary.txt"
-    upload.parent.mkdir(parents=True)
-    upload.write_text(TEXT)
-    training.sessions.keep_upload("alice", upload)
+    stored = training.cache / "0123abcd" / "diary.txt"  # where Gradio stores an upload; UploadDoor moves it
+    stored.parent.mkdir(parents=True)
+    stored.write_text(TEXT)
+    upload = Path(training.uploads.keep("203.0.113.1", [str(stored)], training.uploads.admit("203.0.113.1", 100))[0])
+    assert training.uploads.claim("alice", "203.0.113.1", upload)  # the page shows it: its session's now
     job = training.submit("alice", "203.0.113.1", request())
     assert job.done.wait(30) and job.state == FINISHED and job.model.archive.is_file()
     key, folders = job.model.key, (job.session.folder, job.session.downloads)

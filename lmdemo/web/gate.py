@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ from lmdemo.web.clients import request_address
 from lmdemo.web.page_states import PageStates
 
 EVENTS_LINE, MODEL_LINE = "events", "model work"
+JOIN_ROUTE = "/gradio_api/queue/join"
+GATED = "lmdemo_gated"  # marks an event function the gate wraps
 UNLIMITED = dict(concurrency_limit=None)  # every event starts at once: the gate admits it (see the module docstring)
 
 
@@ -40,7 +43,7 @@ class Serving:
     decode: str = "batched"  # "batched": one decode loop per model; "per-request": each request decodes alone
     max_batch_rows: int = DEFAULT_MAX_ROWS
     proxy_hops: int = 0  # trusted proxies that append to X-Forwarded-For (lmdemo.web.clients)
-    share: float = 0.5  # of every line, the most one address may hold
+    share: float = 0.25  # of every line, the most one address may hold
     session_ttl_s: float = 900.0  # what a page keeps between events is dropped this long after its last use
 
     @property
@@ -64,6 +67,7 @@ class Gate:
                                  if serving.decode == "batched" else PerRequest())
         self.batched = isinstance(self.decoder, Batching)
         self.pages = PageStates(serving.session_ttl_s)  # Gradio's state of each page: bounded per address
+        self.app: Any = None  # the Blocks, once built (`start`)
 
     def client(self, request: Any = None) -> str:
         """The address of `request`, or of the event being handled (Gradio keeps its request in a context
@@ -74,14 +78,27 @@ class Gate:
             request = LocalContext.request.get(None)
         return request_address(request, self.serving.proxy_hops) if request is not None else "local"
 
-    def _asking(self) -> str:
-        """The address of the event being handled, its page noted as used (`PageStates`)."""
+    def start(self, app: Any) -> None:
+        """`app` is built: the door can tell its gated events apart, and its pages are swept."""
+        self.app = app
+        self.pages.start(app)
+
+    def at_the_door(self, client: str, page: str | None, fn_index: Any) -> str | None:
+        """Why a request joining Gradio's queue is turned away before Gradio makes anything for it (one line), or
+        None: a new page past its address's share of pages, or a gated event from an address already holding its
+        share of events (it would be refused anyway, after costing the server a queue entry and a worker)."""
+        refusal = self.pages.arrive(page, client) if page else None
+        function = getattr(self.app.fns.get(fn_index), "fn", None) if self.app is not None else None
+        if refusal is None and getattr(function, GATED, False):
+            refusal = self.admission.refusal(EVENTS_LINE, client)
+        return refusal
+
+    def _asking(self) -> tuple[str, str | None]:
+        """The address and page of the event being handled."""
         from gradio.context import LocalContext
 
         request = LocalContext.request.get(None)
-        client = self.client(request)
-        self.pages.seen(getattr(request, "session_hash", None), client)
-        return client
+        return self.client(request), getattr(request, "session_hash", None)
 
     def event(self, function: Callable) -> Callable:
         """`function` (plain or a generator, as Gradio events are) holding a place of the events line for its life."""
@@ -117,8 +134,8 @@ class Gate:
         if inspect.isgeneratorfunction(function):
             @functools.wraps(function)
             def stream(*args: Any, **kwargs: Any) -> Iterator[Any]:
-                client = self._asking()
-                with _refused_as_error(), places(client):
+                client, page = self._asking()
+                with _refused_as_error(), self.pages.event(page), places(client):
                     updates = function(*args, **kwargs)
                     try:
                         while True:
@@ -130,14 +147,65 @@ class Gate:
                             yield update
                     finally:
                         updates.close()  # a closed page: the request's own clean-up runs now, not when collected
+            setattr(stream, GATED, True)
             return stream
 
         @functools.wraps(function)
         def call(*args: Any, **kwargs: Any) -> Any:
-            client = self._asking()
-            with _refused_as_error(), places(client), turn_of(client):
+            client, page = self._asking()
+            with _refused_as_error(), self.pages.event(page), places(client), turn_of(client):
                 return function(*args, **kwargs)
+        setattr(call, GATED, True)
         return call
+
+
+class JoinDoor:
+    """ASGI middleware in front of Gradio's queue (`/gradio_api/queue/join`): a request the gate would refuse is
+    answered 429 with its one line before Gradio queues it (`Gate.at_the_door`); every other request passes."""
+
+    def __init__(self, app: Any, gate: Gate):
+        self.app, self.gate = app, gate
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].endswith(JOIN_ROUTE):
+            await self.app(scope, receive, send)
+            return
+        from starlette.requests import Request
+
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        try:
+            joining = json.loads(body)
+            page, fn_index = joining.get("session_hash"), joining.get("fn_index")
+        except (ValueError, AttributeError):
+            page, fn_index = None, None  # Gradio answers a malformed join itself
+        refusal = self.gate.at_the_door(self.gate.client(Request(scope)), page if isinstance(page, str) else None,
+                                        fn_index)
+        if refusal:
+            await answer(send, 429, refusal)
+            return
+        replayed = False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+async def answer(send: Any, status: int, message: str) -> None:
+    """A plain-text answer: a door's refusal."""
+    body = message.encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"text/plain; charset=utf-8"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
 
 
 @contextmanager

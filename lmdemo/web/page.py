@@ -70,7 +70,7 @@ def build_app(models: Models, limits: Limits = Limits(), training: TrainingLine 
         if training is not None:
             connect_training(app, [sample.model, *compare_pickers, curve_picker])
         sample_tab.connect(sample, demo, inside_text, inside_layer, gate)
-    gate.pages.start(app)
+    gate.start(app)
     return app
 
 

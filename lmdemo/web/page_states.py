@@ -1,29 +1,37 @@
-"""What Gradio keeps for each page, bounded: gone once the page is idle, and a few per address.
+"""What Gradio keeps for each page (session), bounded: a few pages per address, and gone once a page is idle.
 
-Gradio keeps a `SessionState` per session id (a copy of every component's config, about 240 KB for this page,
-measured: 400 new sessions raised a server's memory by 95 MiB) until 10,000 newer sessions push it out; it
-drops a closed page's `gr.State` values after an hour but never the session itself. A session id is the
-client's to choose, so one script could make thousands. `PageStates` forgets a session that went
-`ttl_s` without an event (a page that is still open and comes back gets a fresh one: its `gr.State`s have
-the same time to live, so nothing it shows is lost that was not already), and keeps at most
-`per_address` sessions per client address, dropping that address's least recently used beyond.
+A session id is the client's to choose, and Gradio keeps two things per session: a `SessionState` (a copy of
+every component's config, about 240 KB for this page, measured: 400 new sessions raised a server's memory by
+95 MiB) until 10,000 newer sessions push it out, and the session's message queue in a cache of 2,000, where a
+script making new sessions pushes out the queues of other visitors' waiting requests (their event streams then
+break). So `PageStates`:
+
+- lets one address have at most `per_address` pages (sessions seen within `ttl_s`); a new one past that is
+  refused at the door, before Gradio makes anything for it (`lmdemo.web.gate.JoinDoor`);
+- forgets a page idle for `ttl_s` with no event running (Gradio's state of it goes; a page that comes back later
+  starts afresh, as its `gr.State`s, with the same time to live, would have anyway).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
+
+PAGES_PER_ADDRESS = 32  # a class behind one school address
 
 
 class PageStates:
-    """Gradio's per-session page state of one app, swept on a timer (`start`) and trimmed per address."""
+    """The pages of one app by address, swept on a timer (`start`)."""
 
-    def __init__(self, ttl_s: float, per_address: int = 32):
+    def __init__(self, ttl_s: float, per_address: int = PAGES_PER_ADDRESS):
         self.ttl_s, self.per_address = ttl_s, per_address
         self.app: Any = None  # the Blocks; its `state_holder` exists once it is launched
-        self.by_address: dict[str, OrderedDict[str, float]] = {}  # address -> session -> last event (monotonic)
+        self.by_address: dict[str, OrderedDict[str, float]] = {}  # address -> page -> last seen (monotonic)
+        self.working: Counter[str] = Counter()  # page -> its events running now
         self.lock = threading.Lock()
         self.stopped = threading.Event()
 
@@ -32,50 +40,68 @@ class PageStates:
         every = every_s if every_s is not None else max(1.0, min(30.0, self.ttl_s / 4))
         threading.Thread(target=self._sweep_forever, args=(every,), name="lmdemo-page-states", daemon=True).start()
 
-    def seen(self, session: str | None, address: str) -> None:
-        """An event of `session` from `address`: it is fresh; that address's oldest beyond `per_address` go."""
-        if not session:
+    def arrive(self, page: str, address: str) -> str | None:
+        """A request of `page` from `address`: why it is refused (one line), or None and the page is fresh."""
+        with self.lock:
+            pages = self.by_address.setdefault(address, OrderedDict())
+            if page not in pages and len(pages) >= self.per_address:
+                return (f"you already have {len(pages)} pages open on this server (at most {self.per_address} from "
+                        f"one address): use one of them, or come back in a few minutes")
+            pages[page] = time.monotonic()
+            pages.move_to_end(page)
+            return None
+
+    @contextmanager
+    def event(self, page: str | None) -> Iterator[None]:
+        """An event of `page` runs: the page is not idle until it ends."""
+        if not page:
+            yield
             return
         with self.lock:
-            sessions = self.by_address.setdefault(address, OrderedDict())
-            sessions[session] = time.monotonic()
-            sessions.move_to_end(session)
-            dropped = [sessions.popitem(last=False)[0] for _ in range(len(sessions) - self.per_address)]
-        for old in dropped:
-            self.forget(old)
+            self.working[page] += 1
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.working[page] -= 1
+                if self.working[page] <= 0:
+                    del self.working[page]
+                for pages in self.by_address.values():
+                    if page in pages:
+                        pages[page] = time.monotonic()
+                        pages.move_to_end(page)
 
     def sweep(self) -> None:
-        """Forget the sessions idle for `ttl_s`: ours by their last event, Gradio's by its own last use."""
-        now = time.monotonic()
+        """Forget the pages idle for `ttl_s` with no event running: ours by their last request, the others
+        (pages that only ever sent events the door does not see) by Gradio's own last use."""
+        now, idle = time.monotonic(), []
         with self.lock:
-            idle = []
-            for address, sessions in list(self.by_address.items()):
-                while sessions and now - next(iter(sessions.values())) > self.ttl_s:
-                    idle.append(sessions.popitem(last=False)[0])
-                if not sessions:
+            for address, pages in list(self.by_address.items()):
+                for page, seen in list(pages.items()):
+                    if now - seen > self.ttl_s and page not in self.working:
+                        del pages[page]
+                        idle.append(page)
+                if not pages:
                     del self.by_address[address]
+            known = {page for pages in self.by_address.values() for page in pages} | set(self.working)
         holder = getattr(self.app, "state_holder", None)
         if holder is not None:
             wall = time.time()
             with holder.lock:
-                idle += [session for session, when in holder.time_last_used.items()
-                         if wall - when.timestamp() > self.ttl_s]
-        for session in idle:
-            self.forget(session)
+                idle += [page for page, when in holder.time_last_used.items()
+                         if page not in known and wall - when.timestamp() > self.ttl_s]
+        for page in idle:
+            self.forget(page)
 
-    def forget(self, session: str) -> None:
-        """Drop Gradio's state of `session` (its `gr.State`s' delete callbacks run)."""
+    def forget(self, page: str) -> None:
+        """Drop Gradio's state of `page` (its `gr.State`s' delete callbacks run)."""
         holder = getattr(self.app, "state_holder", None)
-        if holder is None or session not in holder:
+        if holder is None or page not in holder:
             return
-        holder.delete_state(session)
+        holder.delete_state(page)
         with holder.lock:
-            holder.session_data.pop(session, None)
-            holder.time_last_used.pop(session, None)
-
-    def sessions(self) -> int:
-        holder = getattr(self.app, "state_holder", None)
-        return len(holder.session_data) if holder is not None else 0
+            holder.session_data.pop(page, None)
+            holder.time_last_used.pop(page, None)
 
     def _sweep_forever(self, every: float) -> None:
         while not self.stopped.wait(every):

@@ -84,6 +84,7 @@ class Sessions:
     def end(self, owner: str, keep_folder: Callable[[Session], bool]) -> Session | None:
         """End `owner`'s session: its models leave the registry, its uploads and zips are deleted, and its folder
         too unless `keep_folder(session)` (a job's thread still writes there: it deletes the folder itself)."""
+        self.uploads.end_session(owner)  # a page that uploaded has a session; its uploads go with it in any case
         with self.lock:
             session = self.by_owner.pop(owner, None)
             if session is None:
@@ -93,7 +94,6 @@ class Sessions:
                 self.models.remove_private(model.key)
             session.models.clear()
             keep = keep_folder(session)
-        self.uploads.end_session(owner)
         shutil.rmtree(session.downloads, ignore_errors=True)
         if not keep:
             shutil.rmtree(session.folder, ignore_errors=True)

@@ -137,7 +137,10 @@ class TrainEvents:
         self.training.end_session(request.session_hash)
 
     def on_upload(self, file: Any, request: gr.Request) -> None:
-        self.training.uploads.claim(request.session_hash, self.gate.client(request), file)
+        """The page shows its upload: the upload is this session's, which from now on expires like any session."""
+        client = self.gate.client(request)
+        if self.training.uploads.claim(request.session_hash, client, file):
+            self.training.sessions.open(request.session_hash, client)
 
     def on_heartbeat(self, request: gr.Request) -> None:
         self.training.sessions.touch(request.session_hash)

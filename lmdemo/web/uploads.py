@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from lmdemo.admission import Admission, Busy, Hold, Line
+from lmdemo.web.gate import answer
 
 UPLOAD_ROUTE = "/gradio_api/upload"
 FILES_LINE, BYTES_LINE = "uploads", "upload bytes"
@@ -150,12 +151,12 @@ class UploadDoor:
         request = Request(scope)
         length = request.headers.get("content-length", "")
         if not length.isdigit():
-            await _answer(send, 411, "an upload must say its length (Content-Length)")
+            await answer(send, 411, "an upload must say its length (Content-Length)")
             return
         try:
             holds = self.uploads.admit(self.address(request), int(length))
         except Busy as error:
-            await _answer(send, 429, str(error))
+            await answer(send, 429, str(error))
             return
         status, headers, body = await _buffered(self.app, scope, receive)
         if status == 200:
@@ -165,7 +166,7 @@ class UploadDoor:
                 for hold in holds:
                     hold.release()
                 refused = isinstance(error, Busy)
-                await _answer(send, 429 if refused else 500,
+                await answer(send, 429 if refused else 500,
                               str(error) if refused else "the upload could not be stored: upload it again")
                 return
         else:
@@ -190,14 +191,6 @@ async def _buffered(app: Any, scope: dict, receive: Any) -> tuple[int, list, byt
 
     await app(scope, receive, keep)
     return start.get("status", 500), list(start.get("headers", [])), b"".join(chunks)
-
-
-async def _answer(send: Any, status: int, message: str) -> None:
-    body = message.encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"text/plain; charset=utf-8"),
-                            (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
 
 
 def _remove_empty(folder: Path) -> None:
