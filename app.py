@@ -16,8 +16,12 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 # Gradio's queue summarises its last 10,000 events (a pandas DataFrame, for its /monitoring page) after every
 # event by default: more than half of a short event's server time (measured with bench/load.py). Every 1,000th.
 os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "1000")
+# oneDNN keeps a compiled LSTM for every sequence length it has read (up to 1,024): prompts of a few hundred
+# lengths held ~380 MB that never came back (bench measurement in docs/reliability.md); a few suffice.
+os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16")
 
 import argparse  # noqa: E402
+import ctypes  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -40,6 +44,7 @@ from lmdemo.web.train_requests import TrainLimits  # noqa: E402
 from lmdemo.web.uploads import UploadDoor, Uploads  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
+M_ARENA_MAX = -8  # glibc's mallopt parameter
 DEFAULT_THREADS = 40  # Gradio's worker threads besides one for every event the gate admits
 TRAIN_SECONDS_ENV, NO_TRAIN_ENV, PROXY_HOPS_ENV = "LMDEMO_TRAIN_SECONDS", "LMDEMO_NO_TRAIN", "LMDEMO_PROXY_HOPS"
 
@@ -78,8 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"batched: the most samples one step advances, and the most requests waiting to join; "
                              f"beyond that a request is told the server is busy (default: {DEFAULT_MAX_ROWS})")
     parser.add_argument("--queue-size", type=int, default=32,
-                        help="requests waiting at most for a model slot, more are turned away; batched sampling "
-                             "requests have --max-batch-rows more places (default: 32)")
+                        help="model computations that may wait for a turn, more are turned away; one address holds "
+                             "at most a quarter of every line (default: 32)")
     hops = os.environ.get(PROXY_HOPS_ENV) or ("1" if os.environ.get("SPACE_ID") else "0")
     parser.add_argument("--proxy-hops", type=int, default=int(hops) if hops.isdigit() else -1, metavar="N",
                         help=f"trusted reverse proxies in front that each append to X-Forwarded-For: per-visitor "
@@ -87,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
                              f"ignores the header (default: ${PROXY_HOPS_ENV}, else 1 when SPACE_ID is set, as on a "
                              f"Hugging Face Space, else 0); never more than the proxies really there, or clients "
                              f"choose their own address")
+    parser.add_argument("--share", type=float, default=Serving.share, metavar="FRACTION",
+                        help=f"of every line (events, model turns, reads, decode rows and places, pages), the most one "
+                             f"client address may hold, at least one (default: {Serving.share:g})")
     parser.add_argument("--threads", type=int, help="torch threads per request (default: CPU cores / concurrency)")
     parser.add_argument("--max-new-tokens", type=int, default=Limits.max_new_tokens,
                         help=f"most new tokens a request may ask for (default: {Limits.max_new_tokens})")
@@ -106,6 +114,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         value = getattr(args, name)
         if value is not None and value <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive (got {value})")
+    if not 0 < args.share <= 1:
+        parser.error(f"--share must be a fraction above 0 and at most 1 (got {args.share:g})")
     if args.proxy_hops < 0:
         parser.error(f"--proxy-hops (or ${PROXY_HOPS_ENV}) must be a whole number from 0 (got {args.proxy_hops})")
     _check_train_options(parser, args)
@@ -167,6 +177,16 @@ def _training(args: argparse.Namespace, models: Models, gate: Gate) -> TrainingL
     return training
 
 
+def _fewer_malloc_arenas(arenas: int = 2) -> None:
+    """glibc gives each of a busy server's ~100 threads an allocation arena of its own, and memory freed in one is
+    seldom handed back; a couple shared by all keeps the server's resident size near what it uses (not glibc:
+    nothing to do)."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, arenas)
+    except (OSError, AttributeError):
+        pass
+
+
 def _stop_on_sigterm() -> None:
     """SIGTERM (a Space restart, `docker stop`) ends the server like Ctrl-C: Gradio closes it, then main cleans up."""
     def interrupt(signum: int, frame: Any) -> None:
@@ -177,6 +197,7 @@ def _stop_on_sigterm() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    _fewer_malloc_arenas()
     torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // args.concurrency))
     try:
         models = Models(discover_models(args.checkpoints, args.model, models_file=args.models_file), skip_broken=True)
@@ -189,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
                     max_new_tokens=args.max_new_tokens)
     _stop_on_sigterm()
     gate = Gate(Serving(args.concurrency, args.queue_size, args.decode, args.max_batch_rows, args.proxy_hops,
-                        session_ttl_s=args.session_ttl))
+                        args.share, args.session_ttl))
     training = _training(args, models, gate)
     uploads = training.uploads if training else Uploads(gate.admission, ROOT, max_file_bytes=0)  # none taken
     try:

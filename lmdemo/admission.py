@@ -33,7 +33,7 @@ class Busy(RuntimeError):
 @dataclass(frozen=True)
 class Line:
     """One kind of work: at most `capacity` held by everyone, at most `share` of it by one address (at least 1).
-    `what` names one held unit in the plural for messages ("requests running or waiting for a model")."""
+    `what` names one held unit in the plural for messages ("model computations running or waiting")."""
 
     name: str
     capacity: int
@@ -129,12 +129,14 @@ class Admission:
 
 
 class Turns:
-    """`places` things done at once (model computations, texts read); the others wait, and when a place frees the
-    waiting client with the fewest places goes first (among equals, the first to come). Who may wait at all is a
-    `Line`'s business; how long, `WAIT_LIMIT_S`."""
+    """`places` things done at once (model computations, texts read), at most `per_client` of them by one address
+    (a core left for everyone else); the others wait, and when a place frees the waiting client with the fewest
+    places goes first (among equals, the first to come). Who may wait at all is a `Line`'s business; how long,
+    `WAIT_LIMIT_S`."""
 
-    def __init__(self, places: int, wait_limit_s: float = WAIT_LIMIT_S):
+    def __init__(self, places: int, wait_limit_s: float = WAIT_LIMIT_S, per_client: int | None = None):
         self.places, self.wait_limit_s = places, wait_limit_s
+        self.per_client = places if per_client is None else max(1, per_client)
         self.condition = threading.Condition()
         self.running: Counter[str] = Counter()
         self.waiting: list[tuple[str, int]] = []  # (client, ticket) in arrival order
@@ -173,6 +175,7 @@ class Turns:
             self.running[client] += 1
             self.condition.notify_all()
 
-    def _next(self) -> tuple[str, int]:
-        """The first waiter of the clients running the fewest."""
-        return min(self.waiting, key=lambda waiter: (self.running[waiter[0]], waiter[1]))
+    def _next(self) -> tuple[str, int] | None:
+        """The first waiter of the clients running the fewest, among those below `per_client`."""
+        allowed = [waiter for waiter in self.waiting if self.running[waiter[0]] < self.per_client]
+        return min(allowed, key=lambda waiter: (self.running[waiter[0]], waiter[1])) if allowed else None

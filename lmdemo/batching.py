@@ -28,7 +28,8 @@ the same caveat between one temperature and several.
 
 Fair to everyone, through the server's one `Admission` (lmdemo.admission): texts waiting for or being read
 (`READS`) and requests waiting to join a batch (`WAITING`) are lines of `--max-batch-rows` places each, server-wide,
-of which one address holds at most its share (half, by default); past it, or past the line's capacity, a request
+of which one address holds at most its share (half by default; a quarter in the web demo,
+`lmdemo.web.gate.Serving`); past it, or past the line's capacity, a request
 hears `Busy` at once rather than queueing for longer than anyone waits. In the batch itself one address has at
 most that share of its rows (a class behind one school address still fits; one script cannot take every row): a
 request whose address is at its share waits until its own rows free, and among the others those of the client
@@ -276,7 +277,9 @@ class DecodeLoop:
         self.condition = threading.Condition()  # reentrant: `_fail` runs under it from `_queue` and `_watch` too
         self.waiting: deque[_Stream] = deque()
         self.thread: threading.Thread | None = None
-        self.watchers = 0  # streams being shown as they grow: they share UPDATES_PER_SECOND
+        # streams being shown as they grow, by address: all share UPDATES_PER_SECOND, one address at most its share
+        self.watchers: Counter[object] = Counter()
+        self.share = share
         self.batch = _Batch()
 
     def read(self, ids: Sequence[int], after: Reading | None = None, client: str = "") -> Reading:
@@ -306,13 +309,15 @@ class DecodeLoop:
         self._queue(request)
         watching = not math.isinf(every)
         with self.condition:
-            self.watchers += watching
+            self.watchers[request.client] += watching
         try:
             yield from self._updates(request, every)
         finally:
             request.cancelled = True  # read by the loop at its next step; harmless once the request ended
             with self.condition:
-                self.watchers -= watching
+                self.watchers[request.client] -= watching
+                if self.watchers[request.client] <= 0:
+                    del self.watchers[request.client]
                 if request in self.waiting:
                     self.waiting.remove(request)
             request.hold.release()
@@ -321,7 +326,7 @@ class DecodeLoop:
         shown, last = 0, -math.inf
         while True:
             self._wait(request, request.changed, math.inf)
-            elapsed, interval = time.monotonic() - last, max(every, self.watchers / UPDATES_PER_SECOND)
+            elapsed, interval = time.monotonic() - last, self._update_interval(request, every)
             if elapsed < interval:  # shown too recently: wait for the rest of the interval, or the end
                 self._wait(request, request.ended, interval - elapsed)
             request.changed.clear()
@@ -334,6 +339,13 @@ class DecodeLoop:
             if step > shown:
                 shown, last = step, time.monotonic()
                 yield samples
+
+    def _update_interval(self, request: _Stream, every: float) -> float:
+        """Seconds between two updates of `request`: an update costs the server's one Python thread far more than
+        a step, so every watcher shares `UPDATES_PER_SECOND`, and one address's watchers at most its share of it."""
+        with self.condition:
+            everyone, mine = self.watchers.total(), self.watchers[request.client]
+        return max(every, everyone / UPDATES_PER_SECOND, mine / (UPDATES_PER_SECOND * self.share))
 
     def _wait(self, request: _Stream, event: threading.Event, seconds: float) -> None:
         """Wait up to `seconds` (inf: no limit) for `event`, looking every `WATCH_SECONDS` that the request still

@@ -151,7 +151,7 @@ def test_model_work_computes_one_at_a_time_in_fair_turns_and_a_flood_is_refused_
     gate = Gate(Serving(concurrency=1, queue_size=6, decode="per-request", share=0.5))
     call = gate.model_work(short)
     holds = [gate.admission.admit("model work", "local") for _ in range(3)]
-    with pytest.raises(Exception, match="you already have 3 requests running or waiting for a model"):
+    with pytest.raises(Exception, match="you already have 3 model computations running or waiting"):
         call()
     for hold in holds:
         hold.release()

@@ -59,10 +59,10 @@ class Gate:
     def __init__(self, serving: Serving = Serving(), admission: Admission | None = None):
         self.serving = serving
         self.admission = admission or Admission()
-        self.admission.add(Line(EVENTS_LINE, serving.events, serving.share, "requests in the server"))
+        self.admission.add(Line(EVENTS_LINE, serving.events, serving.share, "requests running or waiting"))
         self.admission.add(Line(MODEL_LINE, serving.concurrency + serving.queue_size, serving.share,
-                                "requests running or waiting for a model"))
-        self.turns = Turns(serving.concurrency)
+                                "model computations running or waiting"))
+        self.turns = Turns(serving.concurrency, per_client=int(serving.concurrency * serving.share))
         self.decoder: Decoder = (Batching(serving.max_batch_rows, admission=self.admission, share=serving.share)
                                  if serving.decode == "batched" else PerRequest())
         self.batched = isinstance(self.decoder, Batching)

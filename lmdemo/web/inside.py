@@ -10,6 +10,7 @@ more (an ended session's) goes at once, with its cached texts and its decode loo
 from __future__ import annotations
 
 import threading
+import time
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -181,7 +182,7 @@ class InternalsCache:
         self.size = size
         self.lock = threading.Lock()
         self.texts: weakref.WeakKeyDictionary[Generator, dict[tuple, Internals]] = weakref.WeakKeyDictionary()
-        self.order: OrderedDict[tuple[weakref.ref, tuple], None] = OrderedDict()  # oldest first
+        self.order: OrderedDict[tuple[weakref.ref, tuple], float] = OrderedDict()  # when last used, oldest first
 
     def read(self, generator: Generator, ids: list[int] | tuple[int, ...], max_tokens: int) -> Internals:
         """`read_internals(generator, ids, max_tokens)`, from the cache when this model read this text lately."""
@@ -189,25 +190,35 @@ class InternalsCache:
         with self.lock:
             found = self.texts.get(generator, {}).get(key)
             if found is not None:
+                self.order[(weakref.ref(generator), key)] = time.monotonic()
                 self.order.move_to_end((weakref.ref(generator), key))
                 return found
         internals = read_internals(generator, key[0], max_tokens)  # outside the lock: other reads go on
         with self.lock:
             self.texts.setdefault(generator, {})[key] = internals
-            self.order[(weakref.ref(generator), key)] = None
+            self.order[(weakref.ref(generator), key)] = time.monotonic()
             self.order.move_to_end((weakref.ref(generator), key))
             for gone in [entry for entry in self.order if entry[0]() is None]:  # a model that went: its texts did too
                 del self.order[gone]
             while len(self.order) > self.size:
-                (owner_ref, old), _ = self.order.popitem(last=False)
-                owner = owner_ref()
-                texts = self.texts.get(owner) if owner is not None else None
-                if texts is not None:
-                    texts.pop(old, None)
-                    if not texts:
-                        del self.texts[owner]
-                del owner
+                self._drop_oldest()
         return internals
+
+    def forget_idle(self, idle_s: float) -> None:
+        """Drop the texts nobody read for `idle_s` (the visitors who read them have gone: see `PageStates`)."""
+        now = time.monotonic()
+        with self.lock:
+            while self.order and now - next(iter(self.order.values())) > idle_s:
+                self._drop_oldest()
+
+    def _drop_oldest(self) -> None:
+        (owner_ref, old), _ = self.order.popitem(last=False)
+        owner = owner_ref()
+        texts = self.texts.get(owner) if owner is not None else None
+        if texts is not None:
+            texts.pop(old, None)
+            if not texts:
+                del self.texts[owner]
 
     def __len__(self) -> int:
         with self.lock:

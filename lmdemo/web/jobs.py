@@ -12,7 +12,6 @@ heartbeat (checked on a timer), or the server stops.
 from __future__ import annotations
 
 import atexit
-import ctypes
 import shutil
 import signal
 import subprocess
@@ -29,6 +28,7 @@ from lmdemo.web import trainer_process
 from lmdemo.admission import Admission, Busy, Hold, Line
 from lmdemo.web.clients import Charge, TrainingBudget
 from lmdemo.web.registry import Models
+from lmdemo.web.page_states import release_free_memory
 from lmdemo.web.sessions import Session, SessionModel, Sessions, inside
 from lmdemo.web.uploads import Uploads
 from lmdemo.web.train_requests import TrainInputError, TrainLimits, TrainRequest, bytes_needed
@@ -67,6 +67,7 @@ class Job:
 
     @property
     def run(self) -> Path:
+        """The run folder, named as the model is everywhere (`SessionModel`): char-tiny-1 for a session's first."""
         return self.folder / f"{self.request.run_name}-{self.folder.name}"
 
     @property
@@ -133,6 +134,8 @@ class TrainingLine:
                 raise
             session = self.sessions.open(owner, client)
             session.count += 1
+            while f"{request.run_name}-{session.count}" in self.models.names:  # one name, never a served model's
+                session.count += 1
             job = Job(session, replace(request, text=""), session.folder / str(session.count), reserved,
                       self.budget.charge(client, request.seconds), place)
         try:
@@ -293,15 +296,6 @@ class TrainingLine:
             self.end_session(owner)
         self.uploads.sweep()
         self.sessions.sweep_cache()
-
-def release_free_memory() -> None:
-    """Hand the memory ended sessions freed (their models, their jobs' buffers) back to the system: glibc keeps
-    freed blocks for reuse, so without this the server's resident size never returns to its idle level."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to trim
-        pass
-
 
 class JobThread:
     """A job's own thread: runs the trainer, stops it when asked or when it overruns, keeps its model and passes

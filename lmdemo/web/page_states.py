@@ -14,10 +14,11 @@ break). So `PageStates`:
 
 from __future__ import annotations
 
+import ctypes
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -34,11 +35,16 @@ class PageStates:
         self.working: Counter[str] = Counter()  # page -> its events running now
         self.lock = threading.Lock()
         self.stopped = threading.Event()
+        self.with_pages: list[Callable[[float], None]] = []  # what else forgets what idle pages used (`also_forget`)
 
     def start(self, app: Any, every_s: float | None = None) -> None:
         self.app = app
         every = every_s if every_s is not None else max(1.0, min(30.0, self.ttl_s / 4))
         threading.Thread(target=self._sweep_forever, args=(every,), name="lmdemo-page-states", daemon=True).start()
+
+    def also_forget(self, forget_idle: Callable[[float], None]) -> None:
+        """At every sweep, also `forget_idle(ttl_s)`: a cache of what visitors' pages asked for."""
+        self.with_pages.append(forget_idle)
 
     def arrive(self, page: str, address: str) -> str | None:
         """A request of `page` from `address`: why it is refused (one line), or None and the page is fresh."""
@@ -92,9 +98,17 @@ class PageStates:
                          if page not in known and wall - when.timestamp() > self.ttl_s]
         for page in idle:
             self.forget(page)
+        for forget_idle in self.with_pages:
+            forget_idle(self.ttl_s)
+        if idle:
+            release_free_memory()
 
     def forget(self, page: str) -> None:
-        """Drop Gradio's state of `page` (its `gr.State`s' delete callbacks run)."""
+        """Drop Gradio's state of `page` (its `gr.State`s' delete callbacks run) and, when no event of it is
+        pending, its message queue (a page that went away mid-stream leaves there every update it never read)."""
+        queue = getattr(self.app, "_queue", None)
+        if queue is not None and not queue.pending_event_ids_session.get(page):
+            queue.pending_messages_per_session.pop(page, None)
         holder = getattr(self.app, "state_holder", None)
         if holder is None or page not in holder:
             return
@@ -106,3 +120,12 @@ class PageStates:
     def _sweep_forever(self, every: float) -> None:
         while not self.stopped.wait(every):
             self.sweep()
+
+
+def release_free_memory() -> None:
+    """Hand the memory ended sessions freed (their models, their jobs' buffers) back to the system: glibc keeps
+    freed blocks for reuse, so without this the server's resident size never returns to its idle level."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
