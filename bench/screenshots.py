@@ -1,13 +1,15 @@
 """The pictures in the README and docs/: every tab of the web demo, and the dashboard, as the project draws them.
 
-    python bench/screenshots.py docs/images      # sample, inside, dial, compare, train, curves, dashboard .png
+    python bench/screenshots.py docs/images      # sample, inside, dial, compare, train, curves, dashboard .png,
+                                                 # and sample-phone, inside-phone .png
 
 Starts `python app.py` on the shipped models and `streamlit run dashboard/main.py` (free ports, offline, no
 telemetry), drives each page in the headless Chromium the tests use (`tests/browser.py`, `tests/servers.py`) into a
 state worth showing (Sample after a generation with its bars, the dial, Inside the LSTM on its cell atlas, Compare with its
-bits-per-character table, Train mid-run with its curve and samples, Training curves, the dashboard's chart), crops
-each to what matters and writes it as a palette PNG (Pillow), so the seven stay a few hundred KB in all. Re-run it
-whenever the UI changes; it takes about two minutes.
+bits-per-character table, Train mid-run with its curve and samples, Training curves, the dashboard's chart; then Sample
+and Inside the LSTM again as a phone shows them, 390 CSS pixels wide), crops each to what matters and writes it as a
+palette PNG (Pillow), so the nine stay a few hundred KB in all. Re-run it whenever the UI changes; it takes about
+three minutes.
 """
 
 from __future__ import annotations
@@ -38,14 +40,16 @@ TRAIN_SHOT_AFTER_S = 30  # the Train tab is shown this far into its 60 s run: th
 SAMPLE_MODEL, SAMPLE_PROMPT = "shakespeare-char", "ROMEO:\n"  # characters: short columns, a readable heatmap
 DIAL_MODEL, DIAL_PROMPT = "imdb-word", "this movie was"  # its atlas has a sentiment unit: the Sample tab's dial
 COLOURS = 256  # a palette this size keeps text and charts crisp at a fraction of the RGB size
+PHONE = {"width": 390, "height": 844}  # CSS pixels: a common phone held upright
 
 
 def save(page: Any, path: Path, top: Any, bottom: Any, left: Any = None, margin: int = 12) -> None:
     """The band of the page from `top`'s top edge to `bottom`'s bottom edge (right of `left`'s left edge, else the
     full width), as a palette PNG."""
-    first, last = top.bounding_box(), bottom.bounding_box()
+    first, last = top.bounding_box(), bottom.bounding_box()  # where they are in the window, scrolled as it is
+    scrolled = page.evaluate("window.scrollY")
     x = left.bounding_box()["x"] if left is not None else 0
-    clip = dict(x=x, y=max(0, first["y"] - margin), width=page.viewport_size["width"] - x,
+    clip = dict(x=x, y=max(0, scrolled + first["y"] - margin), width=page.viewport_size["width"] - x,
                 height=last["y"] + last["height"] - first["y"] + 2 * margin)
     image = Image.open(io.BytesIO(page.screenshot(full_page=True, clip=clip))).convert("RGB")
     image.quantize(colors=COLOURS, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
@@ -53,9 +57,11 @@ def save(page: Any, path: Path, top: Any, bottom: Any, left: Any = None, margin:
 
 
 def choose_model(page: Any, model: str, prompt: str) -> None:
-    """The Sample tab's model and prompt."""
+    """The Sample tab's model and prompt (typed once the model's card is shown: choosing a model puts its own example
+    in the prompt)."""
     page.get_by_label("Model", exact=True).first.click()
     page.get_by_role("option", name=model).click()
+    page.locator("[role=tabpanel]:visible").get_by_text(f"{model} — ").first.wait_for(timeout=WAIT_MS)
     page.get_by_role("textbox", name="Prompt").first.fill(prompt)
 
 
@@ -115,6 +121,27 @@ def app_pictures(url: str, out: Path) -> None:
         save(page, out / "curves.png", page.get_by_role("tab", name="Training curves"), page.locator("#curves-plot"))
 
 
+def phone_pictures(url: str, out: Path) -> None:
+    """Sample and Inside the LSTM on a phone: the tabs wrap onto two lines, columns and cards stack, the atlas table
+    scrolls sideways in its own box."""
+    with chromium_page(url) as page:
+        page.set_viewport_size(PHONE)
+        shown = page.locator("[role=tabpanel]:visible")
+        choose_model(page, SAMPLE_MODEL, SAMPLE_PROMPT)
+        generate(page)
+        bars = shown.locator(".js-plotly-plot").last
+        bars.wait_for(timeout=WAIT_MS)
+        settled(page)
+        save(page, out / "sample-phone.png", page.get_by_role("heading", name="Samples"), bars)
+
+        page.get_by_role("tab", name="Inside the LSTM").click()
+        unit = page.locator("#atlas-unit")
+        unit.locator(".lm-text .tok").first.wait_for(timeout=WAIT_MS)
+        settled(page)
+        page.wait_for_timeout(500)  # the fade-in after an update
+        save(page, out / "inside-phone.png", page.get_by_role("tablist"), unit)
+
+
 def dashboard_picture(url: str, out: Path) -> None:
     """The dashboard's title and chart of every shipped model's log (its sidebar names this machine's folders)."""
     with chromium_page(url) as page:
@@ -139,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         port = free_port()
         app = f"http://127.0.0.1:{port}/"
         with_server([sys.executable, "app.py", "--port", str(port)], app, logs / "app.log",
-                    lambda url: app_pictures(url, args.out), app)
+                    lambda url: (app_pictures(url, args.out), phone_pictures(url, args.out)), app)
         port = free_port()
         dashboard = f"http://127.0.0.1:{port}"
         with_server([sys.executable, "-m", "streamlit", "run", "dashboard/main.py", "--server.port", str(port),

@@ -23,6 +23,8 @@ from lmdemo.curves import CURVES_TITLE, colours_for, curves_figure, small_chart
 from lmdemo.metrics import Run, find_runs, load_run
 from lmdemo.runs import (
     MEASURES,
+    MISSING,
+    SUMMARY_UNITS,
     X_AXES,
     OutsideLogsError,
     RunSourceError,
@@ -121,8 +123,11 @@ def sidebar() -> tuple[list[Run], dict]:
                                 disabled=not names, placeholder="No runs found" if not names else "Pick runs")
         st.header("Chart")
         options = dict(
-            measure=st.segmented_control("Measure", list(MEASURES), format_func=MEASURES.get, default="ppl",
-                                         required=True, key="measure"),
+            measure=st.segmented_control("Measure", list(MEASURES), format_func=MEASURES.get,
+                                         default=default_measure([run for run in runs if run.name in chosen]),
+                                         required=True, key="measure",
+                                         help="Bits per character compare models of any tokenisation; perplexity "
+                                              "and loss are per token, so only models of one vocabulary compare."),
             x=st.selectbox("X axis", list(X_AXES), format_func=X_AXES.get, key="x_axis"),
             log_y=st.toggle("Log scale", value=True, key="log_y"),
             weight=st.slider("Smoothing", 0.0, 0.99, 0.6, 0.01, key="smoothing",
@@ -137,6 +142,13 @@ def sidebar() -> tuple[list[Run], dict]:
     return [run for run in runs if run.name in chosen], options
 
 
+def default_measure(runs: list[Run]) -> str:
+    """Bits per character, as the app's Training curves: the one measure that compares characters, words and
+    subwords; perplexity when a run's log has none to draw (one written before they were logged)."""
+    drawn = curve_frame(runs).groupby("run").bpc.count()
+    return "bpc" if all(drawn.get(run.name, 0) > 0 for run in runs) else "ppl"
+
+
 def explain_gaps(runs: list[Run], frame: pd.DataFrame, measure: str, x: str) -> None:
     """Say why a selected run draws nothing, rather than leave the reader guessing."""
     for run in runs:
@@ -144,8 +156,8 @@ def explain_gaps(runs: list[Run], frame: pd.DataFrame, measure: str, x: str) -> 
         if rows.empty:
             continue
         if measure == "bpc" and rows.bpc.isna().all():
-            st.caption(f"**{run.name}** is a {run.level}-level model: bits per character apply to character "
-                       f"models only.")
+            st.caption(f"**{run.name}** logs no bits per character (a log from before they were recorded): pick "
+                       f"perplexity or loss.")
         elif rows[x].isna().all():
             st.caption(f"**{run.name}** has no {X_AXES[x].lower()} in its log (an older log?): try the step axis.")
 
@@ -173,17 +185,27 @@ def show_runs(runs: list[Run], options: dict) -> None:
         right.plotly_chart(small_chart(frame, "tokens_per_sec", "Tokens per second", x, colours), key="speed")
 
     st.subheader("Summary")
-    st.dataframe(summary_frame(runs), hide_index=True, column_config={
-        "Parameters": st.column_config.NumberColumn(format="localized"),
-        "Best val ppl": st.column_config.NumberColumn(format="%.2f"),
-        "Best at epoch": st.column_config.NumberColumn(format="%.2f"),
-        "Last val ppl": st.column_config.NumberColumn(format="%.2f"),
-        "Test ppl": st.column_config.NumberColumn(format="%.2f"),
-        "Tokens/s": st.column_config.NumberColumn(format="localized"),
-    })
+    show_summary(runs, measure)
     show_config_diff(runs)
     st.download_button("Download these metrics (CSV)", frame.to_csv(index=False), file_name="lmdemo-metrics.csv",
                        mime="text/csv", icon=":material/download:", on_click="ignore")
+
+
+def show_summary(runs: list[Run], measure: str) -> None:
+    """The summary table in the chart's measure, as wide as the page and no wider: short headings, figures as text
+    (a missing one "—", where Streamlit would print "None")."""
+    unit = SUMMARY_UNITS[measure]
+    digits = "{:,.2f}" if measure == "ppl" else "{:.3f}"
+    figures = {"Parameters": ("Params", "{:,.0f}"), f"Best val {unit}": ("Best val", digits),
+               "Best at epoch": ("at epoch", "{:.2f}"), f"Last val {unit}": ("Last val", digits),
+               f"Test {unit}": ("Test", digits), "Tokens/s": ("Tokens/s", "{:,.0f}")}
+    table = summary_frame(runs, measure=measure)
+    for column, (_, shown) in figures.items():
+        table[column] = [MISSING if pd.isna(value) else shown.format(value) for value in table[column]]
+    config = {column: st.column_config.TextColumn(label, alignment="right") for column, (label, _) in figures.items()}
+    config["Training time"] = st.column_config.TextColumn("Time")
+    st.caption(f"Best, last and test figures in {MEASURES[measure].lower()}.")
+    st.dataframe(table, hide_index=True, width="stretch", column_config=config)
 
 
 def show_config_diff(runs: list[Run]) -> None:
@@ -209,8 +231,8 @@ def main() -> None:
     # An emoji icon is drawn in the page; a ":material/…:" one would be fetched from fonts.gstatic.com.
     st.set_page_config(page_title="lmdemo · training dashboard", page_icon="📈", layout="wide")
     st.title("Training dashboard")
-    st.caption("Perplexity, loss and learning-rate curves of lmdemo language-model runs, read from their "
-               "`metrics.jsonl` logs. Pick runs and chart options in the sidebar.")
+    st.caption("Bits per character, perplexity, loss and learning-rate curves of lmdemo language-model runs, read "
+               "from their `metrics.jsonl` logs. Pick runs and chart options in the sidebar.")
     runs, options = sidebar()
     if not runs:
         return

@@ -12,8 +12,9 @@ The result is `atlas.json` in the model folder: layers counted from 1 (bottom), 
 the unit rises with the property (higher where it holds, or the further along the position), -1 when it falls;
 and for a property with two nameable ends a `dial`: the unit's 95th and 5th percentile on the choosing text,
 named by the ends they stand for, the values a sampler can hold the unit at to steer the model. It also keeps
-a few short `examples` of the scoring text (and with sentiment, rated reviews of each label), so the app can show
-a unit over text the model never trained on without the corpus at hand.
+a few short `examples` of the scoring text (and with sentiment, held-out rated reviews picked by a stated rule: typical
+ones the sentiment unit reads right, and one it misreads, see `review_examples`), so the app can show a unit over text
+the model never trained on without the corpus at hand.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import torch
 from torch.nn import functional as F
 
 from lmdemo.checkpoint import ATLAS_FILE, TrainedModel
-from lmdemo.config import Config
+from lmdemo.config import Config, data_name
 from lmdemo.corpus import clean_html, load_corpus
 from lmdemo.files import write_atomic
 from lmdemo.model import LSTMLanguageModel
@@ -50,7 +51,8 @@ STRETCH = 256  # most tokens read at once per review in `final_states` (bounds i
 SCORE_BLOCK = 256  # columns scored at once
 METRICS = {POSITION: "r", BINARY: "auc"}
 EXAMPLE_PASSAGES, EXAMPLE_CHARACTERS = 8, 320  # held-out passages kept in atlas.json, cut at a line or word end
-EXAMPLE_REVIEWS, REVIEW_CHARACTERS = 2, 600  # of each label: the shortest rated held-out reviews, cut the same way
+# of each label, held-out rated reviews the sentiment unit reads right (plus one it misreads), short enough to keep
+EXAMPLE_REVIEWS, REVIEW_CHARACTERS = 2, 600
 
 
 @dataclass
@@ -134,11 +136,12 @@ def corpus_texts(trained: TrainedModel, tokens: int = PART_TOKENS,
     config = trained.config
     corpus = load_corpus(config.replace(clean_html=False))  # cleaned per passage, after ratings are found
     held_out = "test" if any(doc.strip() for doc in corpus.test) else "valid"
+    data = data_name(config.data, config.data_config)  # shown as a heading: no local folders
     seen = ["train", "valid"] if held_out == "test" else ["train"]
     parts = []
     for names in (seen, [held_out]):
         text = "\n".join(doc for name in names for doc in corpus.split(name))
-        source = f"{' and '.join(names)} split{'s' if len(names) > 1 else ''} of {config.data}"
+        source = f"{' and '.join(names)} split{'s' if len(names) > 1 else ''} of {data}"
         parts.append(texts_from(text, source, trained.tokenizer, config.clean_html, tokens, max_reviews))
     return parts[0], parts[1]
 
@@ -148,9 +151,9 @@ def file_texts(trained: TrainedModel, path: Path, tokens: int = PART_TOKENS,
     """A text file of one's own: chosen on its first half, scored on its second (cut at a line break)."""
     text = path.read_text(encoding="utf-8", errors="replace")
     cut = text.find("\n", len(text) // 2) + 1 or len(text) // 2
-    clean = trained.config.clean_html
-    return (texts_from(text[:cut], f"first half of {path}", trained.tokenizer, clean, tokens, max_reviews),
-            texts_from(text[cut:], f"second half of {path}", trained.tokenizer, clean, tokens, max_reviews))
+    clean, name = trained.config.clean_html, data_name(str(path))  # shown as a heading: no local folders
+    return (texts_from(text[:cut], f"first half of {name}", trained.tokenizer, clean, tokens, max_reviews),
+            texts_from(text[cut:], f"second half of {name}", trained.tokenizer, clean, tokens, max_reviews))
 
 
 # -- reading the model ---------------------------------------------------------------------------
@@ -331,10 +334,19 @@ def _choose(model: LSTMLanguageModel, texts: Texts, props: list[Property], targe
     return choices
 
 
+@dataclass
+class EndReading:
+    """The sentiment unit at the end of each held-out review: its value, and what its threshold reads there."""
+
+    values: torch.Tensor  # [reviews]
+    positive: torch.Tensor  # [reviews], True: read as positive (in the direction and threshold chosen)
+
+
 def _held_out(model: LSTMLanguageModel, texts: Texts, props: list[Property], targets: torch.Tensor,
-              choices: list[_Choice], start_id: int, sentiment: bool) -> list[float]:
-    """Each chosen column's score on the held-out part, in the direction (and threshold) chosen."""
-    scores = []
+              choices: list[_Choice], start_id: int, sentiment: bool) -> tuple[list[float], EndReading | None]:
+    """Each chosen column's score on the held-out part, in the direction (and threshold) chosen; and with
+    `sentiment`, how its unit read each review."""
+    scores, ends = [], None
     if props:
         values = read_passages(model, texts.passages, start_id)
         for index, (prop, choice) in enumerate(zip(props, choices)):
@@ -343,9 +355,9 @@ def _held_out(model: LSTMLanguageModel, texts: Texts, props: list[Property], tar
     if sentiment:
         choice = choices[-1]
         values = final_states(model, texts.reviews, start_id)[:, choice.column]
-        predicted = choice.sign * (values - choice.threshold) > 0
-        scores.append(float((predicted == torch.tensor(texts.labels)).double().mean()))
-    return scores
+        ends = EndReading(values, choice.sign * (values - choice.threshold) > 0)
+        scores.append(float((ends.positive == torch.tensor(texts.labels)).double().mean()))
+    return scores, ends
 
 
 def _targets(texts: Texts, tokenizer: Tokenizer, props: list[Property]) -> numpy.ndarray:
@@ -362,7 +374,8 @@ def build_atlas(trained: TrainedModel, choose: Texts, score: Texts, seed: int = 
                 keep_examples: bool = True) -> dict:
     """The atlas of `trained`: per property its best unit, chosen on `choose`, scored on `score`, beside the
     best unit of a random model of the same shape (`seed`) chosen and scored the same way; with `keep_examples`,
-    a few passages of `score` to show units over (not for a text that is not ours to copy into a model folder)."""
+    a few passages and rated reviews of `score` to show units over (`examples`; not for a text that is not ours to
+    copy into a model folder)."""
     tokenizer, config = trained.tokenizer, trained.config
     candidates = properties_for(config.level)
     choose_truth, score_truth = _targets(choose, tokenizer, candidates), _targets(score, tokenizer, candidates)
@@ -374,8 +387,8 @@ def build_atlas(trained: TrainedModel, choose: Texts, score: Texts, seed: int = 
     scored = []
     for model in (trained.model, random_model(config, seed)):
         choices = _choose(model, choose, props, targets[0], tokenizer.start_id, sentiment)
-        scored.append((choices, _held_out(model, score, props, targets[1], choices, tokenizer.start_id, sentiment)))
-    (choices, scores), (_, baselines) = scored
+        scored.append((choices, *_held_out(model, score, props, targets[1], choices, tokenizer.start_id, sentiment)))
+    (choices, scores, ends), (_, baselines, _) = scored
     entries = []
     for prop, choice, score_, baseline in zip(props + ([SENTIMENT] if sentiment else []), choices, scores, baselines):
         unit = Unit.from_column(choice.column, config.hidden_size)
@@ -390,22 +403,42 @@ def build_atlas(trained: TrainedModel, choose: Texts, score: Texts, seed: int = 
         entries.append(entry)
     return {"properties": entries, "choose": choose.describe(), "score": score.describe(),
             "baseline_model": f"the same shape, randomly initialised (seed {seed}), its best unit chosen and "
-                              f"scored the same way", "examples": examples(score, tokenizer, sentiment) if keep_examples else []}
+                              f"scored the same way",
+            "examples": examples(score, tokenizer, ends) if keep_examples else []}
 
 
-def examples(texts: Texts, tokenizer: Tokenizer, sentiment: bool) -> list[dict]:
+def examples(texts: Texts, tokenizer: Tokenizer, ends: EndReading | None) -> list[dict]:
     """A few short readable texts of a held-out part, for the app to show a unit over: `EXAMPLE_PASSAGES` passages
-    spread over it and, with `sentiment`, the shortest rated reviews of each label (ratings removed), labelled."""
+    spread over it and, where the sentiment unit read its rated reviews (`ends`), the reviews `review_examples`
+    picks, whole (ratings removed), labelled."""
     count = min(EXAMPLE_PASSAGES, len(texts.passages))
     picked = [texts.passages[j * len(texts.passages) // count] for j in range(count)]
     kept = [{"text": _shortened(tokenizer.decode(passage), EXAMPLE_CHARACTERS)} for passage in picked]
-    if sentiment:
-        for label, name in ((True, "positive"), (False, "negative")):
-            labelled = (review for review, is_positive in zip(texts.reviews, texts.labels) if is_positive == label)
-            reviews = sorted(labelled, key=len)[:EXAMPLE_REVIEWS]
-            kept += [{"text": _shortened(tokenizer.decode(review), REVIEW_CHARACTERS), "sentiment": name}
-                     for review in reviews]
+    if ends is not None:
+        reviews = [tokenizer.decode(review) for review in texts.reviews]
+        whole = torch.tensor([len(review) <= REVIEW_CHARACTERS for review in reviews])
+        kept += [{"text": reviews[index], "sentiment": "positive" if texts.labels[index] else "negative"}
+                 for index in review_examples(torch.tensor(texts.labels), ends, whole)]
     return [example for example in kept if example["text"].strip()]
+
+
+def review_examples(labels: torch.Tensor, ends: EndReading, whole: torch.Tensor) -> list[int]:
+    """Which held-out rated reviews show the sentiment unit: examples of what it does, not of anything else (such as
+    being short). Of each label (positive first), the `EXAMPLE_REVIEWS` the unit reads right whose value at the end
+    lies nearest the median of all that label's reviews read right (typical ones); then one that it misreads, of the
+    label it misreads more often, the one nearest the median of those misreads (a typical miss). Only reviews short
+    enough to keep `whole` are picked, so that reading an example ends where the atlas's reading did."""
+    right = ends.positive == labels
+    misread_positive = int((~right & labels).sum()) >= int((~right & ~labels).sum())
+    groups = [(right & (labels == label), EXAMPLE_REVIEWS) for label in (True, False)]
+    groups.append((~right & (labels == misread_positive), 1))
+    picked = []
+    for group, count in groups:
+        candidates = (group & whole).nonzero()[:, 0]
+        if len(candidates):
+            distance = (ends.values[candidates] - ends.values[group].median()).abs()
+            picked += candidates[distance.argsort(stable=True)[:count]].tolist()
+    return picked
 
 
 def _shortened(text: str, limit: int) -> str:

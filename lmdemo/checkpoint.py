@@ -1,4 +1,5 @@
-"""A model is a folder: config.json, model.safetensors, tokenizer.json, metrics.jsonl, README.md, atlas.json.
+"""A model is a folder: config.json, model.safetensors, tokenizer.json, metrics.jsonl, README.md, atlas.json,
+examples.json.
 
 The same folder works locally and as a Hugging Face Hub repo. Nothing in it is pickled, so loading
 never runs code from the file.
@@ -6,9 +7,10 @@ never runs code from the file.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import safetensors.torch
@@ -17,7 +19,8 @@ from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, snapsho
 from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
 from lmdemo.config import Config, data_name
-from lmdemo.files import hub_id
+from lmdemo.corpus import Corpus
+from lmdemo.files import hub_id, write_atomic
 from lmdemo.metrics import CONFIG_FILE, METRICS_FILE, Metrics, bits, read_metrics
 from lmdemo.model import LSTMLanguageModel
 from lmdemo.tokenizer import TOKENIZER_FILE, Tokenizer, level_unit
@@ -26,6 +29,9 @@ MODEL_DIR = "model"  # a training run's best model, inside its run folder
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "README.md"
 ATLAS_FILE = "atlas.json"  # the cell atlas (`lmdemo.atlas`), optional
+EXAMPLES_FILE = "examples.json"  # the model's own example prompts, openings of its text (`example_prompts`), optional
+EXAMPLE_COUNT = 4  # the training text's opening, then openings of held-out passages
+OPENING_MIN_CHARS, OPENING_MAX_CHARS = 16, 80  # an opening: whole lines up to this many, cut after a word beyond
 REQUIRED_FILES = (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE)
 
 
@@ -42,6 +48,7 @@ class TrainedModel:
     source: str
     folder: Path
     metrics: Metrics | None
+    examples: list[str] = field(default_factory=list)  # prompts from its own text; none in older folders
 
     @property
     def config(self) -> Config:
@@ -49,9 +56,10 @@ class TrainedModel:
 
 
 def save_model(folder: str | Path, model: LSTMLanguageModel, tokenizer: Tokenizer,
-               metrics_path: str | Path | None = None, name: str | None = None, bf16: bool = False) -> Path:
+               metrics_path: str | Path | None = None, name: str | None = None, bf16: bool = False,
+               examples: list[str] | None = None) -> Path:
     """Write a complete model folder; it replaces `folder` only once it is whole. `bf16` stores the
-    weights at half the size (they are upcast to fp32 on load)."""
+    weights at half the size (they are upcast to fp32 on load); `examples` are its example prompts."""
     folder = Path(folder)
     staging = folder.with_name(f".{folder.name}.staging")
     shutil.rmtree(staging, ignore_errors=True)
@@ -66,6 +74,8 @@ def save_model(folder: str | Path, model: LSTMLanguageModel, tokenizer: Tokenize
     if metrics_path is not None and Path(metrics_path).exists():
         shutil.copyfile(metrics_path, staging / METRICS_FILE)
         metrics = read_metrics(staging / METRICS_FILE)
+    if examples:
+        write_examples(staging, examples)
     write_model_card(staging, model, metrics, name or folder.name)
     _replace_dir(staging, folder)
     return folder
@@ -76,7 +86,7 @@ def export_model(source: str | Path, out: str | Path, name: str | None = None, b
     trained = load_model(source)
     metrics = trained.folder / METRICS_FILE
     return save_model(out, trained.model, trained.tokenizer, metrics if metrics.exists() else None,
-                      name or Path(out).name, bf16)
+                      name or Path(out).name, bf16, trained.examples)
 
 
 def _replace_dir(new: Path, old: Path) -> None:
@@ -108,7 +118,7 @@ def load_model(source: str | Path, revision: str | None = None) -> TrainedModel:
         raise ModelLoadError(f"{text}: tokenizer has {tokenizer.vocab_size} tokens but the model "
                              f"expects {model.config.vocab_size}")
     metrics = read_metrics(folder / METRICS_FILE) if (folder / METRICS_FILE).exists() else None
-    return TrainedModel(model, tokenizer, text, folder, metrics)
+    return TrainedModel(model, tokenizer, text, folder, metrics, read_examples(folder))
 
 
 def read_weights(folder: Path) -> LSTMLanguageModel:
@@ -121,13 +131,76 @@ def read_weights(folder: Path) -> LSTMLanguageModel:
 def _download(repo_id: str, revision: str | None) -> Path:
     try:
         return Path(snapshot_download(repo_id, revision=revision,
-                                      allow_patterns=[*REQUIRED_FILES, METRICS_FILE, CARD_FILE, ATLAS_FILE]))
+                                      allow_patterns=[*REQUIRED_FILES, METRICS_FILE, CARD_FILE, ATLAS_FILE,
+                                                      EXAMPLES_FILE]))
     except (LocalEntryNotFoundError, OfflineModeIsEnabled):
         raise ModelLoadError(f"no model folder at {repo_id}, and as a Hub repo it is not in the local Hugging Face "
                              f"cache and the Hub cannot be reached (offline?)") from None
     except HfHubHTTPError as error:
         raise ModelLoadError(f"no model folder at {repo_id}, and the Hugging Face Hub cannot give it: "
                              f"{str(error).splitlines()[0]}") from None
+
+
+# -- example prompts: the model's own text --------------------------------------------------------------
+def example_prompts(corpus: Corpus, count: int = EXAMPLE_COUNT) -> list[str]:
+    """Prompts from the text a model learnt: the opening of its training text, then openings of passages of its
+    held-out (validation) text, which it never trained on; more of the training text when too little is held out.
+
+    A passage starts after a blank line (paragraphs, Shakespeare's speeches), or after any line break in a text of
+    too few paragraphs (a review or a sentence a line), never at a split's cut, which may fall mid-line. Its opening
+    is whole lines until it holds OPENING_MIN_CHARS, cut after a word past OPENING_MAX_CHARS: a few words of the
+    text, never a whole passage."""
+    training = _openings("\n".join(corpus.train), count, from_start=True)
+    found = [*training[:1], *_openings("\n".join(corpus.valid), count, from_start=False), *training[1:]]
+    return list(dict.fromkeys(found))[:count]
+
+
+def _openings(text: str, count: int, from_start: bool) -> list[str]:
+    """Up to `count` different openings of `text`'s passages, its very start first when `from_start`."""
+    for separator in ("\n\n", "\n"):
+        found: list[str] = []
+        index = 0 if from_start else text.find(separator)
+        while index >= 0 and len(found) < count:
+            start = index if from_start and index == 0 else index + len(separator)
+            opening = _opening(text, start)
+            if opening and opening not in found:
+                found.append(opening)
+            index = text.find(separator, start)
+        if len(found) == count or separator == "\n":
+            return found
+    return []
+
+
+def _opening(text: str, start: int) -> str:
+    """Whole lines from `start` (blank lines skipped) until OPENING_MIN_CHARS, cut after a word past
+    OPENING_MAX_CHARS; '' when nothing but whitespace follows."""
+    while start < len(text) and text[start] == "\n":
+        start += 1
+    end = start
+    while end < len(text) and end - start < OPENING_MIN_CHARS:
+        line_end = text.find("\n", end)
+        end = len(text) if line_end < 0 else line_end + 1
+    opening = text[start:end]
+    if len(opening) > OPENING_MAX_CHARS:
+        cut = opening.rfind(" ", 0, OPENING_MAX_CHARS)
+        opening = opening[:cut if cut > 0 else OPENING_MAX_CHARS].rstrip()
+    return opening if opening.strip() else ""
+
+
+def write_examples(folder: str | Path, examples: list[str]) -> Path:
+    """The model's example prompts into its folder (`EXAMPLES_FILE`)."""
+    path = Path(folder) / EXAMPLES_FILE
+    write_atomic(path, json.dumps({"examples": list(examples)}, ensure_ascii=False, indent=1) + "\n")
+    return path
+
+
+def read_examples(folder: Path) -> list[str]:
+    """A model folder's example prompts; none (not another text's) when it has no readable `EXAMPLES_FILE`."""
+    try:
+        examples = json.loads((folder / EXAMPLES_FILE).read_text(encoding="utf-8"))["examples"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    return [text for text in examples if isinstance(text, str) and text.strip()] if isinstance(examples, list) else []
 
 
 def push_model(folder: str | Path, repo_id: str, private: bool = False, token: str | None = None,

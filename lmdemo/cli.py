@@ -1,4 +1,5 @@
-"""`python -m lmdemo train|eval|generate|push|space|export|atlas|presets|table`: the one command-line interface.
+"""`python -m lmdemo train|eval|generate|push|space|export|atlas|examples|presets|table`: the one command-line
+interface.
 
 Every Config field is a `train` option, generated from the dataclass so help and validation can
 never drift from the code. Mistakes end with one line on stderr and exit code 2.
@@ -10,11 +11,13 @@ import argparse
 import dataclasses
 import json
 import sys
+import time
 import types
 import typing
 from pathlib import Path
 
 from lmdemo.config import PRESETS, Config, ConfigError, preset
+from lmdemo.metrics import METRICS_FILE, Metrics, read_metrics
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # the shell's code for Ctrl-C
@@ -135,6 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "(default: 400, under a minute on 2 cores; 0 = all)")
     atlas.add_argument("--json", action="store_true", help="print the atlas as JSON")
 
+    examples = commands.add_parser("examples", help="write a model folder's example prompts from its own text",
+                                   description="Write examples.json into a model folder: the opening of its training "
+                                               "text and openings of held-out passages, the prompts the web demo "
+                                               "offers for it. Training writes it; this gives it to a folder trained "
+                                               "before, from the corpus its config names.")
+    examples.add_argument("model", type=Path, help="model folder")
+    examples.add_argument("--data", help="read this corpus instead of the one the model's config names")
+
     commands.add_parser("presets", help="list the presets and their settings")
 
     table = commands.add_parser("table", help="a Markdown table of model folders' results, read from their logs")
@@ -144,14 +155,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run a command; Ctrl-C at any point (loading, tokenising, measuring a budget) ends with one line."""
+    started = time.monotonic()  # when the user asked: a training budget counts from here
     try:
-        return _run(argv)
+        return _run(argv, started)
     except KeyboardInterrupt:  # training turns the first Ctrl-C into a clean stop and raises on the second
         print("lmdemo: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 
-def _run(argv: list[str] | None) -> int:
+def _run(argv: list[str] | None, started: float) -> int:
     from lmdemo.batches import TextTooShortError
     from lmdemo.checkpoint import ModelLoadError
     from lmdemo.corpus import CorpusError
@@ -160,8 +172,10 @@ def _run(argv: list[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        args.started = started
         return {"train": _train, "eval": _eval, "generate": _generate, "push": _push, "space": _space,
-                "export": _export, "atlas": _atlas, "presets": _presets, "table": _table}[args.command](args)
+                "export": _export, "atlas": _atlas, "examples": _examples, "presets": _presets,
+                "table": _table}[args.command](args)
     except (UsageError, ConfigError, CorpusError, ModelLoadError, SettingsError, TextTooShortError) as error:
         print(f"lmdemo: error: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -174,6 +188,7 @@ def _explicit_config(args: argparse.Namespace) -> dict:
 
 def _train(args: argparse.Namespace) -> int:
     from lmdemo.metrics import CONFIG_FILE
+    from lmdemo.parallel import Parallel
     from lmdemo.training import train
 
     explicit = _explicit_config(args)
@@ -188,9 +203,42 @@ def _train(args: argparse.Namespace) -> int:
         values.update(explicit)
         config = Config(**values)
     out = args.out or Path("runs") / (args.preset or Path(config.data).stem or "run")
-    folder = train(config, out, resume=args.resume, progress_bar=not args.quiet, atlas=args.atlas)
+    folder = train(config, out, resume=args.resume, progress_bar=not args.quiet, atlas=args.atlas,
+                   started=args.started)
+    if Parallel().main:  # one process says it (torchrun starts several)
+        for line in _closing_lines(read_metrics(out / METRICS_FILE), config.level, out):
+            print(line)
     print(f"best model: {folder}")
     return 0
+
+
+# What would let a run that ended still improving train further: the option to raise, on `--resume`.
+LONGER = {"budget": "max_minutes", "steps": "max_steps", "epochs": "epochs"}
+
+
+def _closing_lines(metrics: Metrics, level: str, out: Path) -> list[str]:
+    """Why the run ended (its `end` record), its best validation (the model kept) and test, and when validation
+    still improved at a limit, the command that trains further."""
+    from lmdemo.run_scores import why_it_ended
+    from lmdemo.tokenizer import level_unit
+
+    end, last = metrics.last("end") or {}, metrics.trained()
+    where = f"step {last.get('step', 0):,}, epoch {last.get('epoch') or 0:.2f}, {last.get('time') or 0:,.0f} s"
+    lines = [f"ended: {why_it_ended(end)} ({where})"]
+    unit = level_unit(level).short
+    for record, split, what in ((metrics.best("val_loss"), "val", "best validation"),
+                                (metrics.last("test"), "test", "test of the best model")):
+        if record:
+            bpc = record.get(f"{split}_bpc")
+            lines.append(f"{what}: {record[f'{split}_loss']:.4f} nats/{unit} (perplexity {record[f'{split}_ppl']:.2f})"
+                         + (f", {bpc:.4f} bits/char" if bpc is not None else "")
+                         + (f" at step {record['step']:,}" if split == "val" else ""))
+    option, limit = LONGER.get(end.get("reason")), end.get("limit")
+    if end.get("improving") and option and isinstance(limit, (int, float)):
+        longer = f"--{option.replace('_', '-')} {2 * limit:g}"
+        lines.append(f"validation still improved at the end: `python -m lmdemo train --out {out} --resume {longer}` "
+                     f"trains further")
+    return lines
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -331,6 +379,20 @@ def _atlas(args: argparse.Namespace) -> int:
     return 0
 
 
+def _examples(args: argparse.Namespace) -> int:
+    from lmdemo.checkpoint import example_prompts, load_model, write_examples
+    from lmdemo.corpus import load_corpus
+
+    config = load_model(args.model).config
+    examples = example_prompts(load_corpus(config.replace(data=args.data) if args.data else config))
+    if not examples:
+        raise UsageError(f"the text of {args.model} ({config.data}) has no line to open a prompt with")
+    print(f"written: {write_examples(args.model, examples)}")
+    for example in examples:
+        print(json.dumps(example, ensure_ascii=False))
+    return 0
+
+
 def _presets(args: argparse.Namespace) -> int:
     for name, values in PRESETS.items():
         print(f"{name}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
@@ -338,7 +400,7 @@ def _presets(args: argparse.Namespace) -> int:
 
 
 def _table(args: argparse.Namespace) -> int:
-    from lmdemo.metrics import METRICS_FILE, load_run
+    from lmdemo.metrics import load_run
     from lmdemo.runs import models_table
 
     missing = [str(folder) for folder in args.models if not (folder / METRICS_FILE).is_file()]

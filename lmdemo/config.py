@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lmdemo.files import hub_id, write_atomic
+
+
+DEFAULT_EPOCHS = 10  # a run's passes over its text when it sets no limit of its own
 
 
 def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None, group: str = "training") -> Any:
@@ -94,11 +98,13 @@ class Config:
     # --- training --------------------------------------------------------------------------
     batch_size: int = _opt(32, "parallel token streams per step (all processes together)")
     bptt: int = _opt(35, "truncated back-propagation window, in tokens")
-    epochs: int = _opt(10, "passes over the training text")
+    epochs: int | None = _opt(None, f"passes over the training text (unset: {DEFAULT_EPOCHS}, or as many as "
+                              "--max-minutes or --max-steps allow when one is given)")
     shift_windows: bool = _opt(True, "start each epoch after the first at a random offset below --bptt, so the "
                                "windows (and where back-propagation is cut) differ from epoch to epoch")
     max_steps: int | None = _opt(None, "stop after this many optimiser steps")
-    max_minutes: float | None = _opt(None, "stop after this much training time")
+    max_minutes: float | None = _opt(None, "stop after this many minutes from the command's start (reading and "
+                                     "tokenising included)")
     optimizer: str = _opt("adamw", "optimiser", ("adam", "adamw", "sgd"))
     lr: float = _opt(1e-3, "learning rate")
     weight_decay: float = _opt(0.0, "weight decay")
@@ -131,11 +137,11 @@ class Config:
     def problems(self) -> list[str]:
         """Every invalid setting, in words a user can act on."""
         out = []
-        for name in ("emb_size", "hidden_size", "num_layers", "batch_size", "bptt", "epochs", "log_every",
+        for name in ("emb_size", "hidden_size", "num_layers", "batch_size", "bptt", "log_every",
                      "eval_batch_size", "eval_bptt"):
             if getattr(self, name) <= 0:
                 out.append(f"--{name.replace('_', '-')} must be positive (got {getattr(self, name)})")
-        for name in ("max_steps", "train_docs", "max_tokens", "eval_tokens", "max_vocab", "early_stop",
+        for name in ("epochs", "max_steps", "train_docs", "max_tokens", "eval_tokens", "max_vocab", "early_stop",
                      "eval_every", "threads"):
             value = getattr(self, name)
             if value is not None and value <= 0:
@@ -175,6 +181,14 @@ class Config:
 
     def replace(self, **changes: Any) -> "Config":
         return dataclasses.replace(self, **changes)
+
+    @property
+    def epoch_limit(self) -> float:
+        """The passes over the training text that end a run: `epochs`, else none when a budget (minutes or
+        steps) is given, since the budget is what the user asked for; else DEFAULT_EPOCHS."""
+        if self.epochs is not None:
+            return self.epochs
+        return math.inf if self.max_minutes or self.max_steps else DEFAULT_EPOCHS
 
     @property
     def adaptive_softmax(self) -> bool:

@@ -22,7 +22,10 @@ PALETTE = qualitative.Plotly
 # plotly_white's layout half: every figure here styles its own traces, and validating the template's trace
 # defaults too cost about 15 ms a figure (most of a next-token chart), on the server's one Python thread.
 TEMPLATE = go.layout.Template(layout=pio.templates["plotly_white"].layout)
-CURVES_TITLE = "{measure}: training (dashed, smoothed) and validation (solid)"
+# Plotly never wraps a title: two lines, each short enough for a phone
+CURVES_TITLE = "{measure}<br><span style='font-size:12px'>training dashed (smoothed), validation solid</span>"
+LOG_X_SPREAD = 10  # runs drawn together whose lengths differ more than this share a log x axis
+LOG_TICKS = "~g"  # a log axis labels every tick in full (0.002, 0.001, 0.0009), never a lone mantissa digit
 
 
 def colours_for(names: Iterable[str]) -> dict[str, str]:
@@ -58,12 +61,23 @@ def curve_traces(figure: go.Figure, frame: pd.DataFrame, measure: str, x: str, w
                                customdata=test[["step", "epoch"]], **common)
 
 
-def styled(figure: go.Figure, title: str, x: str, y: str, log_y: bool, height: int) -> go.Figure:
+def log_x(frame: pd.DataFrame, x: str) -> bool:
+    """Whether the runs in `frame` need a log x axis to all be read: when the longest reaches more than LOG_X_SPREAD
+    times as far as the shortest (a visitor's 5-second run beside a 26-minute one is otherwise a line at 0)."""
+    points = frame.dropna(subset=[x])
+    ends = points.groupby("run", sort=False)[x].max()
+    return len(ends) > 1 and bool((points[x] > 0).all()) and ends.max() > LOG_X_SPREAD * ends.min()
+
+
+def styled(figure: go.Figure, title: str, x: str, y: str, log_y: bool, height: int,
+           log_x_axis: bool = False) -> go.Figure:
     figure.update_layout(template=TEMPLATE, title=dict(text=title, x=0, font=dict(size=16)), height=height,
                          margin=dict(l=10, r=10, t=50, b=10), hovermode="closest",
                          legend=dict(orientation="h", yanchor="top", y=-0.18, x=0))
-    figure.update_xaxes(title=X_AXES[x], showgrid=True)
-    figure.update_yaxes(title=y, type="log" if log_y else "linear", showgrid=True)
+    figure.update_xaxes(title=X_AXES[x], showgrid=True, type="log" if log_x_axis else "linear",
+                        tickformat=LOG_TICKS if log_x_axis else None)
+    figure.update_yaxes(title=y, type="log" if log_y else "linear", showgrid=True,
+                        tickformat=LOG_TICKS if log_y else None)
     return figure
 
 
@@ -81,7 +95,7 @@ def small_chart(frame: pd.DataFrame, column: str, title: str, x: str, colours: d
                                      shape="hv" if schedule else "linear"),
                            hovertemplate=f"<b>%{{meta}}</b><br>{X_AXES[x]}: %{{x:,.4~g}}"
                                          f"<br>{title}: %{{y:,.4~g}}<extra></extra>")
-    return styled(figure, title, x, "", schedule, 300).update_layout(showlegend=False)
+    return styled(figure, title, x, "", schedule, 300, log_x(rows, x)).update_layout(showlegend=False)
 
 
 def curves_figure(frame: pd.DataFrame, measure: str = "ppl", x: str = "step", log_y: bool = True,
@@ -93,7 +107,7 @@ def curves_figure(frame: pd.DataFrame, measure: str = "ppl", x: str = "step", lo
     figure = go.Figure()
     curve_traces(figure, frame, measure, x, weight, colours)
     return styled(figure, title or CURVES_TITLE.format(measure=MEASURES[measure]), x, y_title or MEASURES[measure],
-                  log_y, height)
+                  log_y, height, log_x(frame, x))
 
 
 def runs_figure(runs: Sequence[Run], measure: str = "ppl", x: str = "step", log_y: bool = True,

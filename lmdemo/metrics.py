@@ -20,7 +20,7 @@ from typing import Any
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.json"
 SCHEMA_VERSION = 1
-EVENTS = ("start", "train", "val", "test")
+EVENTS = ("start", "train", "val", "test", "end")
 LN2 = math.log(2)
 MAX_LOSS = 700.0  # exp(700) is near float64's limit: a diverged run's perplexity is huge, not an overflow
 MIN_IMPROVEMENT = 1e-4  # relative: a validation loss must beat the best by more than this to be the new best

@@ -4,7 +4,7 @@
     tokenizer.json    built from the training split
     metrics.jsonl     the log (see lmdemo.metrics)
     state.safetensors everything needed to resume: weights, optimiser, RNGs, LSTM state, counters
-    model/            the best model so far by validation loss, as a model folder
+    model/            the best model so far by validation loss, as a model folder (with the text's example prompts)
 
 Every process reads it; only rank 0 writes. The log reaches the disk before the state that counts it,
 so a run killed at any moment resumes from a state whose records are all there.
@@ -71,6 +71,7 @@ class RunFolder:
         if not resume and self.state_path.exists():
             raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
         self.log: MetricsWriter | None = None
+        self.examples: list[str] = []  # the model folder's example prompts, from the run's text
 
     def load_tokenizer(self, config: Config) -> Tokenizer:
         return Tokenizer.load(self.out / TOKENIZER_FILE, config.level, config.tokenize)
@@ -86,8 +87,10 @@ class RunFolder:
             raise ConfigError(f"cannot resume with changed settings: {listed}; a resumed run may change only "
                               + ", ".join(f"--{name.replace('_', '-')}" for name in RESUMABLE_FIELDS))
 
-    def start(self, config: Config, tokenizer: Tokenizer, resume: bool, log_offset: int) -> None:
-        """Write the config (and a new run's tokenizer) and open the log where the state left it."""
+    def start(self, config: Config, tokenizer: Tokenizer, resume: bool, log_offset: int, examples: list[str]) -> None:
+        """Write the config (and a new run's tokenizer) and open the log where the state left it; every model
+        folder saved gets `examples`."""
+        self.examples = examples
         if not self.main:
             return
         self.out.mkdir(parents=True, exist_ok=True)
@@ -107,7 +110,7 @@ class RunFolder:
     def save_best(self, model: LSTMLanguageModel, tokenizer: Tokenizer) -> None:
         """Write `model` as the run's model folder, its card made from the log."""
         if self.main:
-            save_model(self.best, model, tokenizer, self.out / METRICS_FILE, self.out.name)
+            save_model(self.best, model, tokenizer, self.out / METRICS_FILE, self.out.name, examples=self.examples)
 
     def read_best(self) -> LSTMLanguageModel | None:
         return read_weights(self.best) if (self.best / WEIGHTS_FILE).exists() else None

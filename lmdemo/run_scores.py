@@ -1,4 +1,5 @@
-"""The scores a training run records: its training loss, each validation, and the test of its best model.
+"""The scores a training run records: its training loss, each validation, the test of its best model, and why
+it ended.
 
 The sums and the best-so-far live in the run's `Counters`, which the resumable state saves, so a
 resumed run continues the same sums and compares against the same best.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -18,6 +20,27 @@ from lmdemo.model import LSTMLanguageModel
 from lmdemo.parallel import Parallel
 from lmdemo.run_folder import Counters, RunFolder
 from lmdemo.tokenizer import Tokenizer
+
+
+# Why a run ended: the `end` record's `reason`, in words, with its `limit`.
+ENDINGS = {
+    "budget": "its time budget of {limit} was used",
+    "steps": "its {limit:,} steps were done",
+    "epochs": "its {limit:,} epochs were done",
+    "early_stop": "early stop, after {limit} validation{s} in a row without improvement",
+    "stop": "a stop was asked for",
+}
+
+
+def why_it_ended(end: dict[str, Any]) -> str:
+    """An `end` record's reason in words: "early stop, after 8 validations in a row without improvement"."""
+    reason, limit = end.get("reason"), end.get("limit")
+    if reason == "budget" and isinstance(limit, (int, float)):
+        limit = f"{limit * 60:.0f} s" if limit < 2 else f"{limit:g} min"
+    try:
+        return ENDINGS[reason].format(limit=limit, s="" if limit == 1 else "s")
+    except (KeyError, TypeError, ValueError):  # a log from another version
+        return f"it ended ({reason})"
 
 
 class RunScores:
@@ -77,8 +100,10 @@ class RunScores:
             self.folder.save_best(model, self.tokenizer)
         return bool(config.early_stop and counters.evals_since_best >= config.early_stop)
 
-    def test_best(self, last: LSTMLanguageModel, device: torch.device) -> Path:
-        """Score the best model (`last` if none was kept) on the test split and write the final model folder.
+    def test_best(self, last: LSTMLanguageModel, device: torch.device, ending: dict[str, Any]) -> Path:
+        """Score the best model (`last` if none was kept) on the test split, record why the run ended (`ending`: its
+        `reason`, a key of ENDINGS, `limit` and whether the last validation was still `improving`) and write the
+        final model folder.
 
         The run state keeps the last weights (saved at the last validation), so a resume with raised
         limits continues from them; the best model is read back into a separate copy for the test.
@@ -93,5 +118,6 @@ class RunScores:
             unk_rate = (test.ids == unk_id).double().mean().item() if unk_id is not None else 0.0
             self.log("test", **loss_record("test", score.loss, test.tokens_per_character), test_tokens=score.tokens,
                      test_characters=test.characters, test_unk_rate=unk_rate)
+        self.log("end", **ending)
         self.folder.save_best(model, self.tokenizer)
         return self.folder.best

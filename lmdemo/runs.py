@@ -149,8 +149,12 @@ def run_status(run: Run, now: float | None = None) -> str:
     return "running" if age < RUNNING_WITHIN_S else "stopped"
 
 
-def summary_frame(runs: Iterable[Run], now: float | None = None) -> pd.DataFrame:
-    """One row per run: its shape, size and the figures worth comparing."""
+SUMMARY_UNITS = {"ppl": "ppl", "loss": "loss", "bpc": "bits/char"}  # a measure in the summary's column names
+
+
+def summary_frame(runs: Iterable[Run], now: float | None = None, measure: str = "ppl") -> pd.DataFrame:
+    """One row per run: its shape, size and the figures worth comparing, in `measure` (a key of MEASURES)."""
+    unit = SUMMARY_UNITS[measure]
     rows = []
     for run in runs:
         start, test, last_val = run.metrics.last("start") or {}, run.metrics.last("test") or {}, \
@@ -162,14 +166,23 @@ def summary_frame(runs: Iterable[Run], now: float | None = None) -> pd.DataFrame
         rows.append({
             "Run": run.name, "Model": describe_model(run.config), "Data": _data(run.config),
             "Parameters": _finite_or_none(start.get("params")),
-            "Best val ppl": _finite_or_none(best.get("val_ppl")), "Best at epoch": _finite_or_none(best.get("epoch")),
-            "Last val ppl": _finite_or_none(last_val.get("val_ppl")), "Test ppl": _finite_or_none(test.get("test_ppl")),
+            f"Best val {unit}": _figure(best, "val", measure, run.level),
+            "Best at epoch": _finite_or_none(best.get("epoch")),
+            f"Last val {unit}": _figure(last_val, "val", measure, run.level),
+            f"Test {unit}": _figure(test, "test", measure, run.level),
             "Training time": format_duration(max(times)) if times else MISSING,
             "Tokens/s": round(float(pd.Series(speeds).median())) if speeds else None,
             "Status": run_status(run, now),
         })
     frame = pd.DataFrame(rows)
     return frame.astype({"Parameters": "Int64", "Tokens/s": "Int64"}) if rows else frame
+
+
+def _figure(record: dict[str, Any], split: str, measure: str, level: str) -> float | None:
+    """A record's `measure` for `split`; a character model's bits per character from its loss when not logged."""
+    value = _finite_or_none(record.get(f"{split}_{measure}"))
+    loss = _finite_or_none(record.get(f"{split}_loss"))
+    return bits(loss) if value is None and measure == "bpc" and level == "char" and loss is not None else value
 
 
 def models_table(runs: Iterable[Run]) -> str:

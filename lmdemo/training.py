@@ -5,11 +5,12 @@ it scores and keeps is `lmdemo.run_scores`; this module builds the run and runs 
 
 The loop follows nanoGPT's: one step, then one place (`Trainer._plan`) decides whether to log,
 validate, save and stop. Everything that shapes the run is a function of the step: the learning
-rate, when to validate and when to stop. A `--max-minutes` budget is turned into a step budget once,
-from the speed of the run's own step measured before the first one, and recorded in the state, so a
-run killed at any moment (kill -9 included) or stopped by Ctrl-C resumes to the same log an
-uninterrupted run writes. Time-based saves and stop requests are decided at log intervals on rank 0
-and broadcast, so every process takes the same branch.
+rate, when to validate and when to stop. A `--max-minutes` budget counts from the command's start and is
+turned into a step budget once, from the cost of the run's own step, validation and saving measured before
+the first step, and recorded in the state, so a run killed at any moment (kill -9 included) or stopped by
+Ctrl-C resumes to the same log an uninterrupted run writes. Time-based saves and stop requests are decided at
+log intervals on rank 0 and broadcast, so every process takes the same branch. The log's last record says
+why the run ended (`end`: budget, steps, epochs, early stop or a stop request).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import random
 import shlex
 import signal
 import sys
+import tempfile
 import threading
 import time
 from contextlib import nullcontext
@@ -35,9 +37,11 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from lmdemo.atlas import PART_TOKENS
 from lmdemo.batches import StreamBatches
+from lmdemo.checkpoint import example_prompts
 from lmdemo.config import Config, ConfigError
-from lmdemo.corpus import load_corpus
+from lmdemo.corpus import Corpus, load_corpus
 from lmdemo.evaluation import Split, evaluate
 from lmdemo.metrics import perplexity
 from lmdemo.model import LSTMLanguageModel
@@ -92,7 +96,7 @@ class Plan(NamedTuple):
     log: bool
     validate: bool
     save: bool
-    limit: bool  # a limit (epochs, steps, budget) is reached: validate, save and stop
+    limit: str | None  # the limit reached ("budget", "steps" or "epochs", ENDINGS' keys): validate, save and stop
     stop: bool  # a stop was asked for: save and stop, off the validation grid of a longer run
 
 
@@ -158,11 +162,11 @@ def describe_hardware(hardware: Hardware, world: int) -> str:
     return f"{processes} × {threads} on {name} ({os.cpu_count()} CPUs), torch {torch.__version__}"
 
 
-def encode_splits(config: Config, tokenizer: Tokenizer | None,
-                  names: Sequence[str] = ("train", "valid", "test")) -> tuple[Tokenizer, dict[str, Split]]:
-    """Load the corpus, build the tokenizer if none is given, and encode the named splits to one id stream
-    each. A stream cut short (max_tokens, eval_tokens) covers that share of the split's characters."""
-    corpus = load_corpus(config)
+def encode_splits(config: Config, tokenizer: Tokenizer | None, names: Sequence[str] = ("train", "valid", "test"),
+                  corpus: Corpus | None = None) -> tuple[Tokenizer, dict[str, Split]]:
+    """Load the corpus (unless given), build the tokenizer if none is given, and encode the named splits to one id
+    stream each. A stream cut short (max_tokens, eval_tokens) covers that share of the split's characters."""
+    corpus = corpus if corpus is not None else load_corpus(config)
     if tokenizer is None:
         tokenizer = Tokenizer.build(corpus.train, config.level, config.min_freq, config.max_vocab, config.lowercase,
                                     config.tokenize)
@@ -190,14 +194,17 @@ def learning_rate(config: Config, step: int, total_steps: float, lr_scale: float
 
 
 def train(config: Config, out: str | Path, resume: bool = False, progress_bar: bool = True,
-          command: str | None = None, atlas: bool = False) -> Path:
+          command: str | None = None, atlas: bool = False, started: float | None = None) -> Path:
     """Train (or resume) the run in `out`; returns the folder of the best model. With `atlas`, the best model's
-    cell atlas follows (`Trainer.write_atlas`)."""
+    cell atlas follows (`Trainer.write_atlas`). `started` (`time.monotonic()`, default now) is when the user asked
+    for the run: the command's start, from which a --max-minutes budget counts."""
     out = Path(out)
+    started = time.monotonic() if started is None else started
     parallel = Parallel()
     device = resolve_device(config, parallel)
     parallel.start(device)
-    trainer = Trainer(config, out, resume, parallel, set_up_hardware(config, parallel, device), command)
+    trainer = Trainer(config, out, resume, parallel, set_up_hardware(config, parallel, device), command, started,
+                      atlas)
     best = trainer.run(progress_bar)
     # Only after a clean run: a rank that failed must not wait in teardown for peers mid-collective.
     parallel.stop()
@@ -210,10 +217,17 @@ class Trainer:
     """One run: its data, model, optimiser and counters, and the loop (a step, then one plan of what follows)."""
 
     def __init__(self, config: Config, out: Path, resume: bool, parallel: Parallel, hardware: Hardware,
-                 command: str | None = None):
+                 command: str | None = None, started: float | None = None, atlas: bool = False):
+        # the clock of `elapsed`: from the command's start, so a budget counts reading and tokenising too
+        self.started = time.monotonic() if started is None else started
+        self.atlas = atlas  # the cell atlas follows training (`write_atlas`): a budget sets its time aside
         self.folder = RunFolder(out, resume, parallel.main)
         self.out, self.parallel, self.hardware = out, parallel, hardware
-        self.tokenizer, self.splits = encode_splits(config, self.folder.load_tokenizer(config) if resume else None)
+        corpus = load_corpus(config)
+        self.tokenizer, self.splits = encode_splits(config, self.folder.load_tokenizer(config) if resume else None,
+                                                    corpus=corpus)
+        examples = example_prompts(corpus)
+        del corpus
         self.config = config.resolved(self.tokenizer.vocab_size)
         if resume:
             self.folder.check_resumable(self.config)
@@ -232,14 +246,14 @@ class Trainer:
         if resume:
             self.counters, self.hidden = self.folder.load_state(self.model, self.optimizer, parallel, hardware.device)
             self.batches = self._epoch_batches(self.counters.epoch)
-        self.started = self.last_save = time.monotonic()
+        self.last_save = time.monotonic()
         self.stop = StopRequest()
         self._set_budget()
-        if resume and self._limit_reached():
+        if resume and self._limit_reached() is not None:
             raise ConfigError(f"the run in {out} already reached its limits (step {self.counters.step}, "
                               f"epoch {self.counters.epoch}); raise --epochs, --max-steps or --max-minutes "
                               f"to train further")
-        self.folder.start(self.config, self.tokenizer, resume, self.counters.log_offset)
+        self.folder.start(self.config, self.tokenizer, resume, self.counters.log_offset, examples)
         self.scores = RunScores(self.config, self.splits, self.tokenizer, parallel, self.folder, self.counters,
                                 self._log)
         self._log("start", command=command or shlex.join([Path(sys.executable).name, "-m", "lmdemo", *sys.argv[1:]]),
@@ -253,8 +267,9 @@ class Trainer:
         """Write the best model's cell atlas (`lmdemo.atlas`) of structural properties into its folder: units
         chosen on the training split, scored on the validation split, both read from the ids in memory (a Train
         tab job's text file is gone by then). It keeps no passages of the text: a model folder gets shared (a Train
-        tab job's zip), its training text may be private. Nothing is written when the text holds too little of any
-        property."""
+        tab job's zip), its training text may be private (its example prompts, `lmdemo.checkpoint.example_prompts`,
+        are a few words from the openings of a few passages). Nothing is written when the text holds too little of
+        any property."""
         from lmdemo.atlas import build_atlas, stream_texts, write_atlas
         from lmdemo.checkpoint import load_model
 
@@ -290,16 +305,25 @@ class Trainer:
                                 refresh=False)
                 speed = Speed()
             paused = time.monotonic()
-            stop = plan.limit or plan.stop
-            if plan.validate:
-                stop = self.scores.validate(self.model, interval, self._epoch_progress(), epoch_end) or stop
+            early_stop = plan.validate and self.scores.validate(self.model, interval, self._epoch_progress(),
+                                                                epoch_end)
             if plan.save or plan.validate:
                 self._save_state(interval)
             speed.start += time.monotonic() - paused  # validating and saving are not training speed
-            if stop:
+            if plan.limit or plan.stop or early_stop:
                 break
         bar.close()
-        return self.scores.test_best(self.model, self.hardware.device)
+        return self.scores.test_best(self.model, self.hardware.device, self._ending(plan, early_stop))
+
+    def _ending(self, plan: Plan, early_stop: bool) -> dict[str, Any]:
+        """Why the loop ended, for the `end` record: an early stop, else the limit reached, else a stop request;
+        with the limit and whether the last validation still improved (a longer run would likely help)."""
+        config, counters = self.config, self.counters
+        reason = "early_stop" if early_stop else plan.limit or "stop"
+        limit = {"early_stop": config.early_stop, "budget": config.max_minutes, "steps": config.max_steps,
+                 "epochs": config.epoch_limit}.get(reason)
+        return {"reason": reason, "limit": limit,
+                "improving": counters.evals_since_best == 0 and math.isfinite(counters.best_val)}
 
     def _step(self, interval: torch.Tensor) -> bool:
         """One optimiser step on the next window; True if it ended an epoch."""
@@ -325,7 +349,7 @@ class Trainer:
         counters.epoch += 1
         counters.window = 0
         self.hidden = None  # the streams restart at the next epoch
-        if counters.epoch < config.epochs:
+        if counters.epoch < config.epoch_limit:
             self.batches = self._epoch_batches(counters.epoch)
         return True
 
@@ -339,18 +363,22 @@ class Trainer:
             flags = torch.tensor([time.monotonic() - self.last_save >= config.save_every, self.stop.requested],
                                  dtype=torch.int32, device=self.hardware.device)
             save, stop = (bool(flag) for flag in self.parallel.from_main(flags).tolist())
-        validate = epoch_end or limit or bool(config.eval_every and
-                                              counters.step - counters.last_val_step >= config.eval_every)
+        validate = epoch_end or limit is not None or bool(
+            config.eval_every and counters.step - counters.last_val_step >= config.eval_every)
         return Plan(log=log, validate=validate, save=(save or stop) and not validate, limit=limit, stop=stop)
 
-    def _limit_reached(self) -> bool:
+    def _limit_reached(self) -> str | None:
+        """The limit the run has reached, if any, the tightest first: "budget", "steps" or "epochs"."""
         config, counters = self.config, self.counters
-        return counters.epoch >= config.epochs or counters.step >= self._total_steps()
+        for name, limit in (("budget", counters.step_budget), ("steps", config.max_steps)):
+            if limit is not None and counters.step >= limit:
+                return name
+        return "epochs" if counters.epoch >= config.epoch_limit else None
 
     def _total_steps(self) -> float:
         """The run's length in steps: the schedule's horizon and the stopping point."""
         config, counters = self.config, self.counters
-        return min(config.epochs * self.epoch_windows, config.max_steps or math.inf,
+        return min(config.epoch_limit * self.epoch_windows, config.max_steps or math.inf,
                    counters.step_budget or math.inf)
 
     def _epoch_batches(self, epoch: int) -> StreamBatches:
@@ -391,34 +419,44 @@ class Trainer:
 
 
 # -- the --max-minutes budget ------------------------------------------------------------------------
+# What the cell atlas costs per token it reads (PART_TOKENS of each of two splits, through the model and a random
+# one, every unit scored), in tokens of validation: measured 40 for a 1x128 and 22 for a 2x256 character model.
+ATLAS_TOKEN_COST = 30
+
+
 def measure_step_budget(trainer: Trainer) -> int:
     """The step at which --max-minutes runs out: time a few of the run's own steps (`Trainer._step`, with its
-    clipping, learning rate and gradient exchange between processes) and a slice of validation, put the run
-    back as it was, then count the steps, with their share of validations, that fit the time left. Rank 0's
-    figure holds for all."""
+    clipping, learning rate and gradient exchange between processes), a slice of validation and the saving that
+    follows each validation (the state, and the best model, as if every validation improved), put the run back as
+    it was, then count the steps, with their share of validations, that fit the time left once what follows
+    training is set aside (the final test, and the atlas when one is asked for). Rank 0's figure holds for all."""
     config = trainer.config
     saved = _snapshot(trainer)
     step_seconds = _time_steps(trainer)
-    valid = trainer.splits["valid"].ids
+    valid, test = trainer.splits["valid"].ids, trainer.splits["test"].ids
     sample = valid[:min(valid.numel(), config.eval_batch_size * config.eval_bptt * 2)]
     started = time.monotonic()
     evaluate(trainer.model, sample, config.eval_batch_size, config.eval_bptt, trainer.parallel)
-    eval_seconds = (time.monotonic() - started) * valid.numel() / max(sample.numel(), 1)
+    token_seconds = (time.monotonic() - started) / max(sample.numel(), 1)
     _restore(trainer, saved)
+    validation_seconds = token_seconds * valid.numel() + _time_saving(trainer)
     evals_per_step = (1 / config.eval_every if config.eval_every else 0) + 1 / len(trainer.batches)
-    left = config.max_minutes * 60 - trainer.elapsed()
-    steps = max(1, int(left / (step_seconds + eval_seconds * evals_per_step)))
+    atlas_tokens = sum(min(trainer.splits[name].ids.numel(), PART_TOKENS) for name in ("train", "valid"))
+    after = token_seconds * (test.numel() + (ATLAS_TOKEN_COST * atlas_tokens if trainer.atlas else 0))
+    left = config.max_minutes * 60 - trainer.elapsed() - after
+    steps = max(1, int(left / (step_seconds + validation_seconds * evals_per_step)))
     budget = torch.tensor([trainer.counters.step + steps], device=trainer.hardware.device)
     return int(trainer.parallel.from_main(budget).item())
 
 
 def _time_steps(trainer: Trainer) -> float:
-    """Seconds per training step, over steps after two that warm up kernels and allocations; rank 0 says when
-    it has timed enough, so every process takes the same steps (each exchanges gradients)."""
+    """Seconds per training step, over two seconds of steps (at most a thousand) after two that warm up kernels and
+    allocations; rank 0 says when it has timed enough, so every process takes the same steps (each exchanges
+    gradients)."""
     device = trainer.hardware.device
     scratch = torch.zeros(2, dtype=torch.float64, device=device)
     timed, seconds = 0, 0.0
-    for index in range(2 + 50):
+    for index in range(2 + 1000):
         started = time.monotonic()
         trainer._step(scratch)
         scratch.tolist()  # waits for the device
@@ -428,6 +466,20 @@ def _time_steps(trainer: Trainer) -> float:
             if trainer.parallel.from_main(enough).item():
                 break
     return seconds / timed
+
+
+def _time_saving(trainer: Trainer) -> float:
+    """Seconds to save what a validation saves, the resumable state and the best model, written with the run's own
+    code to a scratch folder beside the run (the same disk), then deleted."""
+    parent = trainer.out.resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".lmdemo-timing-", dir=parent) as scratch:
+        folder = RunFolder(Path(scratch), resume=False, main=trainer.parallel.main)
+        started = time.monotonic()
+        folder.save_state(trainer.model, trainer.optimizer, trainer.counters, trainer.hidden, trainer.parallel,
+                          trainer.hardware.device)
+        folder.save_best(trainer.model, trainer.tokenizer)
+        return time.monotonic() - started
 
 
 def _snapshot(trainer: Trainer) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from browser import chromium_page
 from servers import free_port, serving, wait_until
 
 from lmdemo import load_model
-from lmdemo.checkpoint import save_model
+from lmdemo.checkpoint import read_examples, save_model
 from lmdemo.generation import SettingsError, TokenScore
 from lmdemo.metrics import read_metrics
 from lmdemo.web import render
@@ -30,7 +30,7 @@ from lmdemo.web.demo import Demo, NextTokens
 from lmdemo.web.forms import (FIELD_CHARS, Limits, parse_number, parse_seed, parse_temperatures, read_prompt,
                               read_sampling)
 from lmdemo.web.inside import Inside
-from lmdemo.web.registry import EXAMPLES, Models, NoModelsError, discover_models
+from lmdemo.web.registry import Models, NoModelsError, discover_models
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_DISABLE_TELEMETRY": "1",
@@ -144,7 +144,8 @@ def test_the_app_opens_on_the_preferred_models(char_model, word_model, bpe_model
     assert fallback.default == "imdb-word" and fallback.compare_pair == ("imdb-word", "shakespeare-char")
     models = Models({"shakespeare-char": str(char_model), "imdb-word": str(word_model), "imdb-bpe": bpe})
     assert models.default == "imdb-bpe" and models.compare_pair == ("imdb-word", "imdb-bpe")
-    assert models.examples("imdb-bpe") == EXAMPLES["bpe"] and EXAMPLES["bpe"][0][0].isupper()
+    examples = {name: models.examples(name) for name in ("imdb-bpe", "imdb-word")}  # openings of their own texts
+    assert examples["imdb-bpe"] == read_examples(bpe_model) and examples["imdb-bpe"][0][0].isupper()
     spec = importlib.util.spec_from_file_location("lmdemo_app", ROOT / "app.py")
     app_module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(app_module)
@@ -152,7 +153,7 @@ def test_the_app_opens_on_the_preferred_models(char_model, word_model, bpe_model
     shown = {block.label: block.value for block in page.blocks.values()
              if type(block).__name__ in ("Dropdown", "Textbox") and block.label}
     assert (shown["Model"], shown["Model A"], shown["Model B"]) == ("imdb-bpe", "imdb-word", "imdb-bpe")
-    assert shown["Prompt"] in (EXAMPLES["bpe"][0], EXAMPLES["word"][0])
+    assert shown["Prompt"] in (examples["imdb-bpe"][0], examples["imdb-word"][0])
     boxes = [block for block in page.blocks.values() if type(block).__name__ == "Checkbox" and "<unk>" in block.label]
     assert [box.interactive for box in boxes] == [False], "the default model (bpe) has no <unk> to avoid"
 
@@ -338,7 +339,7 @@ def test_concurrent_users_get_their_own_results_and_errors(server, client):
 
 
 def test_prompt_problems_are_explained_in_the_status(client):
-    for prompt, note in (("", "empty prompt"), ("ROMEO€:\n", "became <unk>: '€'"),
+    for prompt, note in (("", "empty prompt"), ("ROMEO€:\n", "became &lt;unk&gt;: '€'"),  # Markdown: escaped
                          ("x" * (PROMPT_LIMIT + 10), f"cut to its last {PROMPT_LIMIT} tokens")):
         assert note in generate(client, prompt_text=prompt, max_new=5)[2]
 
@@ -359,12 +360,13 @@ def test_a_too_long_prompt_is_refused_with_a_message(server, client):
     assert generate(client, max_new=5)[2].startswith("**Done**")
 
 
-def test_model_info_and_random_seed(client):
+def test_model_info_and_random_seed(client, bpe_model):
     card, _, prompt = client.predict("ptb-tiny", api_name="/model_info")
     assert "word-level LSTM over words" in card and "bits/char" in card and "perplexity" in card and prompt
     assert "lower bound" in card
     card, _, prompt = client.predict("imdb-bpe-tiny", api_name="/model_info")
-    assert "bpe-level LSTM over subword tokens" in card and "bits/char" in card and prompt == EXAMPLES["bpe"][0]
+    assert "bpe-level LSTM over subword tokens" in card and "bits/char" in card
+    assert prompt == read_examples(bpe_model)[0]  # the model's own first example
     seeds = {client.predict(api_name="/random_seed") for _ in range(3)}
     assert all(seed.isdigit() for seed in seeds) and len(seeds) > 1
 
@@ -483,11 +485,13 @@ def test_compare_runs_two_models_on_one_request(client):
 
 
 @pytest.mark.browser
-def test_the_inside_tab_draws_its_heatmap_in_a_browser(server):
+def test_the_inside_tab_draws_its_heatmap_in_a_browser(server, char_model):
+    prompt = read_examples(char_model)[0]  # the Sample tab opens on the model's own first example
     with chromium_page(server) as page:
         page.get_by_role("tab", name="Inside the LSTM").click()
         page.get_by_role("button", name="Show units").click()
         page.locator("#inside-heatmap .hm image").wait_for(timeout=60_000)
         labels = page.locator("#inside-heatmap .xtick text").all_text_contents()
-        assert labels[:7] == list("ROMEO:↵") and page.get_by_text("units by most variable").count() > 0
+        assert "".join(labels) == prompt[-len(labels):].replace(" ", "·").replace("\n", "↵"), labels
+        assert page.get_by_text("units by most variable").count() > 0
         assert not page.elsewhere, f"the page fetched from other hosts: {page.elsewhere}"

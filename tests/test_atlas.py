@@ -11,11 +11,12 @@ import pytest
 import torch
 
 from conftest import DATA, ROOT
-from lmdemo.atlas import (ATLAS_FILE, Texts, best_thresholds, build_atlas, column_scores, final_states,
-                          random_model, read_atlas, read_passages, texts_from, write_atlas)
+from lmdemo.atlas import (ATLAS_FILE, EXAMPLE_REVIEWS, EndReading, Texts, best_thresholds, build_atlas, column_scores,
+                          final_states, random_model, read_atlas, read_passages, review_examples, texts_from,
+                          write_atlas)
 from lmdemo.checkpoint import TrainedModel, load_model
 from lmdemo.cli import main
-from lmdemo.config import Config
+from lmdemo.config import Config, data_name
 from lmdemo.generation import Generator
 from lmdemo.internals import read_internals
 from lmdemo.properties import PROPERTIES, properties_for, rating_label, truth, without_ratings
@@ -175,21 +176,44 @@ def test_the_atlas_file_round_trips(tmp_path):
     assert read_atlas(tmp_path) == atlas
 
 
+def test_review_examples_are_typical_hits_of_each_label_and_one_typical_miss():
+    """The sentiment examples show what the unit does (here: low means positive, threshold 0): of each label the
+    reviews read right nearest that group's median, then the miss nearest the median of the commoner misses; a
+    review too long to keep whole is never picked, however typical."""
+    labels = torch.tensor([True] * 6 + [False] * 6)
+    values = torch.tensor([-0.9, -0.6, -0.45, -0.35, -0.1, 0.3,  # positives: the last one misread
+                           0.8, 0.62, 0.55, -0.1, -0.2, -0.6])  # negatives: the last three misread
+    ends = EndReading(values, values < 0)
+    whole = torch.ones(12, dtype=torch.bool)
+    whole[2] = False  # the median of the positives read right, but too long to keep whole
+    assert EXAMPLE_REVIEWS == 2
+    assert review_examples(labels, ends, whole) == [3, 1, 7, 8, 10]
+    assert review_examples(labels, EndReading(values, labels.clone()), whole) == [3, 1, 9, 10]  # no miss to show
+
+
 @pytest.mark.parametrize("name", ["shakespeare-char", "imdb-word", "imdb-bpe"])
 def test_shipped_models_have_their_atlas(name):
     folder = ROOT / "checkpoints" / name
     assert (folder / ATLAS_FILE).stat().st_size < 50_000
     config = load_model(folder).config
     atlas = read_atlas(folder)
-    assert atlas["choose"]["source"] and atlas["score"]["source"] != atlas["choose"]["source"]
+    # the sources are shown as headings: the data's name, not the folder it was read from (../shared/data/imdb)
+    data = data_name(config.data, config.data_config)
+    assert atlas["choose"]["source"].endswith(f" of {data}") and atlas["score"]["source"].endswith(f" of {data}")
+    assert atlas["score"]["source"] != atlas["choose"]["source"]
+    descriptions = {prop.name: prop.description for prop in PROPERTIES}
     for entry in atlas["properties"]:
         assert 1 <= entry["layer"] <= config.num_layers and 0 <= entry["unit"] < config.hidden_size
         assert entry["quantity"] in ("h", "c") and entry["metric"] in ("r", "auc", "accuracy")
+        assert entry["description"] == descriptions.get(entry["property"], "the review's sentiment")  # made today
     properties = {entry["property"]: entry for entry in atlas["properties"]}
+    rated = [example["sentiment"] for example in atlas["examples"] if "sentiment" in example]
     if name.startswith("imdb"):
         assert set(properties["sentiment"]["dial"]) == {"positive", "negative"}
+        assert len(rated) == 2 * EXAMPLE_REVIEWS + 1  # the typical ones of each label and one miss
     else:
         assert properties["position_in_line"]["score"] > properties["position_in_line"]["baseline"]
+        assert not rated
 
 
 def test_the_command_writes_the_atlas_into_the_model_folder(char_model, tmp_path, capsys):
@@ -199,12 +223,13 @@ def test_the_command_writes_the_atlas_into_the_model_folder(char_model, tmp_path
     assert "position_in_line" in out and "written:" in out
     atlas = read_atlas(model)
     assert {"position_in_line", "upper_case"} <= {entry["property"] for entry in atlas["properties"]}
-    assert atlas["choose"]["source"].startswith("train and valid splits of")
-    assert atlas["score"]["source"].startswith("test split of")
+    # named as data_name names the data, not by the path it was read from (a heading in the app)
+    assert atlas["choose"]["source"] == "train and valid splits of tinyshakespeare/input.txt"
+    assert atlas["score"]["source"] == "test split of tinyshakespeare/input.txt"
 
     assert main(["atlas", str(model), "--json", "--text", str(DATA / "tinyshakespeare" / "input.txt")]) == 0
     printed = json.loads(capsys.readouterr().out)
-    assert printed == read_atlas(model) and "first half of" in printed["choose"]["source"]
+    assert printed == read_atlas(model) and printed["choose"]["source"] == "first half of tinyshakespeare/input.txt"
 
 
 @pytest.mark.parametrize("args, message", [

@@ -174,7 +174,8 @@ def test_state_carrying_one_call_equals_chunks(char_model):
 def test_save_load_gives_identical_logits(char_model, tmp_path):
     trained = load_model(char_model)
     files = sorted(p.name for p in char_model.iterdir())
-    assert files == ["README.md", "config.json", "metrics.jsonl", "model.safetensors", "tokenizer.json"]
+    assert files == ["README.md", "config.json", "examples.json", "metrics.jsonl", "model.safetensors",
+                     "tokenizer.json"]
     copy = save_model(tmp_path / "copy", trained.model, trained.tokenizer, char_model / "metrics.jsonl")
     again = load_model(copy)
     ids = torch.randint(0, trained.config.vocab_size, (2, 40))
@@ -237,7 +238,8 @@ def test_training_writes_the_documented_log(char_model):
     metrics = read_metrics(char_model / "metrics.jsonl")
     assert metrics.problems == []
     events = [r["event"] for r in metrics.records]
-    assert events[0] == "start" and events[-1] == "test" and events.count("val") == 2
+    assert events[0] == "start" and events[-2:] == ["test", "end"] and events.count("val") == 2
+    assert (metrics.last("end")["reason"], metrics.last("end")["limit"]) == ("epochs", 2)  # why it ended
     train = metrics.events("train")
     assert [r["step"] for r in train] == sorted(r["step"] for r in train)
     for key in ("step", "epoch", "tokens", "time", "lr", "train_loss", "train_ppl", "train_bpc", "tokens_per_sec"):

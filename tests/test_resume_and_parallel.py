@@ -20,7 +20,7 @@ SMALL = ["--data", str(DATA / "tinyshakespeare" / "input.txt"), "--level", "char
          "--dropout", "0.1", "--log-every", "4", "--eval-every", "24", "--precision", "fp32", "--threads", "1", "--quiet"]
 RUN = [*SMALL, "--max-steps", "96", "--save-every", "0"]
 # The shipped presets' recipe: a cosine over a minutes budget, state saved every second.
-PRESET_LIKE = [*SMALL, "--schedule", "cosine", "--warmup-steps", "10", "--epochs", "100", "--max-minutes", "0.12",
+PRESET_LIKE = [*SMALL, "--schedule", "cosine", "--warmup-steps", "10", "--epochs", "100", "--max-minutes", "0.2",
                "--save-every", "1"]
 
 
@@ -58,7 +58,7 @@ def test_kill_9_then_resume_continues_exactly(tmp_path):
     while time.monotonic() < deadline and victim.poll() is None and not (log.exists() and read_metrics(log).events("start")):
         time.sleep(0.02)
     budget = read_metrics(log).last("start")["step_budget"]
-    uninterrupted = lmdemo("train", *[a for a in PRESET_LIKE if a not in ("--max-minutes", "0.12")],
+    uninterrupted = lmdemo("train", *[a for a in PRESET_LIKE if a not in ("--max-minutes", "0.2")],
                            "--max-steps", str(budget), "--out", str(reference))
     while time.monotonic() < deadline and victim.poll() is None:
         if (killed / "state.safetensors").exists() and len(read_metrics(log).events("train")) >= 9:
@@ -102,7 +102,7 @@ def test_two_processes_time_their_budget_on_the_step_they_train_and_put_it_back(
     must take the same number of times; the run is then put back on every process, so a run of
     --max-minutes equals a run of --max-steps <its budget>, as in one process."""
     options = [*SMALL, "--dropout", "0.1", "--epochs", "100", "--schedule", "cosine", "--save-every", "1"]
-    timed = lmdemo("train", *options, "--max-minutes", "0.1", "--out", str(tmp_path / "timed"), launcher=torchrun())
+    timed = lmdemo("train", *options, "--max-minutes", "0.2", "--out", str(tmp_path / "timed"), launcher=torchrun())
     log = tmp_path / "timed" / "metrics.jsonl"
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and timed.poll() is None and not (log.exists() and read_metrics(log).events("start")):

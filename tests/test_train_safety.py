@@ -146,7 +146,7 @@ def test_a_session_without_requests_expires_on_a_timer_with_its_models_zips_and_
     assert training.uploads.claim("alice", "203.0.113.1", upload)  # the page shows it: its session's now
     job = training.submit("alice", "203.0.113.1", request())
     assert job.done.wait(30) and job.state == FINISHED and job.model.archive.is_file()
-    key, folders = job.model.key, (job.session.folder, job.session.downloads)
+    key, folders = job.model.name, (job.session.folder, job.session.downloads)
     assert training.models.generator(key) is not None
     # no request and no heartbeat from here on: a raw API caller that went away
     wait_until(lambda: "alice" not in training.sessions, 10, "the idle session was not ended")
@@ -310,7 +310,9 @@ def test_no_run_file_is_served_and_no_text_outlives_its_session_or_the_server(ch
                 assert response.status_code in (403, 404), f"{path} was served at /{route}"
         wait_until(lambda: any(b'"process_completed"' in e for e in events), 90, "the job never ended")
         assert b'"success":true' in events[-1] and all(marker.encode() not in e for e in events)
-        wait_until(lambda: not _holding(root, marker), 10, "the text outlived its job")
+        # the text leaves once read; only its model's example prompts (a few openings) stay, until the session ends
+        wait_until(lambda: {path.name for path in _holding(root, marker)} <= {"examples.json", "char-tiny-1.zip"}, 10,
+                   lambda: f"the text outlived its job: {_holding(root, marker)}")
         assert any(path.suffix == ".zip" for path in files_under(root)), "the job kept no model"
         wait_until(lambda: files_under(root) == [next(root.iterdir()) / trainer_process.MARKER], 30,
                    lambda: f"the expired session left {files_under(root)}")

@@ -89,7 +89,7 @@ def test_a_minutes_budget_becomes_a_recorded_step_budget_that_resumes_exactly(tm
     resume of the same recipe is tests/test_resume_and_parallel.py's."""
     options = [*TINY, "--max-tokens", "20000", "--batch-size", "8", "--bptt", "32", "--schedule", "cosine",
                "--warmup-steps", "5", "--eval-every", "20", "--log-every", "5", "--save-every", "1", "--epochs", "100"]
-    timed = cli("train", *options, "--max-minutes", "0.05", "--out", str(tmp_path / "timed"))
+    timed = cli("train", *options, "--max-minutes", "0.15", "--out", str(tmp_path / "timed"))  # from the start
     assert timed.returncode == 0, timed.stderr
     start = records(tmp_path / "timed", "start")[0]
     budget = start["step_budget"]
@@ -220,8 +220,10 @@ def test_a_ctrl_c_stop_keeps_the_best_model_and_resumes_exactly(tmp_path):
     assert process.returncode == 0, stderr
     assert "stopping at the next log interval" in stderr and "best model:" in stdout
     log = records(out)
-    stopped = log[-2]["step"]
-    assert log[-1]["event"] == "test" and stopped % 5 == 0 and stopped < 300, "the run must stop before its end"
+    stopped = log[-3]["step"]
+    assert [r["event"] for r in log[-2:]] == ["test", "end"] and log[-1]["reason"] == "stop"
+    assert stopped % 5 == 0 and stopped < 300, "the run must stop before its end"
+    assert "ended: a stop was asked for" in stdout
     assert (out / "model" / "model.safetensors").exists()
     assert uninterrupted.wait(timeout=300) == 0, uninterrupted.stderr.read()
     validated = [r["step"] for r in records(out, "val")]

@@ -44,13 +44,20 @@ def build(demo: Demo, gate: Gate) -> list[gr.Dropdown]:
     button = gr.Button("Compare", variant="primary")
     status = gr.Markdown("Press **Compare** to run both models.")
     events = CompareEvents(demo, gate)
-    sides = []
-    with gr.Row(equal_height=False):
-        for picker in pickers:
-            with gr.Column():
-                card = gr.Markdown(render.model_markdown(models.describe(picker.value)))
-                sides.append([card, gr.HTML(), gr.HTML(), gr.Plot(show_label=False)])
-                picker.change(events.card, picker, card, api_visibility="private")
+    # one row per part (cards, samples, prompts, bars), A beside B, so a longer card on one side pushes both sides
+    # down alike; on a phone each row stacks, as columns do (a side is at least 320 px wide)
+    side = dict(min_width=320)
+    with gr.Row():
+        cards = [gr.Markdown(render.model_markdown(models.describe(picker.value)), **side) for picker in pickers]
+    with gr.Row():
+        samples = [gr.HTML(**side), gr.HTML(**side)]
+    with gr.Row():
+        prompts = [gr.HTML(**side), gr.HTML(**side)]
+    with gr.Row():
+        bars = [gr.Plot(show_label=False, **side), gr.Plot(show_label=False, **side)]
+    for picker, card in zip(pickers, cards):
+        picker.change(events.card, picker, card, api_visibility="private")
+    sides = list(zip(cards, samples, prompts, bars))
     button.click(gate.sampling(events.on_compare), [*pickers, prompt, temperatures, max_new_tokens, top_k, top_p, seed],
                  [status, *sides[0], *sides[1]], api_name="compare",
                  preprocess=False, **UNLIMITED)  # raw values: lmdemo checks them and names the field in its message
@@ -77,6 +84,7 @@ class CompareEvents:
             raise render.refused(str(error), "Busy") from None
         results = []
         for progress, next_tokens, info in zip(comparison.runs, comparison.next_tokens, comparison.infos):
-            results += [render.model_markdown(info), render.samples_html(progress), render.prompt_html(progress),
+            results += [render.model_markdown(info), render.samples_html(progress, lower_bound_note=False),
+                        render.prompt_html(progress),
                         render.plot_value(render.next_token_figure(next_tokens))]
         return (render.compare_markdown(comparison), *results)

@@ -77,15 +77,15 @@ def models_figure(models: Models, names: Any, measure: Any = "bpc", x: Any = "st
     for name in dict.fromkeys(names):
         folder = models.generator(name).trained.folder
         if not (folder / METRICS_FILE).is_file():
-            notes.append(f"**{name}** has no training log ({METRICS_FILE}) to draw.")
+            notes.append(f"**{render.escape(name)}** has no training log ({METRICS_FILE}) to draw.")
             continue
         run = load_run(folder, name=name)
-        notes += [f"**{name}**: {note}." for note in log_notes(run)]
+        notes += [f"**{render.escape(name)}**: {render.escape(note)}." for note in log_notes(run)]
         runs.append(run)
     frame = curve_frame(runs)
     for run in runs:
         if frame[frame.run == run.name][measure].isna().all():
-            notes.append(f"**{run.name}** logs no {MEASURES[measure].lower()} (try another measure).")
+            notes.append(f"**{render.escape(run.name)}** logs no {MEASURES[measure].lower()} (try another measure).")
     if not names:
         notes.append("Pick one or more models.")
     figure = curves_figure(frame, measure, x, log_y in (True, "log"), float(weight), colours_for(names), 480)

@@ -4,9 +4,9 @@ A visitor's text becomes a job folder trained by a child process (`lmdemo.web.tr
 runs at a time server-wide; the others wait in a bounded line. What one stranger may take is bounded per
 client address (`lmdemo.web.clients`): one job running or waiting, and a number of training seconds per
 hour. The training folder is bounded in size. Nothing a visitor gives outlives its purpose: the text is
-deleted once the trainer has read it, a run that keeps no model is deleted when it ends, and a session's
-folders, zips and uploads go when it ends: its page closes, it goes `session_ttl_s` without a request or
-heartbeat (checked on a timer), or the server stops.
+deleted once the trainer has read it (its model keeps a few of its openings as its example prompts), a run that
+keeps no model is deleted when it ends, and a session's folders (its models), zips and uploads go when it ends:
+its page closes, it goes `session_ttl_s` without a request or heartbeat (checked on a timer), or the server stops.
 """
 
 from __future__ import annotations

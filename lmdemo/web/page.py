@@ -54,12 +54,13 @@ def build_app(models: Models, limits: Limits = Limits(), training: TrainingLine 
         gr.Markdown(INTRO)
         if models.skipped:
             gr.Markdown(skipped_markdown(models.skipped), elem_id="skipped-models")
-        with gr.Tabs():
+        with gr.Tabs(overflow_behavior="wrap"):  # every tab in sight on a phone, none behind a "⋯" menu
             with gr.Tab("Sample", id="sample"):
                 sample = sample_tab.build(models, limits, run)
             with gr.Tab("Inside the LSTM", id="inside"):
-                inside_text, inside_layer = inside_tab.build(Inside(models, limits), run, sample.model, sample.prompt,
-                                                             gate)
+                inside = Inside(models, limits)
+                gate.pages.also_forget(inside.internals.forget_idle)
+                inside_text, inside_layer = inside_tab.build(inside, run, sample.model, sample.prompt, gate)
             with gr.Tab("Compare", id="compare"):
                 compare_pickers = compare_tab.build(demo, gate)
             if training is not None:

@@ -19,17 +19,6 @@ from lmdemo.metrics import CONFIG_FILE
 from lmdemo.properties import SENTIMENT
 from lmdemo.space import MODELS_ENV, read_models_file
 
-# Example prompts in the style of each level's shipped model: Shakespeare's plays, IMDB reviews as
-# lower-cased words, IMDB reviews as written (cased subwords).
-EXAMPLES = {
-    "char": ["ROMEO:\n", "JULIET:\nO Romeo, Romeo! wherefore art thou",
-             "First Citizen:\nBefore we proceed any further, hear me speak.\n\n",
-             "KING RICHARD III:\nNow is the winter of our discontent\n"],
-    "word": ["this movie was", "i expected a lot more from this film, but", "the acting was superb and the story",
-             "one of the worst films i have ever seen."],
-    "bpe": ["This movie was", "I expected a lot more from this film, but", "The acting was superb and the story",
-            "One of the worst films I have ever seen. The plot"],
-}
 # The app shows its best first: it opens on the first of these models that is served (else the first
 # served), and its Compare tab on this pair when both are, two tokenisations of the same reviews.
 DEFAULT_PREFERENCE = ("imdb-bpe", "imdb-word")
@@ -140,8 +129,9 @@ class Models:
         self.generators: dict[str, Generator] = {}
         self.steerable: dict[str, list[Steerable]] = {}  # display name -> its atlas's steerable properties
         self.skipped: dict[str, str] = {}  # display name -> why it is not served
-        # models trained in the app: name -> (generator, owning session or None); served to their owner only
-        self.private: dict[str, tuple[Generator, str | None]] = {}
+        # models trained in the app, by (owning session or None, name); served to their owner only, so every
+        # session may call its first model char-tiny-1
+        self.private: dict[tuple[str | None, str], Generator] = {}
         self.visitor: Callable[[], str | None] | None = None  # who is asking (the web app: the request's session)
         for name, source in sources.items():
             if not skip_broken:
@@ -223,8 +213,9 @@ class Models:
         return info
 
     def examples(self, name: str) -> list[str]:
-        """Prompts in the style of the model's training text (an empty prompt for a level without examples)."""
-        return list(EXAMPLES.get(self.generator(name).tokenizer.level, [""]))
+        """The model's own example prompts, openings of the text it learnt (`lmdemo.checkpoint.example_prompts`);
+        an empty prompt for a folder without them, never another text's."""
+        return list(self.generator(name).trained.examples) or [""]
 
     # -- private models: trained in the app (lmdemo.web.jobs), served only to the session that trained them ---
     def add_private(self, name: str, generator: Generator, owner: str | None = None) -> None:
@@ -232,10 +223,10 @@ class Models:
         shipped models only), and, once `set_visitor` says who asks, only to `owner`."""
         if name in self.generators:
             raise ValueError(f"{name!r} is already a served model")
-        self.private[name] = (generator, owner)
+        self.private[(owner, name)] = generator
 
-    def remove_private(self, name: str) -> None:
-        self.private.pop(name, None)
+    def remove_private(self, name: str, owner: str | None = None) -> None:
+        self.private.pop((owner, name), None)
 
     def set_visitor(self, visitor: Callable[[], str | None]) -> None:
         """`visitor()` names who is asking (the web app: the request's session); a private model with an owner
@@ -243,10 +234,10 @@ class Models:
         self.visitor = visitor
 
     def _private(self, name: str) -> Generator | None:
-        generator, owner = self.private.get(name, (None, None))
-        if generator is None or (owner is not None and self.visitor is not None and self.visitor() != owner):
-            return None
-        return generator
+        """The asking session's model called `name` (or one served to everyone); before `set_visitor`, anyone's."""
+        if self.visitor is None:
+            return next((generator for (_, found), generator in self.private.items() if found == name), None)
+        return self.private.get((self.visitor(), name)) or self.private.get((None, name))
 
 
 def _display_name(source: str) -> str:

@@ -8,11 +8,16 @@ compares models of any tokenisation and agrees with `eval`. Inside the LSTM, val
 that can be negative (h, c, the cell candidate) use a red-blue scale centred on 0 and gates
 (0 = shut, 1 = open) a sequential one. Everything returns strings, tables or figures; the Gradio
 app only places them.
+
+Every text that comes from a model, a tokenizer or a visitor (a prompt, a token, a model's name, a note about the
+prompt, an error message that quotes a form value) goes through `escape` on its way into HTML, Markdown, a toast or
+a Plotly label, so `<unk>` reads `<unk>` and `*bold*` reads `*bold*` wherever it lands. Why a figure is a lower
+bound is written out once per tab, beside the figures it qualifies (Sample's colour key, Compare's table);
+elsewhere "a lower bound" keeps the reason in its tooltip (`lower_bound_mark`).
 """
 
 from __future__ import annotations
 
-import html
 import json
 import math
 from collections.abc import Sequence
@@ -39,6 +44,7 @@ BAR_COLOUR, CHOSEN_COLOUR = "#9db4d6", "#e8590c"
 # whitespace drawn as (one character for axes, a label for bars)
 WHITESPACE = {" ": ("·", "␣ (space)"), "\n": ("↵", "↵ (newline)"), "\t": ("⇥", "⇥ (tab)"), EOS: ("↵", "↵ <eos>")}
 MAX_TOKEN_LABELS = 150  # a longer window labels every n-th token on the axis; hovering names them all
+TITLE_CONTEXT_CHARS = 36  # the end of the text the next-token bars follow, on a title line of its own (a phone's width)
 SIGNED_SCALE, GATE_SCALE = "RdBu_r", "Viridis"
 MARK_COLOUR = "#e8590c"
 NO_SAMPLES = '<div class="lm-empty">Samples appear here.</div>'
@@ -47,17 +53,21 @@ NEWLINE = '<span class="nl">↵</span>\n'
 NEGATIVE_RGB, POSITIVE_RGB, STRONGEST = (33, 102, 172), (202, 0, 32), 0.8
 TEMPLATE_JSON = TEMPLATE.to_plotly_json()  # the figures built as plain data take it as is
 METRIC_NAMES = {"r": "r", "auc": "AUC", "accuracy": "accuracy"}
+# each character that HTML, Markdown or a Plotly label reads as markup, as the entity that shows it as written (numeric
+# where Plotly knows no name; `'` stays, every attribute here is in double quotes)
+LITERAL = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&#34;", "\\": "&#92;", "`": "&#96;",
+                         "*": "&#42;", "_": "&#95;", "[": "&#91;", "]": "&#93;", "|": "&#124;", "~": "&#126;"})
 
 CSS = """
 .lm-legend { display: flex; gap: .5rem; align-items: center; flex-wrap: wrap; font-size: .85rem; margin: .2rem 0 .6rem; }
 .lm-legend span.tok { padding: 0 .35rem; border-radius: .25rem; color: #1f2933; }
-.lm-samples { display: grid; grid-template-columns: repeat(auto-fit, minmax(210px, 1fr)); gap: .75rem; }
+.lm-samples { display: grid; grid-template-columns: repeat(auto-fit, minmax(min(210px, 100%), 1fr)); gap: .75rem; }
 .lm-col { border: 1px solid #d9dee5; border-radius: .6rem; background: #fff; color: #1f2933; overflow: hidden; }
 .lm-col header { display: flex; justify-content: space-between; align-items: baseline; gap: .4rem;
                  padding: .45rem .7rem; background: #f3f5f8; border-bottom: 1px solid #d9dee5; }
 .lm-col header b { font-size: 1.05rem; white-space: nowrap; }
 .lm-col header small { color: #5b6673; font-size: .78rem; text-align: right; }
-.lm-text { padding: .6rem .7rem; white-space: pre-wrap; word-break: break-word; line-height: 1.55;
+.lm-text { padding: .6rem .7rem; white-space: break-spaces; word-break: break-word; line-height: 1.55;
            font-size: .92rem; max-height: 34rem; overflow-y: auto; }
 .lm-text.mono { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: .86rem; }
 .lm-text .ctx { color: #8a94a1; }
@@ -73,7 +83,7 @@ CSS = """
 .lm-note { color: #5b6673; font-size: .8rem; }
 .lm-empty { color: #8a94a1; padding: 1rem; text-align: center; border: 1px dashed #d9dee5; border-radius: .6rem; }
 .lm-positions { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: .86rem;
-                white-space: pre-wrap; word-break: break-word; line-height: 1.9; padding: .5rem .7rem;
+                white-space: break-spaces; word-break: break-word; line-height: 1.9; padding: .5rem .7rem;
                 border: 1px solid #d9dee5; border-radius: .6rem; background: #fff; color: #1f2933;
                 max-height: 12rem; overflow-y: auto; }
 .lm-positions sub { color: #8a94a1; font-size: .65rem; margin-right: .1rem; }
@@ -84,10 +94,35 @@ CSS = """
 .lm-atlas-sentence { font-size: 1rem; margin: .2rem 0 .4rem; }
 .lm-scale { display: inline-block; width: 9rem; height: .9rem; border: 1px solid #d9dee5; border-radius: .2rem;
             vertical-align: middle; background: linear-gradient(90deg, rgba(33,102,172,.8), #fff, rgba(202,0,32,.8)); }
-.lm-unit-texts { display: grid; grid-template-columns: repeat(auto-fit, minmax(380px, 1fr)); gap: .75rem; }
+.lm-unit-texts { display: grid; grid-template-columns: repeat(auto-fit, minmax(min(380px, 100%), 1fr)); gap: .75rem; }
 .lm-unit-texts .lm-text { max-height: 22rem; }
 .lm-text .holds, .lm-legend .holds { text-decoration: underline 2px #1f2933; text-underline-offset: 3px; }
+.lm-caption { margin: 0; padding: .35rem .7rem 0; }
+/* A refused request is told in its toast (`refused`); what the outputs showed before stays in view, uncovered. */
+[data-testid="status-tracker"]:has(> .error) { display: none !important; }
+/* A phone is a screen like any other: the grids above fall to one column (min(…, 100%)) instead of overflowing, text
+   wraps its runs of spaces too (break-spaces) instead of hanging them past the edge, a table keeps columns wide enough
+   to read and scrolls inside its own box, and Plotly's toolbar, which would cover chart titles where there is no hover
+   to hide it, is left out (pinching zooms). */
+@media (max-width: 640px) {
+  .table-wrap :is([role=gridcell], [role=columnheader]) { min-width: 7em !important; }
+  .modebar-container { display: none !important; }
+}
 """
+
+
+def escape(text: str) -> str:
+    """`text` (from a model, a tokenizer or a visitor) shown as written wherever the page puts it: in HTML (an
+    element or a double-quoted attribute), in Markdown and in a Plotly title, label or hover, none of which then
+    reads a tag, an entity, emphasis, code or a table cell's end in it. The one escape of the page; API callers get
+    the same texts, so theirs carry the entities too."""
+    return text.translate(LITERAL)
+
+
+def lower_bound_mark() -> str:
+    """"a lower bound", with the reason as its tooltip: how a figure that understates is marked where the reason is
+    not written out beside it (the model card, the prompt's header)."""
+    return f'<span class="lm-bound" title="{escape(LOWER_BOUND)}">a lower bound</span>'
 
 
 def visible(token: str, compact: bool = False) -> str:
@@ -106,7 +141,7 @@ def bucket(probability: float) -> str:
 def legend(lower_bound: bool = False) -> str:
     """The colour key; with `lower_bound`, the note that the bits per character below are a lower bound."""
     chips = "".join(f'<span class="tok {css}">{label}</span>' for _, css, label in BUCKETS)
-    note = f' <span class="lm-note">Bits per character are {html.escape(LOWER_BOUND)}.</span>' if lower_bound else ""
+    note = f' <span class="lm-note">Bits per character are {escape(LOWER_BOUND)}.</span>' if lower_bound else ""
     return f'<div class="lm-legend">probability the model gave each token: {chips}{note}</div>'
 
 
@@ -115,16 +150,17 @@ def coloured_tokens(pieces: Sequence[str], tokens: Sequence[str], probabilities:
     and its surprisal as a tooltip."""
     parts = []
     for piece, token, probability in zip(pieces, tokens, probabilities):
-        shown = html.escape(piece.replace(UNK, "⟨unk⟩") if token == UNK else piece).replace("\n", NEWLINE)
-        tooltip = html.escape(f"{visible(token)}: p = {probability:.1%}, {_surprisal_bits(probability):.1f} bits",
-                              quote=True)
+        shown = escape(piece.replace(UNK, "⟨unk⟩") if token == UNK else piece).replace("\n", NEWLINE)
+        tooltip = escape(f"{visible(token)}: p = {probability:.1%}, {_surprisal_bits(probability):.1f} bits")
         parts.append(f'<span class="tok {bucket(probability)}" title="{tooltip}">{shown}</span>')
     return "".join(parts)
 
 
-def samples_html(progress: Progress) -> str:
+def samples_html(progress: Progress, lower_bound_note: bool = True) -> str:
     """One column per temperature: the end of the prompt as read in grey, then the sample coloured by surprisal.
-    With a dial, a second row of columns under the first: the same seed with the dial held."""
+    With a dial, a second row of columns under the first: the same seed with the dial held. Without
+    `lower_bound_note` the colour key leaves out why the figures are lower bounds (Compare: its table says it, once
+    for both models, and both models' columns start level)."""
     if not progress.samples:
         return NO_SAMPLES
     rows = _sample_columns(progress, progress.samples)
@@ -133,13 +169,13 @@ def samples_html(progress: Progress) -> str:
         rows = (f'<h4 class="lm-dial">Dial off</h4>{rows}<h4 class="lm-dial">Dial on: unit {dial.unit} of layer '
                 f"{dial.layer}'s {dial.quantity} held at {dial.value:g} (same seed; probabilities with the dial held)"
                 f"</h4>{_sample_columns(progress, progress.dialled)}")
-    return legend(progress.lower_bound) + rows
+    return legend(progress.lower_bound and lower_bound_note) + rows
 
 
 def _sample_columns(progress: Progress, samples: Sequence[Sample]) -> str:
     read = progress.prompt.text
     tail = read[-PROMPT_TAIL_CHARS:]
-    context = f'<span class="ctx">{"…" if len(read) > len(tail) else ""}{html.escape(tail)}</span>'
+    context = f'<span class="ctx">{"…" if len(read) > len(tail) else ""}{escape(tail)}</span>'
     columns = []
     for sample in samples:
         columns.append(
@@ -156,9 +192,9 @@ def prompt_html(progress: Progress) -> str:
     if not scores:
         return '<div class="lm-empty">Empty prompt: the model started from the beginning of a text.</div>'
     probabilities = [s.probability for s in scores]
-    summary = html.escape(surprisal_summary(probabilities, progress.prompt.characters, progress.unit))
+    summary = escape(surprisal_summary(probabilities, progress.prompt.characters, progress.unit))
     if progress.lower_bound:
-        summary += f' (<span class="lm-bound" title="{html.escape(LOWER_BOUND, quote=True)}">a lower bound</span>)'
+        summary += f" ({lower_bound_mark()})"
     return (f'<div class="lm-prompt"><header>Prompt as the model read it: {summary}</header>'
             f'<div class="{_text_classes(progress)}">'
             f"{coloured_tokens(progress.prompt.pieces, [s.token for s in scores], probabilities)}</div></div>")
@@ -172,7 +208,7 @@ def status_markdown(progress: Progress) -> str:
     each = ", each also with the dial" if progress.dial is not None else ""
     lines = [f"**{state}** {len(progress.samples)} sample{'s' if len(progress.samples) != 1 else ''}{each}, "
              f"{made:,} tokens in {progress.seconds:.1f} s ({rate:,.0f} tokens/s)"]
-    lines += [f"⚠️ {note}" for note in progress.prompt.notes]
+    lines += [f"⚠️ {escape(note)}" for note in progress.prompt.notes]
     return "  \n".join(lines)
 
 
@@ -189,20 +225,21 @@ def model_markdown(info: ModelInfo) -> str:
             quality.append(f"{split} perplexity **{ppl:,.1f}** per token")
     measured = " · ".join(quality) if quality else "no validation or test figures logged"
     if info.lower_bound and any(bpc is not None for _, _, bpc in splits):
-        measured += f" · bits/char are {LOWER_BOUND.replace('<unk>', '`<unk>`')}"
+        measured += f" · bits/char are {lower_bound_mark()}"
     trained = f", {info.steps:,} steps" if info.steps else ""
     if info.metrics_problems:
         measured += f" · ⚠️ metrics log: {len(info.metrics_problems)} unreadable line(s) skipped"
-    return (f"**{info.name}** — {info.level}-level LSTM over {level_unit(info.level).plural}, "
+    return (f"**{escape(info.name)}** — {info.level}-level LSTM over {level_unit(info.level).plural}, "
             f"{info.num_layers}×{info.hidden_size} (embedding {info.emb_size}), {info.parameters / 1e6:.2f} M "
             f"parameters, vocabulary {info.vocab_size:,}  \n"
-            f"Trained on `{info.data}`{trained} · {measured}")
+            f"Trained on <code>{escape(info.data)}</code>{trained} · {measured}")
 
 
 def refused(message: str, title: str) -> gr.Error:
     """A visitor's request refused, with a message for them alone: Gradio prints a traceback for any other
-    `gr.Error`, and the message (which may quote what they typed) would land in the server's log."""
-    return gr.Error(message, title=title, print_exception=False)
+    `gr.Error`, and the message (which may quote what they typed) would land in the server's log. The toast reads
+    the message as HTML, so it is escaped."""
+    return gr.Error(escape(message), title=title, print_exception=False)
 
 
 def next_token_figure(next_tokens: NextTokens) -> dict:
@@ -212,21 +249,22 @@ def next_token_figure(next_tokens: NextTokens) -> dict:
     property, about 10 ms a chart on the server's one Python thread, and every sample ends with this chart."""
     scores = list(reversed(next_tokens.scores))
     chosen_id = next_tokens.chosen.id if next_tokens.chosen else None
-    bars = dict(type="bar", x=[s.probability for s in scores], y=[visible(s.token) for s in scores], orientation="h",
+    bars = dict(type="bar", x=[s.probability for s in scores], y=[escape(visible(s.token)) for s in scores],
+                orientation="h",
                 marker=dict(color=[CHOSEN_COLOUR if s.id == chosen_id else BAR_COLOUR for s in scores]),
                 text=[f"{s.probability:.1%}" for s in scores], textposition="outside", cliponaxis=False,
                 hovertemplate="%{y}: %{x:.2%}<extra></extra>")
-    context = html.escape(next_tokens.context[-40:].replace("\n", "↵"))  # Plotly titles read HTML tags
-    title = f"Next token after “…{context}”" if next_tokens.context else "First token of a text"
+    context = escape(next_tokens.context[-TITLE_CONTEXT_CHARS:].replace("\n", "↵"))
+    heading = f"Next token after<br>“…{context}”" if next_tokens.context else "First token of a text"
+    detail = ""
     if next_tokens.chosen is not None:
-        taken = visible(next_tokens.chosen.token)
-        missing = "" if chosen_id in {s.id for s in scores} else " (not in the top list)"
-        title += (f"<br><span style='font-size:12px;color:#5b6673'>the sample at T = {next_tokens.temperature:g} "
-                  f"took <b>{html.escape(taken)}</b> ({next_tokens.chosen.probability:.1%}){missing}</span>")
+        taken, chosen = escape(visible(next_tokens.chosen.token)), next_tokens.chosen.probability
+        missing = "" if chosen_id in {s.id for s in scores} else f", not in the top {len(scores)}"
+        detail = f"the sample at T = {next_tokens.temperature:g} took <b>{taken}</b> ({chosen:.1%}{missing})"
     top = max((s.probability for s in scores), default=1.0)
     layout = dict(
-        title=dict(text=title, x=0, font=dict(size=14)), template=TEMPLATE_JSON, showlegend=False,
-        height=110 + 24 * len(scores), margin=dict(l=10, r=30, t=70, b=40),
+        title=_title(heading, detail), template=TEMPLATE_JSON, showlegend=False,
+        height=130 + 24 * len(scores), margin=dict(l=10, r=30, t=90, b=40),
         xaxis=dict(title=dict(text="probability"), tickformat=".0%", range=[0, min(1.0, top * 1.2) or 1.0]),
         yaxis=dict(type="category", automargin=True))
     return dict(data=[bars], layout=layout)
@@ -240,7 +278,7 @@ def plot_value(figure: dict) -> PlotData:
 def compare_markdown(comparison: Comparison) -> str:
     """Where each model's run stands, one block per model, then both models' bits per character side by
     side: the one measure that compares models whatever their tokens are."""
-    status = "  \n".join(f"**{run.model}**: {status_markdown(run)}" for run in comparison.runs)
+    status = "  \n".join(f"**{escape(run.model)}**: {status_markdown(run)}" for run in comparison.runs)
     return f"{status}\n\n{bits_table(comparison)}"
 
 
@@ -261,29 +299,29 @@ def bits_table(comparison: Comparison) -> str:
         rows.append([f"sample at T = {', '.join(sorted(temperatures))}", *cells])
     rows.append(["validation (training log)", *(_bpc_cell(info.validation_bpc, info.lower_bound) for info in infos)])
     rows.append(["test (training log)", *(_bpc_cell(info.test_bpc, info.lower_bound) for info in infos)])
-    header = ["**bits per character**", *(f"**{run.model}**" for run in runs)]
+    header = ["**bits per character**", *(f"**{escape(run.model)}**" for run in runs)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_markdown_cell(cell) for cell in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
     notes = ["Lower is better; bits per character compare models whatever their tokens are."]
     if any(run.lower_bound for run in runs):
-        notes.append(f"\\* {LOWER_BOUND.replace('<unk>', '`<unk>`')}.")
+        notes.append(f"\\* {escape(LOWER_BOUND)}.")
     return "\n".join(lines) + "\n\n" + " ".join(notes)
 
 
 # -- inside the LSTM -------------------------------------------------------------------------------
 def unit_heatmap(view: UnitView) -> go.Figure:
     """Units (rows, best first) by tokens (columns, labelled with the token), coloured by value."""
-    positions, labels = _positions(view), [visible(t, compact=True) for t in view.tokens]
+    positions, labels = _positions(view), [escape(visible(t, compact=True)) for t in view.tokens]
     rows = [f"unit {unit}" for unit in view.units]
     where = [[f"#{p} {label}" for p, label in zip(positions, labels)]] * len(rows)
+    height = 155 + 16 * len(rows)
     figure = go.Figure(go.Heatmap(
         z=view.values.tolist(), x=positions, y=rows, customdata=where, **_colour_range(view),
-        colorbar=dict(thickness=12, len=min(1.0, 300 / (140 + 16 * len(rows))), yanchor="top", y=1),
+        colorbar=dict(thickness=12, len=min(1.0, 300 / height), yanchor="top", y=1),
         hovertemplate="%{y} at %{customdata}: %{z:.3f}<extra></extra>"))
     figure.update_layout(
-        title=dict(text=f"{_what(view)}: {len(rows)} of {view.hidden_size} units, by {view.ordered_by}",
-                   x=0, font=dict(size=14)),
-        template=TEMPLATE, height=140 + 16 * len(rows), margin=dict(l=10, r=10, t=50, b=50),
+        title=_title(_what(view), f"{len(rows)} of {view.hidden_size} units, by {view.ordered_by}"),
+        template=TEMPLATE, height=height, margin=dict(l=10, r=10, t=65, b=50),
         yaxis=dict(autorange="reversed", type="category", automargin=True, tickfont=dict(size=10)))
     return _token_axis(figure, view)
 
@@ -291,14 +329,14 @@ def unit_heatmap(view: UnitView) -> go.Figure:
 def unit_trace(view: UnitView) -> go.Figure:
     """One unit's value at each token, on the heatmap's token axis."""
     positions = _positions(view)
-    labels = [visible(t, compact=True) for t in view.tokens]
+    labels = [escape(visible(t, compact=True)) for t in view.tokens]
     figure = go.Figure(go.Scatter(
         x=positions, y=view.trace, mode="lines+markers", marker=dict(size=4), line=dict(color="#4263eb"),
         customdata=labels, hovertemplate="#%{x} %{customdata}: %{y:.3f}<extra></extra>"))
     colours = _colour_range(view)
     figure.update_layout(
-        title=dict(text=f"Unit {view.trace_unit}: {_what(view)}", x=0, font=dict(size=14)),
-        template=TEMPLATE, height=280, margin=dict(l=10, r=10, t=50, b=50), showlegend=False,
+        title=_title(f"Unit {view.trace_unit}", _what(view)),
+        template=TEMPLATE, height=295, margin=dict(l=10, r=10, t=65, b=50), showlegend=False,
         yaxis=dict(zeroline=True, range=[colours["zmin"] - 0.05, colours["zmax"] + 0.05]
                    if view.quantity != "c" else None))
     return _token_axis(figure, view)
@@ -317,9 +355,9 @@ def unit_table(view: UnitView) -> pd.DataFrame:
 
 def inside_markdown(view: UnitView) -> str:
     """What is shown, from which text, and what was left out."""
-    lines = [f"**{view.text.model}** reading {view.text.description}: {_what(view)}, "
+    lines = [f"**{escape(view.text.model)}** reading {escape(view.text.description)}: {_what(view)}, "
              f"{len(view.units)} of {view.hidden_size} units by {view.ordered_by}"]
-    lines += [f"⚠️ {note}" for note in view.notes]
+    lines += [f"⚠️ {escape(note)}" for note in view.notes]
     return "  \n".join(lines)
 
 
@@ -336,10 +374,9 @@ def positions_html(view: UnitView) -> str:
         shown = visible(token, compact=True) if blank else piece.replace(UNK, "⟨unk⟩") if token == UNK else piece
         lead = "" if blank else shown[:len(shown) - len(shown.lstrip(" "))]  # a word's space goes before its number
         after = "\n" if "\n" in piece else ""
-        tooltip = html.escape(f"#{position} {visible(token)}" + (" (part of a character)" if kind == "part" else ""),
-                              quote=True)
+        tooltip = escape(f"#{position} {visible(token)}" + (" (part of a character)" if kind == "part" else ""))
         parts.append(f'{lead}{number}<span class="{classes}" title="{tooltip}">'
-                     f"{html.escape(shown[len(lead):].rstrip(chr(10)))}</span>{after}")
+                     f"{escape(shown[len(lead):].rstrip(chr(10)))}</span>{after}")
     return f'<div class="lm-positions">{"".join(parts)}</div>'
 
 
@@ -348,10 +385,11 @@ def atlas_markdown(name: str, atlas: ModelAtlas | None) -> str:
     """Above the atlas table: whose atlas it is and where its units were chosen and scored; without an atlas, one
     line saying so and where to look instead."""
     if atlas is None:
-        return (f"**{name}** has no cell atlas (`python -m lmdemo atlas MODEL` writes one): the detailed view below "
-                f"shows any layer's units over your text.")
-    return (f"**What the units of {name} follow**: for each property of the text, the one unit (of every layer's "
-            f"h and c) that follows it best, chosen on the {atlas.chosen_on} and scored on the {atlas.scored_on}, text "
+        return (f"**{escape(name)}** has no cell atlas (`python -m lmdemo atlas MODEL` writes one): the detailed view "
+                f"below shows any layer's units over your text.")
+    return (f"**What the units of {escape(name)} follow**: for each property of the text, the one unit (of every "
+            f"layer's h and c) that follows it best, chosen on the {escape(atlas.chosen_on)} and scored on the "
+            f"{escape(atlas.scored_on)}, text "
             f"it never trained on. **random**: the best unit of a randomly initialised model of the same shape, chosen "
             f"and scored the same way: what training added is the gap. Choose a row to see its unit over your text.")
 
@@ -367,32 +405,35 @@ def atlas_frame(atlas: ModelAtlas | None) -> pd.DataFrame:
 
 def unit_text_html(reading: UnitReading) -> str:
     """The chosen unit over each text, Karpathy style: each token's background coloured by the unit's value after
-    reading it (a diverging scale centred on 0), where a yes/no property holds underlined, with the legend."""
-    row, bound = reading.row, reading.bound
+    reading it (a diverging scale centred on 0, or on the sentiment threshold), where a yes/no property holds
+    underlined, with the legend; under each heading its caption."""
+    row, bound, centre = reading.row, reading.bound, reading.row.centre
+    white = f"{centre:+.2f}, the threshold" if row.threshold is not None else "0"
     note = ""
     if row.kind == SENTIMENT:
         note = " · the reviews are held out, their rating sentences removed"
     elif any(text.holds is not None for text in reading.texts):
-        note = f' · <span class="holds">underlined</span>: where {html.escape(row.description)} holds'
-    legend_ = (f'<div class="lm-legend">the unit\'s value after each token: {-bound:.2f} '
-               f'<span class="lm-scale"></span> {bound:+.2f} (white: 0){note}</div>')
+        note = f' · <span class="holds">underlined</span>: where {escape(row.description)} holds'
+    legend_ = (f'<div class="lm-legend">the unit\'s value after each token: {centre - bound:.2f} '
+               f'<span class="lm-scale"></span> {centre + bound:+.2f} (white: {white}){note}</div>')
     sections = []
     for text in reading.texts:
         spans = []
         for index, (token, piece, value) in enumerate(zip(text.tokens, text.pieces, text.values)):
-            shown = html.escape(piece.replace(UNK, "⟨unk⟩") if token == UNK else piece).replace("\n", NEWLINE)
+            shown = escape(piece.replace(UNK, "⟨unk⟩") if token == UNK else piece).replace("\n", NEWLINE)
             classes = "tok holds" if text.holds is not None and text.holds[index] else "tok"
-            tooltip = html.escape(f"#{text.cut + index} {visible(token)}: {value:+.3f}", quote=True)
-            spans.append(f'<span class="{classes}" style="background:{unit_colour(value, bound)}" title="{tooltip}">'
-                         f"{shown}</span>")
+            tooltip = escape(f"#{text.cut + index} {visible(token)}: {value:+.3f}")
+            background = unit_colour(value - centre, bound)
+            spans.append(f'<span class="{classes}" style="background:{background}" title="{tooltip}">{shown}</span>')
         count = f"{len(text.tokens):,} tokens" + (f" (the last of {text.cut + len(text.tokens):,})" if text.cut else "")
-        sections.append(f'<section class="lm-col"><header><b>{html.escape(text.title)}</b><small>{count}</small>'
-                        f'</header><div class="lm-text{"" if reading.by_line else " mono"}">{"".join(spans)}</div>'
-                        f"</section>")
+        caption = f'<p class="lm-note lm-caption">{escape(text.caption)}</p>' if text.caption else ""
+        sections.append(f'<section class="lm-col"><header><b>{escape(text.title)}</b><small>{count}</small>'
+                        f'</header>{caption}<div class="lm-text{"" if reading.by_line else " mono"}">'
+                        f'{"".join(spans)}</div></section>')
     score = (f"held-out {METRIC_NAMES.get(row.metric, row.metric)} {_score_text(row.score, row.metric)}, "
              f"random model {_score_text(row.baseline, row.metric)}")
-    return (f'<div class="lm-atlas-unit"><p class="lm-atlas-sentence"><b>{html.escape(row.sentence)}</b> '
-            f'<span class="lm-note">{html.escape(score)}</span></p>{legend_}'
+    return (f'<div class="lm-atlas-unit"><p class="lm-atlas-sentence"><b>{escape(row.sentence)}</b> '
+            f'<span class="lm-note">{escape(score)}</span></p>{legend_}'
             f'<div class="lm-unit-texts">{"".join(sections)}</div></div>')
 
 
@@ -400,6 +441,13 @@ def unit_colour(value: float, bound: float) -> str:
     """A value's background on the diverging scale: transparent at 0, strongest at ±`bound`."""
     red, green, blue = POSITIVE_RGB if value > 0 else NEGATIVE_RGB
     return f"rgba({red},{green},{blue},{STRONGEST * min(1.0, abs(value) / bound):.3f})"
+
+
+def _title(heading: str, detail: str = "") -> dict:
+    """A figure's title: the heading, and under it, smaller and grey, the detail (Plotly markup, already escaped).
+    Plotly never wraps a title, so each line is kept short enough for a phone (about 40 characters)."""
+    small = f"<br><span style='font-size:12px;color:#5b6673'>{detail}</span>" if detail else ""
+    return dict(text=heading + small, x=0, font=dict(size=14))
 
 
 def _score_text(score: float, metric: str) -> str:
@@ -448,7 +496,7 @@ def _sample_summary(sample: Sample, unit: LevelUnit, done: bool) -> str:
         text += " · ended at " + ("<eos>" if sample.stopped_by == "eos" else "stop string")
     elif not done:
         text += " · …"
-    return html.escape(text)
+    return escape(text)
 
 
 def surprisal_summary(probabilities: Sequence[float], characters: int, unit: LevelUnit) -> str:
@@ -489,8 +537,7 @@ def _text_classes(progress: Progress) -> str:
 
 
 def _bpc_cell(bpc: float | None, lower_bound: bool) -> str:
-    return "—" if bpc is None else f"{bpc:.3f}{'*' if lower_bound else ''}"
-
-
-def _markdown_cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("*", "\\*")
+    """A figure of the bits-per-character table (Markdown), marked `*` when it is a lower bound."""
+    if bpc is None:
+        return "—"
+    return f"{bpc:.3f}\\*" if lower_bound else f"{bpc:.3f}"

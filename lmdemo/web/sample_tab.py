@@ -229,7 +229,7 @@ def _generation_updates(progress_stream: Iterator[Progress]) -> Iterator[tuple]:
     for progress in progress_stream:
         if prompt_view is None:
             for note in progress.prompt.notes:
-                gr.Warning(note)
+                gr.Warning(render.escape(note))
             prompt_view = render.prompt_html(progress)
         run = progress if progress.done else gr.skip()  # a State takes a skip without rebuilding anything
         yield render.samples_html(progress), prompt_view, render.status_markdown(progress), run

@@ -27,10 +27,11 @@ from lmdemo.web.uploads import Uploads
 
 @dataclass
 class SessionModel:
-    """A model a session trained: its private name in the registry, what the pickers call it, its files."""
+    """A model a session trained and its files. Its one name (`char-tiny-1`: its run folder's) is what the status line,
+    every picker, the curves' legend, the zip and the folder inside it call it; it is the session's own (the
+    registry serves each session its own models), so no suffix tells sessions apart."""
 
-    key: str
-    label: str
+    name: str
     run: Path  # the run folder: its log and its model
     archive: Path  # the model folder as a zip, in the session's download folder
 
@@ -91,7 +92,7 @@ class Sessions:
                 return None
             session.ended = True
             for model in session.models:
-                self.models.remove_private(model.key)
+                self.models.remove_private(model.name, owner)
             session.models.clear()
             keep = keep_folder(session)
         shutil.rmtree(session.downloads, ignore_errors=True)
@@ -137,15 +138,15 @@ class Sessions:
         name = run.name
         archive = session.downloads / f"{name}.zip"
         zip_folder(model_folder, archive, name)
-        model = SessionModel(f"{name}-{secrets.token_hex(3)}", f"yours: {name}", run, archive)
+        model = SessionModel(name, run, archive)
         with self.lock:
             if session.ended:
                 return None
-            self.models.add_private(model.key, generator, owner=session.owner)
+            self.models.add_private(model.name, generator, owner=session.owner)
             session.models.append(model)
             while len(session.models) > self.max_models:
                 dropped = session.models.pop(0)
-                self.models.remove_private(dropped.key)
+                self.models.remove_private(dropped.name, session.owner)
                 shutil.rmtree(dropped.run.parent, ignore_errors=True)
                 dropped.archive.unlink(missing_ok=True)
         return model

@@ -15,6 +15,7 @@ import gradio as gr
 from lmdemo import curves
 from lmdemo.generation import SettingsError
 from lmdemo.web import render, train_view
+from lmdemo.web.curves_tab import MAX_CURVES
 from lmdemo.web.gate import UNLIMITED, Gate
 from lmdemo.web.jobs import Job, TrainingLine
 from lmdemo.web.train_requests import (
@@ -53,8 +54,9 @@ def build(training: TrainingLine, gate: Gate) -> Callable[[gr.Blocks, list], Non
 
     def connect(app: gr.Blocks, pickers: list[gr.Dropdown]) -> None:
         events = TrainEvents(training, gate, len(pickers))
-        # the training line admits jobs itself (one per address); the watching event holds a place like any other
-        train.click(gate.event(events.on_train), [source, text, upload, level, size, seconds],
+        # the training line admits jobs itself (one per address); the watching event holds a place like any other;
+        # it reads the curves drawn (the last picker) to add the new model to them
+        train.click(gate.event(events.on_train), [source, text, upload, level, size, seconds, pickers[-1]],
                     [status, curve, samples, name, train, download, *pickers], api_visibility="private", **UNLIMITED)
         api_train.click(gate.event(events.on_api_train), [text, level, size, seconds],
                         [status, curve, points, samples, name], api_name="train",
@@ -107,7 +109,7 @@ class TrainEvents:
             yield _shown(update)
 
     def on_train(self, chosen: Any, text_value: Any, file: Any, level_value: Any, size_value: Any, budget: Any,
-                 request: gr.Request) -> Iterator[tuple]:
+                 drawn: Any, request: gr.Request) -> Iterator[tuple]:
         owner = request.session_hash
         job = self.submit(request, chosen, text_value, file, level_value, size_value, budget)
         del text_value
@@ -122,12 +124,13 @@ class TrainEvents:
                     gr.skip() if update.model is None else gr.DownloadButton(value=str(update.model.archive),
                                                                              interactive=True))
             joined = (gr.skip(),) * self.pickers
-            if update.model is not None:  # the pickers, Compare's model A on the new model: mine vs shipped
-                mine = [(n, n) for n in self.training.models.names] + [
-                    (m.label, m.key) for m in self.training.sessions.models_of(owner)]
-                joined = (gr.Dropdown(choices=mine, interactive=True),
-                          gr.Dropdown(choices=mine, value=update.model.key), gr.Dropdown(choices=mine),
-                          gr.Dropdown(choices=mine))
+            if update.model is not None:  # the pickers, Compare's model A on the new model (mine vs shipped), and the
+                new = update.model.name  # new model drawn in Training curves beside what was drawn
+                mine = [*self.training.models.names, *(m.name for m in self.training.sessions.models_of(owner))]
+                kept = [n for n in (drawn if isinstance(drawn, list) else []) if n in mine and n != new]
+                joined = (gr.Dropdown(choices=mine, interactive=True), gr.Dropdown(choices=mine, value=new),
+                          gr.Dropdown(choices=mine),
+                          gr.Dropdown(choices=mine, value=[*kept[-(MAX_CURVES - 1):], new], multiselect=True))
             yield (status_text, figure, samples_text, model_name, *page, *joined)
 
     def on_stop(self, request: gr.Request) -> str:
@@ -156,7 +159,7 @@ def _shown(update: train_view.TrainUpdate, points: bool = True) -> tuple:
         update.frame, "loss", "time", log_y=False, weight=0.6, height=400, title=train_view.curve_title(update),
         y_title=train_view.loss_unit(update))
     return (train_view.status_markdown(update), figure, *([curves.curve_points(update.frame)] if points else []),
-            train_view.samples_html(update), update.model.key if update.model is not None else gr.skip())
+            train_view.samples_html(update), update.model.name if update.model is not None else gr.skip())
 
 
 def _layout(limits: TrainLimits) -> tuple:

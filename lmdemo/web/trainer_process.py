@@ -48,15 +48,16 @@ sys.exit(main(sys.argv[1:]))
 
 def train_arguments(request: TrainRequest, out: str) -> list[str]:
     """`python -m lmdemo train` options for a request, relative to the job's folder (its text, and `out` for the
-    run folder): its size and level on the shared recipe, a time budget, one thread, logging and validating every few
-    seconds, and the model's cell atlas once it is saved (shown in the Inside tab)."""
+    run folder): its size and level on the shared recipe, a time budget (from the trainer's start, which is the
+    visitor's click or the job's turn in line; no epoch limit of its own), one thread, logging and validating every
+    few seconds, and the model's cell atlas once it is saved (shown in the Inside tab)."""
     size = SIZES[request.size]
     options: dict[str, Any] = dict(RECIPE, **LEVEL_OPTIONS[request.level])
     speed = size.steps_per_second * LEVEL_SPEED[request.level]
     log_every = max(1, round(speed * LOG_EVERY_S))
     options.update(level=request.level, emb_size=size.emb_size, hidden_size=size.hidden_size,
                    num_layers=size.num_layers, dropout=size.dropout, bptt=BPTT[request.level],
-                   max_minutes=request.seconds / 60, epochs=100_000, log_every=log_every,
+                   max_minutes=request.seconds / 60, log_every=log_every,
                    eval_every=max(log_every, round(speed * EVAL_EVERY_S)), threads=1)
     arguments = ["train", "--data", request.text_name, "--out", out, "--quiet", "--atlas"]
     for name, value in options.items():

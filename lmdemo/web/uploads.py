@@ -27,6 +27,7 @@ from lmdemo.web.gate import answer
 UPLOAD_ROUTE = "/gradio_api/upload"
 FILES_LINE, BYTES_LINE = "uploads", "upload bytes"
 FOLDER = "uploads"  # in the web server's cache: one folder per upload
+MULTIPART_SLACK = 64_000  # an upload request's bytes beyond its file's: boundaries and headers
 
 
 @dataclass
@@ -152,6 +153,10 @@ class UploadDoor:
         length = request.headers.get("content-length", "")
         if not length.isdigit():
             await answer(send, 411, "an upload must say its length (Content-Length)")
+            return
+        if int(length) > self.uploads.max_file_bytes + MULTIPART_SLACK:  # one file with its multipart framing
+            await answer(send, 413, f"the upload has {int(length) / 1e6:,.1f} MB; a file may have at most "
+                                    f"{self.uploads.max_file_bytes / 1e6:g} MB")
             return
         try:
             holds = self.uploads.admit(self.address(request), int(length))
