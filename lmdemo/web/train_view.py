@@ -11,7 +11,6 @@ server's model computations when they are not batched), like every other request
 
 from __future__ import annotations
 
-import html
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -223,7 +222,7 @@ def samples_html(update: TrainUpdate) -> str:
                        f'</header><div class="lm-text{" mono" if update.request.level == "char" else ""}">'
                        f"{render.coloured_tokens(visible_blanks(sample.pieces), sample.tokens, sample.probabilities)}"
                        f"</div></section>")
-    caption = (f'<div class="lm-note">Sampled from {html.render.escape(where)}, the model Download gives you; seed '
+    caption = (f'<div class="lm-note">Sampled from {render.escape(where)}, the model Download gives you; seed '
                f"{SAMPLE_SEED} every time, so what changes between updates is the learning, not luck.</div>")
     return caption + render.legend() + f'<div class="lm-samples">{"".join(columns)}</div>'
 
