@@ -69,13 +69,8 @@ class Gate:
         self.pages = PageStates(serving.session_ttl_s)  # Gradio's state of each page: bounded per address
         self.app: Any = None  # the Blocks, once built (`start`)
 
-    def client(self, request: Any = None) -> str:
-        """The address of `request`, or of the event being handled (Gradio keeps its request in a context
-        variable); an event without one (a test calling a function) is "local"."""
-        if request is None:
-            from gradio.context import LocalContext
-
-            request = LocalContext.request.get(None)
+    def client(self, request: Any) -> str:
+        """The address of `request` (a Gradio or Starlette request); none (a test calling a function) is "local"."""
         return request_address(request, self.serving.proxy_hops) if request is not None else "local"
 
     def start(self, app: Any) -> None:
@@ -135,7 +130,7 @@ class Gate:
             @functools.wraps(function)
             def stream(*args: Any, **kwargs: Any) -> Iterator[Any]:
                 client, page = self._asking()
-                with _refused_as_error(), self.pages.event(page), places(client):
+                with _refused_as_error(), self.pages.event(page, client), places(client):
                     updates = function(*args, **kwargs)
                     try:
                         while True:
@@ -153,7 +148,7 @@ class Gate:
         @functools.wraps(function)
         def call(*args: Any, **kwargs: Any) -> Any:
             client, page = self._asking()
-            with _refused_as_error(), self.pages.event(page), places(client), turn_of(client):
+            with _refused_as_error(), self.pages.event(page, client), places(client), turn_of(client):
                 return function(*args, **kwargs)
         setattr(call, GATED, True)
         return call
@@ -172,11 +167,12 @@ class JoinDoor:
             return
         from starlette.requests import Request
 
-        body, more = b"", True
+        chunks, more = [], True  # a join carries its inputs: up to a 2,000,000-character text to train on
         while more:
             message = await receive()
-            body += message.get("body", b"")
+            chunks.append(message.get("body", b""))
             more = message.get("more_body", False)
+        body = b"".join(chunks)
         try:
             joining = json.loads(body)
             page, fn_index = joining.get("session_hash"), joining.get("fn_index")

@@ -58,8 +58,8 @@ class PageStates:
             return None
 
     @contextmanager
-    def event(self, page: str | None) -> Iterator[None]:
-        """An event of `page` runs: the page is not idle until it ends."""
+    def event(self, page: str | None, address: str) -> Iterator[None]:
+        """An event of `page` (from `address`) runs: the page is not idle until it ends."""
         if not page:
             yield
             return
@@ -72,10 +72,10 @@ class PageStates:
                 self.working[page] -= 1
                 if self.working[page] <= 0:
                     del self.working[page]
-                for pages in self.by_address.values():
-                    if page in pages:
-                        pages[page] = time.monotonic()
-                        pages.move_to_end(page)
+                pages = self.by_address.get(address)
+                if pages is not None and page in pages:
+                    pages[page] = time.monotonic()
+                    pages.move_to_end(page)
 
     def sweep(self) -> None:
         """Forget the pages idle for `ttl_s` with no event running: ours by their last request, the others
