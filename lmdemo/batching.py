@@ -9,8 +9,9 @@ bounded line and, at every step (`_Batch.step`):
   requests and their rows from that one reading, so the rows kept and the requests that own them always agree;
 - joins the new samples to the batch (an LSTM request's whole state is its `(h, c)` rows: a row copy), their
   first token drawn from their reading as `Generator.stream` draws it;
-- advances every row one token in one LSTM call and one prediction, holds each request's dial on that
-  request's rows only, and lets each request's `Decoding` pick its rows' tokens with its own settings and its
+- advances the rows one token in one LSTM call and one prediction (every row, unless addresses share the batch
+  and one holds more than `FAIR_ROWS`: its rows then move on some steps only, `_Batch._moving`), holds each
+  request's dial on that request's rows only, and lets each request's `Decoding` pick its rows' tokens with its own settings and its
   own random streams (lmdemo.sampling), so a request's text depends on its own inputs and seed, not on who else
   is in the batch;
 - drops the rows that are done (max tokens, end of text, stop string), so the next request takes their place.
@@ -72,6 +73,9 @@ IDLE_SECONDS = 10.0  # a loop with nothing to do for this long ends its thread; 
 # Page updates per second shared by everyone watching one model: each update costs the server's one Python thread
 # far more than a decode step, so with many watchers each is shown its tokens less often (first token at once).
 UPDATES_PER_SECOND = 40.0
+# Rows one address moves every step whoever else is in the batch (a page's few temperatures); past it an address
+# with more rows moves on some steps only (`_Batch._moving`).
+FAIR_ROWS = 4
 WATCH_SECONDS = 1.0  # how often a waiting request looks whether its loop's thread is still there
 
 READS = "reads"  # the admission's line of texts waiting for or being read, every model's together
@@ -158,6 +162,7 @@ class _Batch:
         self.active: list[_Stream] = []
         self.state: State | None = None
         self.ids: torch.Tensor | None = None  # each row's last token
+        self.credit: dict[str, float] = {}  # each address's steps owed when it holds many rows (`_moving`)
 
     def rows_by_client(self) -> Counter[str]:
         """The rows each client holds in the batch (those of requests about to leave too: they are still there)."""
@@ -177,11 +182,17 @@ class _Batch:
                 if left:
                     request.finish()
             self._keep([[] if left else request.rows for request, left in zip(self.active, gone, strict=True)])
+        slices = self._slices()
+        moving = self._moving(slices)
+        index = None if len(moving) == len(slices) else torch.tensor(
+            [row for _, rows in moving for row in range(rows.start, rows.stop)], dtype=torch.long)
         states: list[State] = []
         logits: list[torch.Tensor] = []
-        if self.active:
-            state = generator.next_state(self.ids, self.state)
-            for request, rows in self._slices():
+        if moving:
+            ids = self.ids if index is None else self.ids[index]
+            state = self.state if index is None else (self.state[0][:, index], self.state[1][:, index])
+            state = generator.next_state(ids, state)
+            for request, rows in _packed([request for request, _ in moving]):
                 if request.sampling.dial is not None:
                     state = request.sampling.dial.hold(state, rows)
             states.append(state)
@@ -197,30 +208,56 @@ class _Batch:
             states.append(state)
         if not states:
             return
+        taking = _packed([*(request for request, _ in moving), *joining])
+        ids, probabilities = self._choose(torch.cat(logits), taking)
+        moved = sum(len(request.rows) for request, _ in moving)
+        if index is not None:  # the rows that waited this step keep their state and last token
+            self.state[0][:, index], self.state[1][:, index] = states[0]
+            self.ids[index] = ids[:moved]
+            states[0], ids = self.state, torch.cat([self.ids, ids[moved:]])
         self.active += joining
         self.state = (torch.cat([s[0] for s in states], 1), torch.cat([s[1] for s in states], 1))
-        ids, probabilities = self._choose(torch.cat(logits))
-        tokens, going_on = ids.tolist(), []
-        for request, rows in self._slices():
+        tokens, going_on = ids.tolist(), {}
+        offsets = {id(request): rows.start for request, rows in self._slices()}
+        for request, rows in taking:
+            batch_rows = slice(offsets[id(request)], offsets[id(request)] + len(request.rows))
             with request.lock:
-                decoding, index = request.decoding, request.step
-                decoding.record(request.rows, tokens[rows], probabilities[rows], index)
-                request.step = index + 1
+                decoding, step = request.decoding, request.step
+                decoding.record(request.rows, tokens[batch_rows], probabilities[rows], step)
+                request.step = step + 1
                 more = request.step < request.sampling.max_new_tokens
-                going_on.append([row for row in request.rows if more and not decoding.samples[row].finished])
-            if going_on[-1]:
+                going_on[id(request)] = [row for row in request.rows if more and not decoding.samples[row].finished]
+            if going_on[id(request)]:
                 request.changed.set()
             else:
                 request.finish()
         self.ids = ids
-        self._keep(going_on)
+        self._keep([going_on.get(id(request), request.rows) for request in self.active])
 
-    def _choose(self, logits: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
+    def _moving(self, slices: list[tuple[_Stream, slice]]) -> list[tuple[_Stream, slice]]:
+        """The active requests that take a token this step. A step's cost grows with its rows (a large vocabulary's
+        prediction is per row), so an address holding many rows would slow everyone else's every token: each
+        address moves at most `max(FAIR_ROWS, the fewest rows any address holds)` rows a step on average (an
+        address with more moves on some steps only, by credit), so the others' tokens come at the pace of a batch
+        without it. Alone, or within that many rows, every request moves every step."""
+        held: Counter[str] = Counter()
+        for request, rows in slices:
+            held[request.client] += rows.stop - rows.start
+        if len(held) < 2 or max(held.values()) <= FAIR_ROWS:
+            self.credit = {}
+            return slices
+        quantum = max(FAIR_ROWS, min(held.values()))
+        credit = {client: self.credit.get(client, 0.0) + min(1.0, quantum / count) for client, count in held.items()}
+        moving = {client for client, value in credit.items() if value >= 1.0 - 1e-9}
+        self.credit = {client: value - (client in moving) for client, value in credit.items()}
+        return [(request, rows) for request, rows in slices if request.client in moving]
+
+    def _choose(self, logits: torch.Tensor, taking: list[tuple[_Stream, slice]]) -> tuple[torch.Tensor, list[float]]:
         """Every row's next token [B] and its probability, with one `choose_next` call per `ChoiceRule` in the
         batch (usually one): a call costs the loop about as much for 60 rows as for one, and the rows' own
         temperatures and draws keep each request's tokens its own."""
         groups: dict[ChoiceRule, tuple[list[int], list[float], list[float]]] = {}
-        for request, rows in self._slices():
+        for request, rows in taking:
             positions, temperatures, uniforms = groups.setdefault(request.decoding.rule, ([], [], []))
             row_temperatures, row_uniforms = request.decoding.draws(request.rows, request.step)
             positions += range(rows.start, rows.stop)
@@ -256,11 +293,16 @@ class _Batch:
 
     def _slices(self) -> list[tuple[_Stream, slice]]:
         """Each request with where its rows are in the batch (read before a step changes them)."""
-        slices, start = [], 0
-        for request in self.active:
-            slices.append((request, slice(start, start + len(request.rows))))
-            start += len(request.rows)
-        return slices
+        return _packed(self.active)
+
+
+def _packed(requests: Sequence[_Stream]) -> list[tuple[_Stream, slice]]:
+    """Each request with where its rows are when `requests`' rows lie one after another."""
+    slices, start = [], 0
+    for request in requests:
+        slices.append((request, slice(start, start + len(request.rows))))
+        start += len(request.rows)
+    return slices
 
 
 class DecodeLoop:

@@ -315,3 +315,28 @@ def test_a_batching_puts_every_model_under_the_servers_one_admission(char_genera
                         lambda ids, after=None: held.append(servers.holding(READS, client)) or read(ids, after))
     assert texts(generate(decoder, char_generator, ids, sampling, client=client)) == alone
     assert held == [1] and servers.total(READS) == 0 and servers.total(WAITING) == 0
+
+
+def test_an_address_with_many_rows_moves_at_the_pace_of_a_fair_share_and_the_others_every_step(char_generator):
+    """A step costs more with every row (a large vocabulary's prediction is per row): an address holding 16 rows
+    moves on a quarter of the steps (4 rows a step on average) while another's 2 rows move on every step, and each
+    request still gets the tokens it gets alone."""
+    loop = DecodeLoop(char_generator, max_rows=64)
+    reading = char_generator.reading(char_generator.prompt("JULIET:\n").ids)
+    many, few = "198.51.100.7", "198.51.100.8"
+    hog = running(loop, reading, 1, many, temperatures=(1.0,) * 16)
+    settings = Sampling(temperatures=(0.8, 1.0), max_new_tokens=40, seed=5)
+    started = hog_step = None
+
+    def steps_of(request_client: str) -> int:
+        return next(request.step for request in loop.batch.active if request.client == request_client)
+
+    samples = None
+    for samples in loop.stream(reading, settings, client=few):
+        if started is None:
+            started, hog_step = steps_of(few), steps_of(many)
+    moved = steps_of(many) - hog_step
+    assert samples is not None and len(samples[0].ids) == 40 and 7 <= moved <= 13, moved  # 39 steps of the few
+    hog.close()
+    alone = PerRequest().stream(char_generator, reading, settings)
+    assert texts(samples) == texts(list(alone)[-1])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import uuid
@@ -33,7 +34,9 @@ def upload(url: str, address: str, content: bytes, name: str = "notes.txt") -> h
 
 
 def uploaded_files(root: Path) -> list[Path]:
-    return [path for path in root.rglob("uploads/*/*") if path.is_file()]
+    """Files in upload folders under `root`; os.walk passes over a folder the sweep deletes while it looks."""
+    return [Path(folder) / name for folder, _, names in os.walk(root) if Path(folder).parent.name == "uploads"
+            for name in names]
 
 
 def test_uploads_are_capped_per_address_never_shared_and_gone_when_unused(small_server):

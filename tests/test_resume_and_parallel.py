@@ -61,14 +61,15 @@ def test_kill_9_then_resume_continues_exactly(tmp_path):
     uninterrupted = lmdemo("train", *[a for a in PRESET_LIKE if a not in ("--max-minutes", "0.2")],
                            "--max-steps", str(budget), "--out", str(reference))
     while time.monotonic() < deadline and victim.poll() is None:
-        if (killed / "state.safetensors").exists() and len(read_metrics(log).events("train")) >= 9:
+        trained = read_metrics(log).events("train")
+        if (killed / "state.safetensors").exists() and trained and trained[-1]["step"] >= min(36, budget // 2):
             break
         time.sleep(0.02)
     assert victim.poll() is None, "the run finished before it could be killed"
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     steps_done = read_metrics(log).events("train")[-1]["step"]
-    assert 36 <= steps_done < budget
+    assert min(36, budget // 2) <= steps_done < budget
 
     finish(lmdemo("train", "--out", str(killed), "--resume", "--quiet"))
     finish(uninterrupted)

@@ -72,6 +72,14 @@ class Comparison:
     infos: list[ModelInfo]
 
 
+def chosen_position(run: Progress, sample_index: Any, position: Any) -> tuple[int, int]:
+    """The sample (0-based) and position in it that form values name; a position past the sample's end is its end."""
+    index = parse_whole(sample_index, "sample", empty=0)
+    if not 0 <= index < len(run.samples):
+        raise SettingsError(f"sample must be from 1 to {len(run.samples)} (got {index + 1})")
+    return index, max(0, min(parse_whole(position, "position", empty=0), len(run.samples[index].ids)))
+
+
 class Demo:
     """The Sample and Compare tabs' requests on the served models."""
 
@@ -110,13 +118,11 @@ class Demo:
                     ) -> NextTokens:
         """The top-k next tokens after the prompt and the first `position` tokens of one sample (form values); `client`
         is whose request it is, for the decoder's fair share."""
-        index, k = parse_whole(sample_index, "sample", empty=0), parse_whole(k, "number of bars", empty=DEFAULT_BARS)
-        if not 0 <= index < len(run.samples):
-            raise SettingsError(f"sample must be from 1 to {len(run.samples)} (got {index + 1})")
+        index, position = chosen_position(run, sample_index, position)
+        k = parse_whole(k, "number of bars", empty=DEFAULT_BARS)
         if not 1 <= k <= self.limits.max_bars:
             raise SettingsError(f"number of bars must be from 1 to {self.limits.max_bars} (got {k})")
         generator, sample = self.models.generator(run.model), run.samples[index]
-        position = max(0, min(parse_whole(position, "position", empty=0), len(sample.ids)))
         reading = self.decoder.reading(generator, sample.ids[:position], after=run.reading, client=client)
         chosen = None
         if position < len(sample.ids):

@@ -49,6 +49,8 @@ SIGNED_SCALE, GATE_SCALE = "RdBu_r", "Viridis"
 MARK_COLOUR = "#e8590c"
 NO_SAMPLES = '<div class="lm-empty">Samples appear here.</div>'
 NEWLINE = '<span class="nl">↵</span>\n'
+# the chosen position at a sample's end: after its last token, where the bars show what would come next
+END_MARK = '<span class="lm-chosen lm-end" title="the end of the sample: the bars show what would come next"></span>'
 # a unit's value as a background, Karpathy style: blue below 0, red above, as strong as |value| / the largest shown
 NEGATIVE_RGB, POSITIVE_RGB, STRONGEST = (33, 102, 172), (202, 0, 32), 0.8
 TEMPLATE_JSON = TEMPLATE.to_plotly_json()  # the figures built as plain data take it as is
@@ -75,6 +77,11 @@ CSS = """
 .lm-text .nl, .lm-legend .nl { color: #8a94a1; font-size: .75em; }
 .p-high { background: #c9f0d1; } .p-mid { background: #fff0a8; }
 .p-low { background: #ffd3a3; } .p-rare { background: #ffaaa8; }
+/* The position the next-token bars explain: an outline in the bars' colour for the token the sample took there, a
+   caret at its end. Drawn outside the token's shading, on the columns' own white, so light or dark page alike. */
+.lm-text .lm-chosen { outline: 2px solid #e8590c; outline-offset: 1px; box-decoration-break: clone;
+                      -webkit-box-decoration-break: clone; }
+.lm-text .lm-end::after { content: "▏"; color: #e8590c; font-weight: bold; }
 .lm-prompt { border: 1px solid #d9dee5; border-radius: .6rem; background: #fff; color: #1f2933; }
 .lm-prompt header { padding: .4rem .7rem; background: #f3f5f8; border-bottom: 1px solid #d9dee5;
                     font-size: .85rem; color: #5b6673; }
@@ -145,25 +152,30 @@ def legend(lower_bound: bool = False) -> str:
     return f'<div class="lm-legend">probability the model gave each token: {chips}{note}</div>'
 
 
-def coloured_tokens(pieces: Sequence[str], tokens: Sequence[str], probabilities: Sequence[float]) -> str:
+def coloured_tokens(pieces: Sequence[str], tokens: Sequence[str], probabilities: Sequence[float],
+                    chosen: int | None = None) -> str:
     """Each token's readable piece as a span shaded by its probability, with the raw token, its probability
-    and its surprisal as a tooltip."""
+    and its surprisal as a tooltip; the token at position `chosen` (or the end, past the last) marked."""
     parts = []
-    for piece, token, probability in zip(pieces, tokens, probabilities):
+    for position, (piece, token, probability) in enumerate(zip(pieces, tokens, probabilities)):
         shown = escape(piece.replace(UNK, "⟨unk⟩") if token == UNK else piece).replace("\n", NEWLINE)
         tooltip = escape(f"{visible(token)}: p = {probability:.1%}, {_surprisal_bits(probability):.1f} bits")
-        parts.append(f'<span class="tok {bucket(probability)}" title="{tooltip}">{shown}</span>')
+        mark = " lm-chosen" if position == chosen else ""
+        parts.append(f'<span class="tok {bucket(probability)}{mark}" title="{tooltip}">{shown}</span>')
+    if chosen == len(parts):
+        parts.append(END_MARK)
     return "".join(parts)
 
 
-def samples_html(progress: Progress, lower_bound_note: bool = True) -> str:
+def samples_html(progress: Progress, lower_bound_note: bool = True, chosen: tuple[int, int] | None = None) -> str:
     """One column per temperature: the end of the prompt as read in grey, then the sample coloured by surprisal.
     With a dial, a second row of columns under the first: the same seed with the dial held. Without
     `lower_bound_note` the colour key leaves out why the figures are lower bounds (Compare: its table says it, once
-    for both models, and both models' columns start level)."""
+    for both models, and both models' columns start level). `chosen` (a column of the first row, a position in it)
+    marks where the next-token bars are, so the text shows which token they explain."""
     if not progress.samples:
         return NO_SAMPLES
-    rows = _sample_columns(progress, progress.samples)
+    rows = _sample_columns(progress, progress.samples, chosen)
     if progress.dial is not None:
         dial = progress.dial
         rows = (f'<h4 class="lm-dial">Dial off</h4>{rows}<h4 class="lm-dial">Dial on: unit {dial.unit} of layer '
@@ -172,17 +184,18 @@ def samples_html(progress: Progress, lower_bound_note: bool = True) -> str:
     return legend(progress.lower_bound and lower_bound_note) + rows
 
 
-def _sample_columns(progress: Progress, samples: Sequence[Sample]) -> str:
+def _sample_columns(progress: Progress, samples: Sequence[Sample], chosen: tuple[int, int] | None = None) -> str:
     read = progress.prompt.text
     tail = read[-PROMPT_TAIL_CHARS:]
     context = f'<span class="ctx">{"…" if len(read) > len(tail) else ""}{escape(tail)}</span>'
     columns = []
-    for sample in samples:
+    for column, sample in enumerate(samples):
+        position = chosen[1] if chosen is not None and chosen[0] == column else None
         columns.append(
             f'<section class="lm-col"><header><b>T = {sample.temperature:g}</b>'
             f"<small>{_sample_summary(sample, progress.unit, progress.done)}</small></header>"
             f'<div class="{_text_classes(progress)}">{context}'
-            f"{coloured_tokens(sample.pieces, sample.tokens, sample.probabilities)}</div></section>")
+            f"{coloured_tokens(sample.pieces, sample.tokens, sample.probabilities, position)}</div></section>")
     return f'<div class="lm-samples">{"".join(columns)}</div>'
 
 

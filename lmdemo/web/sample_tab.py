@@ -14,9 +14,10 @@ import gradio as gr
 from gradio.components.plot import PlotData
 
 from lmdemo.admission import Busy
-from lmdemo.generation import SettingsError
+from lmdemo.generation import Sample, SettingsError
 from lmdemo.web import inside_tab, render
-from lmdemo.web.demo import DEFAULT_BARS, DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURES, Demo, Progress
+from lmdemo.web.demo import (DEFAULT_BARS, DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURES, Demo, Progress,
+                             chosen_position)
 from lmdemo.web.forms import FIELD_CHARS, Limits, draw_seed, read_sampling
 from lmdemo.web.gate import UNLIMITED, Gate
 from lmdemo.web.registry import Models
@@ -26,6 +27,8 @@ takes the likeliest token (greedy: safe, repetitive); below 1 favours likely tok
 as trained; above 1 gives rare tokens more room, until the text turns to gibberish. **Top-k** keeps the k
 likeliest tokens, **top-p** the fewest holding p of the probability. All columns share one set of random
 numbers, so they differ by temperature, not luck."""
+POSITION_INFO = "tokens already written: 0 = right after the prompt; the sample outlines the token it took next"
+FIRST_BARS = (0, 0)  # the column and position whose bars a finished run shows first: the first token after the prompt
 
 
 @dataclass
@@ -110,7 +113,7 @@ def build(models: Models, limits: Limits, run: gr.State) -> SampleTab:
             with gr.Row():
                 which = gr.Dropdown([], label="Sample", info="pick a column", scale=1)
                 position = gr.Slider(0, DEFAULT_MAX_NEW_TOKENS, value=0, step=1, label="Position in the sample",
-                                     scale=2, info="tokens already written; 0 = right after the prompt")
+                                     scale=2, info=POSITION_INFO)
                 bars = gr.Slider(3, limits.max_bars, value=DEFAULT_BARS, step=1, label="Bars", scale=1)
             plot = gr.Plot(label="Next-token probabilities", show_label=False)
     return SampleTab(run, model, model_info, prompt, examples, generate, stop, status, temperatures, max_new_tokens,
@@ -123,7 +126,9 @@ def connect(tab: SampleTab, demo: Demo, inside_text: gr.Dropdown, inside_layer: 
     the dial's box and slider (they write the dial's text), Generate (streamed; `/generate`, whose tenth input is
     the dial's text: a caller that sends nine gets no dial; when it succeeds the page asks `/after_generate` for
     the run's bars and pickers), Stop, the random seed and the next-token bars (`/next_tokens`). Generate and the
-    bars are sampling events of the `gate` (its fair share per address)."""
+    bars are sampling events of the `gate` (its fair share per address). Choosing a column re-ranges the position
+    slider to that sample, and the chosen position is marked in its text, both in events of their own that leave
+    `/next_tokens` as it was."""
     events = SampleEvents(demo, gate)
     model = tab.model
     model.change(events.on_model, model, [tab.model_info, tab.examples, tab.prompt], api_name="model_info")
@@ -149,6 +154,11 @@ def connect(tab: SampleTab, demo: Demo, inside_text: gr.Dropdown, inside_layer: 
     tab.which.input(explore, explore_inputs, tab.plot, api_name="next_tokens", **sampling)
     tab.position.release(explore, explore_inputs, tab.plot, api_visibility="private", **sampling)
     tab.bars.release(explore, explore_inputs, tab.plot, api_visibility="private", **sampling)
+    mark_inputs = [tab.run, tab.which, tab.position]  # raw values too: a typed position may lie past the end
+    tab.which.input(gate.event(events.on_column), mark_inputs, [tab.position, tab.samples], api_visibility="private",
+                    **sampling)
+    tab.position.release(gate.event(events.on_position), mark_inputs, tab.samples, api_visibility="private",
+                         **sampling)
 
 
 class SampleEvents:
@@ -202,6 +212,21 @@ class SampleEvents:
         except Busy as error:
             raise render.refused(str(error), "Busy") from None
 
+    def on_column(self, current: Progress | None, index: Any, at: Any) -> tuple[Any, Any]:
+        """Another column: the slider runs to that sample's own end (a position past it becomes its end) and the
+        mark moves there. Without a run (a page whose first run still streams) nothing changes."""
+        if current is None:
+            return gr.skip(), gr.skip()
+        column, position = _chosen(current, index, at)
+        return (_position_slider(current.samples[column], position),
+                render.samples_html(current, chosen=(column, position)))
+
+    def on_position(self, current: Progress | None, index: Any, at: Any) -> Any:
+        """The slider let go: the mark moves to its position."""
+        if current is None:
+            return gr.skip()
+        return render.samples_html(current, chosen=_chosen(current, index, at))
+
     def on_finished(self, request: gr.Request, current: Progress | None) -> tuple:
         if current is None:
             raise render.refused("Generate some text first: this shows a finished run's bars.", "Nothing to show yet")
@@ -232,16 +257,32 @@ def _generation_updates(progress_stream: Iterator[Progress]) -> Iterator[tuple]:
                 gr.Warning(render.escape(note))
             prompt_view = render.prompt_html(progress)
         run = progress if progress.done else gr.skip()  # a State takes a skip without rebuilding anything
-        yield render.samples_html(progress), prompt_view, render.status_markdown(progress), run
+        chosen = FIRST_BARS if progress.done else None  # where `/after_generate` puts the bars
+        yield render.samples_html(progress, chosen=chosen), prompt_view, render.status_markdown(progress), run
 
 
 def _finished_updates(demo: Demo, progress: Progress, client: str) -> tuple:
     """After a run (a second event, which the page sends when the first succeeds): the bars' pickers and the bars
     after the prompt, and the Inside tab's text picker."""
-    longest = max(len(s.ids) for s in progress.samples)
+    column, position = FIRST_BARS
     choices = [(f"T = {s.temperature:g}", i) for i, s in enumerate(progress.samples)]
-    return (gr.Dropdown(choices=choices, value=0), gr.Slider(maximum=max(1, longest), value=0),
-            _figure(demo, progress, 0, 0, DEFAULT_BARS, client), inside_tab.text_choices(progress))
+    return (gr.Dropdown(choices=choices, value=column), _position_slider(progress.samples[column], position),
+            _figure(demo, progress, column, position, DEFAULT_BARS, client), inside_tab.text_choices(progress))
+
+
+def _chosen(progress: Progress, index: Any, at: Any) -> tuple[int, int]:
+    """The column and position the bars explain, read from the form as `Demo.next_tokens` reads them: a position
+    past the sample's end is its end."""
+    try:
+        return chosen_position(progress, index, at)
+    except SettingsError as error:
+        raise render.refused(str(error), "Check the settings") from None
+
+
+def _position_slider(sample: Sample, position: int) -> gr.Slider:
+    """The position slider over one sample: 0 (right after the prompt) to its own end, so it cannot run past a
+    short sample's end."""
+    return gr.Slider(maximum=len(sample.ids), value=position)
 
 
 def unk_choice(models: Models, name: str) -> dict[str, Any]:
