@@ -3,15 +3,15 @@ marked in that column's text (issue 30, item 9)."""
 
 from __future__ import annotations
 
-import os
+import dataclasses
 import re
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from browser import chromium_page
 from servers import free_port, serving, wait_until
+from test_app import ENV, ROOT
 
 from lmdemo.checkpoint import read_examples
 from lmdemo.web import render
@@ -21,10 +21,6 @@ from lmdemo.web.gate import Gate, Serving
 from lmdemo.web.registry import Models
 from lmdemo.web.sample_tab import SampleEvents
 
-ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_DISABLE_TELEMETRY": "1",
-       "PYTHONUNBUFFERED": "1"}
-ENV.pop("LMDEMO_MODELS", None)
 SEED, LENGTH = 7, 120
 
 
@@ -76,6 +72,16 @@ def test_after_a_run_the_slider_runs_to_the_first_columns_own_end(events_and_run
     which, position, *_ = events.on_finished(None, run)
     assert (position.maximum, position.value) == (len(run.samples[0].ids), 0)
     assert which.value == 0
+
+
+def test_a_sample_that_took_no_token_still_gets_a_slider(events_and_run):
+    """A sample that ended at once (its first token was the stop text, or the end of the text) has nothing past
+    position 0; its slider still has a range (the soak bench found 71 runs failing with Gradio's "Slider minimum must
+    be less than maximum")."""
+    events, run = events_and_run
+    empty = dataclasses.replace(run.samples[0], ids=[], tokens=[], probabilities=[], pieces=[])
+    _, position, *_ = events.on_finished(None, dataclasses.replace(run, samples=[empty, *run.samples[1:]]))
+    assert (position.minimum, position.maximum, position.value) == (0, 1, 0)
 
 
 def test_choosing_a_column_re_ranges_the_slider_and_clamps_its_value(events_and_run):

@@ -282,7 +282,7 @@ def _chosen(progress: Progress, index: Any, at: Any) -> tuple[int, int]:
 def _position_slider(sample: Sample, position: int) -> gr.Slider:
     """The position slider over one sample: 0 (right after the prompt) to its own end, so it cannot run past a
     short sample's end."""
-    return gr.Slider(maximum=len(sample.ids), value=position)
+    return gr.Slider(maximum=max(1, len(sample.ids)), value=position)  # a slider needs a range: an empty sample's is 0-1
 
 
 def unk_choice(models: Models, name: str) -> dict[str, Any]:
