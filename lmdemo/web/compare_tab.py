@@ -1,5 +1,6 @@
 """The Compare tab: the same prompt, settings and seed through two models, side by side; a thin Gradio layer
-over `lmdemo.web.demo` (`Demo.compare`) and `render`."""
+over `lmdemo.web.demo` (`Demo.compare`) and `render`. "Copy link" gives a link to the comparison on view, and a page
+opened on such a link sets the form and runs it (`lmdemo.web.links`)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ import gradio as gr
 
 from lmdemo.admission import Busy
 from lmdemo.generation import SettingsError
-from lmdemo.web import render
+from lmdemo.web import links, render
 from lmdemo.web.demo import DEFAULT_MAX_NEW_TOKENS, Demo
 from lmdemo.web.forms import FIELD_CHARS, read_sampling
 from lmdemo.web.gate import UNLIMITED, Gate
+from lmdemo.web.links import CompareLink
 
 COMPARE_TEMPERATURES = "0.5, 1"
 
@@ -22,8 +24,9 @@ each was by the prompt, and what each expects right after it. Models that cut te
 puts both models' figures side by side."""
 
 
-def build(demo: Demo, gate: Gate) -> list[gr.Dropdown]:
-    """Two model pickers, one prompt and one set of settings; both models' results side by side.
+def build(demo: Demo, gate: Gate, tabs: gr.Tabs, opened: gr.State) -> list[gr.Dropdown]:
+    """Two model pickers, one prompt and one set of settings; both models' results side by side. A link the page
+    `opened` on (`lmdemo.web.links`) sets the form, shows this tab among `tabs` and starts the same Compare.
 
     Returns the pickers, whose choices a session's own trained models join."""
     models, limits = demo.models, demo.limits
@@ -43,6 +46,7 @@ def build(demo: Demo, gate: Gate) -> list[gr.Dropdown]:
         seed = gr.Textbox("0", label="Seed", max_length=FIELD_CHARS)
     button = gr.Button("Compare", variant="primary")
     status = gr.Markdown("Press **Compare** to run both models.")
+    copy_link, link = links.copy_widgets("this comparison")
     events = CompareEvents(demo, gate)
     # one row per part (cards, samples, prompts, bars), A beside B, so a longer card on one side pushes both sides
     # down alike; on a phone each row stacks, as columns do (a side is at least 320 px wide)
@@ -58,9 +62,13 @@ def build(demo: Demo, gate: Gate) -> list[gr.Dropdown]:
     for picker, card in zip(pickers, cards):
         picker.change(events.card, picker, card, api_visibility="private")
     sides = list(zip(cards, samples, prompts, bars))
-    button.click(gate.sampling(events.on_compare), [*pickers, prompt, temperatures, max_new_tokens, top_k, top_p, seed],
-                 [status, *sides[0], *sides[1]], api_name="compare",
-                 preprocess=False, **UNLIMITED)  # raw values: lmdemo checks them and names the field in its message
+    form = [*pickers, prompt, temperatures, max_new_tokens, top_k, top_p, seed]
+    shown = gr.State(None, time_to_live=gate.serving.session_ttl_s)  # the link of the comparison on view
+    start = gr.State(None, time_to_live=gate.serving.session_ttl_s)  # set once the form holds an opened link: it runs it
+    opened.change(events.on_opened, opened, [tabs, *form, start], api_visibility="private")
+    gr.on([button.click, start.change], gate.sampling(events.on_compare), form, [status, *sides[0], *sides[1], shown],
+          api_name="compare", preprocess=False, **UNLIMITED)  # raw values: lmdemo checks them and names the field
+    links.connect_copy(copy_link, link, events.link_query, [shown])
     return pickers
 
 
@@ -72,6 +80,17 @@ class CompareEvents:
 
     def card(self, name: str) -> str:
         return render.model_markdown(self.demo.models.describe(name))
+
+    def on_opened(self, opened: CompareLink | None) -> tuple:
+        """The form set to an opened link, the tab in view, and `start` set, which runs it."""
+        if opened is None:
+            return gr.skip()
+        return (gr.Tabs(selected=CompareLink.tab), opened.model_a, opened.model_b, opened.prompt, opened.temperatures,
+                opened.max_new_tokens, opened.top_k, opened.top_p, str(opened.seed), opened)
+
+    def link_query(self, shown: CompareLink | None) -> str:
+        """"Copy link": the query that reopens the comparison on view."""
+        return links.link_query(shown, self.demo.models, self.demo.limits, "Compare first")
 
     def on_compare(self, request: gr.Request, name_a: str, name_b: str, prompt_text: str, temperature_text: str,
                    max_new: Any, k: Any, p: Any, seed_text: Any) -> tuple:
@@ -87,4 +106,5 @@ class CompareEvents:
             results += [render.model_markdown(info), render.samples_html(progress, lower_bound_note=False),
                         render.prompt_html(progress),
                         render.plot_value(render.next_token_figure(next_tokens))]
-        return (render.compare_markdown(comparison), *results)
+        return (render.compare_markdown(comparison), *results,
+                CompareLink.of(name_a, name_b, prompt_text, sampling))

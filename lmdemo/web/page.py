@@ -3,7 +3,7 @@ page-wide texts and the look it launches with.
 
 Each tab lives in its own module (`sample_tab`, `inside_tab`, `compare_tab`, `train_tab`, `curves_tab`); this one
 only places them and wires what crosses tabs: the Sample tab's text into Inside, a finished Train job's model into
-every picker.
+every picker, and a link the page opens on (`lmdemo.web.links`) into its tab.
 """
 
 from __future__ import annotations
@@ -14,13 +14,14 @@ from typing import Any
 
 import gradio as gr
 
-from lmdemo.web import compare_tab, curves_tab, inside_tab, sample_tab, train_tab
+from lmdemo.web import compare_tab, curves_tab, inside_tab, links, sample_tab, train_tab
 from lmdemo.web.demo import Demo
 from lmdemo.web.forms import Limits
 from lmdemo.web.gate import Gate
 from lmdemo.web.inside import Inside
 from lmdemo.web.jobs import TrainingLine
 from lmdemo.web.registry import Models
+from lmdemo.web.why_api import build as build_why_api
 
 INTRO = """# LSTM language models, up close
 Pick a model, give it a prompt and compare what it writes at several **temperatures** side by side.
@@ -54,7 +55,8 @@ def build_app(models: Models, limits: Limits = Limits(), training: TrainingLine 
         gr.Markdown(INTRO)
         if models.skipped:
             gr.Markdown(skipped_markdown(models.skipped), elem_id="skipped-models")
-        with gr.Tabs(overflow_behavior="wrap"):  # every tab in sight on a phone, none behind a "⋯" menu
+        opened = {tab: gr.State(None, time_to_live=gate.serving.session_ttl_s) for tab in links.LINKS}
+        with gr.Tabs(overflow_behavior="wrap") as tabs:  # every tab in sight on a phone, none behind a "⋯" menu
             with gr.Tab("Sample", id="sample"):
                 sample = sample_tab.build(models, limits, run)
             with gr.Tab("Inside the LSTM", id="inside"):
@@ -62,15 +64,17 @@ def build_app(models: Models, limits: Limits = Limits(), training: TrainingLine 
                 gate.pages.also_forget(inside.internals.forget_idle)
                 inside_text, inside_layer = inside_tab.build(inside, run, sample.model, sample.prompt, gate)
             with gr.Tab("Compare", id="compare"):
-                compare_pickers = compare_tab.build(demo, gate)
+                compare_pickers = compare_tab.build(demo, gate, tabs, opened["compare"])
             if training is not None:
                 with gr.Tab("Train", id="train"):
                     connect_training = train_tab.build(training, gate)
             with gr.Tab("Training curves", id="curves"):
                 curve_picker = curves_tab.build(models)
+        build_why_api(models, limits, gate)
         if training is not None:
             connect_training(app, [sample.model, *compare_pickers, curve_picker])
-        sample_tab.connect(sample, demo, inside_text, inside_layer, gate)
+        sample_tab.connect(sample, demo, inside_text, inside_layer, gate, tabs, opened["sample"])
+        links.connect_opening(app, models, limits, opened)
     gate.start(app)
     return app
 

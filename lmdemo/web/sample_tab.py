@@ -2,25 +2,28 @@
 `render` (HTML and figures). Controls on the right, samples below, next-token bars at the bottom.
 
 Its model, prompt and last run are what the Inside tab reads, and a run refreshes the Inside tab's text picker.
+"Copy link" gives a link to the run on view, and a page opened on such a link sets the form and runs it
+(`lmdemo.web.links`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import gradio as gr
 from gradio.components.plot import PlotData
 
 from lmdemo.admission import Busy
-from lmdemo.generation import Sample, SettingsError
-from lmdemo.web import inside_tab, render
+from lmdemo.generation import Dial, Sample, SettingsError
+from lmdemo.web import inside_tab, links, render
 from lmdemo.web.demo import (DEFAULT_BARS, DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURES, Demo, Progress,
                              chosen_position)
 from lmdemo.web.forms import FIELD_CHARS, Limits, draw_seed, read_sampling
 from lmdemo.web.gate import UNLIMITED, Gate
-from lmdemo.web.registry import Models
+from lmdemo.web.links import SampleLink
+from lmdemo.web.registry import Models, Steerable
 
 TEMPERATURE_HELP = """**Temperature** reshapes the model's odds before each token is drawn. **0** always
 takes the likeliest token (greedy: safe, repetitive); below 1 favours likely tokens; **1** samples the model
@@ -43,6 +46,8 @@ class SampleTab:
     generate: gr.Button
     stop: gr.Button
     status: gr.Markdown
+    copy_link: gr.Button
+    link: gr.Textbox
     temperatures: gr.Textbox
     max_new_tokens: gr.Slider
     top_k: gr.Number
@@ -78,6 +83,7 @@ def build(models: Models, limits: Limits, run: gr.State) -> SampleTab:
                 generate = gr.Button("Generate", variant="primary", scale=3)
                 stop = gr.Button("Stop", variant="secondary", scale=1)
             status = gr.Markdown("Press **Generate** to sample.", label="Status")
+            copy_link, link = links.copy_widgets("these samples")
         with gr.Column(scale=2):
             temperatures = gr.Textbox(
                 ", ".join(f"{t:g}" for t in DEFAULT_TEMPERATURES),
@@ -116,38 +122,49 @@ def build(models: Models, limits: Limits, run: gr.State) -> SampleTab:
                                      scale=2, info=POSITION_INFO)
                 bars = gr.Slider(3, limits.max_bars, value=DEFAULT_BARS, step=1, label="Bars", scale=1)
             plot = gr.Plot(label="Next-token probabilities", show_label=False)
-    return SampleTab(run, model, model_info, prompt, examples, generate, stop, status, temperatures, max_new_tokens,
-                     top_k, top_p, seed, dice, stop_text, avoid_unk, dial_on, dial_slider, dial, samples, prompt_view,
-                     which, position, bars, plot)
+    return SampleTab(run, model, model_info, prompt, examples, generate, stop, status, copy_link, link, temperatures,
+                     max_new_tokens, top_k, top_p, seed, dice, stop_text, avoid_unk, dial_on, dial_slider, dial, samples,
+                     prompt_view, which, position, bars, plot)
 
 
-def connect(tab: SampleTab, demo: Demo, inside_text: gr.Dropdown, inside_layer: gr.Dropdown, gate: Gate) -> None:
+def connect(tab: SampleTab, demo: Demo, inside_text: gr.Dropdown, inside_layer: gr.Dropdown, gate: Gate,
+            tabs: gr.Tabs, opened: gr.State) -> None:
     """Wire the tab's events: a model change (its card, examples, the Inside layers, the `<unk>` box, the dial),
     the dial's box and slider (they write the dial's text), Generate (streamed; `/generate`, whose tenth input is
     the dial's text: a caller that sends nine gets no dial; when it succeeds the page asks `/after_generate` for
     the run's bars and pickers), Stop, the random seed and the next-token bars (`/next_tokens`). Generate and the
     bars are sampling events of the `gate` (its fair share per address). Choosing a column re-ranges the position
     slider to that sample, and the chosen position is marked in its text, both in events of their own that leave
-    `/next_tokens` as it was."""
+    `/next_tokens` as it was.
+
+    A link (`lmdemo.web.links`) the page `opened` on sets the form, shows this tab among `tabs` and starts the same
+    Generate; the run's bars then look where the link's did. A visitor's choice of model resets the prompt and
+    the dial (a model set by a link keeps the link's); "Copy link" links the run on view."""
     events = SampleEvents(demo, gate)
     model = tab.model
-    model.change(events.on_model, model, [tab.model_info, tab.examples, tab.prompt], api_name="model_info")
+    model.input(events.on_model, model, [tab.model_info, tab.examples, tab.prompt], api_name="model_info")
     model.change(events.layer_picker, model, inside_layer, api_visibility="private")
     model.change(events.unk_box, model, tab.avoid_unk, api_visibility="private")
-    model.change(events.dial_boxes, model, [tab.dial_on, tab.dial_slider, tab.dial], api_visibility="private")
+    model.input(events.dial_boxes, model, [tab.dial_on, tab.dial_slider, tab.dial], api_visibility="private")
     dial_inputs = [model, tab.dial_on, tab.dial_slider]
     tab.dial_on.input(events.on_dial, dial_inputs, tab.dial, api_visibility="private")
     tab.dial_slider.release(events.on_dial, dial_inputs, tab.dial, api_visibility="private")
     tab.examples.click(first_of, tab.examples, tab.prompt, api_visibility="private")
     tab.dice.click(random_seed, None, tab.seed, api_name="random_seed")
     sampling = dict(preprocess=False, **UNLIMITED)  # raw values: lmdemo checks them and names the field
-    generation = tab.generate.click(
-        gate.sampling(events.on_generate),
-        [model, tab.prompt, tab.temperatures, tab.max_new_tokens, tab.top_k, tab.top_p, tab.seed, tab.stop_text,
-         tab.avoid_unk, tab.dial],
-        [tab.samples, tab.prompt_view, tab.status, tab.run], api_name="generate", **sampling)
-    generation.success(gate.sampling(events.on_finished), tab.run, [tab.which, tab.position, tab.plot, inside_text],
-                       api_name="after_generate", **UNLIMITED)
+    session_ttl = gate.serving.session_ttl_s
+    shown = gr.State(None, time_to_live=session_ttl)  # the link of the finished run on view
+    start = gr.State(None, time_to_live=session_ttl)  # set once the form holds an opened link: it runs it
+    settings = [tab.temperatures, tab.max_new_tokens, tab.top_k, tab.top_p, tab.seed, tab.stop_text, tab.avoid_unk]
+    opened.change(events.on_opened, opened,
+                  [tabs, model, tab.model_info, tab.examples, tab.prompt, *settings, tab.dial_on, tab.dial_slider,
+                   tab.dial, start], api_visibility="private")
+    generation = gr.on([tab.generate.click, start.change], gate.sampling(events.on_generate),
+                       [model, tab.prompt, *settings, tab.dial, opened],
+                       [tab.samples, tab.prompt_view, tab.status, tab.run, shown], api_name="generate", **sampling)
+    generation.success(gate.sampling(events.on_finished), [tab.run, shown],
+                       [tab.which, tab.position, tab.plot, inside_text], api_name="after_generate", **UNLIMITED)
+    links.connect_copy(tab.copy_link, tab.link, events.link_query, [shown, tab.run, tab.which, tab.position])
     tab.stop.click(None, None, None, cancels=[generation], api_visibility="private")
     explore_inputs = [tab.run, tab.which, tab.position, tab.bars]
     explore = gate.sampling(events.on_explore)  # lmdemo checks the sample, position and count against the run
@@ -188,14 +205,28 @@ class SampleEvents:
         steerable = self.models.describe(name).steerable
         return str(steerable[0].dial(value)) if on and steerable else ""
 
+    def on_opened(self, opened: SampleLink | None) -> tuple:
+        """The form set to an opened link (the model's own card, examples and dial boxes with it), the tab in
+        view, and `start` set, which runs it."""
+        if opened is None:
+            return gr.skip()
+        card, examples, _ = self.on_model(opened.model)
+        dial_boxes = _dial_updates(dial_choices(self.models, opened.model, opened.dial))
+        return (gr.Tabs(selected=SampleLink.tab), opened.model, card, examples, opened.prompt, opened.temperatures,
+                opened.max_new_tokens, opened.top_k, opened.top_p, str(opened.seed), opened.stop, opened.avoid_unk,
+                *dial_boxes, opened)
+
     def on_generate(self, request: gr.Request, name: str, prompt_text: str, temperature_text: str, max_new: Any,
-                    k: Any, p: Any, seed_text: Any, stop_at: str, no_unk: bool, dial_text: Any = None
-                    ) -> Iterator[tuple]:
+                    k: Any, p: Any, seed_text: Any, stop_at: str, no_unk: bool, dial_text: Any = None,
+                    opened: SampleLink | None = None) -> Iterator[tuple]:
+        """A run; the link it is, for "Copy link", keeps the bars of the link `opened` when it asks for the same
+        samples."""
         try:
             sampling = read_sampling(self.limits, temperature_text, max_new, k, p, seed_text, stop_at, no_unk,
                                      dial_text)
             progress = self.demo.generate(name, prompt_text, sampling, client=self.gate.client(request))
-            yield from _generation_updates(progress)
+            link = SampleLink.of(name, prompt_text, sampling)
+            yield from _generation_updates(progress, opened if opened is not None and opened.same_run(link) else link)
         except SettingsError as error:
             raise render.refused(str(error), "Check the settings") from None
         except Busy as error:
@@ -227,13 +258,22 @@ class SampleEvents:
             return gr.skip()
         return render.samples_html(current, chosen=_chosen(current, index, at))
 
-    def on_finished(self, request: gr.Request, current: Progress | None) -> tuple:
+    def on_finished(self, request: gr.Request, current: Progress | None, shown: SampleLink | None = None) -> tuple:
+        """The bars of a finished run, where its link looks (the first token after the prompt unless a link said)."""
         if current is None:
             raise render.refused("Generate some text first: this shows a finished run's bars.", "Nothing to show yet")
         try:
-            return _finished_updates(self.demo, current, self.gate.client(request))
+            return _finished_updates(self.demo, current, self.gate.client(request), _bars_of(current, shown))
         except Busy as error:
             raise render.refused(str(error), "Busy") from None
+
+    def link_query(self, shown: SampleLink | None, current: Progress | None, index: Any, at: Any) -> str:
+        """"Copy link": the query that reopens the run on view (`shown`, finished as `current`), with the bars
+        where they look now."""
+        if shown is not None:
+            column, position = _chosen(current, index, at)
+            shown = replace(shown, column=column, position=position)
+        return links.link_query(shown, self.models, self.limits, "Generate first, and let the run finish")
 
 
 def first_of(chosen: list[str]) -> str:
@@ -245,11 +285,12 @@ def random_seed() -> str:
     return str(draw_seed())
 
 
-def _generation_updates(progress_stream: Iterator[Progress]) -> Iterator[tuple]:
-    """The page's updates of one request: samples, prompt colouring and status while it runs, the run at the end.
-    A prompt's notes are shown once, as warnings. Every output gets a value each time, never `gr.skip()`: Gradio
-    rebuilds a skipped component and its config, which cost a busy server more than the samples did; a value
-    that did not change is sent as an empty diff."""
+def _generation_updates(progress_stream: Iterator[Progress], link: SampleLink) -> Iterator[tuple]:
+    """The page's updates of one request: samples, prompt colouring and status while it runs, the run and its
+    `link` at the end (no link while it runs: a run cut short is not on a link). A prompt's notes are shown once,
+    as warnings. Every output gets a value each time, never `gr.skip()`: Gradio rebuilds a skipped component and
+    its config, which cost a busy server more than the samples did; a value that did not change is sent as an
+    empty diff."""
     prompt_view = None
     for progress in progress_stream:
         if prompt_view is None:
@@ -257,14 +298,20 @@ def _generation_updates(progress_stream: Iterator[Progress]) -> Iterator[tuple]:
                 gr.Warning(render.escape(note))
             prompt_view = render.prompt_html(progress)
         run = progress if progress.done else gr.skip()  # a State takes a skip without rebuilding anything
-        chosen = FIRST_BARS if progress.done else None  # where `/after_generate` puts the bars
-        yield render.samples_html(progress, chosen=chosen), prompt_view, render.status_markdown(progress), run
+        chosen = _bars_of(progress, link) if progress.done else None  # where `/after_generate` puts the bars
+        yield (render.samples_html(progress, chosen=chosen), prompt_view, render.status_markdown(progress), run,
+               link if progress.done else None)
 
 
-def _finished_updates(demo: Demo, progress: Progress, client: str) -> tuple:
+def _bars_of(progress: Progress, link: SampleLink | None) -> tuple[int, int]:
+    """Where a finished run's bars look: where its link says, else at the first token after the prompt."""
+    return _chosen(progress, link.column, link.position) if link is not None else FIRST_BARS
+
+
+def _finished_updates(demo: Demo, progress: Progress, client: str, chosen: tuple[int, int] = FIRST_BARS) -> tuple:
     """After a run (a second event, which the page sends when the first succeeds): the bars' pickers and the bars
-    after the prompt, and the Inside tab's text picker."""
-    column, position = FIRST_BARS
+    at `chosen` (column, position), and the Inside tab's text picker."""
+    column, position = chosen
     choices = [(f"T = {s.temperature:g}", i) for i, s in enumerate(progress.samples)]
     return (gr.Dropdown(choices=choices, value=column), _position_slider(progress.samples[column], position),
             _figure(demo, progress, column, position, DEFAULT_BARS, client), inside_tab.text_choices(progress))
@@ -292,21 +339,34 @@ def unk_choice(models: Models, name: str) -> dict[str, Any]:
                 interactive=has_unk)
 
 
-def dial_choices(models: Models, name: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+def dial_choices(models: Models, name: str, dial: str = "") -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """The dial's on-box, slider and text for a model: shown only when its atlas names a property the dial can
-    turn (the first such), the slider running between the values that push the text to either end."""
+    turn (the first such), the slider running between the values that push the text to either end. The text is
+    `dial` (a link's); when it holds the slider's unit within its range, the box is on and the slider there."""
     steerable = models.describe(name).steerable
     if not steerable:
         return dict(value=False, visible=False, label="Dial"), dict(visible=False), dict(value="", visible=False)
     first = steerable[0]
     (low_end, low), (high_end, high) = first.ends
-    return (dict(value=False, visible=True, label=f"Dial {first.property}: hold its unit (samples without and "
-                                                  f"with the dial, same seed)"),
-            dict(minimum=low, maximum=high, value=high, step=(high - low) / 100, visible=True,
-                 label=f"{first.property}: {low_end} ↔ {high_end}",
+    held = _held_value(first, dial, low, high)
+    return (dict(value=held is not None, visible=True, label=f"Dial {first.property}: hold its unit (samples "
+                                                             f"without and with the dial, same seed)"),
+            dict(minimum=low, maximum=high, value=high if held is None else held, step=(high - low) / 100,
+                 visible=True, label=f"{first.property}: {low_end} ↔ {high_end}",
                  info=f"unit {first.unit} of layer {first.layer}'s {first.quantity}, held at this value"),
-            dict(value="", visible=True, label="Dial (LAYER:UNIT:QUANTITY=VALUE, empty = off)",
+            dict(value=dial, visible=True, label="Dial (LAYER:UNIT:QUANTITY=VALUE, empty = off)",
                  info="any unit: layers from 1, units from 0, quantity h or c"))
+
+
+def _held_value(steerable: Steerable, dial: str, low: float, high: float) -> float | None:
+    """The value at which `dial` holds the steerable unit, when it does and within the slider's range."""
+    try:
+        held = Dial.parse(dial) if dial else None
+    except SettingsError:
+        return None
+    if held is None or steerable.dial(held.value) != held or not low <= held.value <= high:
+        return None
+    return held.value
 
 
 def _dial_updates(choices: tuple[dict[str, Any], dict[str, Any], dict[str, Any]]) -> tuple:
