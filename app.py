@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         app.queue(default_concurrency_limit=None, max_size=2 * gate.serving.events)
         upload_cap = dict(max_file_size=training.limits.max_upload_bytes) if training else {}
         # an admitted event waits for its turn or its decode loop in a worker thread: one each, and some to spare
-        doors = [Middleware(JoinDoor, gate=gate), Middleware(UploadDoor, uploads=uploads, address=gate.client)]
+        doors = [Middleware(JoinDoor, gate=gate), Middleware(UploadDoor, uploads=uploads, gate=gate)]
         app.launch(server_name=args.host, server_port=args.port, theme=page.theme(), css=render.CSS, ssr_mode=False,
                    footer_links=["api"], max_threads=gate.serving.events + DEFAULT_THREADS,
                    app_kwargs=dict(middleware=doors), **upload_cap)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -179,3 +179,28 @@ class Turns:
         """The first waiter of the clients running the fewest, among those below `per_client`."""
         allowed = [waiter for waiter in self.waiting if self.running[waiter[0]] < self.per_client]
         return min(allowed, key=lambda waiter: (self.running[waiter[0]], waiter[1])) if allowed else None
+
+
+class Backoff:
+    """How long to hold a refusal's answer. A visitor's occasional refusal is answered at once; an address refused
+    again and again within `window_s` (a script retrying at once) waits `step_s` longer for each refusal past the
+    first `free`, up to `most_s`, so it cannot keep the server's one event loop busy answering it. Bounded: at most
+    `addresses` are remembered, the longest unrefused forgotten first."""
+
+    def __init__(self, free: int = 5, step_s: float = 0.1, most_s: float = 2.0, window_s: float = 10.0,
+                 addresses: int = 4096):
+        self.free, self.step_s, self.most_s, self.window_s, self.addresses = free, step_s, most_s, window_s, addresses
+        self.lock = threading.Lock()
+        self.refused: OrderedDict[str, tuple[float, int]] = OrderedDict()  # address -> (window's start, refusals)
+
+    def delay(self, client: str) -> float:
+        """Count one more refusal of `client`; the seconds to wait before answering it."""
+        now = time.monotonic()
+        with self.lock:
+            start, count = self.refused.pop(client, (now, 0))
+            if now - start > self.window_s:
+                start, count = now, 0
+            self.refused[client] = (start, count + 1)
+            while len(self.refused) > self.addresses:
+                self.refused.popitem(last=False)
+        return min(self.most_s, self.step_s * max(0, count + 1 - self.free))

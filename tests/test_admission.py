@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from lmdemo.admission import Admission, Busy, Line, Turns
+from lmdemo.admission import Admission, Backoff, Busy, Line, Turns
 from lmdemo.web.uploads import Uploads
 
 
@@ -156,3 +156,15 @@ def test_model_work_computes_one_at_a_time_in_fair_turns_and_a_flood_is_refused_
     for hold in holds:
         hold.release()
     assert call() == "done"
+
+
+def test_refusals_of_an_address_that_keeps_asking_come_slower_up_to_a_bound_and_the_memory_is_bounded():
+    backoff = Backoff(free=3, step_s=0.1, most_s=0.5, window_s=0.3, addresses=4)
+    assert [backoff.delay("198.51.100.1") for _ in range(10)] == pytest.approx([0, 0, 0, 0.1, 0.2, 0.3, 0.4, 0.5,
+                                                                                0.5, 0.5])
+    assert backoff.delay("203.0.113.1") == 0, "another address is answered at once"
+    time.sleep(0.35)
+    assert backoff.delay("198.51.100.1") == 0, "a new window starts afresh"
+    for address in range(10):
+        backoff.delay(f"192.0.2.{address}")
+    assert len(backoff.refused) == 4

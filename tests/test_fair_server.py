@@ -91,3 +91,22 @@ def test_the_page_state_of_an_idle_session_goes(small_server):
     time.sleep(3 + 1 + 1)  # idle is the condition itself: any request would refresh it (ttl, sweep, a margin)
     with pytest.raises(Exception, match="Generate some text first"):
         client.predict(0, 1, 3, api_name="/next_tokens")
+
+
+def test_a_script_that_keeps_asking_past_its_share_is_answered_slower_and_others_at_once(small_server):
+    """Refusals at the door cost the server's one event loop: an address refused again and again waits longer for
+    each answer (up to 2 s), while another address's first refusal comes at once."""
+    url, _ = small_server
+    for _ in range(8):  # 8 files: the share of uploads
+        assert upload(url, "198.51.100.90", b"x").status_code == 200
+    waits = []
+    for _ in range(12):
+        started = time.monotonic()
+        assert upload(url, "198.51.100.90", b"x").status_code == 429
+        waits.append(time.monotonic() - started)
+    assert waits[-1] > waits[0] + 0.4, waits
+    for _ in range(8):
+        assert upload(url, "198.51.100.91", b"y").status_code == 200
+    started = time.monotonic()
+    assert upload(url, "198.51.100.91", b"y").status_code == 429
+    assert time.monotonic() - started < waits[-1] - 0.3

@@ -14,6 +14,7 @@ to a worker at once, and the `Gate` admits it there, by the asking client's addr
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import json
@@ -22,7 +23,7 @@ from contextlib import AbstractContextManager, ExitStack, contextmanager, nullco
 from dataclasses import dataclass
 from typing import Any
 
-from lmdemo.admission import Admission, Busy, Line, Turns
+from lmdemo.admission import Admission, Backoff, Busy, Line, Turns
 from lmdemo.batching import DEFAULT_MAX_ROWS, Batching, Decoder, PerRequest
 from lmdemo.web import render
 from lmdemo.web.clients import request_address
@@ -67,6 +68,7 @@ class Gate:
                                  if serving.decode == "batched" else PerRequest())
         self.batched = isinstance(self.decoder, Batching)
         self.pages = PageStates(serving.session_ttl_s)  # Gradio's state of each page: bounded per address
+        self.backoff = Backoff()  # the doors' refusals of an address that keeps asking come slower
         self.app: Any = None  # the Blocks, once built (`start`)
 
     def client(self, request: Any) -> str:
@@ -77,6 +79,11 @@ class Gate:
         """`app` is built: the door can tell its gated events apart, and its pages are swept."""
         self.app = app
         self.pages.start(app)
+
+    async def refuse(self, send: Any, client: str, status: int, message: str) -> None:
+        """A door's refusal of `client`, answered after its `backoff` wait (none for an occasional one)."""
+        await asyncio.sleep(self.backoff.delay(client))
+        await answer(send, status, message)
 
     def at_the_door(self, client: str, page: str | None, fn_index: Any) -> str | None:
         """Why a request joining Gradio's queue is turned away before Gradio makes anything for it (one line), or
@@ -178,10 +185,10 @@ class JoinDoor:
             page, fn_index = joining.get("session_hash"), joining.get("fn_index")
         except (ValueError, AttributeError):
             page, fn_index = None, None  # Gradio answers a malformed join itself
-        refusal = self.gate.at_the_door(self.gate.client(Request(scope)), page if isinstance(page, str) else None,
-                                        fn_index)
+        client = self.gate.client(Request(scope))
+        refusal = self.gate.at_the_door(client, page if isinstance(page, str) else None, fn_index)
         if refusal:
-            await answer(send, 429, refusal)
+            await self.gate.refuse(send, client, 429, refusal)
             return
         replayed = False
 

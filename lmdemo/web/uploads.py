@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from lmdemo.admission import Admission, Busy, Hold, Line
-from lmdemo.web.gate import answer
+from lmdemo.web.gate import Gate, answer
 
 UPLOAD_ROUTE = "/gradio_api/upload"
 FILES_LINE, BYTES_LINE = "uploads", "upload bytes"
@@ -140,8 +140,8 @@ class Uploads:
 class UploadDoor:
     """ASGI middleware in front of Gradio's upload route (see the module docstring); every other request passes."""
 
-    def __init__(self, app: Any, uploads: Uploads, address: Any):
-        self.app, self.uploads, self.address = app, uploads, address
+    def __init__(self, app: Any, uploads: Uploads, gate: Gate):
+        self.app, self.uploads, self.gate = app, uploads, gate
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].endswith(UPLOAD_ROUTE):
@@ -150,23 +150,24 @@ class UploadDoor:
         from starlette.requests import Request
 
         request = Request(scope)
+        client = self.gate.client(request)
         length = request.headers.get("content-length", "")
         if not length.isdigit():
-            await answer(send, 411, "an upload must say its length (Content-Length)")
+            await self.gate.refuse(send, client, 411, "an upload must say its length (Content-Length)")
             return
         if int(length) > self.uploads.max_file_bytes + MULTIPART_SLACK:  # one file with its multipart framing
-            await answer(send, 413, f"the upload has {int(length) / 1e6:,.1f} MB; a file may have at most "
-                                    f"{self.uploads.max_file_bytes / 1e6:g} MB")
+            await self.gate.refuse(send, client, 413, f"the upload has {int(length) / 1e6:,.1f} MB; a file may have "
+                                                      f"at most {self.uploads.max_file_bytes / 1e6:g} MB")
             return
         try:
-            holds = self.uploads.admit(self.address(request), int(length))
+            holds = self.uploads.admit(client, int(length))
         except Busy as error:
-            await answer(send, 429, str(error))
+            await self.gate.refuse(send, client, 429, str(error))
             return
         status, headers, body = await _buffered(self.app, scope, receive)
         if status == 200:
             try:
-                body = json.dumps(self.uploads.keep(self.address(request), json.loads(body), holds)).encode()
+                body = json.dumps(self.uploads.keep(client, json.loads(body), holds)).encode()
             except (Busy, OSError, ValueError) as error:
                 for hold in holds:
                     hold.release()
