@@ -15,6 +15,9 @@ named by the ends they stand for, the values a sampler can hold the unit at to s
 a few short `examples` of the scoring text (and with sentiment, held-out rated reviews picked by a stated rule: typical
 ones the sentiment unit reads right, and one it misreads, see `review_examples`), so the app can show a unit over text
 the model never trained on without the corpus at hand.
+
+More properties can be scored over text read once (`read_parts`, then `property_atlas`): a visitor's own rules
+(`lmdemo.rules`) are chosen and scored by the same code as the atlas's properties.
 """
 
 from __future__ import annotations
@@ -28,7 +31,6 @@ from pathlib import Path
 
 import numpy
 import torch
-from torch.nn import functional as F
 
 from lmdemo.checkpoint import ATLAS_FILE, TrainedModel
 from lmdemo.config import Config, data_name
@@ -36,6 +38,7 @@ from lmdemo.corpus import clean_html, load_corpus
 from lmdemo.files import write_atomic
 from lmdemo.model import LSTMLanguageModel
 from lmdemo.properties import BINARY, POSITION, SENTIMENT, Property, properties_for, rating_label, truth, without_ratings
+from lmdemo.sampling import SettingsError
 from lmdemo.tokenizer import Tokenizer
 
 QUANTITIES = ("h", "c")
@@ -95,7 +98,7 @@ def texts_from(text: str, source: str, tokenizer: Tokenizer, clean: bool, tokens
                max_reviews: int | None = REVIEWS_PER_PART) -> Texts:
     """Passages of about `tokens` tokens in all, spread evenly over `text`, each from the start of a line;
     and its rated lines (reviews) with their labels, rating sentences removed, at most `max_reviews` of them
-    spread evenly (None: all). `clean` removes HTML as training did."""
+    spread evenly (None: all; 0: none, without looking for ratings). `clean` removes HTML as training did."""
     prepare = clean_html if clean else (lambda doc: doc)
     count = max(1, math.ceil(tokens / PASSAGE_TOKENS))
     starts = sorted({0} | {text.find("\n", j * len(text) // count) + 1 for j in range(1, count)})
@@ -104,7 +107,8 @@ def texts_from(text: str, source: str, tokenizer: Tokenizer, clean: bool, tokens
         ids = tokenizer.encode(prepare(text[start:min(end, start + PASSAGE_CHARACTERS)]))[:PASSAGE_TOKENS]
         if ids:
             passages.append(ids)
-    rated = [(line, label) for line in text.split("\n") if (label := rating_label(line)) is not None]
+    rated = [(line, label) for line in text.split("\n") if (label := rating_label(line)) is not None] \
+        if max_reviews != 0 else []
     if max_reviews is not None and len(rated) > max_reviews:
         rated = [rated[j * len(rated) // max_reviews] for j in range(max_reviews)]
     reviews, labels = [], []
@@ -168,33 +172,27 @@ def random_model(config: Config, seed: int = BASELINE_SEED) -> LSTMLanguageModel
 def read_passages(model: LSTMLanguageModel, passages: Sequence[Sequence[int]], start_id: int) -> torch.Tensor:
     """Every unit's value after every token: [tokens of all passages, layers * 2 * hidden] (columns: layer 1's
     h, layer 1's c, layer 2's h, ...). Each passage is read after `start_id` from a zero state, as a text
-    starts in training, all side by side. Each layer's h comes from the model's own LSTM kernel; its c from
-    the gates that h implies (`c = f * c + i * g`), computed for all tokens at once."""
+    starts in training, all side by side. h and c both come from PyTorch's LSTM cell, one token at a time, so c need
+    not be worked out again from the gates: on CPU, 40 passages of 400 tokens take about two thirds of the time of the
+    LSTM kernel over whole passages, a few passages some tens of milliseconds more."""
     model.eval()
     config = model.config
     lengths = torch.tensor([len(p) for p in passages])
     ids = torch.full((len(passages), int(lengths.max()) + 1), start_id)
     for row, passage in enumerate(passages):
         ids[row, 1:len(passage) + 1] = torch.tensor(passage)
-    x = model.embedding(ids)
-    zeros = x.new_zeros(1, len(passages), config.hidden_size)
-    columns = []
+    x = model.embedding(ids.t())  # [tokens, passages, embedding]: a token's inputs side by side
+    hidden = config.hidden_size
+    values = x.new_empty(ids.size(1), len(passages), config.num_layers * len(QUANTITIES) * hidden)
     for layer in range(config.num_layers):
-        w_ih, w_hh, b_ih, b_hh = (getattr(model.lstm, f"{name}_l{layer}")
-                                  for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
-        h = torch.lstm(x, (zeros, zeros), [w_ih, w_hh, b_ih, b_hh], True, 1, 0.0, False, False, True)[0]
-        before = torch.cat([zeros[0, :, None], h[:, :-1]], 1)
-        i, f, g, _ = (F.linear(x, w_ih, b_ih) + F.linear(before, w_hh, b_hh)).chunk(4, 2)
-        i, f, g = i.sigmoid(), f.sigmoid(), g.tanh()
-        c = torch.empty_like(h)
-        cell = zeros[0]
-        for t in range(h.size(1)):
-            cell = f[:, t] * cell + i[:, t] * g[:, t]
-            c[:, t] = cell
-        columns += [h[:, 1:], c[:, 1:]]
-        x = h
-    values = torch.cat(columns, 2)  # [passages, tokens, columns]
-    return values[torch.arange(values.size(1)) < lengths[:, None]]
+        weights = [getattr(model.lstm, f"{name}_l{layer}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+        h_columns, c_columns = (slice(block * hidden, (block + 1) * hidden) for block in (2 * layer, 2 * layer + 1))
+        state = (x.new_zeros(len(passages), hidden),) * 2
+        for t in range(ids.size(1)):
+            state = torch.lstm_cell(x[t], state, *weights)
+            values[t, :, h_columns], values[t, :, c_columns] = state
+        x = values[:, :, h_columns]
+    return values.transpose(0, 1)[:, 1:][torch.arange(ids.size(1) - 1) < lengths[:, None]]
 
 
 @torch.inference_mode()
@@ -227,8 +225,10 @@ def final_states(model: LSTMLanguageModel, reviews: Sequence[Sequence[int]], sta
 
 # -- scores --------------------------------------------------------------------------------------
 def average_ranks(values: torch.Tensor) -> torch.Tensor:
-    """Each row's ranks [F, N] (1 = lowest) of values [F, N], equal values sharing the mean of their ranks."""
-    ordered, order = values.sort(1)
+    """Each row's ranks [F, N] (1 = lowest) of values [F, N], equal values sharing the mean of their ranks. Sorted by
+    numpy, about twice as fast as torch on CPU (the order among equal values does not matter)."""
+    order = torch.from_numpy(numpy.argsort(values.numpy(), axis=1))
+    ordered = values.gather(1, order)
     index = torch.arange(values.size(1)).expand_as(ordered)
     starts = torch.ones_like(ordered, dtype=torch.bool)
     starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
@@ -239,10 +239,21 @@ def average_ranks(values: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(values, dtype=torch.double).scatter_(1, order, (first + last).double() / 2 + 1)
 
 
-def column_scores(values: torch.Tensor, targets: torch.Tensor, kinds: Sequence[str]) -> torch.Tensor:
+def column_ranks(values: torch.Tensor) -> torch.Tensor:
+    """Every column's ranks [N, F] of values [N, F] (`average_ranks`), a block of columns at a time, in float32 (exact
+    below 2**23 tokens)."""
+    ranks = torch.empty_like(values, dtype=torch.float32)
+    for first in range(0, values.size(1), SCORE_BLOCK):
+        ranks[:, first:first + SCORE_BLOCK] = average_ranks(values[:, first:first + SCORE_BLOCK].t().contiguous()).t()
+    return ranks
+
+
+def column_scores(values: torch.Tensor, targets: torch.Tensor, kinds: Sequence[str],
+                  ranks: torch.Tensor | None = None) -> torch.Tensor:
     """Every column's score [F, P] of values [N, F] for each property of targets [N, P]: Pearson's r for a
     position, for a yes/no property the AUC, the chance that a random yes scores above a random no (ties half,
-    by the Mann-Whitney rank sum). A block of columns at a time: ranks of every column at once take GBs."""
+    by the Mann-Whitney rank sum). A block of columns at a time: ranks of every column at once take GBs. The
+    columns' `ranks`, when already found (`column_ranks(values)`), make a yes/no property one product."""
     targets = targets.double()
     position = torch.tensor([kind == POSITION for kind in kinds])
     centred = targets[:, position] - targets[:, position].mean(0)
@@ -258,7 +269,9 @@ def column_scores(values: torch.Tensor, targets: torch.Tensor, kinds: Sequence[s
             spread = deviation.norm(dim=0)[:, None] * centred.norm(dim=0)[None]
             scores[rows, position] = torch.where(spread > 0, deviation.t() @ centred / spread.clamp_min(1e-300), 0.0)
         if (~position).any():
-            rank_sums = average_ranks(values[:, rows].t().contiguous()) @ yes
+            block_ranks = ranks[:, rows].t().double() if ranks is not None \
+                else average_ranks(values[:, rows].t().contiguous())
+            rank_sums = block_ranks @ yes
             scores[rows, ~position] = (rank_sums - n_yes * (n_yes + 1) / 2) / (n_yes * n_no)
     return scores
 
@@ -316,22 +329,19 @@ def _choice(values: torch.Tensor, column: int, sign: float, threshold: float | N
     return _Choice(column, sign, (high, low) if sign > 0 else (low, high), threshold)
 
 
-def _choose(model: LSTMLanguageModel, texts: Texts, props: list[Property], targets: torch.Tensor,
-            start_id: int, sentiment: bool) -> list[_Choice]:
-    """The best column per property on the choosing part (sentiment last)."""
-    choices = []
-    if props:
-        values = read_passages(model, texts.passages, start_id)
-        kinds = [prop.kind for prop in props]
-        scores, signs = _signed(kinds, column_scores(values, targets, kinds))
-        choices += [_choice(values, int(column), float(signs[column, index]))
-                    for index, column in enumerate(scores.argmax(0))]
-    if sentiment:
-        values = final_states(model, texts.reviews, start_id)
-        accuracy, threshold, sign = best_thresholds(values, torch.tensor(texts.labels))
-        column = int(accuracy.argmax())
-        choices.append(_choice(values, column, float(sign[column]), float(threshold[column])))
-    return choices
+def _choose(values: torch.Tensor, props: Sequence[Property], targets: torch.Tensor,
+            ranks: torch.Tensor | None = None) -> list[_Choice]:
+    """The best column per property of the choosing part's values [tokens, columns] (and their `ranks`, if found)."""
+    kinds = [prop.kind for prop in props]
+    scores, signs = _signed(kinds, column_scores(values, targets, kinds, ranks))
+    return [_choice(values, int(column), float(signs[column, index])) for index, column in enumerate(scores.argmax(0))]
+
+
+def _held_out(values: torch.Tensor, props: Sequence[Property], targets: torch.Tensor,
+              choices: Sequence[_Choice]) -> list[float]:
+    """Each chosen column's score on the held-out part's values, in the direction chosen."""
+    return [float(column_scores(choice.sign * values[:, [choice.column]], targets[:, [index]], [prop.kind])[0, 0])
+            for index, (prop, choice) in enumerate(zip(props, choices))]
 
 
 @dataclass
@@ -342,32 +352,49 @@ class EndReading:
     positive: torch.Tensor  # [reviews], True: read as positive (in the direction and threshold chosen)
 
 
-def _held_out(model: LSTMLanguageModel, texts: Texts, props: list[Property], targets: torch.Tensor,
-              choices: list[_Choice], start_id: int, sentiment: bool) -> tuple[list[float], EndReading | None]:
-    """Each chosen column's score on the held-out part, in the direction (and threshold) chosen; and with
-    `sentiment`, how its unit read each review."""
-    scores, ends = [], None
-    if props:
-        values = read_passages(model, texts.passages, start_id)
-        for index, (prop, choice) in enumerate(zip(props, choices)):
-            column = choice.sign * values[:, [choice.column]]
-            scores.append(float(column_scores(column, targets[:, [index]], [prop.kind])[0, 0]))
-    if sentiment:
-        choice = choices[-1]
-        values = final_states(model, texts.reviews, start_id)[:, choice.column]
-        ends = EndReading(values, choice.sign * (values - choice.threshold) > 0)
-        scores.append(float((ends.positive == torch.tensor(texts.labels)).double().mean()))
-    return scores, ends
+def _sentiment(model: LSTMLanguageModel, choose: Texts, score: Texts, start_id: int
+               ) -> tuple[_Choice, float, EndReading]:
+    """The sentiment column, direction and threshold chosen on `choose`'s rated reviews; its accuracy on `score`'s,
+    and how its unit read each of them."""
+    values = final_states(model, choose.reviews, start_id)
+    accuracy, threshold, sign = best_thresholds(values, torch.tensor(choose.labels))
+    column = int(accuracy.argmax())
+    choice = _choice(values, column, float(sign[column]), float(threshold[column]))
+    values = final_states(model, score.reviews, start_id)[:, column]
+    ends = EndReading(values, choice.sign * (values - choice.threshold) > 0)
+    return choice, float((ends.positive == torch.tensor(score.labels)).double().mean()), ends
 
 
-def _targets(texts: Texts, tokenizer: Tokenizer, props: list[Property]) -> numpy.ndarray:
-    return numpy.concatenate([truth(tokenizer.pieces(p), props) for p in texts.passages]) if texts.passages \
+def _targets(passages: Sequence[Sequence[str]], props: Sequence[Property]) -> numpy.ndarray:
+    """The properties' values [tokens, properties] over passages of pieces, one after another."""
+    return numpy.concatenate([truth(pieces, props) for pieces in passages]) if passages \
         else numpy.zeros((0, len(props)))
 
 
 def _has_sentiment(texts: Texts) -> bool:
     positive = sum(texts.labels)
     return min(positive, len(texts.labels) - positive) >= MIN_EXAMPLES
+
+
+def _entry(prop: Property, choice: _Choice, score: float, baseline: float, hidden_size: int) -> dict:
+    """A property's row of atlas.json."""
+    unit = Unit.from_column(choice.column, hidden_size)
+    entry = {"property": prop.name, "description": prop.description, "layer": unit.layer + 1, "unit": unit.unit,
+             "quantity": unit.quantity, "metric": "accuracy" if prop is SENTIMENT else METRICS[prop.kind],
+             "score": round(score, 4), "baseline": round(baseline, 4), "sign": int(choice.sign)}
+    if choice.threshold is not None:
+        entry["threshold"] = round(choice.threshold, 4)
+    if prop.ends is not None:
+        entry["dial"] = {end: round(value, 4) for end, value in zip(prop.ends, choice.ends)}
+    return entry
+
+
+def _atlas(entries: list[dict], choose: Texts, score: Texts, seed: int, kept: list[dict]) -> dict:
+    """atlas.json: the rows, the texts read and the examples `kept`."""
+    return {"properties": entries, "choose": choose.describe(), "score": score.describe(),
+            "baseline_model": f"the same shape, randomly initialised (seed {seed}), its best unit chosen and "
+                              f"scored the same way",
+            "examples": kept}
 
 
 def build_atlas(trained: TrainedModel, choose: Texts, score: Texts, seed: int = BASELINE_SEED,
@@ -378,7 +405,8 @@ def build_atlas(trained: TrainedModel, choose: Texts, score: Texts, seed: int = 
     copy into a model folder)."""
     tokenizer, config = trained.tokenizer, trained.config
     candidates = properties_for(config.level)
-    choose_truth, score_truth = _targets(choose, tokenizer, candidates), _targets(score, tokenizer, candidates)
+    choose_truth = _targets([tokenizer.pieces(p) for p in choose.passages], candidates)
+    score_truth = _targets([tokenizer.pieces(p) for p in score.passages], candidates)
     kept = [index for index, prop in enumerate(candidates)
             if usable(prop, choose_truth[:, index]) and usable(prop, score_truth[:, index])]
     props = [candidates[index] for index in kept]
@@ -386,25 +414,101 @@ def build_atlas(trained: TrainedModel, choose: Texts, score: Texts, seed: int = 
     sentiment = _has_sentiment(choose) and _has_sentiment(score)
     scored = []
     for model in (trained.model, random_model(config, seed)):
-        choices = _choose(model, choose, props, targets[0], tokenizer.start_id, sentiment)
-        scored.append((choices, *_held_out(model, score, props, targets[1], choices, tokenizer.start_id, sentiment)))
+        choices, scores, ends = [], [], None
+        if props:  # one part's values at a time: for 20,000 tokens of a 2x512 model they take 160 MB
+            choices = _choose(read_passages(model, choose.passages, tokenizer.start_id), props, targets[0])
+            scores = _held_out(read_passages(model, score.passages, tokenizer.start_id), props, targets[1], choices)
+        if sentiment:
+            choice, accuracy, ends = _sentiment(model, choose, score, tokenizer.start_id)
+            choices, scores = [*choices, choice], [*scores, accuracy]
+        scored.append((choices, scores, ends))
     (choices, scores, ends), (_, baselines, _) = scored
-    entries = []
-    for prop, choice, score_, baseline in zip(props + ([SENTIMENT] if sentiment else []), choices, scores, baselines):
-        unit = Unit.from_column(choice.column, config.hidden_size)
-        entry = {"property": prop.name, "description": prop.description, "layer": unit.layer + 1,
-                 "unit": unit.unit, "quantity": unit.quantity,
-                 "metric": "accuracy" if prop is SENTIMENT else METRICS[prop.kind], "score": round(score_, 4),
-                 "baseline": round(baseline, 4), "sign": int(choice.sign)}
-        if choice.threshold is not None:
-            entry["threshold"] = round(choice.threshold, 4)
-        if prop.ends is not None:
-            entry["dial"] = {end: round(value, 4) for end, value in zip(prop.ends, choice.ends)}
-        entries.append(entry)
-    return {"properties": entries, "choose": choose.describe(), "score": score.describe(),
-            "baseline_model": f"the same shape, randomly initialised (seed {seed}), its best unit chosen and "
-                              f"scored the same way",
-            "examples": examples(score, tokenizer, ends) if keep_examples else []}
+    entries = [_entry(prop, choice, score_, baseline, config.hidden_size) for prop, choice, score_, baseline
+               in zip(props + ([SENTIMENT] if sentiment else []), choices, scores, baselines)]
+    return _atlas(entries, choose, score, seed, examples(score, tokenizer, ends) if keep_examples else [])
+
+
+# -- more properties over text already read --------------------------------------------------------------------------
+@dataclass
+class Reading:
+    """One model's values after each token of the choosing and of the scoring passages ([tokens, columns] each, as
+    `read_passages`), and the ranks of each column over the choosing ones (`column_ranks`), which every yes/no
+    property is chosen by."""
+
+    choose: torch.Tensor
+    score: torch.Tensor
+    choose_ranks: torch.Tensor
+
+    @property
+    def nbytes(self) -> int:
+        return self.choose.nbytes + self.score.nbytes + self.choose_ranks.nbytes
+
+
+@dataclass
+class Readings:
+    """The choosing and the scoring passages read by a model and by a random model of its shape, with the passages'
+    pieces: all that choosing and scoring one more property of those passages needs, so that many can be scored
+    after one reading."""
+
+    choose: Texts
+    score: Texts
+    pieces: tuple[list[list[str]], list[list[str]]]  # each part's passages as the tokenizer's pieces
+    trained: Reading
+    random: Reading
+    seed: int
+
+    @property
+    def passages(self) -> list[list[str]]:
+        """Every passage's pieces, the choosing part's first."""
+        return [*self.pieces[0], *self.pieces[1]]
+
+    @property
+    def nbytes(self) -> int:
+        return self.trained.nbytes + self.random.nbytes
+
+
+def read_parts(trained: TrainedModel, choose: Texts, score: Texts, seed: int = BASELINE_SEED) -> Readings:
+    """Both parts read by `trained` and by a random model of its shape (`seed`). Each model reads the two parts'
+    passages side by side in one pass: its recurrent steps take little longer for twice the rows."""
+    tokenizer = trained.tokenizer
+    cut = sum(len(passage) for passage in choose.passages)
+    read = []
+    for model in (trained.model, random_model(trained.config, seed)):
+        values = read_passages(model, [*choose.passages, *score.passages], tokenizer.start_id)
+        read.append(Reading(values[:cut], values[cut:], column_ranks(values[:cut])))
+    pieces = [tokenizer.pieces(p) for p in choose.passages], [tokenizer.pieces(p) for p in score.passages]
+    return Readings(choose, score, pieces, read[0], read[1], seed)
+
+
+def property_atlas(trained: TrainedModel, readings: Readings, props: Sequence[Property]) -> dict:
+    """The atlas of `props` (a visitor's rules: `lmdemo.rules`) over text already read: atlas.json's schema with just
+    their rows, each unit chosen and scored as `build_atlas` does its own, and examples of the scoring text. A property
+    that a part holds too little of to score raises SettingsError, saying how little."""
+    choose_truth, score_truth = _targets(readings.pieces[0], props), _targets(readings.pieces[1], props)
+    for index, prop in enumerate(props):
+        for texts, values in ((readings.choose, choose_truth[:, index]), (readings.score, score_truth[:, index])):
+            if not usable(prop, values):
+                raise SettingsError(_too_little(prop, values, texts.source))
+    targets = torch.from_numpy(choose_truth), torch.from_numpy(score_truth)
+    scored = []
+    for reading in (readings.trained, readings.random):
+        choices = _choose(reading.choose, props, targets[0], reading.choose_ranks)
+        scored.append((choices, _held_out(reading.score, props, targets[1], choices)))
+    (choices, scores), (_, baselines) = scored
+    hidden_size = trained.config.hidden_size
+    entries = [_entry(prop, choice, score, baseline, hidden_size)
+               for prop, choice, score, baseline in zip(props, choices, scores, baselines)]
+    return _atlas(entries, readings.choose, readings.score, readings.seed,
+                  examples(readings.score, trained.tokenizer, None))
+
+
+def _too_little(prop: Property, values: numpy.ndarray, source: str) -> str:
+    """Why `prop` cannot be scored on a part: how often it holds there, or that it does not vary."""
+    what = f"{prop.name} ({prop.description})"
+    if prop.kind == POSITION:
+        return f"{what} does not vary over the {len(values):,} tokens of the {source}: nothing to follow"
+    return (f"{what} holds on {int(values.sum()):,} of the {len(values):,} tokens of the {source}, as the model reads "
+            f"it: a unit is scored where it holds on at least {MIN_EXAMPLES} tokens and fails on {MIN_EXAMPLES}")
 
 
 def examples(texts: Texts, tokenizer: Tokenizer, ends: EndReading | None) -> list[dict]:

@@ -136,6 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "on its first half, scored on its second")
     atlas.add_argument("--reviews", type=int, help="rated reviews read per part for sentiment, spread over them "
                                                    "(default: 400, under a minute on 2 cores; 0 = all)")
+    atlas.add_argument("--rule", action="append", metavar="NAME=RULE",
+                       help="score a rule of your own instead (repeatable), on fewer tokens a part than the atlas, "
+                            "as the web demo does: a regular expression (numbers=\\d+), 'words: a, b', 'inside X...Y' "
+                            "or 'since REGEX' (see docs/atlas.md); prints its rows, writes nothing")
     atlas.add_argument("--json", action="store_true", help="print the atlas as JSON")
 
     examples = commands.add_parser("examples", help="write a model folder's example prompts from its own text",
@@ -352,22 +356,31 @@ def _export(args: argparse.Namespace) -> int:
 def _atlas(args: argparse.Namespace) -> int:
     import time
 
-    from lmdemo.atlas import REVIEWS_PER_PART, atlas_table, build_atlas, corpus_texts, file_texts, write_atlas
+    from lmdemo.atlas import (PART_TOKENS, REVIEWS_PER_PART, atlas_table, build_atlas, corpus_texts, file_texts,
+                              read_parts, write_atlas)
     from lmdemo.checkpoint import load_model
+    from lmdemo.rules import RULE_TOKENS, parse_rule, rule_atlas
 
     if args.reviews is not None and args.reviews < 0:
         raise UsageError(f"--reviews must be 0 (all) or more (got {args.reviews})")
     if args.text is not None and not args.text.is_file():
         raise UsageError(f"no such file: {args.text}")
+    if args.rule and args.reviews is not None:
+        raise UsageError("--reviews is for sentiment, which --rule does not score")
+    rules = [parse_rule(written) for written in args.rule or []]
     began = time.perf_counter()
     trained = load_model(args.model, args.revision)
-    reviews = REVIEWS_PER_PART if args.reviews is None else args.reviews or None
-    choose, score = (file_texts(trained, args.text, max_reviews=reviews) if args.text is not None
-                     else corpus_texts(trained, max_reviews=reviews))
-    atlas = build_atlas(trained, choose, score)
+    reviews = 0 if rules else REVIEWS_PER_PART if args.reviews is None else args.reviews or None
+    tokens = RULE_TOKENS if rules else PART_TOKENS
+    choose, score = (file_texts(trained, args.text, tokens, reviews) if args.text is not None
+                     else corpus_texts(trained, tokens, reviews))
+    if rules:
+        atlas = rule_atlas(trained, rules, read_parts(trained, choose, score))
+    else:
+        atlas = build_atlas(trained, choose, score)
     if not atlas["properties"]:
         raise UsageError(f"the text holds too little of any property to score: {choose.source} and {score.source}")
-    written = write_atlas(trained.folder, atlas) if Path(args.model).expanduser().is_dir() else None
+    written = write_atlas(trained.folder, atlas) if not rules and Path(args.model).expanduser().is_dir() else None
     if args.json:
         print(json.dumps(atlas))
     else:

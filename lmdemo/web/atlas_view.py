@@ -9,18 +9,39 @@ threshold, and for a rated review whether that reading is right), so a review th
 rather than contradicting the row's sentence; and its colours are centred on the threshold, so that a colour shows
 which way the unit reads. Reading `atlas.json` is a file read, cached per model folder (and the file's modification
 time).
+
+A visitor's own rule (`lmdemo.rules`) becomes an atlas of one row the same way: its unit chosen on the model's training
+text and scored on held-out text, beside a random model's (`lmdemo.rules.rule_atlas`), over text each model reads once
+(`RuleReadings`), then shown like an atlas row over the visitor's text and the held-out passages where it holds most.
 """
 
 from __future__ import annotations
 
 import functools
+import threading
+import time
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-from lmdemo.atlas import ATLAS_FILE, Unit, read_atlas, read_passages
-from lmdemo.generation import SettingsError
-from lmdemo.properties import BINARY, POSITION, PROPERTIES, truth
+from lmdemo.atlas import (
+    ATLAS_FILE,
+    Readings,
+    Unit,
+    corpus_texts,
+    read_atlas,
+    read_parts,
+    read_passages,
+)
+from lmdemo.config import data_name
+from lmdemo.corpus import CorpusError
+from lmdemo.generation import Generator, SettingsError
+from lmdemo.properties import BINARY, POSITION, PROPERTIES, Property
+from lmdemo.rules import RULE_TOKENS, RuleError, parse_rule, rule_atlas
+from lmdemo.tokenizer import Tokenizer
 from lmdemo.web.forms import Limits
 from lmdemo.web.inside import InsideText
 from lmdemo.web.registry import Models
@@ -33,6 +54,7 @@ POSITION_PHRASES = {"position_in_line": ("along each line", "at a newline"),
 SHOWN_EXAMPLES = 2  # held-out passages shown under the visitor's text: those where the property holds most
 YOUR_TEXT = "your text"  # the visitor's text's card heading: short, as a card heading stays on one line
 ATLAS_CACHE = 16  # atlas files kept read
+RULE_READINGS = 2  # models whose text, read for rules, is kept: 300-400 MB each for the shipped models
 
 
 @dataclass(frozen=True)
@@ -126,6 +148,15 @@ class _ToRead(NamedTuple):
     ids: list[int]
     limit: int
 
+    @property
+    def cut(self) -> int:
+        """Tokens before the shown ones."""
+        return max(0, len(self.ids) - self.limit)
+
+    def pieces(self, tokenizer: Tokenizer) -> list[str]:
+        """The shown tokens' pieces."""
+        return tokenizer.pieces(self.ids[self.cut:], context=self.ids[:self.cut])
+
 
 @dataclass
 class UnitReading:
@@ -153,10 +184,11 @@ def rows_of(atlas: dict) -> list[AtlasRow]:
 
 
 class AtlasView:
-    """The served models' atlases and their units over texts."""
+    """The served models' atlases and their units over texts, and units for visitors' rules."""
 
     def __init__(self, models: Models, limits: Limits = Limits()):
         self.models, self.limits = models, limits
+        self.readings = RuleReadings(RULE_READINGS)
 
     def atlas(self, name: str) -> ModelAtlas | None:
         """Model `name`'s atlas, or None when its folder has none (or one this tab cannot read)."""
@@ -177,32 +209,124 @@ class AtlasView:
         if atlas is None:
             raise SettingsError(f"{name} has no cell atlas: use the detailed view")
         row = atlas.row(property_name)
+        prop = next((p for p in PROPERTIES if p.name == row.property), None)
+        return self._unit_over(name, row, text, atlas.examples, lambda pieces: prop)
+
+    def rule(self, text: InsideText | None, name: str, written: Any) -> tuple[ModelAtlas, UnitReading]:
+        """A visitor's rule (`lmdemo.rules`) as an atlas of one row, chosen and scored on model `name`'s own text
+        (read once per model: `RuleReadings`), and its unit over `text` and the held-out passages where the rule
+        holds most. A rule that cannot be read, run or scored raises `SettingsError` with one line saying why."""
+        rule = parse_rule(written)
+        generator = self.models.generator(name)
+        readings = self.readings.read(generator, lambda: _rule_readings(generator))
+        atlas = rule_atlas(generator.trained, [rule], readings)
+        found = ModelAtlas(name, rows_of(atlas), atlas["choose"]["source"], atlas["score"]["source"],
+                           atlas["examples"])
+        return found, self._unit_over(name, found.rows[0], text, found.examples, rule.as_property)
+
+    def _unit_over(self, name: str, row: AtlasRow, text: InsideText | None, examples: list[dict],
+                   property_for: Callable[[list[list[str]]], Property | None]) -> UnitReading:
+        """`row`'s unit over `text` (the visitor's, cut to its end as the detailed view cuts it) and the held-out
+        `examples` that suit it, whole; `property_for(every shown text's pieces)` is what is underlined where it holds
+        (None: nothing)."""
         generator = self.models.generator(name)
         tokenizer = generator.tokenizer
-        # the visitor's text cut to its end as the detailed view cuts it; the examples whole
-        to_read = [_ToRead(YOUR_TEXT, f"{text.description}.", None, text.ids, self.limits.max_inside_tokens)] \
+        visitor = [_ToRead(YOUR_TEXT, f"{text.description}.", None, text.ids, self.limits.max_inside_tokens)] \
             if text is not None and text.ids else []
-        to_read += [_ToRead(title, "", rated, ids, len(ids))
-                    for title, example, rated in _examples_for(row, atlas.examples, tokenizer)
-                    if (ids := tokenizer.encode(example))]
+        candidates = [_ToRead(title, "", rated, ids, len(ids))
+                      for title, example, rated in _example_texts(row, examples) if (ids := tokenizer.encode(example))]
+        every_pieces = [item.pieces(tokenizer) for item in [*visitor, *candidates]]
+        prop = property_for(every_pieces)
+        readable = [(item, pieces, _holds(prop, pieces)) for item, pieces in zip([*visitor, *candidates], every_pieces)]
+        to_read = [*readable[:len(visitor)], *_shown_examples(row, readable[len(visitor):])]
         if not to_read:
             raise SettingsError("nothing to read: type a prompt in the Sample tab")
-        values = read_passages(generator.trained.model, [item.ids for item in to_read], tokenizer.start_id)
+        values = read_passages(generator.trained.model, [item.ids for item, _, _ in to_read], tokenizer.start_id)
         column = Unit(row.layer - 1, row.quantity, row.unit).column(generator.config.hidden_size)
-        prop = next((p for p in PROPERTIES if p.name == row.property and p.kind == BINARY), None)
         shown, first = [], 0
-        for item in to_read:
+        for item, item_pieces, item_holds in to_read:
             unit_values = values[first:first + len(item.ids), column].tolist()
             first += len(item.ids)
-            cut = max(0, len(item.ids) - item.limit)
-            pieces = tokenizer.pieces(item.ids[cut:], context=item.ids[:cut])
-            holds = truth(pieces, [prop])[:, 0].astype(bool).tolist() if prop is not None else None
             caption = item.caption
             if row.threshold is not None:
                 caption = f"{caption} {row.end_reading(unit_values[-1], item.rated)}".strip()
-            shown.append(UnitText(item.title, tokenizer.tokens(item.ids[cut:]), pieces, unit_values[cut:], holds,
-                                  cut, caption))
+            shown.append(UnitText(item.title, tokenizer.tokens(item.ids[item.cut:]), item_pieces,
+                                  unit_values[item.cut:], item_holds, item.cut, caption))
         return UnitReading(name, row, shown, tokenizer.by_line)
+
+
+def _rule_readings(generator: Generator) -> Readings:
+    """What a model's rules are chosen and scored on: `RULE_TOKENS` tokens of each part of its own corpus, read by it
+    and by a random model of its shape."""
+    trained = generator.trained
+    try:
+        choose, score = corpus_texts(trained, RULE_TOKENS, max_reviews=0)
+    except (CorpusError, ImportError, OSError):
+        data = data_name(trained.config.data, trained.config.data_config)  # shown: never a local folder
+        raise RuleError(f"the text this model trained on ({data}) is not on this server, and a rule's unit is chosen "
+                        f"and scored on it") from None
+    return read_parts(trained, choose, score)
+
+
+class RuleReadings:
+    """The `Readings` of the last `size` models a rule was scored on, each model's held weakly: a model the registry
+    drops (an ended session's) takes its readings with it. A model's text is read once, under its own lock, so two
+    rules at once do not read it twice; other models' rules go on meanwhile."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.lock = threading.Lock()
+        self.kept: weakref.WeakKeyDictionary[Generator, Readings] = weakref.WeakKeyDictionary()
+        self.reading: weakref.WeakKeyDictionary[Generator, threading.Lock] = weakref.WeakKeyDictionary()
+        self.used: OrderedDict[weakref.ref, float] = OrderedDict()  # when each model's readings were last used
+
+    def read(self, generator: Generator, read: Callable[[], Readings]) -> Readings:
+        """`generator`'s readings, from `read()` the first time."""
+        with self.lock:
+            found = self._touch(generator)
+            if found is not None:
+                return found
+            model_lock = self.reading.setdefault(generator, threading.Lock())
+        with model_lock:
+            with self.lock:
+                found = self._touch(generator)  # read meanwhile, by the rule this one waited for
+            if found is not None:
+                return found
+            found = read()
+            with self.lock:
+                self.kept[generator] = found
+                self._touch(generator)
+                while len(self.used) > self.size:
+                    self._drop_oldest()
+            return found
+
+    def forget_idle(self, idle_s: float) -> None:
+        """Drop the readings nobody used for `idle_s` (their visitors have gone: see `PageStates`)."""
+        now = time.monotonic()
+        with self.lock:
+            while self.used and now - next(iter(self.used.values())) > idle_s:
+                self._drop_oldest()
+
+    def __len__(self) -> int:
+        with self.lock:
+            return len(self.kept)
+
+    def _touch(self, generator: Generator) -> Readings | None:
+        """The model's readings, marked as used now; None when there are none."""
+        for gone in [owner for owner in self.used if owner() is None]:
+            del self.used[gone]
+        found = self.kept.get(generator)
+        if found is not None:
+            owner = weakref.ref(generator)
+            self.used[owner] = time.monotonic()
+            self.used.move_to_end(owner)
+        return found
+
+    def _drop_oldest(self) -> None:
+        owner, _ = self.used.popitem(last=False)
+        model = owner()
+        if model is not None:
+            self.kept.pop(model, None)
 
 
 @functools.lru_cache(maxsize=ATLAS_CACHE)
@@ -218,18 +342,31 @@ def _read_cached(folder: str, modified_ns: int) -> dict | None:
         return None
 
 
-def _examples_for(row: AtlasRow, examples: list[dict], tokenizer) -> list[tuple[str, str, str | None]]:
-    """(title, text, rating) of the held-out examples to show a row's unit over: every rated review for sentiment
-    (the atlas picked them: `lmdemo.atlas.review_examples`); else the `SHOWN_EXAMPLES` passages where a yes/no
-    property holds most (while not everywhere), the first ones for a position."""
+def _holds(prop: Property | None, pieces: list[str]) -> list[bool] | None:
+    """Where a yes/no property holds, token by token (None: nothing to underline)."""
+    return prop.truth(pieces).astype(bool).tolist() if prop is not None and prop.kind == BINARY else None
+
+
+def _example_texts(row: AtlasRow, examples: list[dict]) -> list[tuple[str, str, str | None]]:
+    """(title, text, rating) of the held-out examples that can show a row's unit: the rated reviews for sentiment (the
+    atlas picked them: `lmdemo.atlas.review_examples`), else the passages."""
     if row.kind == SENTIMENT:
         return [(f"a {example['sentiment']} review", example["text"], example["sentiment"])
                 for example in examples if example.get("sentiment")]
-    passages = [example["text"] for example in examples if not example.get("sentiment")]
-    prop = next((p for p in PROPERTIES if p.name == row.property), None)
-    if row.kind == BINARY and prop is not None:
-        def held(text: str) -> float:
-            flags = truth(tokenizer.pieces(tokenizer.encode(text)), [prop])[:, 0]
-            return min(flags.sum(), len(flags) - flags.sum())
-        passages = sorted(passages, key=held, reverse=True)
-    return [(f"held-out text {index}", text, None) for index, text in enumerate(passages[:SHOWN_EXAMPLES], 1)]
+    return [("held-out text", example["text"], None) for example in examples if not example.get("sentiment")]
+
+
+def _shown_examples(row: AtlasRow, candidates: Sequence[tuple[_ToRead, list[str], list[bool] | None]]
+                    ) -> list[tuple[_ToRead, list[str], list[bool] | None]]:
+    """The examples to show a row's unit over: every rated review for sentiment; else the `SHOWN_EXAMPLES` passages
+    where a yes/no property holds most (while not everywhere), the first ones for a position, numbered."""
+    if row.kind == SENTIMENT:
+        return list(candidates)
+
+    def held(candidate: tuple[_ToRead, list[str], list[bool] | None]) -> int:
+        flags = candidate[2] or []
+        return min(sum(flags), len(flags) - sum(flags))
+
+    ordered = sorted(candidates, key=held, reverse=True) if row.kind == BINARY else candidates
+    return [(item._replace(title=f"held-out text {number}"), pieces, holds)
+            for number, (item, pieces, holds) in enumerate(ordered[:SHOWN_EXAMPLES], 1)]

@@ -2,8 +2,9 @@
 requests) and `render`.
 
 It opens on the model's cell atlas (what its units follow, one row per property; choosing a row shows that unit
-over the Sample tab's text and held-out text), and keeps the detailed view below: units x tokens of that text,
-ranked, traced, or found by a marked span.
+over the Sample tab's text and held-out text), then finds a unit for a rule the visitor writes (`lmdemo.rules`), shown
+the same way, and keeps the detailed view below: units x tokens of that text, ranked, traced, or found by a marked
+span.
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ import gradio as gr
 
 from lmdemo.generation import SettingsError
 from lmdemo.internals import QUANTITIES
+from lmdemo.rules import MAX_RULE_CHARACTERS, RULE_TOKENS
 from lmdemo.web import render
 from lmdemo.web.atlas_view import AtlasView, ModelAtlas
 from lmdemo.web.demo import Progress
 from lmdemo.web.forms import FIELD_CHARS
 from lmdemo.web.gate import UNLIMITED, Gate
-from lmdemo.web.inside import UNIT_SORTS, Inside, UnitView
+from lmdemo.web.inside import UNIT_SORTS, Inside, InsideText, UnitView
 from lmdemo.web.registry import Models
 
 DEFAULT_UNITS = 32
@@ -31,6 +33,14 @@ step with it); **AUC** is how often the unit tells a token where the property ho
 (0.5: chance, 1: always); **accuracy** is the share of rated reviews whose sentiment the unit's value at their end
 tells right. Found automatically (`python -m lmdemo atlas`), after Karpathy, Johnson & Fei-Fei (2015) and Radford
 et al.'s sentiment unit (2017)."""
+
+RULE_HELP = f"""**A unit for your own rule.** Write a rule over text and the unit that follows it best is found as the
+atlas's are: chosen on up to {RULE_TOKENS:,} tokens of the text the model trained on, scored on as many it never
+trained on, beside a random model's best unit. A rule is a regular expression (`\\d+`, `"[^"]*"`; `^` and `$` match at
+each line's start and end), `words: not, never, no`, `inside ( … )` (from an opening mark to the next closing one on
+its line), or `since \\n` (the tokens read since a match); `NAME=` in front names it. A token holds the rule when any
+of its characters is in a match, in the text as the model reads it (a word model's is lower-cased). The first rule on
+a model reads its text (a few seconds); later ones take a second or less."""
 
 INSIDE_HELP = """What the model holds after reading each token of the **Sample** tab's text: rows are units of one
 layer, columns are tokens. **h** is what a layer passes on (to the layer above, or to the prediction), **c** is its
@@ -65,6 +75,16 @@ def build(inside: Inside, run: gr.State, model: gr.Dropdown, prompt: gr.Textbox,
                            info="the Sample tab's model and prompt, or the prompt and one of its samples")
     unit_view = gr.HTML(_opening_unit(events.atlases, inside, opening, prompt.value), elem_id="atlas-unit")
     atlas_help = gr.Markdown(ATLAS_HELP, elem_classes="lm-help", visible=opening is not None)
+    gr.Markdown(RULE_HELP, elem_classes="lm-help")
+    with gr.Row(equal_height=True):
+        rule = gr.Textbox("", label="Your rule", placeholder="e.g. \\d+   ·   words: not, never   ·   inside ( … )",
+                          max_length=MAX_RULE_CHARACTERS, scale=4, elem_id="rule-box")
+        find_rule = gr.Button("Find its unit", variant="secondary", scale=1, elem_id="rule-find")
+    rule_status = gr.Markdown("", elem_id="rule-status")
+    rule_table = gr.Dataframe(render.atlas_frame(None), interactive=False, wrap=True, show_label=False,
+                              column_widths=ATLAS_COLUMN_WIDTHS, elem_id="rule-table", visible=False)
+    rule_unit = gr.HTML("", elem_id="rule-unit")
+    gate.pages.also_forget(events.atlases.readings.forget_idle)
     with gr.Accordion("Detailed view: any layer's units as a heatmap, and finding units for a span",
                       open=opening is None) as detail:
         gr.Markdown(INSIDE_HELP, elem_classes="lm-help")
@@ -104,6 +124,11 @@ def build(inside: Inside, run: gr.State, model: gr.Dropdown, prompt: gr.Textbox,
     atlas_table.select(events.on_row, model, chosen, api_visibility="private").then(**show_unit,
                                                                                      api_visibility="private")
     chosen.input(**show_unit, api_name="atlas_unit")
+    find_unit = dict(fn=gate.model_work(events.on_rule), inputs=[run, model, prompt, text, rule],
+                     outputs=[rule_status, rule_table, rule_unit], **raw)
+    find_rule.click(**find_unit, api_name="rule_unit")
+    rule.submit(**find_unit, api_visibility="private")
+    model.change(events.on_rule_cleared, None, [rule_status, rule_table, rule_unit], api_visibility="private")
     text.change(**show_unit, api_visibility="private")
     reading = [run, model, prompt, text, layer, quantity]
     outputs = [status, positions, heatmap, table, trace]
@@ -153,11 +178,30 @@ class InsideEvents:
         if not property_name or self.atlases.atlas(name) is None:
             return ""
         try:
-            chosen_text = self.inside.text(current, name, prompt_text, choice)
-            own = chosen_text if chosen_text.model == name else None  # a sample of the model shown before
+            own = self._own_text(current, name, prompt_text, choice)
             return render.unit_text_html(self.atlases.unit(own, name, property_name))
         except SettingsError as error:
             raise render.refused(str(error), "Check the settings") from None
+
+    def on_rule(self, current: Progress | None, name: str, prompt_text: str, choice: Any, written: Any) -> tuple:
+        """The unit for the visitor's rule: one line on where it was chosen and scored, its atlas row, and the unit over
+        the visitor's text (when the chosen text is this model's) and held-out passages."""
+        try:
+            own = self._own_text(current, name, prompt_text, choice)
+            found, reading = self.atlases.rule(own, name, written)
+        except SettingsError as error:
+            raise render.refused(str(error), "Check the rule") from None
+        return (rule_markdown(found), gr.Dataframe(render.atlas_frame(found), visible=True),
+                render.unit_text_html(reading))
+
+    def on_rule_cleared(self) -> tuple:
+        """Another model: the last rule's unit was another model's."""
+        return "", gr.Dataframe(visible=False), ""
+
+    def _own_text(self, current: Progress | None, name: str, prompt_text: str, choice: Any) -> InsideText | None:
+        """The chosen text when model `name` read it (not a sample of the model shown before)."""
+        chosen_text = self.inside.text(current, name, prompt_text, choice)
+        return chosen_text if chosen_text.model == name else None
 
     def on_new_model(self, name: str, property_name: Any) -> str:
         """A model just chosen: its unit over the held-out examples (the Sample tab is replacing the prompt)."""
@@ -175,6 +219,13 @@ def _shown(view_of: Callable[[], UnitView], title: str) -> tuple:
         raise render.refused(str(error), title) from None
     return (render.inside_markdown(view), render.positions_html(view), render.unit_heatmap(view),
             render.unit_table(view), render.unit_trace(view))
+
+
+def rule_markdown(found: ModelAtlas) -> str:
+    """Above a rule's row: whose unit it is and where it was chosen and scored."""
+    return (f"**The unit of {render.escape(found.model)} that follows your rule best**, chosen on the "
+            f"{render.escape(found.chosen_on)} and scored on the {render.escape(found.scored_on)}, text it never "
+            f"trained on; **random**: the best unit of a random model of the same shape.")
 
 
 def property_choices(atlas: ModelAtlas | None) -> dict[str, Any]:
