@@ -1,14 +1,15 @@
 """The pictures in the README and docs/: every tab of the web demo, and the dashboard, as the project draws them.
 
-    python bench/screenshots.py docs/images      # sample, inside, dial, compare, train, curves, dashboard .png,
-                                                 # and sample-phone, inside-phone .png
+    python bench/screenshots.py docs/images      # sample, inside, dial, why, compare, train, curves, dashboard
+                                                 # .png, and sample-phone, inside-phone .png
 
 Starts `python app.py` on the shipped models and `streamlit run dashboard/main.py` (free ports, offline, no
 telemetry), drives each page in the headless Chromium the tests use (`tests/browser.py`, `tests/servers.py`) into a
-state worth showing (Sample after a generation with its bars, the dial, Inside the LSTM on its cell atlas, Compare with its
-bits-per-character table, Train mid-run with its curve and samples, Training curves, the dashboard's chart; then Sample
+state worth showing (Sample after a generation with its bars, the dial, "Why this token?" on a word clicked with the
+dial's unit held, Inside the LSTM on its cell atlas, Compare with its bits-per-character table, Train mid-run with its
+curve and samples, Training curves, the dashboard's chart; then Sample
 and Inside the LSTM again as a phone shows them, 390 CSS pixels wide), crops each to what matters and writes it as a
-palette PNG (Pillow), so the nine stay a few hundred KB in all. Re-run it whenever the UI changes; it takes about
+palette PNG (Pillow), so the ten stay a few hundred KB in all. Re-run it whenever the UI changes; it takes about
 three minutes.
 """
 
@@ -39,6 +40,7 @@ WAIT_MS = 120_000  # a step's longest wait, on a busy 2-core machine
 TRAIN_SHOT_AFTER_S = 30  # the Train tab is shown this far into its 60 s run: the curve has fallen, samples read
 SAMPLE_MODEL, SAMPLE_PROMPT = "shakespeare-char", "ROMEO:\n"  # characters: short columns, a readable heatmap
 DIAL_MODEL, DIAL_PROMPT = "imdb-word", "this movie was"  # its atlas has a sentiment unit: the Sample tab's dial
+WHY_WORDS = ("good", "bad", "great", "best", "worst", "terrible", "awful", "boring")  # a word worth explaining
 COLOURS = 256  # a palette this size keeps text and charts crisp at a fraction of the RGB size
 PHONE = {"width": 390, "height": 844}  # CSS pixels: a common phone held upright
 
@@ -103,6 +105,7 @@ def app_pictures(url: str, out: Path) -> None:
         generate(page)
         settled(page)
         save(page, out / "dial.png", page.get_by_role("heading", name="Samples"), shown.locator(".lm-col").last)
+        why_picture(page, out)
 
         page.get_by_role("tab", name="Compare").click()
         page.get_by_role("button", name="Compare", exact=True).click()
@@ -119,6 +122,23 @@ def app_pictures(url: str, out: Path) -> None:
         page.get_by_role("tab", name="Training curves").click()
         page.locator("#curves-plot .js-plotly-plot").wait_for(timeout=WAIT_MS)
         save(page, out / "curves.png", page.get_by_role("tab", name="Training curves"), page.locator("#curves-plot"))
+
+
+def why_picture(page: Any, out: Path) -> None:
+    """"Why this token?" after the dial's run: a sentiment word of the first sample clicked (else its fourth token),
+    with the dial's unit (imdb-word's sentiment unit, named by the atlas) held beside the units it shows."""
+    tokens = page.locator("#samples .lm-col").first.locator(".tok")
+    words = [word.strip() for word in tokens.all_text_contents()]
+    position = next((i for i, word in enumerate(words) if word in WHY_WORDS), 3)
+    tokens.nth(position).click()
+    page.locator("#why-token").get_by_text(f"position {position} of the sample").wait_for(timeout=WAIT_MS)
+    dial = page.get_by_role("textbox", name="Dial (LAYER:UNIT:QUANTITY=VALUE, empty = off)").input_value()
+    page.locator("#why-hold textarea").fill(dial)
+    page.locator("#why-hold-button").click()
+    page.locator("#why-token tr").nth(11).wait_for(timeout=WAIT_MS)  # a heading, 10 units shown, and the dial's
+    settled(page)
+    heading = page.get_by_role("heading", name="Why this token?")
+    save(page, out / "why.png", heading, page.locator("#why-hold-button"), left=heading)
 
 
 def phone_pictures(url: str, out: Path) -> None:

@@ -55,6 +55,26 @@ END_MARK = '<span class="lm-chosen lm-end" title="the end of the sample: the bar
 NEGATIVE_RGB, POSITIVE_RGB, STRONGEST = (33, 102, 172), (202, 0, 32), 0.8
 TEMPLATE_JSON = TEMPLATE.to_plotly_json()  # the figures built as plain data take it as is
 METRIC_NAMES = {"r": "r", "auc": "AUC", "accuracy": "accuracy"}
+# Marks the texts of a finished run whose tokens a click chooses (a row of sample columns, the prompt): a click on
+# one of their tokens reaches the component's Python `.select` as `gr.SelectData` with index [column, position], the
+# text's place among the marked texts and the token's among its text's, as `samples_html` and `prompt_html` lay them
+# out (the mark sits on the texts' container, so each token's span and each text's element stay as other readers of
+# this HTML match them). One
+# listener on the component's element (a gr.HTML's `js_on_load`), which keeps it when its HTML is replaced; a click
+# that ends a selection of text chooses nothing.
+CHOOSE = "data-choose"
+CHOOSE_TOKEN_JS = """
+element.addEventListener('click', (event) => {
+    const token = event.target.closest('.tok');
+    const text = token && token.closest('.lm-text');
+    const texts = text && text.closest('[data-choose]');
+    if (!texts || !window.getSelection().isCollapsed) return;
+    const column = [...texts.querySelectorAll('.lm-text')].indexOf(text);
+    const position = [...text.querySelectorAll('.tok')].indexOf(token);
+    trigger('select', {index: [column, position], value: token.textContent});
+});
+"""
+CHOOSABLE_CSS = "[data-choose] .tok { cursor: pointer; }\n[data-choose] .tok:hover { filter: brightness(.9); }"
 # each character that HTML, Markdown or a Plotly label reads as markup, as the entity that shows it as written (numeric
 # where Plotly knows no name; `'` stays, every attribute here is in double quotes)
 LITERAL = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&#34;", "\\": "&#92;", "`": "&#96;",
@@ -64,11 +84,13 @@ CSS = """
 .lm-legend { display: flex; gap: .5rem; align-items: center; flex-wrap: wrap; font-size: .85rem; margin: .2rem 0 .6rem; }
 .lm-legend span.tok { padding: 0 .35rem; border-radius: .25rem; color: #1f2933; }
 .lm-samples { display: grid; grid-template-columns: repeat(auto-fit, minmax(min(210px, 100%), 1fr)); gap: .75rem; }
-.lm-col { border: 1px solid #d9dee5; border-radius: .6rem; background: #fff; color: #1f2933; overflow: hidden; }
-.lm-col header { display: flex; justify-content: space-between; align-items: baseline; gap: .4rem;
-                 padding: .45rem .7rem; background: #f3f5f8; border-bottom: 1px solid #d9dee5; }
-.lm-col header b { font-size: 1.05rem; white-space: nowrap; }
-.lm-col header small { color: #5b6673; font-size: .78rem; text-align: right; }
+/* A sample's column, and the "Why this token?" panel drawn like one (`why_view`; not a column: none of the samples) */
+:is(.lm-col, .lm-why) { border: 1px solid #d9dee5; border-radius: .6rem; background: #fff; color: #1f2933;
+                        overflow: hidden; }
+:is(.lm-col, .lm-why) header { display: flex; justify-content: space-between; align-items: baseline; gap: .4rem;
+                               padding: .45rem .7rem; background: #f3f5f8; border-bottom: 1px solid #d9dee5; }
+:is(.lm-col, .lm-why) header b { font-size: 1.05rem; white-space: nowrap; }
+:is(.lm-col, .lm-why) header small { color: #5b6673; font-size: .78rem; text-align: right; }
 .lm-text { padding: .6rem .7rem; white-space: break-spaces; word-break: break-word; line-height: 1.55;
            font-size: .92rem; max-height: 34rem; overflow-y: auto; }
 .lm-text.mono { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: .86rem; }
@@ -172,10 +194,12 @@ def samples_html(progress: Progress, lower_bound_note: bool = True, chosen: tupl
     With a dial, a second row of columns under the first: the same seed with the dial held. Without
     `lower_bound_note` the colour key leaves out why the figures are lower bounds (Compare: its table says it, once
     for both models, and both models' columns start level). `chosen` (a column of the first row, a position in it)
-    marks where the next-token bars are, so the text shows which token they explain."""
+    marks where the next-token bars are, so the text shows which token they explain. Once the run is done, a click
+    can choose a token of the first row (`CHOOSE`); not of the dialled row's, the bars explaining the samples without
+    the dial."""
     if not progress.samples:
         return NO_SAMPLES
-    rows = _sample_columns(progress, progress.samples, chosen)
+    rows = _sample_columns(progress, progress.samples, chosen, choosable=progress.done)
     if progress.dial is not None:
         dial = progress.dial
         rows = (f'<h4 class="lm-dial">Dial off</h4>{rows}<h4 class="lm-dial">Dial on: unit {dial.unit} of layer '
@@ -184,7 +208,8 @@ def samples_html(progress: Progress, lower_bound_note: bool = True, chosen: tupl
     return legend(progress.lower_bound and lower_bound_note) + rows
 
 
-def _sample_columns(progress: Progress, samples: Sequence[Sample], chosen: tuple[int, int] | None = None) -> str:
+def _sample_columns(progress: Progress, samples: Sequence[Sample], chosen: tuple[int, int] | None = None,
+                    choosable: bool = False) -> str:
     read = progress.prompt.text
     tail = read[-PROMPT_TAIL_CHARS:]
     context = f'<span class="ctx">{"…" if len(read) > len(tail) else ""}{escape(tail)}</span>'
@@ -196,11 +221,12 @@ def _sample_columns(progress: Progress, samples: Sequence[Sample], chosen: tuple
             f"<small>{_sample_summary(sample, progress.unit, progress.done)}</small></header>"
             f'<div class="{_text_classes(progress)}">{context}'
             f"{coloured_tokens(sample.pieces, sample.tokens, sample.probabilities, position)}</div></section>")
-    return f'<div class="lm-samples">{"".join(columns)}</div>'
+    return f'<div class="lm-samples"{f" {CHOOSE}" if choosable else ""}>{"".join(columns)}</div>'
 
 
-def prompt_html(progress: Progress) -> str:
-    """The prompt as the model read it, coloured by surprisal, with its bits per character and perplexity."""
+def prompt_html(progress: Progress, chosen: int | None = None) -> str:
+    """The prompt as the model read it, coloured by surprisal, with its bits per character and perplexity; the token
+    at position `chosen` marked. Once the run is done, a click can choose a token (`CHOOSE`)."""
     scores = progress.reading.scores
     if not scores:
         return '<div class="lm-empty">Empty prompt: the model started from the beginning of a text.</div>'
@@ -208,9 +234,9 @@ def prompt_html(progress: Progress) -> str:
     summary = escape(surprisal_summary(probabilities, progress.prompt.characters, progress.unit))
     if progress.lower_bound:
         summary += f" ({lower_bound_mark()})"
-    return (f'<div class="lm-prompt"><header>Prompt as the model read it: {summary}</header>'
-            f'<div class="{_text_classes(progress)}">'
-            f"{coloured_tokens(progress.prompt.pieces, [s.token for s in scores], probabilities)}</div></div>")
+    return (f'<div class="lm-prompt"{f" {CHOOSE}" if progress.done else ""}><header>Prompt as the model read it: '
+            f'{summary}</header><div class="{_text_classes(progress)}">'
+            f"{coloured_tokens(progress.prompt.pieces, [s.token for s in scores], probabilities, chosen)}</div></div>")
 
 
 def status_markdown(progress: Progress) -> str:

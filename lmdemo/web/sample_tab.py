@@ -1,5 +1,7 @@
 """The Sample tab: a thin Gradio layer over `lmdemo.web.demo` (the requests), `forms` (form values) and
-`render` (HTML and figures). Controls on the right, samples below, next-token bars at the bottom.
+`render` (HTML and figures). Controls on the right, samples below, next-token bars at the bottom, and under them
+"Why this token?" (`lmdemo.why`, asked through `why_api.WhyEvents` as `/why` asks): why the model gave the bars'
+token, or a prompt token clicked, its probability, unit by unit. A click on a token of a finished run chooses it.
 
 Its model, prompt and last run are what the Inside tab reads, and a run refreshes the Inside tab's text picker.
 "Copy link" gives a link to the run on view, and a page opened on such a link sets the form and runs it
@@ -8,29 +10,38 @@ Its model, prompt and last run are what the Inside tab reads, and a run refreshe
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
 import gradio as gr
 from gradio.components.plot import PlotData
+from gradio.events import Dependency
 
 from lmdemo.admission import Busy
 from lmdemo.generation import Dial, Sample, SettingsError
 from lmdemo.web import inside_tab, links, render
 from lmdemo.web.demo import (DEFAULT_BARS, DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURES, Demo, Progress,
                              chosen_position)
-from lmdemo.web.forms import FIELD_CHARS, Limits, draw_seed, read_sampling
+from lmdemo.web.forms import FIELD_CHARS, Limits, draw_seed, parse_whole, read_sampling
 from lmdemo.web.gate import UNLIMITED, Gate
 from lmdemo.web.links import SampleLink
 from lmdemo.web.registry import Models, Steerable
+from lmdemo.web.why_api import WhyEvents
+from lmdemo.web.why_view import NO_WHY, why_html
 
 TEMPERATURE_HELP = """**Temperature** reshapes the model's odds before each token is drawn. **0** always
 takes the likeliest token (greedy: safe, repetitive); below 1 favours likely tokens; **1** samples the model
 as trained; above 1 gives rare tokens more room, until the text turns to gibberish. **Top-k** keeps the k
 likeliest tokens, **top-p** the fewest holding p of the probability. All columns share one set of random
 numbers, so they differ by temperature, not luck."""
-POSITION_INFO = "tokens already written: 0 = right after the prompt; the sample outlines the token it took next"
+POSITION_INFO = ("tokens already written: 0 = right after the prompt; the sample outlines the token it took next "
+                 "(click a token to move there)")
+WHY_HELP = """Click a token of a sample or of the prompt. Each bar is a unit of the top layer's h: its share of the
+log-ratio of the token's probability to the likeliest other token's (red for the token, blue against it), named by the
+model's cell atlas where it names the unit. The table holds units at 0 from the token on; hold any unit of any layer
+below, as the dial does, to see the token's probability with it held from the token on and from the text's start."""
+HOLD_HELP = "LAYER:UNIT:QUANTITY=VALUE, as the dial reads it (layers from 1, units from 0, h or c); empty = none"
 FIRST_BARS = (0, 0)  # the column and position whose bars a finished run shows first: the first token after the prompt
 
 
@@ -65,6 +76,9 @@ class SampleTab:
     position: gr.Slider
     bars: gr.Slider
     plot: gr.Plot
+    why: gr.HTML
+    hold: gr.Textbox
+    hold_button: gr.Button
 
 
 def build(models: Models, limits: Limits, run: gr.State) -> SampleTab:
@@ -108,12 +122,13 @@ def build(models: Models, limits: Limits, run: gr.State) -> SampleTab:
             dial_slider = gr.Slider(**slider_choice)
             dial = gr.Textbox(**text_choice, max_length=FIELD_CHARS, placeholder="e.g. 2:17:h=0.9")
     gr.Markdown("### Samples")
-    samples = gr.HTML(render.NO_SAMPLES, label="Samples", elem_id="samples")
+    choosable = {"js_on_load": render.CHOOSE_TOKEN_JS, "css_template": render.CHOOSABLE_CSS}  # a click chooses a token
+    samples = gr.HTML(render.NO_SAMPLES, label="Samples", elem_id="samples", **choosable)
     with gr.Row(equal_height=False):
         with gr.Column(scale=2):
             gr.Markdown("### How surprised was the model by the prompt?")
             prompt_view = gr.HTML('<div class="lm-empty">The prompt, coloured by surprisal, appears here.</div>',
-                                  label="Prompt surprisal")
+                                  label="Prompt surprisal", elem_id="prompt-view", **choosable)
         with gr.Column(scale=3):
             gr.Markdown("### What might come next?")
             with gr.Row():
@@ -122,9 +137,16 @@ def build(models: Models, limits: Limits, run: gr.State) -> SampleTab:
                                      scale=2, info=POSITION_INFO)
                 bars = gr.Slider(3, limits.max_bars, value=DEFAULT_BARS, step=1, label="Bars", scale=1)
             plot = gr.Plot(label="Next-token probabilities", show_label=False)
+            gr.Markdown("### Why this token?")
+            gr.Markdown(WHY_HELP, elem_classes="lm-help")
+            why = gr.HTML(NO_WHY, label="Why this token?", elem_id="why-token")
+            with gr.Row(equal_height=True):
+                hold = gr.Textbox("", label="Hold a unit", placeholder="e.g. 2:19:h=0", info=HOLD_HELP, scale=3,
+                                  max_length=FIELD_CHARS, elem_id="why-hold")
+                hold_button = gr.Button("Hold", scale=1, elem_id="why-hold-button")
     return SampleTab(run, model, model_info, prompt, examples, generate, stop, status, copy_link, link, temperatures,
                      max_new_tokens, top_k, top_p, seed, dice, stop_text, avoid_unk, dial_on, dial_slider, dial, samples,
-                     prompt_view, which, position, bars, plot)
+                     prompt_view, which, position, bars, plot, why, hold, hold_button)
 
 
 def connect(tab: SampleTab, demo: Demo, inside_text: gr.Dropdown, inside_layer: gr.Dropdown, gate: Gate,
@@ -136,6 +158,10 @@ def connect(tab: SampleTab, demo: Demo, inside_text: gr.Dropdown, inside_layer: 
     bars are sampling events of the `gate` (its fair share per address). Choosing a column re-ranges the position
     slider to that sample, and the chosen position is marked in its text, both in events of their own that leave
     `/next_tokens` as it was.
+
+    "Why this token?" follows the bars' token (after a run, a column or position chosen); a click on a token of a
+    sample moves the column, the position, the mark and the bars there, and one on the prompt's explains that token
+    instead (the page remembers which, for Hold). Its events are private model work of the `gate`, as `/why` is.
 
     A link (`lmdemo.web.links`) the page `opened` on sets the form, shows this tab among `tabs` and starts the same
     Generate; the run's bars then look where the link's did. A visitor's choice of model resets the prompt and
@@ -162,8 +188,9 @@ def connect(tab: SampleTab, demo: Demo, inside_text: gr.Dropdown, inside_layer: 
     generation = gr.on([tab.generate.click, start.change], gate.sampling(events.on_generate),
                        [model, tab.prompt, *settings, tab.dial, opened],
                        [tab.samples, tab.prompt_view, tab.status, tab.run, shown], api_name="generate", **sampling)
-    generation.success(gate.sampling(events.on_finished), [tab.run, shown],
-                       [tab.which, tab.position, tab.plot, inside_text], api_name="after_generate", **UNLIMITED)
+    finished = generation.success(gate.sampling(events.on_finished), [tab.run, shown],
+                                  [tab.which, tab.position, tab.plot, inside_text], api_name="after_generate",
+                                  **UNLIMITED)
     links.connect_copy(tab.copy_link, tab.link, events.link_query, [shown, tab.run, tab.which, tab.position])
     tab.stop.click(None, None, None, cancels=[generation], api_visibility="private")
     explore_inputs = [tab.run, tab.which, tab.position, tab.bars]
@@ -172,10 +199,32 @@ def connect(tab: SampleTab, demo: Demo, inside_text: gr.Dropdown, inside_layer: 
     tab.position.release(explore, explore_inputs, tab.plot, api_visibility="private", **sampling)
     tab.bars.release(explore, explore_inputs, tab.plot, api_visibility="private", **sampling)
     mark_inputs = [tab.run, tab.which, tab.position]  # raw values too: a typed position may lie past the end
-    tab.which.input(gate.event(events.on_column), mark_inputs, [tab.position, tab.samples], api_visibility="private",
-                    **sampling)
-    tab.position.release(gate.event(events.on_position), mark_inputs, tab.samples, api_visibility="private",
-                         **sampling)
+    column_chosen = tab.which.input(gate.event(events.on_column), mark_inputs, [tab.position, tab.samples],
+                                    api_visibility="private", **sampling)
+    position_chosen = tab.position.release(gate.event(events.on_position), mark_inputs, tab.samples,
+                                           api_visibility="private", **sampling)
+    _connect_why(tab, events, gate, [finished, column_chosen, position_chosen], explore, explore_inputs)
+
+
+def _connect_why(tab: SampleTab, events: SampleEvents, gate: Gate, bars_moved: list[Dependency], explore: Callable,
+                explore_inputs: list[Any]) -> None:
+    """"Why this token?": after each event in `bars_moved` (a run's end, a column or position chosen) the panel
+    explains the bars' token; a click on a sample's token moves the bars there (`explore` draws them) and explains
+    it, one on the prompt's explains that token; Hold explains the same token with a unit held. All private model
+    work of the `gate`, as `/why` is; the clicks arrive as `.select` events (`render.CHOOSE_TOKEN_JS`)."""
+    raw = dict(preprocess=False, api_visibility="private", **UNLIMITED)
+    # the prompt token the panel explains, when one was clicked: Hold explains it again, and the bars' next move
+    # clears its mark
+    clicked_prompt = gr.State(None, time_to_live=gate.serving.session_ttl_s)
+    panel = [tab.why, tab.prompt_view, clicked_prompt]
+    for moved in bars_moved:
+        moved.success(gate.model_work(events.on_why), [tab.run, tab.which, tab.position, clicked_prompt], panel, **raw)
+    tab.samples.select(gate.model_work(events.on_token), [tab.run, clicked_prompt],
+                       [tab.which, tab.position, tab.samples, *panel], **raw).success(
+        explore, explore_inputs, tab.plot, **raw)
+    tab.prompt_view.select(gate.model_work(events.on_prompt_token), tab.run, panel, **raw)
+    gr.on([tab.hold_button.click, tab.hold.submit], gate.model_work(events.on_hold),
+          [tab.run, tab.which, tab.position, clicked_prompt, tab.hold], tab.why, **raw)
 
 
 class SampleEvents:
@@ -184,6 +233,7 @@ class SampleEvents:
     def __init__(self, demo: Demo, gate: Gate):
         self.demo, self.gate = demo, gate
         self.models, self.limits = demo.models, demo.limits
+        self.whys = WhyEvents(demo.models, demo.limits)
 
     def on_model(self, name: str) -> tuple[str, Any, str]:
         try:
@@ -267,6 +317,62 @@ class SampleEvents:
         except Busy as error:
             raise render.refused(str(error), "Busy") from None
 
+    def on_why(self, current: Progress | None, index: Any, at: Any, clicked_prompt: int | None) -> tuple:
+        """The panel on the bars' token (column `index`, position `at`), and the prompt's mark cleared when a prompt
+        token was explained. Without a run (a page whose first run still streams) nothing changes."""
+        if current is None:
+            return gr.skip(), gr.skip(), gr.skip()
+        column, position = _chosen(current, index, at)
+        prompt_view = render.prompt_html(current) if clicked_prompt is not None else gr.skip()
+        return self._why(current, column, position), prompt_view, None
+
+    def on_token(self, current: Progress | None, clicked_prompt: int | None, event: gr.SelectData) -> tuple:
+        """A click on a sample's token: the column picker, the slider and the mark move there, and the panel
+        explains it."""
+        current = _finished_run(current)
+        column, position = _chosen(current, *_clicked(event))
+        return (column, _position_slider(current.samples[column], position),
+                render.samples_html(current, chosen=(column, position)),
+                *self.on_why(current, column, position, clicked_prompt))
+
+    def on_prompt_token(self, current: Progress | None, event: gr.SelectData) -> tuple:
+        """A click on the prompt's token: the panel explains it and the prompt marks it."""
+        current = _finished_run(current)
+        try:
+            position = parse_whole(_clicked(event)[1], "position")
+            if position < 0:
+                raise SettingsError(f"position must be from 0, a token of the prompt (got {position})")
+        except SettingsError as error:
+            raise render.refused(str(error), "Check the settings") from None
+        return self._why(current, prompt_token=position), render.prompt_html(current, chosen=position), position
+
+    def on_hold(self, current: Progress | None, index: Any, at: Any, clicked_prompt: int | None, hold: Any) -> str:
+        """Hold: the panel's token (the clicked prompt token, else the bars') explained with the unit `hold` held."""
+        current = _finished_run(current)
+        column, position = _chosen(current, index, at)
+        return self._why(current, column, position, clicked_prompt, hold)
+
+    def _why(self, current: Progress, column: int = 0, position: int = 0, prompt_token: int | None = None,
+             hold: Any = "") -> str:
+        """The panel: why the model gave the prompt's token `prompt_token` its probability, or else the bars' token
+        (the one sample `column` took after `position` tokens; at its end, the likeliest next token), with the
+        unit `hold` (a dial's text) held too."""
+        prompt = current.prompt.ids
+        if prompt_token is not None:
+            ids, at, place = prompt, prompt_token, f"the prompt's token {prompt_token}"
+        else:
+            sample = current.samples[column]
+            ids, ended = [*prompt, *sample.ids], position == len(sample.ids)
+            at = -1 if ended else len(prompt) + position
+            where = "the likeliest token after the sample's end" if ended else f"position {position} of the sample"
+            place = f"T = {sample.temperature:g}, {where}"
+        if not ids:  # an empty prompt and a sample that took no token: nothing read to explain
+            return NO_WHY
+        try:
+            return why_html(self.whys.explain(current.model, ids, at, hold), place)
+        except SettingsError as error:
+            raise render.refused(str(error), "Check the settings") from None
+
     def link_query(self, shown: SampleLink | None, current: Progress | None, index: Any, at: Any) -> str:
         """"Copy link": the query that reopens the run on view (`shown`, finished as `current`), with the bars
         where they look now."""
@@ -290,12 +396,13 @@ def _generation_updates(progress_stream: Iterator[Progress], link: SampleLink) -
     `link` at the end (no link while it runs: a run cut short is not on a link). A prompt's notes are shown once,
     as warnings. Every output gets a value each time, never `gr.skip()`: Gradio rebuilds a skipped component and
     its config, which cost a busy server more than the samples did; a value that did not change is sent as an
-    empty diff."""
+    empty diff. The prompt is drawn once, and again at the end, when its tokens can be chosen by a click."""
     prompt_view = None
     for progress in progress_stream:
         if prompt_view is None:
             for note in progress.prompt.notes:
                 gr.Warning(render.escape(note))
+        if prompt_view is None or progress.done:
             prompt_view = render.prompt_html(progress)
         run = progress if progress.done else gr.skip()  # a State takes a skip without rebuilding anything
         chosen = _bars_of(progress, link) if progress.done else None  # where `/after_generate` puts the bars
@@ -315,6 +422,21 @@ def _finished_updates(demo: Demo, progress: Progress, client: str, chosen: tuple
     choices = [(f"T = {s.temperature:g}", i) for i, s in enumerate(progress.samples)]
     return (gr.Dropdown(choices=choices, value=column), _position_slider(progress.samples[column], position),
             _figure(demo, progress, column, position, DEFAULT_BARS, client), inside_tab.text_choices(progress))
+
+
+def _finished_run(current: Progress | None) -> Progress:
+    """The page's run, which a click or Hold needs (a page kept past its session's life has none left)."""
+    if current is None:
+        raise render.refused("Generate some text first: the panel explains a token of a run.", "Nothing to explain yet")
+    return current
+
+
+def _clicked(event: gr.SelectData) -> tuple[Any, Any]:
+    """The column and position a click on a token sent (`render.CHOOSE_TOKEN_JS`), unchecked."""
+    if not isinstance(event.index, list) or len(event.index) != 2:
+        raise render.refused(f"a click names a column and a position (got {str(event.index)[:40]!r})",
+                             "Check the settings")
+    return event.index[0], event.index[1]
 
 
 def _chosen(progress: Progress, index: Any, at: Any) -> tuple[int, int]:

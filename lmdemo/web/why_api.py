@@ -1,12 +1,14 @@
 """`/why` over the API: why a model gave one token of a text its probability (`lmdemo.why`), as JSON.
 
-The page has no part for it yet: its inputs and output are hidden components, as `/train`'s are. Models come from
-the registry (a session's own trained model too), unit names from the model's atlas (`AtlasView`, cached), and the
-work is model work of the gate: one fair share per address, like the Inside tab's views.
+Its inputs and output are hidden components, as `/train`'s are; the page's own "Why this token?" panel (the Sample
+tab's) asks the same `WhyEvents.explain`. Models come from the registry (a session's own trained model too), unit
+names from the model's atlas (`AtlasView`, cached), and the work is model work of the gate: one fair share per
+address, like the Inside tab's views.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import gradio as gr
@@ -17,7 +19,7 @@ from lmdemo.web.atlas_view import AtlasView, ModelAtlas
 from lmdemo.web.forms import FIELD_CHARS, Limits, parse_whole, read_prompt
 from lmdemo.web.gate import UNLIMITED, Gate
 from lmdemo.web.registry import Models
-from lmdemo.why import UnitKey, explain
+from lmdemo.why import UnitKey, Why, explain
 
 
 def build(models: Models, limits: Limits, gate: Gate) -> None:
@@ -35,7 +37,8 @@ def build(models: Models, limits: Limits, gate: Gate) -> None:
 
 
 class WhyEvents:
-    """The endpoint's handler over the served models and their atlases."""
+    """The endpoint's handler, and the explanations the page's panel shows, over the served models and their
+    atlases."""
 
     def __init__(self, models: Models, limits: Limits):
         self.models, self.limits, self.atlases = models, limits, AtlasView(models, limits)
@@ -44,12 +47,17 @@ class WhyEvents:
         try:
             generator = self.models.generator(str(name))
             prompt = generator.prompt(read_prompt(text, self.limits), self.limits.max_prompt_tokens)
-            dials = [_dial(hold)] if hold not in (None, "") else []
-            why = explain(generator, prompt.ids, parse_whole(position, "position", empty=-1),
-                          unit_names(self.atlases.atlas(str(name))), dials)
+            why = self.explain(str(name), prompt.ids, parse_whole(position, "position", empty=-1), hold)
         except SettingsError as error:
             raise render.refused(str(error), "Check the request") from None
         return why.as_json()
+
+    def explain(self, name: str, ids: Sequence[int], position: int, hold: Any = "") -> Why:
+        """Why model `name` gave the token at `position` of `ids` (-1: the likeliest next token) its probability,
+        its units named by the model's atlas, with `hold` (a dial's text; empty: none) held as well. Anything wrong
+        is a `SettingsError` of one line."""
+        dials = [_dial(hold)] if str(hold or "").strip() else []
+        return explain(self.models.generator(name), ids, position, unit_names(self.atlases.atlas(name)), dials)
 
 
 def unit_names(atlas: ModelAtlas | None) -> dict[UnitKey, str]:

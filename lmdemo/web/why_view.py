@@ -20,11 +20,14 @@ ROW_STYLE = ("display:grid;grid-template-columns:minmax(9rem,16rem) 1fr 3.5rem;g
 TRACK_STYLE = "background:#f3f5f8;border-radius:.2rem;height:.9rem"
 BAR_STYLE = "display:block;height:100%;border-radius:.2rem"
 NUMBER = 'style="text-align:right"'
+NO_WHY = ('<div class="lm-empty">Click a token of a sample or of the prompt: why the model gave it its probability '
+          'appears here.</div>')
 
 
-def why_html(why: Why) -> str:
+def why_html(why: Why, place: str | None = None) -> str:
     """The explanation of one token: its probability against the reference, how the units add up to the log-ratio,
-    the `TOP_BARS` units for it and against it, and the probability with units held."""
+    the `TOP_BARS` units for it and against it, and the probability with units held. `place` is where the page says
+    the token is ("the prompt's token 3"); by default, its index in the text."""
     steps = "".join(f'<p class="lm-note lm-caption">{_step_sentence(step)}</p>' for step in why.steps)
     total = (f"log-ratio {why.logit_difference:+.3f} = the units' shares {why.sum_of_shares:+.3f} + the decoder's bias "
              f"{why.bias_difference:+.3f} (exact: the top layer's h reaches the logits linearly)")
@@ -38,7 +41,8 @@ def why_html(why: Why) -> str:
         held = (f'<table class="lm-note" style="margin-top:.5rem"><tr><th style="text-align:left">held (not held: '
                 f'p = {why.probability:.1%})</th><th {NUMBER}>from this token on</th><th {NUMBER}>from the text\'s '
                 f'start</th></tr>{"".join(_held_row(item) for item in why.held)}</table>')
-    return (f'<section class="lm-col lm-why"><header><b>{_token(why.token)}</b><small>token {why.position}: '
+    place = escape(place) if place is not None else f"token {why.position}"
+    return (f'<section class="lm-why"><header><b>{_token(why.token)}</b><small>{place}: '
             f'p = {why.probability:.1%}</small></header>{steps}<p class="lm-note lm-caption">{escape(total)}</p>'
             f'<div style="padding:.3rem .7rem .6rem">{bars}{held}</div></section>')
 
