@@ -3,16 +3,24 @@ events by polling them."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# a server's environment: offline, no telemetry, and only the models a test names
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_DISABLE_TELEMETRY": "1",
+       "PYTHONUNBUFFERED": "1"}
+ENV.pop("LMDEMO_MODELS", None)
 
 
 def free_port() -> int:
@@ -58,3 +66,16 @@ def serving(command: list[str], health_url: str, log: Path, timeout: float = 120
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+@contextmanager
+def app_serving(models: Sequence[Any], tmp_path_factory: Any, *options: str, name: str = "app") -> Iterator[str]:
+    """`python app.py` on `models` alone (never the shipped checkpoints), with `options`, on a free port until the
+    test module ends; yields its URL. Its log is `app.log` in a folder named `name`."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    command = [sys.executable, "app.py", "--port", str(port), *(part for model in models for part in ("--model",
+                                                                                                       str(model))),
+               "--checkpoints", str(tmp_path_factory.mktemp("no-checkpoints")), *options]
+    with serving(command, url, tmp_path_factory.mktemp(name) / "app.log", cwd=ROOT, env=ENV):
+        yield url

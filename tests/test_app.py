@@ -6,20 +6,18 @@ import html
 import importlib.util
 import json
 import math
-import os
 import re
 import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import plotly.graph_objects as go
 import pytest
 import torch
 
 from browser import chromium_page
-from servers import free_port, serving, wait_until
+from servers import ENV, ROOT, free_port, serving, wait_until
 
 from lmdemo import load_model
 from lmdemo.checkpoint import read_examples, save_model
@@ -32,10 +30,6 @@ from lmdemo.web.forms import (FIELD_CHARS, Limits, parse_number, parse_seed, par
 from lmdemo.web.inside import Inside
 from lmdemo.web.registry import Models, NoModelsError, discover_models
 
-ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_DISABLE_TELEMETRY": "1",
-       "PYTHONUNBUFFERED": "1"}
-ENV.pop("LMDEMO_MODELS", None)
 PROMPT_LIMIT = 40
 GENERATE_DEFAULTS = dict(prompt_text="ROMEO:\n", temperature_text="0.2, 0.5, 0.8, 1.0, 1.3", max_new=40, k=0, p=1.0,
                          seed_text="7", stop_at="", no_unk=False)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,8 +13,7 @@ import torch
 
 from browser import chromium_page
 from conftest import DATA, ROOT
-from servers import free_port, serving
-from test_app import ENV
+from servers import app_serving
 
 from lmdemo.atlas import EXAMPLE_REVIEWS, build_atlas, read_atlas, stream_texts, texts_from, write_atlas
 from lmdemo.checkpoint import load_model
@@ -211,11 +209,7 @@ def test_train_with_atlas_writes_structural_properties_from_its_own_splits(tmp_p
 # -- the page ---------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def atlas_server(atlas_model, tmp_path_factory) -> Iterator[str]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/"
-    command = [sys.executable, "app.py", "--port", str(port), "--model", str(atlas_model),
-               "--checkpoints", str(tmp_path_factory.mktemp("no-checkpoints"))]
-    with serving(command, url, tmp_path_factory.mktemp("atlas-app") / "app.log", cwd=ROOT, env=ENV):
+    with app_serving([atlas_model], tmp_path_factory, name="atlas-app") as url:
         yield url
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import random
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from browser import chromium_page
-from servers import free_port, serving, wait_until
+from servers import app_serving, wait_until
 
 from lmdemo.batching import READS, Batching, Busy, DecodeLoop, PerRequest, generate
 from lmdemo.generation import Dial, Generator, Sampling, SettingsError
@@ -204,11 +203,8 @@ def test_the_loop_stops_when_idle_and_starts_again(char_generator):
 @pytest.fixture(scope="module")
 def narrow(char_model, tmp_path_factory) -> Iterator[str]:
     """A `python app.py --max-batch-rows 1`: one sample per step, one request waiting; requests may be long."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/"
-    command = [sys.executable, "app.py", "--port", str(port), "--model", str(char_model), "--max-batch-rows", "1",
-               "--checkpoints", str(tmp_path_factory.mktemp("no-checkpoints")), "--max-new-tokens", "1000000"]
-    with serving(command, url, tmp_path_factory.mktemp("narrow") / "app.log", cwd=ROOT, env=ENV):
+    with app_serving([char_model], tmp_path_factory, "--max-batch-rows", "1", "--max-new-tokens", "1000000",
+                     name="narrow") as url:
         yield url
 
 

@@ -6,7 +6,6 @@ import json
 import os
 import re
 import shutil
-import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,7 @@ import pytest
 import torch
 
 from browser import chromium_page
-from servers import free_port, serving
+from servers import app_serving
 
 from lmdemo import load_model
 from lmdemo.cli import main
@@ -158,11 +157,7 @@ def test_the_sentiment_dial_comes_first_whatever_the_atlas_order(char_model, tmp
 
 @pytest.fixture(scope="module")
 def server(atlas_model, char_model, tmp_path_factory) -> Iterator[str]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/"
-    command = [sys.executable, "app.py", "--port", str(port), "--model", str(atlas_model), "--model", str(char_model),
-               "--checkpoints", str(tmp_path_factory.mktemp("no-checkpoints"))]
-    with serving(command, url, tmp_path_factory.mktemp("app") / "app.log", cwd=ROOT, env=ENV):
+    with app_serving([atlas_model, char_model], tmp_path_factory) as url:
         yield url
 
 

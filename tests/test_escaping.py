@@ -12,16 +12,13 @@ from __future__ import annotations
 import html
 import json
 import shutil
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from browser import chromium_page
-from conftest import ROOT
-from servers import free_port, serving
-from test_app import ENV
+from servers import app_serving
 
 from lmdemo.generation import SettingsError
 from lmdemo.web import render
@@ -90,11 +87,7 @@ def test_every_text_of_a_visitor_or_a_model_reaches_the_page_escaped(marked_mode
 
 @pytest.fixture(scope="module")
 def server(marked_model, char_model, tmp_path_factory) -> Iterator[str]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/"
-    command = [sys.executable, "app.py", "--port", str(port), "--model", str(marked_model), "--model",
-               str(char_model), "--checkpoints", str(tmp_path_factory.mktemp("no-checkpoints"))]
-    with serving(command, url, tmp_path_factory.mktemp("escaping-app") / "app.log", cwd=ROOT, env=ENV):
+    with app_serving([marked_model, char_model], tmp_path_factory, name="escaping-app") as url:
         yield url
 
 

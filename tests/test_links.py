@@ -1,6 +1,6 @@
-"""A link that reopens it (issue 31, item 3): "Copy link" on the Sample and Compare tabs gives the page's address
-with the settings a visitor typed as its query, and a page opened on it sets the form and runs it again, to the
-same samples, token for token."""
+"""A link that reopens it (issue 31, item 3): "Copy link" on the Sample, Inside and Compare tabs gives the page's
+address with the settings a visitor typed as its query, and a page opened on it sets the form and runs it again, to
+the same samples, token for token, or the same view of the units."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import json
 import os
 import re
 import shutil
-import sys
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -17,15 +16,26 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import gradio as gr
 import pytest
 from browser import chromium_page
-from servers import free_port, serving, wait_until
+from servers import app_serving, wait_until
 
 from lmdemo.generation import SettingsError
 from lmdemo.web import links
+from lmdemo.web.atlas_view import AtlasView
 from lmdemo.web.compare_tab import CompareEvents
 from lmdemo.web.demo import Demo
 from lmdemo.web.forms import Limits, read_sampling
 from lmdemo.web.gate import Gate, Serving
-from lmdemo.web.links import CompareLink, SampleLink, read_query, write_query
+from lmdemo.web.inside import Inside
+from lmdemo.web.inside_tab import ATLAS_UNIT, OPENED_VIEWS, RULE_UNIT, InsideEvents
+from lmdemo.web.links import (
+    SPAN_VIEW,
+    UNITS_VIEW,
+    CompareLink,
+    InsideLink,
+    SampleLink,
+    read_query,
+    write_query,
+)
 from lmdemo.web.registry import Models
 from lmdemo.web.sample_tab import SampleEvents
 
@@ -36,14 +46,17 @@ ENV.pop("LMDEMO_MODELS", None)
 STEERABLE, PLAIN = "steerable-tiny", "shakespeare-tiny"
 PROMPT = "ROMEO & JULIET:\n50% + 50% = #1?\té ✓ 😀"  # what a query must escape, and letters beyond ASCII
 SPEECH = "ROMEO:\nWhat say you?\n\nJULIET:\n"  # a prompt the tiny model reads without <unk>
+SPEAKER = r"speaker=^[A-Z][A-Za-z ]*:$"  # a rule the tiny model's text holds often enough to score
 
 
 @pytest.fixture(scope="module")
 def atlas_model(char_model, tmp_path_factory) -> Path:
-    """The tiny char model with an atlas naming a steerable (made-up) unit, so the Sample tab shows its dial."""
+    """The tiny char model with an atlas naming a steerable (made-up) unit, so the Sample tab shows its dial and the
+    Inside tab its row."""
     folder = tmp_path_factory.mktemp("atlas") / STEERABLE
     shutil.copytree(char_model, folder)
-    atlas = {"properties": [{"property": "sentiment", "layer": 2, "unit": 5, "quantity": "h", "metric": "accuracy",
+    atlas = {"choose": {"source": "first 90%"}, "score": {"source": "test split"},
+             "properties": [{"property": "sentiment", "layer": 2, "unit": 5, "quantity": "h", "metric": "accuracy",
                              "score": 0.8, "baseline": 0.55, "dial": {"negative": -0.9, "positive": 0.9}}]}
     (folder / "atlas.json").write_text(json.dumps(atlas))
     return folder
@@ -61,7 +74,14 @@ def sample_link(**changes) -> SampleLink:
     return replace(SampleLink.of(STEERABLE, PROMPT, sampling, column=1, position=7), **changes)
 
 
-def query_with(link: SampleLink | CompareLink, **values: str) -> str:
+def inside_link(**changes) -> InsideLink:
+    """An Inside link as its form makes it: the atlas row, a rule, and a span found on layer 1's cell state."""
+    link = InsideLink.of(STEERABLE, PROMPT, "sentiment", f"  {SPEAKER} ", 1, "c", "change", 5.0, "3", "", SPAN_VIEW,
+                         " 2", "+4")
+    return replace(link, **changes)
+
+
+def query_with(link: SampleLink | CompareLink | InsideLink, **values: str) -> str:
     """The link's query with some values replaced (or, given None, left out), as a hand-edited link would be."""
     pairs = {"tab": link.tab, **links.query_values(link), **values}
     return "?" + urlencode({key: value for key, value in pairs.items() if value is not None})
@@ -85,6 +105,22 @@ def test_a_compare_link_reads_back_as_the_same_settings(models):
     query = write_query(link, models, Limits())
     assert query.startswith("?tab=compare&model_a=shakespeare-tiny&model_b=steerable-tiny&prompt=")
     assert read_query(query, models, Limits()) == link
+
+
+def test_an_inside_link_reads_back_as_the_same_view(models):
+    link = inside_link()
+    assert (link.rule, link.count, link.at, link.unit, link.first, link.last) == (SPEAKER, 5, 3, None, 2, 4)
+    query = write_query(link, models, Limits())
+    assert query.startswith("?tab=inside&model=steerable-tiny&prompt=")
+    assert read_query(query, models, Limits()) == link
+    values = dict(parse_qsl(query[1:], keep_blank_values=True))
+    assert {key: values[key] for key in ("property", "rule", "layer", "quantity", "sort", "count", "at", "unit",
+                                         "detail", "first", "last")} == \
+        {"property": "sentiment", "rule": SPEAKER, "layer": "1", "quantity": "c", "sort": "change", "count": "5",
+         "at": "3", "unit": "", "detail": "span", "first": "2", "last": "4"}
+    assert not re.search(r"[/\\]tmp|pytest|checkpoints", query), "no server path in a link"
+    plain = inside_link(model=PLAIN, property="", rule="", detail="", first=None, last=None)
+    assert read_query(write_query(plain, models, Limits()), models, Limits()) == plain
 
 
 def test_a_prompt_too_long_for_a_link_is_refused_never_cut(models):
@@ -117,11 +153,35 @@ def test_a_model_a_link_cannot_carry_is_refused(models, char_model):
     ({"column": "3"}, "column must be from 0 to 2, one per temperature"),
     ({"position": "-1"}, "position must be from 0 to max_new_tokens, 40"),
     ({"seed": None}, "the link lacks seed"),
-    ({"tab": "inside"}, "a link opens the sample or compare tab, not 'inside'"),
+    ({"tab": "train"}, "a link opens the sample, inside or compare tab, not 'train'"),
 ])
 def test_junk_in_a_link_is_refused_with_one_line(models, values, message):
     with pytest.raises(SettingsError, match=message) as refused:
         read_query(query_with(sample_link(), **values), models, Limits())
+    assert "\n" not in str(refused.value)
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"model": PLAIN}, "model 'shakespeare-tiny' has no cell atlas, so a link cannot show a unit of it"),
+    ({"property": "nope"}, "steerable-tiny's atlas has no property 'nope'; choose one of: sentiment"),
+    ({"rule": "("}, "not a regular expression Python reads"),
+    ({"rule": "x" * 201}, "a rule may be at most 200 characters"),
+    ({"prompt": "x" * 1501}, "the prompt has 1,501 characters and a link holds at most 1,500"),
+    ({"layer": "3"}, "layer must be from 1 to 2 \\(got 3\\)"),
+    ({"layer": "1.5"}, "layer must be a whole number"),
+    ({"quantity": "z"}, "quantity must be one of 'h', 'c', 'input_gate', 'forget_gate', 'candidate', 'output_gate' \\(got 'z'\\)"),
+    ({"sort": "best"}, "sort must be one of 'unit', 'active', 'variable', 'change'"),
+    ({"count": "65"}, "count must be from 1 to 64"),
+    ({"unit": "-1"}, "unit must be from 0 to"),
+    ({"at": "1000"}, "at must be from 0 to 999"),
+    ({"detail": "heatmap"}, "detail must be one of '', 'units', 'span'"),
+    ({"first": ""}, "a span needs its first and last positions, the first not after the last"),
+    ({"first": "9"}, "a span needs its first and last positions, the first not after the last"),
+    ({"rule": None}, "the link lacks rule"),
+])
+def test_junk_in_an_inside_link_is_refused_with_one_line(models, values, message):
+    with pytest.raises(SettingsError, match=message) as refused:
+        read_query(query_with(inside_link(), **values), models, Limits())
     assert "\n" not in str(refused.value)
 
 
@@ -185,6 +245,56 @@ def test_the_compare_tabs_link_reopens_the_same_comparison(models):
     assert (again[2], again[6]) == (first[2], first[6]), "both models' samples, the same"
 
 
+def test_the_inside_tabs_link_reopens_the_same_view_and_runs_the_rule_again(models):
+    events = InsideEvents(Inside(models, Limits()), AtlasView(models, Limits()))
+    text = (None, STEERABLE, SPEECH, 0)  # no run: the Sample tab's model and prompt
+    settings = (1, "c", "unit", 5, "", "3")  # layer, quantity, sort, count, change at, traced unit
+    unit_view = events.on_unit(*text, "sentiment")
+    rule_view = events.on_rule(*text, SPEAKER)
+    *detailed, shown = events.on_show(*text, *settings)
+    assert shown == UNITS_VIEW
+    opened = read_query(events.link_query(*text, "sentiment", SPEAKER, *settings, "", "", shown), models, Limits())
+
+    tab, model, prompt, waiting, ready = events.on_opened(opened, PLAIN)  # a model change resets the pickers: wait
+    assert (tab.selected, model, prompt, waiting, ready) == ("inside", STEERABLE, SPEECH, opened, gr.skip())
+    assert events.on_model_ready(opened, PLAIN) == gr.skip() and events.on_model_ready(None, STEERABLE) == gr.skip()
+    assert events.on_model_ready(opened, STEERABLE) == (None, opened)
+    assert events.on_opened(opened, STEERABLE)[3:] == (gr.skip(), opened), "the same model: ready at once"
+    chosen, rule, layer, quantity, sort, count, at, unit, first, last, detail, *openers = events.on_ready(opened)
+    assert (chosen, rule, layer.value, quantity, sort, count, at, unit, first, last) == \
+        ("sentiment", SPEAKER, 1, "c", "unit", 5, "", "3", "", "")
+    assert detail.open and [view for view, opener in zip(OPENED_VIEWS, openers) if opener == opened] == \
+        [ATLAS_UNIT, RULE_UNIT, UNITS_VIEW]
+    again = (None, model, prompt, 0)
+    assert events.on_unit(*again, chosen) == unit_view
+    rule_again = events.on_rule(*again, rule)
+    assert (rule_again[0], rule_again[1].value, rule_again[2]) == (rule_view[0], rule_view[1].value, rule_view[2])
+    *detailed_again, _ = events.on_show(*again, layer.value, quantity, sort, count, at, unit)
+    assert detailed_again[:2] == detailed[:2] and detailed_again[3].equals(detailed[3])
+
+
+def test_a_sample_on_the_inside_tab_is_linked_as_its_text_and_bad_values_are_refused(models):
+    sampling = SampleEvents(Demo(models, Limits()), Gate(Serving(decode="per-request")))
+    _, _, _, run, _ = last(sampling.on_generate(None, PLAIN, SPEECH, "0.5, 1", 30, 0, 1.0, "5", "", False, ""))
+    events = InsideEvents(Inside(models, Limits()), AtlasView(models, Limits()))
+    form = ("", "", 2, "h", "variable", 32, "", "", "", "", "")  # property … detail: no atlas, rule or detailed view
+    linked = read_query(events.link_query(run, PLAIN, "the box, edited since", 2, *form), models, Limits())
+    assert linked.prompt == run.prompt.text + run.samples[1].text and linked.prompt.startswith(SPEECH)
+    with pytest.raises(gr.Error, match="sample must be from 1 to 2"):
+        events.link_query(run, PLAIN, SPEECH, 3, *form)
+    with pytest.raises(gr.Error, match="generate some text first"):
+        events.link_query(None, PLAIN, SPEECH, 1, *form)
+    with pytest.raises(gr.Error, match="not a regular expression Python reads"):
+        events.link_query(None, PLAIN, SPEECH, 0, "", "(", *form[2:])
+    with pytest.raises(gr.Error, match="unit must be a whole number"):
+        events.link_query(None, PLAIN, SPEECH, 0, *form[:7], "three", *form[8:])
+    long_prompt = SPEECH * 40  # read as its last 1,000 tokens (characters), and 600 more sampled
+    _, _, _, long_run, _ = last(sampling.on_generate(None, PLAIN, long_prompt, "1", 600, 0, 1.0, "5", "", False, ""))
+    with pytest.raises(gr.Error, match="the prompt with its sample at T = 1 has 1,600 characters and a link holds "
+                                       "at most 1,500: shorten it to share it"):
+        events.link_query(long_run, PLAIN, long_prompt, 1, *form)
+
+
 def test_a_long_prompt_is_refused_by_copy_link_with_one_line(models):
     events = CompareEvents(Demo(models, Limits()), Gate(Serving(decode="per-request")))
     shown = events.on_compare(None, PLAIN, PLAIN, "x" * 2000, "1", 5, 0, 1.0, "0")[-1]
@@ -196,11 +306,7 @@ def test_a_long_prompt_is_refused_by_copy_link_with_one_line(models):
 @pytest.fixture(scope="module")
 def server(atlas_model, char_model, tmp_path_factory) -> Iterator[str]:
     """`python app.py` on the model with a dial (the page opens on it) and the plain one."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/"
-    command = [sys.executable, "app.py", "--port", str(port), "--model", str(atlas_model), "--model", str(char_model),
-               "--checkpoints", str(tmp_path_factory.mktemp("no-checkpoints"))]
-    with serving(command, url, tmp_path_factory.mktemp("app") / "app.log", cwd=ROOT, env=ENV):
+    with app_serving([atlas_model, char_model], tmp_path_factory) as url:
         yield url
 
 
@@ -291,6 +397,55 @@ def test_a_copied_compare_link_reopens_the_same_comparison_in_a_fresh_page(serve
         wait_until(lambda: len(column_tokens(fresh)) == 4, 60, "the link's comparison never ran")
         assert column_tokens(fresh) == shown, "the same samples, token for token"
         assert visible(fresh, "Prompt").input_value() == "JULIET:\nO Romeo, Romeo!"
+
+
+@pytest.mark.browser
+def test_a_copied_inside_link_reopens_the_same_view_and_rule_in_a_fresh_page(server):
+    text = "JULIET:\nO Romeo, Romeo!\n"
+    with chromium_page(server) as page:
+        page.get_by_label("Model", exact=True).click()  # not the model the page opens on: the link changes it
+        page.get_by_role("option", name=PLAIN).click()
+        inside = page.get_by_role("tab", name="Inside the LSTM")
+        inside.click()
+        page.locator("#atlas-status").get_by_text(f"{PLAIN} has no cell atlas").wait_for(timeout=30_000)
+        page.get_by_role("tab", name="Sample").click()  # the model's own prompt is in: write another
+        visible(page, "Prompt").fill(text)
+        inside.click()
+        page.locator("#rule-box textarea").fill(SPEAKER)
+        page.locator("#rule-find").click()
+        page.locator("#rule-unit .lm-atlas-sentence b").wait_for(timeout=60_000)
+        visible(page, "Layer").click()
+        page.get_by_role("option", name="1 (bottom)").click()
+        visible(page, "Show").click()
+        page.get_by_role("option", name="cell state c").click()
+        count = page.locator("input[type=number][aria-label*='How many units']")
+        count.fill("5")
+        count.press("Tab")  # leaving the box releases the slider
+        visible(page, re.compile(r"^\s*Unit to trace")).fill("3")
+        page.get_by_role("button", name="Show units").click()
+        status = page.locator("#inside-status")
+        wait_until(lambda: "5 of" in status.inner_text(), 60, "Show units showed nothing")
+        shown = [page.locator(where).inner_text() for where in ("#rule-unit .lm-atlas-sentence", "#rule-table",
+                                                                 "#inside-status", "#inside-table")]
+        link = copied_link(page, "Link to this view", server)
+        values = dict(parse_qsl(urlsplit(link).query, keep_blank_values=True))
+        assert {key: values[key] for key in ("tab", "model", "prompt", "rule", "layer", "quantity", "count", "unit",
+                                             "detail")} == \
+            {"tab": "inside", "model": PLAIN, "prompt": text, "rule": SPEAKER, "layer": "1", "quantity": "c",
+             "count": "5", "unit": "3", "detail": "units"}
+
+    with chromium_page(link) as fresh:
+        fresh.locator("#rule-unit .lm-atlas-sentence b").wait_for(timeout=60_000)
+        wait_until(lambda: "5 of" in fresh.locator("#inside-status").inner_text(), 60, "the link's view never ran")
+        assert [fresh.locator(where).inner_text() for where in ("#rule-unit .lm-atlas-sentence", "#rule-table",
+                                                                "#inside-status", "#inside-table")] == shown
+        assert fresh.get_by_role("tab", name="Inside the LSTM").get_attribute("aria-selected") == "true"
+        assert fresh.locator("#rule-box textarea").input_value() == SPEAKER
+        assert (visible(fresh, "Layer").input_value(), visible(fresh, "Show").input_value()) == \
+            ("1 (bottom)", "cell state c")
+        assert fresh.get_by_label("Model", exact=True).input_value() == PLAIN
+        assert fresh.get_by_label("Prompt", exact=True).input_value() == text
+        assert not fresh.elsewhere, f"the page fetched from other hosts: {fresh.elsewhere}"
 
 
 @pytest.mark.browser

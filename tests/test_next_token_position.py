@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import sys
 from collections.abc import Iterator
 
 import pytest
 from browser import chromium_page
-from servers import free_port, serving, wait_until
-from test_app import ENV, ROOT
+from servers import app_serving, wait_until
 
 from lmdemo.checkpoint import read_examples
 from lmdemo.web import render
@@ -109,11 +107,7 @@ def test_the_mark_follows_the_position_on_the_chosen_column_only(events_and_run)
 @pytest.fixture(scope="module")
 def server(char_model, tmp_path_factory) -> Iterator[str]:
     """`python app.py` on the tiny char model alone (the page opens on it, with its first example prompt)."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/"
-    command = [sys.executable, "app.py", "--port", str(port), "--model", str(char_model),
-               "--checkpoints", str(tmp_path_factory.mktemp("no-checkpoints"))]
-    with serving(command, url, tmp_path_factory.mktemp("app") / "app.log", cwd=ROOT, env=ENV):
+    with app_serving([char_model], tmp_path_factory) as url:
         yield url
 
 

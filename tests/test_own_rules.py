@@ -8,7 +8,6 @@ import gc
 import json
 import re
 import shutil
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,8 +15,7 @@ from pathlib import Path
 import pytest
 from browser import chromium_page
 from conftest import DATA, ROOT
-from servers import free_port, serving
-from test_app import ENV
+from servers import app_serving
 
 import lmdemo.rules
 from lmdemo.atlas import ATLAS_FILE, build_atlas, read_atlas, read_parts, texts_from
@@ -262,11 +260,7 @@ def test_a_model_whose_text_is_not_here_says_so(char_model, tmp_path):
 # -- the page --------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def rule_server(char_model, tmp_path_factory) -> Iterator[str]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/"
-    command = [sys.executable, "app.py", "--port", str(port), "--model", str(char_model), "--no-train",
-               "--checkpoints", str(tmp_path_factory.mktemp("no-checkpoints"))]
-    with serving(command, url, tmp_path_factory.mktemp("rule-app") / "app.log", cwd=ROOT, env=ENV):
+    with app_serving([char_model], tmp_path_factory, "--no-train", name="rule-app") as url:
         yield url
 
 

@@ -9,15 +9,12 @@ its table and unit view), the word model (whose figures are lower bounds) and th
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 
 import pytest
 
 from browser import chromium_page
-from conftest import ROOT
-from servers import free_port, serving
-from test_app import ENV
+from servers import app_serving
 from test_atlas_view import atlas_model  # noqa: F401 - the fixture: the character model with an atlas of its own
 
 from lmdemo.tokenizer import LOWER_BOUND
@@ -81,11 +78,7 @@ LAYOUT_PROBLEMS = """([scrollers, offScreen]) => {
 
 @pytest.fixture(scope="module")
 def server(atlas_model, word_model, bpe_model, tmp_path_factory) -> Iterator[str]:  # noqa: F811 - the fixture above
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/"
-    command = [sys.executable, "app.py", "--port", str(port), "--model", str(atlas_model), "--model", str(word_model),
-               "--model", str(bpe_model), "--checkpoints", str(tmp_path_factory.mktemp("no-checkpoints"))]
-    with serving(command, url, tmp_path_factory.mktemp("phone-app") / "app.log", cwd=ROOT, env=ENV):
+    with app_serving([atlas_model, word_model, bpe_model], tmp_path_factory, name="phone-app") as url:
         yield url
 
 

@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import gradio as gr
 import pytest
 from browser import chromium_page
-from servers import free_port, serving, wait_until
-from test_app import ENV, ROOT
+from servers import app_serving, wait_until
+from test_app import ROOT
 from test_next_token_position import chosen_tokens
 
 from lmdemo.generation import Dial
@@ -173,11 +171,7 @@ def test_the_panels_events_are_private_gated_events(char_model):
 @pytest.fixture(scope="module")
 def server(char_model, tmp_path_factory) -> Iterator[str]:
     """`python app.py` on the tiny char model alone."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/"
-    command = [sys.executable, "app.py", "--port", str(port), "--model", str(char_model),
-               "--checkpoints", str(tmp_path_factory.mktemp("no-checkpoints"))]
-    with serving(command, url, Path(tmp_path_factory.mktemp("app")) / "app.log", cwd=ROOT, env=ENV):
+    with app_serving([char_model], tmp_path_factory) as url:
         yield url
 
 

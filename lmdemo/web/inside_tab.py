@@ -4,7 +4,8 @@ requests) and `render`.
 It opens on the model's cell atlas (what its units follow, one row per property; choosing a row shows that unit
 over the Sample tab's text and held-out text), then finds a unit for a rule the visitor writes (`lmdemo.rules`), shown
 the same way, and keeps the detailed view below: units x tokens of that text, ranked, traced, or found by a marked
-span.
+span. "Copy link" gives a link to the tab's view, and a page opened on such a link sets the form and shows it again
+(`lmdemo.web.links`).
 """
 
 from __future__ import annotations
@@ -17,15 +18,18 @@ import gradio as gr
 from lmdemo.generation import SettingsError
 from lmdemo.internals import QUANTITIES
 from lmdemo.rules import MAX_RULE_CHARACTERS, RULE_TOKENS
-from lmdemo.web import render
+from lmdemo.web import links, render
 from lmdemo.web.atlas_view import AtlasView, ModelAtlas
 from lmdemo.web.demo import Progress
-from lmdemo.web.forms import FIELD_CHARS
+from lmdemo.web.forms import FIELD_CHARS, parse_whole
 from lmdemo.web.gate import UNLIMITED, Gate
 from lmdemo.web.inside import UNIT_SORTS, Inside, InsideText, UnitView
+from lmdemo.web.links import SPAN_VIEW, UNITS_VIEW, InsideLink
 from lmdemo.web.registry import Models
 
 DEFAULT_UNITS = 32
+ATLAS_UNIT, RULE_UNIT = "atlas unit", "rule unit"  # with the detailed views: the views a link can open
+OPENED_VIEWS = (ATLAS_UNIT, RULE_UNIT, UNITS_VIEW, SPAN_VIEW)
 ATLAS_COLUMN_WIDTHS = ["14%", "18%", "8%", "6%", "6%", "48%"]  # property, unit, metric, score, random, what it does
 
 ATLAS_HELP = """**Scores**, on text the model never trained on: **r** is the unit's correlation with a position (1: in
@@ -55,11 +59,16 @@ on/off unit scores about 1/√(p(1−p)) for a span that is a share p of the tex
 preference."""
 
 
-def build(inside: Inside, run: gr.State, model: gr.Dropdown, prompt: gr.Textbox, gate: Gate
-          ) -> tuple[gr.Dropdown, gr.Dropdown]:
+def build(inside: Inside, run: gr.State, model: gr.Dropdown, prompt: gr.Textbox, gate: Gate, tabs: gr.Tabs,
+          opened: gr.State) -> tuple[gr.Dropdown, gr.Dropdown]:
     """The cell atlas of the model, one unit over the Sample tab's text, and the detailed view below: units x
     tokens of that text, ranked, traced, or found by a marked span. Every view that reads a text is model work
     of the `gate` (a fair turn per address).
+
+    A link (`lmdemo.web.links`) the page `opened` on shows this tab among `tabs`, sets the Sample tab's `model` and
+    `prompt` (what this tab reads) and then, once the model's atlas is in (a model change resets the unit and layer
+    pickers), this tab's form, and runs its views through the same events as their buttons. "Copy link" links the
+    form as it is, with which detailed view is on display.
 
     Returns the text and layer pickers, which the sampling tab updates after a run or a model change.
     """
@@ -73,6 +82,7 @@ def build(inside: Inside, run: gr.State, model: gr.Dropdown, prompt: gr.Textbox,
         chosen = gr.Dropdown(**property_choices(opening), label="Show the unit of", scale=1)
         text = gr.Dropdown([("the prompt", 0)], value=0, label="Text", scale=2,
                            info="the Sample tab's model and prompt, or the prompt and one of its samples")
+    copy_link, link = links.copy_widgets("this view")
     unit_view = gr.HTML(_opening_unit(events.atlases, inside, opening, prompt.value), elem_id="atlas-unit")
     atlas_help = gr.Markdown(ATLAS_HELP, elem_classes="lm-help", visible=opening is not None)
     gr.Markdown(RULE_HELP, elem_classes="lm-help")
@@ -106,35 +116,47 @@ def build(inside: Inside, run: gr.State, model: gr.Dropdown, prompt: gr.Textbox,
             last = gr.Textbox("", label="to position (inclusive)", placeholder="e.g. 28", max_length=FIELD_CHARS)
             find = gr.Button("Find units", variant="secondary")
         status = gr.Markdown(f"Press **Show units**. At most the last {limits.max_inside_tokens} tokens of a text "
-                             f"and {limits.max_units} units are drawn.")
+                             f"and {limits.max_units} units are drawn.", elem_id="inside-status")
         positions = gr.HTML('<div class="lm-empty">The text, with token positions, appears here.</div>')
         heatmap = gr.Plot(show_label=False, elem_id="inside-heatmap")
         with gr.Row(equal_height=False):
-            table = gr.Dataframe(label="Ranked units", interactive=False, scale=2)
+            table = gr.Dataframe(label="Ranked units", interactive=False, scale=2, elem_id="inside-table")
             trace = gr.Plot(show_label=False, scale=3)
 
     # raw values (lmdemo checks them): a sample can be chosen before the page has listed it (/after_generate), and a
     # session's own model is not among the picker's listed choices (lmdemo.web.jobs)
     raw = dict(preprocess=False, **UNLIMITED)
+    session_ttl = gate.serving.session_ttl_s
+    shown_detail = gr.State("", time_to_live=session_ttl)  # the detailed view on display: "", UNITS_VIEW, SPAN_VIEW
+    waiting = gr.State(None, time_to_live=session_ttl)  # an opened link whose model is changing
+    ready = gr.State(None, time_to_live=session_ttl)  # an opened link whose model is in: it sets the form
+    # each set to an opened link whose view it runs, as its button would
+    openers = {view: gr.State(None, time_to_live=session_ttl) for view in OPENED_VIEWS}
+    form = [chosen, rule, layer, quantity, sort, count, at, unit, first, last]
     show_unit = dict(fn=gate.model_work(events.on_unit), inputs=[run, model, prompt, text, chosen], outputs=unit_view,
                      **raw)
+    opened.change(events.on_opened, [opened, model], [tabs, model, prompt, waiting, ready], api_visibility="private")
     model.change(events.on_model, model, [atlas_status, atlas_table, chosen, atlas_help, detail], api_name="atlas",
                  preprocess=False).then(gate.model_work(events.on_new_model), [model, chosen], unit_view,
-                                        api_visibility="private", **raw)
+                                        api_visibility="private", **raw).then(
+        events.on_model_ready, [waiting, model], [waiting, ready], api_visibility="private")
+    ready.change(events.on_ready, ready, [*form, detail, *openers.values()], api_visibility="private")
     atlas_table.select(events.on_row, model, chosen, api_visibility="private").then(**show_unit,
                                                                                      api_visibility="private")
-    chosen.input(**show_unit, api_name="atlas_unit")
+    gr.on([chosen.input, openers[ATLAS_UNIT].change], **show_unit, api_name="atlas_unit")
     find_unit = dict(fn=gate.model_work(events.on_rule), inputs=[run, model, prompt, text, rule],
                      outputs=[rule_status, rule_table, rule_unit], **raw)
-    find_rule.click(**find_unit, api_name="rule_unit")
+    gr.on([find_rule.click, openers[RULE_UNIT].change], **find_unit, api_name="rule_unit")
     rule.submit(**find_unit, api_visibility="private")
     model.change(events.on_rule_cleared, None, [rule_status, rule_table, rule_unit], api_visibility="private")
     text.change(**show_unit, api_visibility="private")
     reading = [run, model, prompt, text, layer, quantity]
-    outputs = [status, positions, heatmap, table, trace]
-    show.click(gate.model_work(events.on_show), [*reading, sort, count, at, unit], outputs, api_name="inside", **raw)
-    find.click(gate.model_work(events.on_find), [*reading, first, last, count, unit], outputs, api_name="find_units",
-               **raw)
+    outputs = [status, positions, heatmap, table, trace, shown_detail]
+    gr.on([show.click, openers[UNITS_VIEW].change], gate.model_work(events.on_show),
+          [*reading, sort, count, at, unit], outputs, api_name="inside", **raw)
+    gr.on([find.click, openers[SPAN_VIEW].change], gate.model_work(events.on_find),
+          [*reading, first, last, count, unit], outputs, api_name="find_units", **raw)
+    links.connect_copy(copy_link, link, events.link_query, [run, model, prompt, text, *form, shown_detail])
     return text, layer
 
 
@@ -148,13 +170,67 @@ class InsideEvents:
                 what: str, order: str, how_many: Any, at_position: Any, traced: Any) -> tuple:
         inside = self.inside
         return _shown(lambda: inside.units(inside.text(current, name, prompt_text, choice), layer_number, what, order,
-                                           how_many, at_position, traced), "Check the settings")
+                                           how_many, at_position, traced), "Check the settings", UNITS_VIEW)
 
     def on_find(self, current: Progress | None, name: str, prompt_text: str, choice: Any, layer_number: Any,
                 what: str, start: Any, end: Any, how_many: Any, traced: Any) -> tuple:
         inside = self.inside
         return _shown(lambda: inside.find_span(inside.text(current, name, prompt_text, choice), layer_number, what,
-                                               start, end, how_many, traced), "Check the span")
+                                               start, end, how_many, traced), "Check the span", SPAN_VIEW)
+
+    def link_query(self, current: Progress | None, name: str, prompt_text: Any, choice: Any, property_name: Any,
+                   written: Any, layer_number: Any, what: Any, order: Any, how_many: Any, at_position: Any,
+                   traced: Any, start: Any, end: Any, shown_detail: str) -> str:
+        """"Copy link": the query that reopens the tab's view, its form as it is (a run's sample carried as text)."""
+        models, limits = self.inside.models, self.inside.limits
+        try:
+            link = InsideLink.of(name, self._linked_text(current, name, prompt_text, choice), property_name, written,
+                                 layer_number, what, order, how_many, at_position, traced, shown_detail, start, end)
+            return links.write_query(link, models, limits)
+        except SettingsError as error:
+            raise render.refused(str(error), links.NO_LINK) from None
+
+    def _linked_text(self, current: Progress | None, name: str, prompt_text: Any, choice: Any) -> str:
+        """The text a link carries: the prompt as typed or, as a link holds no run, a run's prompt and chosen sample
+        as text; either within a link's limit."""
+        number = parse_whole(choice, "text")
+        if number == 0:
+            return links.linked_prompt(prompt_text, self.inside.limits)
+        self.inside.text(current, name, prompt_text, number)  # refuses a run or a sample that is not there
+        sample = current.samples[number - 1]
+        return links.linked_prompt(current.prompt.text + sample.text, self.inside.limits,
+                                   f"the prompt with its sample at T = {sample.temperature:g}")
+
+    def on_opened(self, opened: InsideLink | None, name: str) -> tuple:
+        """A link the page opened on: this tab in view and the Sample tab's model and prompt set to the link's; the
+        link is `ready` for the rest at once, or `waiting` while its model changes (which resets this tab's
+        pickers)."""
+        if opened is None:
+            return gr.skip()
+        changing = opened.model != name
+        return (gr.Tabs(selected=InsideLink.tab), opened.model, opened.prompt, opened if changing else gr.skip(),
+                gr.skip() if changing else opened)
+
+    def on_model_ready(self, waiting: InsideLink | None, name: str) -> tuple:
+        """After a model change: the `waiting` link `ready`, when this is its model. Chained after the change's atlas
+        and unit view, whose pickers and view would otherwise overwrite the link's (the Sample tab's reset of the
+        layer picker, an event of no work, is long done by then)."""
+        if waiting is None or waiting.model != name:
+            return gr.skip()
+        return None, waiting
+
+    def on_ready(self, link: InsideLink) -> tuple:
+        """The form set to a `ready` link (the layer picker to its model's layers), the detailed view opened when the
+        link showed one, and the openers of the link's views set, which run them as their buttons do."""
+        def text(number: int | None) -> str:
+            return "" if number is None else str(number)
+        layers = gr.Dropdown(**{**layer_choices(self.inside.models, link.model), "value": link.layer})
+        wanted = {ATLAS_UNIT: bool(link.property), RULE_UNIT: bool(link.rule), UNITS_VIEW: link.detail == UNITS_VIEW,
+                  SPAN_VIEW: link.detail == SPAN_VIEW}
+        return (link.property or None, link.rule, layers, link.quantity, link.sort, link.count, text(link.at),
+                text(link.unit), text(link.first), text(link.last),
+                gr.Accordion(open=True) if link.detail else gr.skip(),
+                *(link if wanted[view] else gr.skip() for view in OPENED_VIEWS))
 
     def on_model(self, name: Any) -> tuple:
         try:
@@ -211,14 +287,15 @@ class InsideEvents:
             return ""
 
 
-def _shown(view_of: Callable[[], UnitView], title: str) -> tuple:
-    """The detailed view's outputs for the view `view_of` makes; a bad setting is one error titled `title`."""
+def _shown(view_of: Callable[[], UnitView], title: str, detail: str) -> tuple:
+    """The detailed view's outputs for the view `view_of` makes, and which `detail` view it is (for a link); a bad
+    setting is one error titled `title`."""
     try:
         view = view_of()
     except SettingsError as error:
         raise render.refused(str(error), title) from None
     return (render.inside_markdown(view), render.positions_html(view), render.unit_heatmap(view),
-            render.unit_table(view), render.unit_trace(view))
+            render.unit_table(view), render.unit_trace(view), detail)
 
 
 def rule_markdown(found: ModelAtlas) -> str:
@@ -231,8 +308,8 @@ def rule_markdown(found: ModelAtlas) -> str:
 def property_choices(atlas: ModelAtlas | None) -> dict[str, Any]:
     """The atlas's properties to choose from, the first chosen (hidden without an atlas)."""
     rows = atlas.rows if atlas is not None else []
-    return dict(choices=[(f"{row.property.replace('_', ' ')} ({row.label})", row.property) for row in rows],
-                value=rows[0].property if rows else None, visible=bool(rows))
+    return {"choices": [(f"{row.property.replace('_', ' ')} ({row.label})", row.property) for row in rows],
+            "value": rows[0].property if rows else None, "visible": bool(rows)}
 
 
 def _opening_unit(atlases: AtlasView, inside: Inside, atlas: ModelAtlas | None, prompt_text: str) -> str:
@@ -250,7 +327,7 @@ def layer_choices(models: Models, name: str) -> dict[str, Any]:
     """The layer picker's choices for a model, the top layer chosen."""
     layers = models.describe(name).num_layers
     names = {1: " (bottom)", layers: " (top)"} if layers > 1 else {}
-    return dict(choices=[(f"{n}{names.get(n, '')}", n) for n in range(1, layers + 1)], value=layers)
+    return {"choices": [(f"{n}{names.get(n, '')}", n) for n in range(1, layers + 1)], "value": layers}
 
 
 def text_choices(progress: Progress) -> Any:

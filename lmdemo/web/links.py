@@ -4,14 +4,14 @@ its form and run them again, token for token.
 
 A link holds what a visitor typed or chose and nothing else: no server path, no session, no result. Each tab's link
 is one frozen dataclass whose fields are the query's parameters, in order (`LINKS` names them by tab id): `of` makes
-one from a run's settings, `read` from a query's texts, through the same form parsers, so a link read back equals
-the link of the run it came from. Another tab gets links with a dataclass of its own, an entry in `LINKS` and a
-handler in its module that sets its form.
+one from a run's settings (the Inside tab's: from its form), `read` from a query's texts, through the same form
+parsers, so a link read back equals the link of the view it came from. Another tab gets links with a dataclass of its
+own, an entry in `LINKS` and a handler in its module that sets its form.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl, urlencode
@@ -20,11 +20,17 @@ import gradio as gr
 
 from lmdemo.files import hub_id
 from lmdemo.generation import Dial, Sampling, SettingsError
+from lmdemo.internals import QUANTITIES
+from lmdemo.rules import parse_rule
 from lmdemo.web import render
+from lmdemo.web.atlas_view import AtlasView
 from lmdemo.web.forms import Limits, parse_whole, read_prompt, read_sampling
+from lmdemo.web.inside import UNIT_SORTS
 from lmdemo.web.registry import Models
 
 TAB = "tab"  # the parameter naming the tab a link opens
+NO_LINK = "No link"  # the title of Copy link's refusals
+UNITS_VIEW, SPAN_VIEW = "units", "span"  # the Inside tab's detailed views: Show units' and Find units'
 MAX_PROMPT_CHARS = 1_500  # of a prompt in a link; a longer one is refused, never cut
 MAX_QUERY_CHARS = 6_000  # of a whole query: every proxy takes a request line of 8 KB
 MAX_ADDRESS_CHARS = MAX_QUERY_CHARS + 2_000  # of a link: the page's own address, then the query
@@ -131,8 +137,83 @@ class CompareLink:
         return cls.of(model_a, model_b, linked_prompt(values["prompt"], limits), sampling)
 
 
-Link = SampleLink | CompareLink
-LINKS: dict[str, type[Link]] = {kind.tab: kind for kind in (SampleLink, CompareLink)}  # by the page's tab ids
+@dataclass(frozen=True)
+class InsideLink:
+    """The Inside tab's view: the text a model reads (typed on the Sample tab), the atlas row and the rule whose
+    units are shown, and the detailed view's settings, with which of its views was on display."""
+
+    model: str
+    prompt: str  # the text read: the Sample tab's prompt, or a run's prompt and sample as text
+    property: str  # the atlas row whose unit is shown, "" = none (a model without an atlas)
+    rule: str  # the visitor's rule, "" = none
+    layer: int  # from 1 (bottom)
+    quantity: str  # a key of `QUANTITIES`
+    sort: str  # a key of `UNIT_SORTS`
+    count: int  # units drawn
+    at: int | None  # the text position "largest change" ranks at; None = the last token
+    unit: int | None  # the traced unit; None = the top-ranked one
+    detail: str  # the detailed view on display: "" = none, `UNITS_VIEW` or `SPAN_VIEW`
+    first: int | None = None  # the span's first and last text positions, for `SPAN_VIEW`
+    last: int | None = None
+
+    tab: ClassVar[str] = "inside"
+
+    @classmethod
+    def of(cls, model: str, prompt: str, property_name: Any, rule: Any, layer: Any, quantity: Any, sort: Any,
+           count: Any, at: Any, unit: Any, detail: Any, first: Any = None, last: Any = None) -> InsideLink:
+        """The link of the tab's form values, raw as the page sends them (numbers or text; empty = the default): a
+        number that is not whole raises `SettingsError`, the rest is left to `check`."""
+        def optional(value: Any, key: str) -> int | None:
+            return None if value in (None, "") else parse_whole(value, key)
+        return cls(model, prompt, str(property_name or ""), str(rule or "").strip(), parse_whole(layer, "layer"),
+                   str(quantity), str(sort), parse_whole(count, "count"), optional(at, "at"), optional(unit, "unit"),
+                   str(detail or ""), optional(first, "first"), optional(last, "last"))
+
+    @classmethod
+    def read(cls, values: Mapping[str, str], models: Models, limits: Limits) -> InsideLink:
+        link = cls.of(linked_model(values["model"], models, "model"), linked_prompt(values["prompt"], limits),
+                      values["property"], values["rule"], values["layer"], values["quantity"], values["sort"],
+                      values["count"], values["at"], values["unit"], values["detail"], values["first"], values["last"])
+        link.check(models, limits)
+        return link
+
+    def check(self, models: Models, limits: Limits) -> None:
+        """Refuse (`SettingsError`, one line) what the tab's views would refuse before reading the text: a row the
+        model's atlas lacks, a rule that cannot be read, a setting out of its range, a span without its ends."""
+        if self.property:
+            atlas = AtlasView(models, limits).atlas(self.model)
+            if atlas is None:
+                raise SettingsError(f"model {self.model!r} has no cell atlas, so a link cannot show a unit of it")
+            atlas.row(self.property)
+        if self.rule:
+            parse_rule(self.rule)
+        one_of(self.quantity, QUANTITIES, "quantity")
+        one_of(self.sort, UNIT_SORTS, "sort")
+        one_of(self.detail, ("", UNITS_VIEW, SPAN_VIEW), "detail")
+        info = models.describe(self.model)
+        within(self.layer, 1, info.num_layers, "layer")
+        within(self.count, 1, limits.max_units, "count")
+        within(self.unit, 0, info.hidden_size - 1, "unit")
+        for key in ("at", "first", "last"):  # a link's text is read as a prompt, of at most `max_prompt_tokens`
+            within(getattr(self, key), 0, limits.max_prompt_tokens - 1, key)
+        if self.detail == SPAN_VIEW and (self.first is None or self.last is None or self.first > self.last):
+            raise SettingsError("a span needs its first and last positions, the first not after the last")
+
+
+Link = SampleLink | InsideLink | CompareLink
+LINKS: dict[str, type[Link]] = {kind.tab: kind for kind in (SampleLink, InsideLink, CompareLink)}  # the page's order
+
+
+def one_of(value: str, allowed: Collection[str], key: str) -> None:
+    """Refuse a link's choice that is not one of the form's."""
+    if value not in allowed:
+        raise SettingsError(f"{key} must be one of {', '.join(map(repr, allowed))} (got {value[:40]!r})")
+
+
+def within(number: int | None, lowest: int, highest: int, key: str) -> None:
+    """Refuse a link's whole number outside the form's range; None (the form's default) is in it."""
+    if number is not None and not lowest <= number <= highest:
+        raise SettingsError(f"{key} must be from {lowest} to {highest} (got {number})")
 
 
 def temperature_text(temperatures: Sequence[float]) -> str:
@@ -155,18 +236,21 @@ def linked_model(name: str, models: Models, key: str) -> str:
     return name
 
 
-def linked_prompt(text: Any, limits: Limits) -> str:
-    """A prompt a link may carry: at most `MAX_PROMPT_CHARS`, refused (never cut) beyond."""
+def linked_prompt(text: Any, limits: Limits, what: str = "the prompt") -> str:
+    """A prompt a link may carry (`what` it is, for the refusal): at most `MAX_PROMPT_CHARS`, refused (never cut)
+    beyond."""
     prompt = read_prompt(text, limits)
     if len(prompt) > MAX_PROMPT_CHARS:
-        raise SettingsError(f"the prompt has {len(prompt):,} characters and a link holds at most {MAX_PROMPT_CHARS:,}:"
-                            f" shorten it to share it")
+        raise SettingsError(f"{what} has {len(prompt):,} characters and a link holds at most {MAX_PROMPT_CHARS:,}: "
+                            f"shorten it to share it")
     return prompt
 
 
 def query_values(link: Link) -> dict[str, str]:
-    """The link's parameters as the query writes them: flags 1 or 0, numbers exact, texts as typed."""
+    """The link's parameters as the query writes them: flags 1 or 0, numbers exact, texts as typed, none empty."""
     def text(value: Any) -> str:
+        if value is None:
+            return ""
         if isinstance(value, bool):
             return "1" if value else "0"
         return number_text(value) if isinstance(value, float) else str(value)
@@ -194,7 +278,7 @@ def link_query(link: Link | None, models: Models, limits: Limits, first: str) ->
     try:
         return write_query(link, models, limits)
     except SettingsError as error:
-        raise render.refused(str(error), "No link") from None
+        raise render.refused(str(error), NO_LINK) from None
 
 
 def read_query(query: str, models: Models, limits: Limits) -> Link | None:
@@ -209,7 +293,8 @@ def read_query(query: str, models: Models, limits: Limits) -> Link | None:
         return None
     kind = LINKS.get(tab)
     if kind is None:
-        raise SettingsError(f"a link opens the {' or '.join(LINKS)} tab, not {tab[:40]!r}")
+        *others, last = LINKS
+        raise SettingsError(f"a link opens the {', '.join(others)} or {last} tab, not {tab[:40]!r}")
     missing = [field.name for field in fields(kind) if field.name not in values]
     if missing:
         raise SettingsError(f"the link lacks {', '.join(missing)}")

@@ -62,7 +62,8 @@ def build_app(models: Models, limits: Limits = Limits(), training: TrainingLine 
             with gr.Tab("Inside the LSTM", id="inside"):
                 inside = Inside(models, limits)
                 gate.pages.also_forget(inside.internals.forget_idle)
-                inside_text, inside_layer = inside_tab.build(inside, run, sample.model, sample.prompt, gate)
+                inside_text, inside_layer = inside_tab.build(inside, run, sample.model, sample.prompt, gate, tabs,
+                                                             opened["inside"])
             with gr.Tab("Compare", id="compare"):
                 compare_pickers = compare_tab.build(demo, gate, tabs, opened["compare"])
             if training is not None:
