@@ -5,6 +5,7 @@ beside; a bad hold or click is one line."""
 from __future__ import annotations
 
 import dataclasses
+import html
 import re
 from collections.abc import Iterator
 
@@ -16,7 +17,7 @@ from test_app import ROOT
 from test_next_token_position import chosen_tokens
 
 from lmdemo.generation import Dial
-from lmdemo.web import render
+from lmdemo.web import links, render
 from lmdemo.web.demo import Demo, Progress
 from lmdemo.web.forms import Limits, read_sampling
 from lmdemo.web.gate import GATED, Gate, Serving
@@ -89,6 +90,21 @@ def test_at_a_samples_end_the_panel_explains_the_likeliest_next_token(events_and
     assert token == render.escape(render.visible(likeliest.token))
     assert place == "T = 1.3, the likeliest token after the sample's end"
     assert percent == pytest.approx(100 * likeliest.probability, abs=0.051)
+
+
+def test_a_unit_the_atlas_does_not_name_links_to_its_heatmap_row_over_the_same_text(events_and_run):
+    """The link opens the Inside tab on the prompt and sample read so far, that unit traced at the token."""
+    events, run = events_and_run
+    panel = events.on_why(run, 1, 7, None)[0]
+    found = re.findall(r'data-layer="(\d+)" data-quantity="(\w)" data-unit="(\d+)"[^>]*><span><a href="([^"]+)"', panel)
+    assert found, "no unit links to its heatmap row"
+    layer, quantity, unit, href = found[0]
+    link = links.read_query(html.unescape(href), events.models, events.limits)
+    assert isinstance(link, links.InsideLink) and (link.layer, link.quantity, link.unit) == (int(layer), quantity,
+                                                                                              int(unit))
+    assert link.detail == links.UNITS_VIEW and link.at == len(run.prompt.ids) + 7
+    tokenizer = events.models.generator(run.model).tokenizer
+    assert link.prompt == tokenizer.decode([*run.prompt.ids, *run.samples[1].ids])
 
 
 def test_a_click_on_a_sample_token_moves_the_bars_mark_and_panel_there(events_and_run):

@@ -204,6 +204,17 @@ Link = SampleLink | InsideLink | CompareLink
 LINKS: dict[str, type[Link]] = {kind.tab: kind for kind in (SampleLink, InsideLink, CompareLink)}  # the page's order
 
 
+def unit_query(model: str, text: str, layer: int, quantity: str, unit: int, at: int, models: Models,
+               limits: Limits) -> str | None:
+    """The query that opens the Inside tab on `text` with `unit` traced and ranked at token `at`: its row in the
+    heatmap; None when no link can carry it (a session's model, a text too long for a link)."""
+    link = InsideLink(model, text, "", "", layer, quantity, "variable", limits.max_units, at, unit, UNITS_VIEW)
+    try:
+        return write_query(link, models, limits)
+    except SettingsError:
+        return None
+
+
 def one_of(value: str, allowed: Collection[str], key: str) -> None:
     """Refuse a link's choice that is not one of the form's."""
     if value not in allowed:

@@ -368,8 +368,14 @@ class SampleEvents:
             place = f"T = {sample.temperature:g}, {where}"
         if not ids:  # an empty prompt and a sample that took no token: nothing read to explain
             return NO_WHY
+        text = self.models.generator(current.model).tokenizer.decode(ids)
+        position = len(ids) - 1 if at == -1 else at
+
+        def heatmap_row(layer: int, quantity: str, unit: int) -> str | None:
+            return links.unit_query(current.model, text, layer, quantity, unit, position, self.models, self.limits)
+
         try:
-            return why_html(self.whys.explain(current.model, ids, at, hold), place)
+            return why_html(self.whys.explain(current.model, ids, at, hold), place, heatmap_row)
         except SettingsError as error:
             raise render.refused(str(error), "Check the settings") from None
 

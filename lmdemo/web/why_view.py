@@ -10,10 +10,13 @@ few a bar needs are inline.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from lmdemo.tokenizer import UNK
 from lmdemo.web.render import escape, unit_colour, visible
 from lmdemo.why import Held, Step, UnitShare, Why
 
+UnitHref = Callable[[int, str, int], str | None]  # (layer, quantity, unit) -> a link to its heatmap row, or None
 TOP_BARS = 5  # units shown for the token and as many against it
 ROW_STYLE = ("display:grid;grid-template-columns:minmax(9rem,16rem) 1fr 3.5rem;gap:.5rem;align-items:center;"
              "margin:.15rem 0")
@@ -24,17 +27,19 @@ NO_WHY = ('<div class="lm-empty">Click a token of a sample or of the prompt: why
           'appears here.</div>')
 
 
-def why_html(why: Why, place: str | None = None) -> str:
+def why_html(why: Why, place: str | None = None, unit_href: UnitHref | None = None) -> str:
     """The explanation of one token: its probability against the reference, how the units add up to the log-ratio,
     the `TOP_BARS` units for it and against it, and the probability with units held. `place` is where the page says
-    the token is ("the prompt's token 3"); by default, its index in the text."""
+    the token is ("the prompt's token 3"); by default, its index in the text. `unit_href` gives a unit the atlas does
+    not name a link to its row of the Inside tab's heatmap over this text (None: no link)."""
     steps = "".join(f'<p class="lm-note lm-caption">{_step_sentence(step)}</p>' for step in why.steps)
     total = (f"log-ratio {why.logit_difference:+.3f} = the units' shares {why.sum_of_shares:+.3f} + the decoder's bias "
              f"{why.bias_difference:+.3f} (exact: the top layer's h reaches the logits linearly)")
     sides = {"for": [unit for unit in why.units if unit.share > 0][:TOP_BARS],
              "against": [unit for unit in why.units if unit.share < 0][:TOP_BARS]}
     bound = max((abs(unit.share) for side in sides.values() for unit in side), default=0.0) or 1e-6
-    bars = "".join(f'<p class="lm-caption"><b>{heading}</b></p>' + "".join(_bar(unit, bound) for unit in side)
+    bars = "".join(f'<p class="lm-caption"><b>{heading}</b></p>' + "".join(_bar(unit, bound, unit_href)
+                                                                               for unit in side)
                    for heading, side in sides.items() if side)
     held = ""
     if why.held:
@@ -67,11 +72,14 @@ def _unit_data(layer: int, quantity: str, unit: int) -> str:
     return f'data-layer="{layer}" data-quantity="{escape(quantity)}" data-unit="{unit}"'
 
 
-def _bar(unit: UnitShare, bound: float) -> str:
-    label = unit_label(unit.layer, unit.quantity, unit.unit, unit.name)
+def _bar(unit: UnitShare, bound: float, unit_href: UnitHref | None) -> str:
+    label = escape(unit_label(unit.layer, unit.quantity, unit.unit, unit.name))
+    href = unit_href(unit.layer, unit.quantity, unit.unit) if unit_href is not None and not unit.name else None
+    if href:
+        label = f'<a href="{escape(href)}" target="_blank" title="its row in the Inside tab\'s heatmap">{label}</a>'
     width = 100 * min(1.0, abs(unit.share) / bound)
     return (f'<div class="lm-why-unit" {_unit_data(unit.layer, unit.quantity, unit.unit)} style="{ROW_STYLE}">'
-            f'<span>{escape(label)}</span><span style="{TRACK_STYLE}"><span style="{BAR_STYLE};width:{width:.1f}%;'
+            f'<span>{label}</span><span style="{TRACK_STYLE}"><span style="{BAR_STYLE};width:{width:.1f}%;'
             f'background:{unit_colour(unit.share, bound)}"></span></span><span {NUMBER}>{unit.share:+.2f}</span></div>')
 
 
