@@ -1,15 +1,39 @@
-"""Our trainer against the textbook training loop, like with like: same data, start, order and settings.
+"""Training speed: the machine's own limit beside lmdemo's step, A/B of options, the peer; and our trainer against
+the textbook training loop.
 
-    python bench/train_speed.py                         # both cases, 240 s of training per loop
-    python bench/train_speed.py --case word --seconds 120
-    python bench/train_speed.py --seconds 10 --interval 2 --select-tokens 2000 --score-tokens 5000 \\
-        --sync-seconds 5                                # a smoke run: checks the script, measures nothing
+    python bench/train_speed.py --batch-size 20                  # limit and step: WikiText-2, 2x650 tied, bptt 35
+    python bench/train_speed.py --batch-size 20 --ab dropout_locked=true   # A/B: steps with and without an option
+    python bench/train_speed.py --batch-size 20 --peer ../examples/word_language_model/main.py   # and the peer
+    python bench/train_speed.py --textbook                       # the textbook comparison, 240 s of training per loop
+    python bench/train_speed.py --textbook --case word --seconds 120
+    python bench/train_speed.py --textbook --seconds 10 --interval 2 --select-tokens 2000 --score-tokens 5000 \\
+        --sync-seconds 5                                         # a smoke run: checks the script, measures nothing
 
-The textbook loop is the one in pytorch/examples' word_language_model: fp32, `nn.LSTM`, full softmax,
-`loss.item()` after every step, validation at every epoch end keeping the best model. Ours is
-`lmdemo.training.train` with its defaults (bf16 autocast where the CPU has native bf16, else fp32; no
-host syncs between log intervals; the adaptive softmax for the 10k-word vocabulary), and for the
-word case also with `--softmax full` to show what bf16 alone is worth.
+**Limit and step** (the default). The machine's limit is measured in the same run, on the step's own matmul
+shapes, split as oneDNN's LSTM splits them: a layer's input part of the gates over the window's tokens,
+[batch x bptt, in] x [in, 4 hidden], and its recurrent part token by token, [batch, hidden] x [hidden, 4 hidden];
+the projection; the decoder [batch x bptt, D] x [D, words scored] (the adaptive softmax's head). Each is timed in
+its forward's shape and in its two gradients' (the input's, and the weight's, summed over the window's tokens in
+one matmul), in fp32 and bf16 (where bf16 is native), with the faster of torch's default matmul and oneDNN's,
+the best of ten timed runs, five before the steps and five after; a matmul's rate is 3 x its FLOPs over the time
+of the three. The step's limit weights each rate by its matmul's share of the step's FLOPs. One token's whole
+gates, [batch, in + hidden] x [in + hidden, 4 hidden], are shown for reference. Then `lmdemo.training.Trainer`
+takes `--steps` steps of the case's text after `--warmup` (its own `_step`: forward, backward, clipping, learning
+rate, optimiser), and its median step gives tokens/s, GFLOP/s and their share of the limit at the precision it
+ran. FLOPs counted (`flops_per_token`): the LSTM's, the projection's and the decoder's matmuls, forward + backward
+= 3 x forward; the adaptive softmax is credited with the rows it scores; the embedding, the gates' element-wise
+maths, dropout and the optimiser are not counted (they are time the limit does not buy). Shape, batch, bptt,
+precision, threads and the training options (`--dropout-locked`, `--weight-drop`, ...) are options; `--ab
+FIELD=VALUE ...` builds a second trainer with those changes on the same text and seed and alternates their steps
+(A B, then B A, ...), so both meet the same load. `--peer PATH` runs pytorch/examples' word_language_model
+(`main.py`) on the same tokens, shape, batch, bptt and threads (its own fp32 loop, full softmax, SGD) and reads
+its ms/batch; without it, a line says the peer was skipped.
+
+**The textbook comparison** (`--textbook`). The textbook loop is the one in pytorch/examples'
+word_language_model: fp32, `nn.LSTM`, full softmax, `loss.item()` after every step, validation at every epoch
+end keeping the best model. Ours is `lmdemo.training.train` with its defaults (bf16 autocast where the CPU has
+native bf16, else fp32; no host syncs between log intervals; the adaptive softmax for the 10k-word vocabulary),
+and for the word case also with `--softmax full` to show what bf16 alone is worth.
 
 What every loop shares, so that only the loop differs:
 
@@ -46,12 +70,14 @@ Cases: "word" = 2x650 tied LSTM, 10k words, batch 64 x bptt 35, Adam 1e-3, clip 
 WikiText-2 `valid.txt`; `test.txt`'s first 20,000 tokens select, its other ~226k tokens score.
 "char" = a 2x512 character model (embedding 128, untied) on Tiny Shakespeare, batch 64 x bptt 128,
 Adam 2e-3, clip 1, trained on the first 90 % (the standard split); the last 10 % is held out, its first
-half selects, its second half scores.
+half selects, its second half scores. The limit mode trains on the same texts; its options override the shape.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import itertools
 import math
 import os
 import re
@@ -76,7 +102,8 @@ from lmdemo.config import Config, adaptive_cutoffs  # noqa: E402
 from lmdemo.evaluation import evaluate  # noqa: E402
 from lmdemo.metrics import improves, read_metrics  # noqa: E402
 from lmdemo.model import LSTMLanguageModel  # noqa: E402
-from lmdemo.training import encode_splits, train  # noqa: E402
+from lmdemo.parallel import Parallel  # noqa: E402
+from lmdemo.training import Trainer, encode_splits, native_bf16, set_up_hardware, train  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 # Every case: lmdemo's windows do not shift (the textbook's do not), it trains on the CPU, and its own
@@ -285,21 +312,66 @@ def lmdemo_train(config: Config, out: Path, seconds: float, interval: int) -> Lo
                       kept[-1]["step"] if kept else 0, last["time"], precision=start["precision"], data=data)
 
 
-def flops_per_token(config: Config, ids: torch.Tensor) -> float:
-    """Multiply-adds x 2 of one training token (forward + backward = 3 x forward) in the LSTM layers and
-    the output layer; the embedding lookup, element-wise gate maths and the optimiser are left out. The
-    adaptive softmax scores its head for every token and a cluster only for the targets in it (`ids`
-    gives the shares)."""
-    lstm = sum(4 * config.hidden_size * ((config.emb_size if layer == 0 else config.hidden_size)
-                                        + config.hidden_size) for layer in range(config.num_layers))
-    decoder_in = config.emb_size if config.tie_weights else config.hidden_size
-    projection = config.hidden_size * config.emb_size if config.tie_weights and decoder_in != config.hidden_size else 0
-    scored = float(config.vocab_size)
+@dataclass
+class Matmul:
+    """One of a step's matmuls, [rows, inner] x [inner, columns] as its forward computes it, and its cost a token."""
+
+    name: str
+    rows: int  # per call: the batch (a token of the recurrence) or the window's tokens
+    inner: int
+    columns: int
+    scored: float  # the columns a token pays for: `columns`, or with the adaptive softmax its head and cluster share
+    tokens: int  # the window's tokens, the rows its weight gradient sums over in one matmul (as oneDNN's LSTM does)
+
+    @property
+    def flops_per_token(self) -> float:
+        """Multiply-adds x 2, forward + backward = 3 x forward."""
+        return 3 * 2 * self.inner * self.scored
+
+    def shapes(self) -> list[tuple[int, int, int]]:
+        """(m, k, n) of [m, k] x [k, n] for its forward, its input's gradient and its weight's gradient."""
+        return [(self.rows, self.inner, self.columns), (self.rows, self.columns, self.inner),
+                (self.columns, self.tokens, self.inner)]
+
+
+def step_matmuls(config: Config, ids: torch.Tensor) -> list[Matmul]:
+    """A training step's matmuls, as oneDNN's and cuDNN's LSTMs split them: each layer's input part of the gates over
+    the window's tokens at once ([batch x bptt, in] x [in, 4 hidden]) and its recurrent part one token at a time
+    ([batch, hidden] x [hidden, 4 hidden]); the tied projection when there is one; the output layer. The adaptive
+    softmax scores its head for every token and a cluster only for the targets in it (`ids` gives the shares)."""
+    hidden, tokens = config.hidden_size, config.batch_size * config.bptt
+    matmuls = []
+    for layer in range(config.num_layers):
+        inputs = config.emb_size if layer == 0 else hidden
+        matmuls += [Matmul(f"layer {layer + 1} input", tokens, inputs, 4 * hidden, 4 * hidden, tokens),
+                    Matmul(f"layer {layer + 1} recurrence", config.batch_size, hidden, 4 * hidden, 4 * hidden, tokens)]
+    decoder_in = config.emb_size if config.tie_weights else hidden
+    if decoder_in != hidden:
+        matmuls.append(Matmul("projection", tokens, hidden, decoder_in, decoder_in, tokens))
     if config.adaptive_softmax:
-        cuts = adaptive_cutoffs(config.vocab_size)
-        scored = cuts[0] + len(cuts) - 1 + sum(((ids >= low) & (ids < high)).float().mean().item() * (high - low)
-                                               for low, high in zip(cuts, cuts[1:]))
-    return 3 * 2 * (lstm + projection + decoder_in * scored)
+        cuts = config.cutoffs or adaptive_cutoffs(config.vocab_size)
+        head = cuts[0] + len(cuts) - 1
+        clusters = sum(((ids >= low) & (ids < high)).float().mean().item() * (high - low)
+                       for low, high in itertools.pairwise(cuts))
+        matmuls.append(Matmul("decoder (adaptive head)", tokens, decoder_in, head, head + clusters, tokens))
+    else:
+        matmuls.append(Matmul("decoder", tokens, decoder_in, config.vocab_size, config.vocab_size, tokens))
+    return matmuls
+
+
+def token_gates(config: Config) -> Matmul:
+    """One token's whole gates, [batch, in + hidden] x [in + hidden, 4 hidden]: the shape issue 32 quotes its
+    bf16 rate on, whose forward is shown for reference (an LSTM that did its input part token by token would run at
+    about this rate)."""
+    hidden = config.hidden_size
+    return Matmul("one token's gates", config.batch_size, config.emb_size + hidden, 4 * hidden, 4 * hidden,
+                  config.batch_size * config.bptt)
+
+
+def flops_per_token(config: Config, ids: torch.Tensor) -> float:
+    """Multiply-adds x 2 of one training token (forward + backward = 3 x forward) in the LSTM layers and the output
+    layer (`step_matmuls`); the embedding lookup, element-wise gate maths, dropout and the optimiser are left out."""
+    return sum(matmul.flops_per_token for matmul in step_matmuls(config, ids))
 
 
 def cpu_peaks(threads: int, lscpu: str | None = None) -> tuple[float, float, str]:
@@ -418,26 +490,259 @@ def run_case(name: str, seconds: float, interval: int, threads: int, select_toke
     print(f"   ({name} took {(time.perf_counter() - case_started) / 60:.1f} min)", flush=True)
 
 
+# -- the machine's limit beside lmdemo's step ----------------------------------------------------------------------
+# The Config fields the limit mode takes as options: the shape, the batch, the precision and the training options.
+STEP_OPTIONS = ("emb_size", "hidden_size", "num_layers", "tie_weights", "softmax", "batch_size", "bptt", "optimizer",
+                "precision", "dropout", "dropout_locked", "dropout_embedding", "weight_drop", "alpha", "beta")
+BEST_OF = 5  # timed runs per matmul shape; the best is the limit
+MATMUL_SECONDS = 0.1  # at least this long per timed run
+PEER_LOG_INTERVAL = 10  # the peer prints its ms/batch every this many steps
+
+
+class MatmulRates:
+    """GFLOP/s of matmul shapes on this process's threads ([m, k] x [k, n], the second as `F.linear` takes a weight):
+    the best of BEST_OF runs of MATMUL_SECONDS or more, and of as many more as `measure_again` adds (on a shared
+    machine, the load changes while the steps run)."""
+
+    def __init__(self) -> None:
+        self.measured: dict[tuple[int, int, int, torch.dtype], float] = {}
+
+    def of(self, matmul: Matmul, dtype: torch.dtype) -> float:
+        """A matmul's rate over its forward and its two gradients: 3 x its FLOPs over the time of the three."""
+        return 3 / sum(1 / self.shape(*shape, dtype) for shape in matmul.shapes())
+
+    def step_limit(self, matmuls: list[Matmul], dtype: torch.dtype) -> float:
+        """GFLOP/s of a step whose every matmul ran at its measured rate: its FLOPs over the sum of their times."""
+        total = sum(matmul.flops_per_token for matmul in matmuls)
+        return total / sum(matmul.flops_per_token / self.of(matmul, dtype) for matmul in matmuls)
+
+    def measure_again(self) -> None:
+        """Time every shape measured so far once more, keeping the best."""
+        for key, rate in self.measured.items():
+            self.measured[key] = max(rate, self._measure(*key))
+
+    def shape(self, m: int, k: int, n: int, dtype: torch.dtype) -> float:
+        """The rate of [m, k] x [k, n]."""
+        key = (m, k, n, dtype)
+        if key not in self.measured:
+            self.measured[key] = self._measure(*key)
+        return self.measured[key]
+
+    @staticmethod
+    def _measure(m: int, k: int, n: int, dtype: torch.dtype) -> float:
+        """The faster of torch's CPU kernels for the shape: its default matmul, and oneDNN's on oneDNN's tensors
+        (the kernels of its LSTM): on a 2-core AMD EPYC (Zen 5) the default fp32 matmul, MKL's, ran at 85-110
+        GFLOP/s where oneDNN's reached 164-235."""
+        inputs, weight = torch.randn(m, k).to(dtype), torch.randn(n, k).to(dtype)
+        kernels = [lambda: F.linear(inputs, weight)]
+        if torch.backends.mkldnn.is_available():
+            blocked_inputs, blocked_weight = inputs.to_mkldnn(), weight.to_mkldnn()
+            kernels.append(lambda: torch.ops.aten.mkldnn_linear(blocked_inputs, blocked_weight))
+        best = 0.0
+        for kernel in kernels:
+            kernel()  # warms up the kernel for this shape
+            for _ in range(BEST_OF):
+                calls, started = 0, time.perf_counter()
+                while calls < 3 or time.perf_counter() - started < MATMUL_SECONDS:
+                    kernel()
+                    calls += 1
+                best = max(best, 2 * m * k * n * calls / (time.perf_counter() - started))
+        return best / 1e9
+
+
+def step_trainer(config: Config, folder: Path) -> Trainer:
+    """lmdemo's trainer for `config`, built as `lmdemo.training.train` builds it, in a run folder of its own."""
+    parallel = Parallel()
+    return Trainer(config, folder, False, parallel, set_up_hardware(config, parallel, torch.device("cpu")), "bench")
+
+
+def time_steps(trainers: list[Trainer], steps: int, warmup: int) -> list[list[float]]:
+    """Seconds of each trainer's steps, taken in turns (A B, then B A, ...) so that every trainer meets the same
+    load; the first `warmup` rounds are not kept."""
+    scratch = torch.zeros(2, dtype=torch.float64)
+    seconds: list[list[float]] = [[] for _ in trainers]
+    for turn in range(warmup + steps):
+        order = range(len(trainers)) if turn % 2 == 0 else reversed(range(len(trainers)))
+        for index in order:
+            started = time.perf_counter()
+            trainers[index]._step(scratch)
+            if turn >= warmup:
+                seconds[index].append(time.perf_counter() - started)
+    return seconds
+
+
+def parse_changes(written: list[str]) -> dict[str, object]:
+    """`--ab FIELD=VALUE ...` as Config changes: true/false, numbers, or words."""
+    known = {f.name for f in dataclasses.fields(Config)}
+    changes: dict[str, object] = {}
+    for item in written:
+        name, equals, text = item.partition("=")
+        name = name.lstrip("-").replace("-", "_")
+        if not equals or name not in known:
+            raise SystemExit(f"--ab takes FIELD=VALUE with a Config field (got {item!r})")
+        changes[name] = text.lower() == "true" if text.lower() in ("true", "false") else _number_or_text(text)
+    return changes
+
+
+def _number_or_text(text: str) -> object:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def peer_seconds(main_py: Path, config: Config, trainer: Trainer, steps: int, threads: int,
+                 folder: Path) -> float | str:
+    """Median seconds per step of pytorch/examples' word_language_model (`main_py`) on the first `steps` windows of
+    the trainer's tokens, with its shape, batch, bptt, dropout, clipping, tying and threads; or why it has none.
+    Its vocabulary is ours: the validation file it reads lists every word of it once."""
+    if config.level != "word":
+        return "the peer reads whitespace-separated words; this case is not at the word level"
+    if config.tie_weights and config.emb_size != config.hidden_size:
+        return "the peer ties only when --emb-size equals --hidden-size"
+    tokenizer, ids = trainer.tokenizer, trainer.splits["train"].ids
+    # One line: a written <eos> is the same word as the one the peer adds at a line's end.
+    tokens = tokenizer.tokens(ids[:config.batch_size * (steps * config.bptt + 1)].tolist())
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "train.txt").write_text(" ".join(tokens) + "\n")
+    for split in ("valid.txt", "test.txt"):
+        (folder / split).write_text(" ".join(tokenizer.tokens(range(tokenizer.vocab_size))) + "\n")
+    command = [sys.executable, str(main_py), "--data", str(folder), "--model", "LSTM", "--emsize", str(config.emb_size),
+               "--nhid", str(config.hidden_size), "--nlayers", str(config.num_layers), "--dropout", str(config.dropout),
+               "--batch_size", str(config.batch_size), "--bptt", str(config.bptt), "--clip", str(config.clip),
+               "--epochs", "1", "--log-interval", str(PEER_LOG_INTERVAL), "--save", str(folder / "model.pt"),
+               *(["--tied"] if config.tie_weights else [])]
+    environment = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    try:
+        done = subprocess.run(command, check=False, cwd=folder, env=environment, capture_output=True, text=True,
+                              timeout=600)
+    except subprocess.TimeoutExpired:
+        return "the peer ran past 600 s"
+    reported = [float(ms) for ms in re.findall(r"ms/batch\s+([\d.]+)", done.stdout)][1:]  # the first includes start-up
+    if not reported:
+        return f"the peer printed no ms/batch after its first interval (exit code {done.returncode}): " + \
+            (done.stderr or done.stdout).strip()[-300:]
+    return statistics.median(reported) / 1000
+
+
+def run_limit(name: str, options: dict[str, object], changes: dict[str, object], threads: int, steps: int,
+              warmup: int, peer: Path | None) -> None:
+    """Print the machine's limit on the step's matmul shapes (measured before and after the steps, the best kept),
+    lmdemo's step against it (and with `changes`, A/B), and the peer's step."""
+    config = Config(**{**CASES[name], **options, "threads": threads, "max_steps": 10**9})
+    dtypes = {"fp32": torch.float32, **({"bf16": torch.bfloat16} if native_bf16(torch.device("cpu")) else {})}
+    rates = MatmulRates()
+    with tempfile.TemporaryDirectory() as folder:
+        trainers = [step_trainer(variant, Path(folder) / label) for label, variant in
+                    (("A", config), *((("B", config.replace(**changes)),) if changes else ()))]
+        config, ids = trainers[0].config, trainers[0].splits["train"].ids
+        tokens = config.batch_size * config.bptt
+        variants = [(trainer, step_matmuls(trainer.config, ids)) for trainer in trainers]
+        peer_matmuls = step_matmuls(config.replace(softmax="full", cutoffs=None), ids)
+        for matmuls in [own for _, own in variants] + [[token_gates(config)]] + ([peer_matmuls] if peer else []):
+            for matmul in matmuls:
+                for dtype in dtypes.values():
+                    rates.of(matmul, dtype)
+        seconds = time_steps(trainers, steps, warmup)
+        peer_step = peer_seconds(peer, config, trainers[0], warmup + steps, threads, Path(folder) / "peer") \
+            if peer else "no --peer PATH to pytorch/examples' word_language_model/main.py was given"
+        rates.measure_again()
+
+    matmuls, total = variants[0][1], flops_per_token(config, ids)
+    print(f"\n== {name}: {config.num_layers}x{config.hidden_size} (emb {config.emb_size}, "
+          f"{'tied' if config.tie_weights else 'untied'}), vocab {config.vocab_size:,} ({config.softmax} softmax), "
+          f"batch {config.batch_size} x bptt {config.bptt}, dropout {config.dropout:g}, {config.optimizer}, "
+          f"{threads} thread(s), {trainers[0].hardware.precision}\n   the machine's limit: matmuls of the step's "
+          f"shapes, best of {2 * BEST_OF} runs of {MATMUL_SECONDS:g} s or more before and after the steps (the "
+          f"forward's shape and its two gradients)\n   {'matmul':<52}"
+          + "".join(f"{kind + ' GFLOP/s':>14}" for kind in dtypes) + f"{'share of the FLOPs':>20}")
+    for matmul in matmuls:
+        shape = f"{matmul.name} [{matmul.rows} x {matmul.inner}]·[{matmul.inner} x {matmul.columns}]"
+        print(f"   {shape:<52}" + "".join(f"{rates.of(matmul, dtype):>14,.1f}" for dtype in dtypes.values())
+              + f"{100 * matmul.flops_per_token / total:>19.1f}%")
+    print(f"   {'the step (FLOP-weighted)':<52}"
+          + "".join(f"{rates.step_limit(matmuls, dtype):>14,.1f}" for dtype in dtypes.values()))
+    gates = token_gates(config)
+    shape = f"(for reference: {gates.name} [{gates.rows} x {gates.inner}]·[{gates.inner} x {gates.columns}])"
+    print(f"   {shape:<52}" + "".join(f"{rates.shape(*gates.shapes()[0], dtype):>14,.1f}" for dtype in dtypes.values()))
+    print(f"   FLOPs counted: {total * tokens / 1e9:.2f} G a step ({total / 1e6:.1f} M a token: the matmuls above, "
+          f"forward + backward = 3 x forward; not the embedding, gate maths, dropout or optimiser)")
+    labels = ["A" if changes else "lmdemo", "B: " + " ".join(f"{k}={v}" for k, v in changes.items())]
+    for label, (trainer, own), times in zip(labels, variants, seconds):
+        step, precision = statistics.median(times), trainer.hardware.precision
+        achieved = sum(matmul.flops_per_token for matmul in own) * tokens / step / 1e9
+        limit = rates.step_limit(own, dtypes[precision]) if precision in dtypes else math.nan
+        print(f"   {label:<52}{1000 * step:>9,.1f} ms a step (median of {len(times)}, "
+              f"{1000 * min(times):,.0f}-{1000 * max(times):,.0f}){tokens / step:>10,.0f} tokens/s"
+              f"{achieved:>8,.1f} GFLOP/s = {share(achieved, limit)} of the {precision} limit"
+              + (f"; {statistics.median(seconds[0]) / step:.2f}x A's speed" if trainer is not trainers[0] else ""))
+    if isinstance(peer_step, str):
+        print(f"   peer: skipped: {peer_step}", flush=True)
+        return
+    achieved = sum(matmul.flops_per_token for matmul in peer_matmuls) * tokens / peer_step / 1e9
+    print(f"   {'peer (word_language_model: fp32, full softmax)':<52}{1000 * peer_step:>9,.1f} ms a step (median of "
+          f"its ms/batch every {PEER_LOG_INTERVAL} steps){tokens / peer_step:>10,.0f} tokens/s{achieved:>8,.1f} "
+          f"GFLOP/s = {share(achieved, rates.step_limit(peer_matmuls, torch.float32))} of the fp32 limit (its "
+          f"decoder scores all {config.vocab_size:,} words)", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--case", nargs="+", default=list(CASES), choices=list(CASES))
-    parser.add_argument("--seconds", type=float, default=240, help="training budget per loop (default: 240)")
-    parser.add_argument("--interval", type=int, default=10,
-                        help="steps per timed interval; the first interval warms up (default: 10)")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                         help="torch threads for every loop (default: the cores this process may use)")
-    parser.add_argument("--select-tokens", type=int, default=None,
-                        help="held-out tokens that select each loop's model (default: 20,000 for word, half "
-                             "the held-out split for char)")
-    parser.add_argument("--score-tokens", type=int, default=None,
-                        help="score on at most this many held-out tokens after those (default: all of them)")
-    parser.add_argument("--sync-seconds", type=float, default=60,
-                        help="seconds of textbook steps alternating with and without loss.item() (default: 60; "
-                             "0 skips)")
+    parser.add_argument("--case", nargs="+", default=None, choices=list(CASES),
+                        help="texts and shapes (default: word for the limit, both for --textbook)")
+    step = parser.add_argument_group("the machine's limit beside lmdemo's step (the default)")
+    step.add_argument("--steps", type=int, default=30, help="timed steps per trainer (default: 30)")
+    step.add_argument("--warmup", type=int, default=3, help="steps per trainer before the timed ones (default: 3)")
+    step.add_argument("--ab", nargs="+", metavar="FIELD=VALUE",
+                      help="also time a trainer with these changes (such as dropout_locked=true weight_drop=0.5), "
+                           "steps alternating with the first on the same text")
+    step.add_argument("--peer", type=Path, help="pytorch/examples' word_language_model/main.py: time it on the same "
+                                                "tokens, shape, batch and threads")
+    given = {"default": argparse.SUPPRESS}  # a shape option not given keeps the case's value
+    switch = {"action": argparse.BooleanOptionalAction, **given}
+    step.add_argument("--emb-size", type=int, help="embedding size", **given)
+    step.add_argument("--hidden-size", type=int, help="LSTM hidden size", **given)
+    step.add_argument("--num-layers", type=int, help="LSTM layers", **given)
+    step.add_argument("--tie-weights", help="tie the embedding and the decoder", **switch)
+    step.add_argument("--softmax", choices=("auto", "full", "adaptive"), help="the output layer", **given)
+    step.add_argument("--batch-size", type=int, help="streams a step (the issue's shape: 20)", **given)
+    step.add_argument("--bptt", type=int, help="tokens a window", **given)
+    step.add_argument("--optimizer", choices=("adam", "adamw", "sgd"), help="the optimiser", **given)
+    step.add_argument("--precision", choices=("auto", "fp32", "bf16"), help="bf16 autocast where native", **given)
+    step.add_argument("--dropout", type=float, help="the dropout rate", **given)
+    step.add_argument("--dropout-locked", help="one dropout mask per sequence", **switch)
+    step.add_argument("--dropout-embedding", type=float, help="drop whole words at this rate", **given)
+    step.add_argument("--weight-drop", type=float, help="DropConnect on the hidden-to-hidden matrices", **given)
+    step.add_argument("--alpha", type=float, help="activation regularisation", **given)
+    step.add_argument("--beta", type=float, help="temporal activation regularisation", **given)
+    textbook = parser.add_argument_group("the textbook comparison (--textbook)")
+    textbook.add_argument("--textbook", action="store_true",
+                          help="train the textbook loop and lmdemo's, like with like")
+    textbook.add_argument("--seconds", type=float, default=240, help="training budget per loop (default: 240)")
+    textbook.add_argument("--interval", type=int, default=10,
+                          help="steps per timed interval; the first interval warms up (default: 10)")
+    textbook.add_argument("--select-tokens", type=int, default=None,
+                          help="held-out tokens that select each loop's model (default: 20,000 for word, half "
+                               "the held-out split for char)")
+    textbook.add_argument("--score-tokens", type=int, default=None,
+                          help="score on at most this many held-out tokens after those (default: all of them)")
+    textbook.add_argument("--sync-seconds", type=float, default=60,
+                          help="seconds of textbook steps alternating with and without loss.item() (default: 60; "
+                               "0 skips)")
     args = parser.parse_args(argv)
-    if args.threads < 1 or args.interval < 1:
-        parser.error("--threads and --interval must be positive")
-    for name in args.case:
+    if min(args.threads, args.interval, args.steps) < 1 or args.warmup < 0:
+        parser.error("--threads, --interval and --steps must be positive, --warmup not negative")
+    if not args.textbook:
+        options = {name: getattr(args, name) for name in STEP_OPTIONS if hasattr(args, name)}
+        changes = parse_changes(args.ab or [])
+        for name in args.case or ["word"]:
+            run_limit(name, options, changes, args.threads, args.steps, args.warmup, args.peer)
+        return 0
+    for name in args.case or list(CASES):
         run_case(name, args.seconds, args.interval, args.threads, args.select_tokens, args.score_tokens,
                  args.sync_seconds)
     return 0

@@ -55,6 +55,15 @@ class Config:
     hidden_size: int = _opt(400, "LSTM hidden size", group="model")
     num_layers: int = _opt(2, "stacked LSTM layers", group="model")
     dropout: float = _opt(0.3, "dropout on embeddings, between layers and before the decoder", group="model")
+    dropout_locked: bool = _opt(False, "one --dropout mask per sequence, held over the window's tokens, instead of "
+                                "one per token (AWD-LSTM's locked, or variational, dropout): a regulariser of its "
+                                "own, and a faster step (a mask per sequence draws 1/bptt of the random numbers)",
+                                group="model")
+    dropout_embedding: float = _opt(0.0, "drop whole words: each word of the vocabulary loses its embedding, at "
+                                    "every place in the batch, with this probability (AWD-LSTM's embedding "
+                                    "dropout; 0 = off)", group="model")
+    weight_drop: float = _opt(0.0, "DropConnect on every LSTM layer's hidden-to-hidden matrix, one mask per step "
+                              "(AWD-LSTM's weight drop; 0 = off); evaluation uses the whole matrix", group="model")
     tie_weights: bool = _opt(True, "share the embedding and decoder weights (Press & Wolf 2016); "
                              "a projection is added when emb_size != hidden_size", group="model")
     softmax: str = _opt("auto", "output layer: the full softmax, or Grave et al.'s adaptive softmax (frequent words "
@@ -109,6 +118,11 @@ class Config:
     lr: float = _opt(1e-3, "learning rate")
     weight_decay: float = _opt(0.0, "weight decay")
     clip: float = _opt(0.25, "gradient norm clipping (0 = off)")
+    alpha: float = _opt(0.0, "activation regularisation: add this times the mean square of the last LSTM layer's "
+                        "output, after dropout, to what training minimises (AWD-LSTM: 2; 0 = off)")
+    beta: float = _opt(0.0, "temporal activation regularisation: add this times the mean square of the change in "
+                       "the last LSTM layer's output (before dropout) from one token to the next (AWD-LSTM: 1; "
+                       "0 = off)")
     schedule: str = _opt("plateau", "learning-rate schedule: ReduceLROnPlateau on validation loss, "
                          "cosine decay over the run, or constant", ("plateau", "cosine", "constant"))
     lr_factor: float = _opt(0.5, "plateau: factor applied to the learning rate")
@@ -153,12 +167,13 @@ class Config:
             out.append(f"cutoffs must rise from 1 to the vocabulary size (got {self.cutoffs})")
         if self.vocab_size < 0:
             out.append(f"vocab_size must not be negative (got {self.vocab_size})")
-        if not 0.0 <= self.dropout < 1.0:
-            out.append(f"--dropout must be in [0, 1) (got {self.dropout})")
+        for name in ("dropout", "dropout_embedding", "weight_drop"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                out.append(f"--{name.replace('_', '-')} must be in [0, 1) (got {getattr(self, name)})")
         if self.lr <= 0:
             out.append(f"--lr must be positive (got {self.lr})")
-        if self.clip < 0 or self.weight_decay < 0 or self.warmup_steps < 0:
-            out.append("--clip, --weight-decay and --warmup-steps must not be negative")
+        if min(self.clip, self.weight_decay, self.warmup_steps, self.alpha, self.beta) < 0:
+            out.append("--clip, --weight-decay, --warmup-steps, --alpha and --beta must not be negative")
         if not 0.0 <= self.valid_fraction < 1.0 or not 0.0 <= self.test_fraction < 1.0 \
                 or self.valid_fraction + self.test_fraction >= 1.0:
             out.append("--valid-fraction and --test-fraction must be in [0, 1) and leave some training text")
