@@ -183,6 +183,19 @@ def rows_of(atlas: dict) -> list[AtlasRow]:
             for entry in atlas["properties"]]
 
 
+def model_atlas(models: Models, name: str) -> ModelAtlas | None:
+    """Model `name`'s atlas, or None when its folder has none (or one this tab cannot read)."""
+    folder = models.generator(name).trained.folder
+    path = Path(folder) / ATLAS_FILE
+    try:
+        atlas = _read_cached(str(folder), path.stat().st_mtime_ns)
+    except OSError:
+        return None
+    if atlas is None:
+        return None
+    return ModelAtlas(name, atlas["rows"], atlas["chosen_on"], atlas["scored_on"], atlas["examples"])
+
+
 class AtlasView:
     """The served models' atlases and their units over texts, and units for visitors' rules."""
 
@@ -191,16 +204,7 @@ class AtlasView:
         self.readings = RuleReadings(RULE_READINGS)
 
     def atlas(self, name: str) -> ModelAtlas | None:
-        """Model `name`'s atlas, or None when its folder has none (or one this tab cannot read)."""
-        folder = self.models.generator(name).trained.folder
-        path = Path(folder) / ATLAS_FILE
-        try:
-            atlas = _read_cached(str(folder), path.stat().st_mtime_ns)
-        except OSError:
-            return None
-        if atlas is None:
-            return None
-        return ModelAtlas(name, atlas["rows"], atlas["chosen_on"], atlas["scored_on"], atlas["examples"])
+        return model_atlas(self.models, name)
 
     def unit(self, text: InsideText | None, name: str, property_name: str) -> UnitReading:
         """The unit of `property_name` in model `name`'s atlas over `text` (the visitor's, when given; its last

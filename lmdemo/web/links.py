@@ -23,7 +23,7 @@ from lmdemo.generation import Dial, Sampling, SettingsError
 from lmdemo.internals import QUANTITIES
 from lmdemo.rules import parse_rule
 from lmdemo.web import render
-from lmdemo.web.atlas_view import AtlasView
+from lmdemo.web.atlas_view import model_atlas
 from lmdemo.web.forms import Limits, parse_whole, read_prompt, read_sampling
 from lmdemo.web.inside import UNIT_SORTS
 from lmdemo.web.registry import Models
@@ -181,7 +181,7 @@ class InsideLink:
         """Refuse (`SettingsError`, one line) what the tab's views would refuse before reading the text: a row the
         model's atlas lacks, a rule that cannot be read, a setting out of its range, a span without its ends."""
         if self.property:
-            atlas = AtlasView(models, limits).atlas(self.model)
+            atlas = model_atlas(models, self.model)
             if atlas is None:
                 raise SettingsError(f"model {self.model!r} has no cell atlas, so a link cannot show a unit of it")
             atlas.row(self.property)

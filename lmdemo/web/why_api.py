@@ -2,7 +2,7 @@
 
 Its inputs and output are hidden components, as `/train`'s are; the page's own "Why this token?" panel (the Sample
 tab's) asks the same `WhyEvents.explain`. Models come from the registry (a session's own trained model too), unit
-names from the model's atlas (`AtlasView`, cached), and the work is model work of the gate: one fair share per
+names from the model's atlas (`model_atlas`, cached), and the work is model work of the gate: one fair share per
 address, like the Inside tab's views.
 """
 
@@ -15,7 +15,7 @@ import gradio as gr
 
 from lmdemo.generation import Dial, SettingsError
 from lmdemo.web import render
-from lmdemo.web.atlas_view import AtlasView, ModelAtlas
+from lmdemo.web.atlas_view import ModelAtlas, model_atlas
 from lmdemo.web.forms import FIELD_CHARS, Limits, parse_whole, read_prompt
 from lmdemo.web.gate import UNLIMITED, Gate
 from lmdemo.web.registry import Models
@@ -41,7 +41,7 @@ class WhyEvents:
     atlases."""
 
     def __init__(self, models: Models, limits: Limits):
-        self.models, self.limits, self.atlases = models, limits, AtlasView(models, limits)
+        self.models, self.limits = models, limits
 
     def on_why(self, name: Any, text: Any, position: Any, hold: Any) -> dict:
         try:
@@ -57,7 +57,7 @@ class WhyEvents:
         its units named by the model's atlas, with `hold` (a dial's text; empty: none) held as well. Anything wrong
         is a `SettingsError` of one line."""
         dials = [_dial(hold)] if str(hold or "").strip() else []
-        return explain(self.models.generator(name), ids, position, unit_names(self.atlases.atlas(name)), dials)
+        return explain(self.models.generator(name), ids, position, unit_names(model_atlas(self.models, name)), dials)
 
 
 def unit_names(atlas: ModelAtlas | None) -> dict[UnitKey, str]:
