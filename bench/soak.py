@@ -88,6 +88,9 @@ JUNK = "soak-junk"  # the abuser's uploads are named so: they can be found on di
 ABUSER_ADDRESS, LAST_VISITOR = "192.0.2.254", "192.0.2.253"  # outside the honest ones
 HONEST_PREFIXES = ("203.0.113.", "198.51.100.", "192.0.2.")
 TRAIN_BUDGET_S = 10  # an honest Train job's budget (the least the server allows)
+# A pooled connection idle this long is not reused: below the server's keep-alive (uvicorn's 5 s), so a visitor never
+# sends on a connection the server is closing (httpx's default, 5 s, races it: a ReadError a browser would retry).
+KEEPALIVE = httpx.Limits(keepalive_expiry=4.0)
 STATE_WAIT_S = 600  # a gr.State time_to_live longer than this is not waited for (the report says so)
 
 
@@ -409,7 +412,7 @@ async def flood(url: str, inflight: int, seed: int, train_seconds: float, junk_k
     async def worker(number: int) -> None:
         draw = random.Random(seed * 1000 + number)
         headers = {"X-Forwarded-For": ABUSER_ADDRESS}
-        async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(300.0), headers=headers) as http:
+        async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(300.0), headers=headers, limits=KEEPALIVE) as http:
             turn = number
             while not stop.is_set():
                 turn += 1
@@ -691,7 +694,7 @@ class Soak:
         self.open += 1
         headers = {"X-Forwarded-For": address}
         try:
-            async with httpx.AsyncClient(base_url=self.server.url, timeout=httpx.Timeout(300.0),
+            async with httpx.AsyncClient(base_url=self.server.url, timeout=httpx.Timeout(300.0), limits=KEEPALIVE,
                                          headers=headers) as http:
                 visit = Visit(self, http, draw)
                 heartbeat = asyncio.create_task(hold_heartbeat(http, visit.page.session)) if closes else None
@@ -746,8 +749,8 @@ class Soak:
     async def last_visitor(self) -> None:
         """One request after the quiet: Gradio's worker threads (anyio's) are pruned when idle 10 s, but only when
         the next call comes, so the thread count is read after one."""
-        async with httpx.AsyncClient(base_url=self.server.url, timeout=60, headers={"X-Forwarded-For": LAST_VISITOR}) \
-                as http:
+        async with httpx.AsyncClient(base_url=self.server.url, timeout=60, limits=KEEPALIVE,
+                                     headers={"X-Forwarded-For": LAST_VISITOR}) as http:
             try:
                 await SoakPage(http, self.named).call("random_seed")
             except Exception as error:  # noqa: BLE001 - said, whatever it is

@@ -7,6 +7,12 @@ every line, what each address holds now; past its share an address alone hears o
 the capacity everyone hears that the server is busy. Nothing waits unbounded: a `Turns` hands out a fixed number of
 places to the holders that wait, the address with the fewest places first, within a time limit.
 
+A line bounds what an address holds, not how hard what it holds works the cores: the operating system shares
+them per thread, and one address's long generations on three models and an Inside view keep four threads busy. So
+every computation also charges its thread's CPU time to its address (`Usage`), and while other addresses are at
+work, one that used more than its share of the cores lately yields them: its turns wait, its rows in a decode
+batch wait a step.
+
 The web demo's lines (built in `lmdemo.web.page`): the events a page or script has in Gradio's queue, model work
 (the Inside tab, per-request sampling), texts waiting for the decode loop's reader, requests waiting to join a
 decode batch and the batch's rows, training jobs, and uploads (files and bytes). The library's decode loop
@@ -15,10 +21,11 @@ decode batch and the batch's rows, training jobs, and uploads (files and bytes).
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -67,13 +74,86 @@ class Hold:
         self.release()
 
 
+class Usage:
+    """The cores' time each address used lately, for one fair share of them across every kind of work.
+
+    Computations charge their thread's CPU seconds to their address (`charged`, `charge`), half of which is
+    forgotten every `half_life_s`. While two or more addresses are at work (`at_work`: waiting for or doing a
+    computation), an address that used more than `slack` times the average of those at work, and more than
+    `floor_s`, is `yielding`: it waits until its use has decayed, so the others' work takes the cores. Alone, nobody
+    yields: the cores are never kept idle for a visitor who is not there. At most `addresses` are remembered, the
+    longest uncharged forgotten first."""
+
+    FRESH_S = 0.01
+
+    def __init__(self, half_life_s: float = 4.0, slack: float = 1.5, floor_s: float = 0.2, addresses: int = 4096):
+        self.half_life_s, self.slack, self.floor_s, self.addresses = half_life_s, slack, floor_s, addresses
+        self.lock = threading.Lock()
+        self.used: OrderedDict[str, tuple[float, float]] = OrderedDict()  # address -> (CPU seconds, when charged)
+        self.working: Counter[str] = Counter()
+        self.answered: tuple[float, frozenset[str]] = (-math.inf, frozenset())  # when `yielding` last answered, what
+
+    @contextmanager
+    def at_work(self, client: str) -> Iterator[None]:
+        """`client` waits for or does a computation for the block's life: the addresses at work share the cores."""
+        with self.lock:
+            self.working[client] += 1
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.working[client] -= 1
+                if self.working[client] <= 0:
+                    del self.working[client]
+
+    @contextmanager
+    def charged(self, client: str) -> Iterator[None]:
+        """The calling thread's CPU time in the block, charged to `client` (torch's work runs in the caller's thread
+        when it has one thread, as the web demo's computations do)."""
+        started = time.thread_time()
+        try:
+            yield
+        finally:
+            self.charge({client: time.thread_time() - started})
+
+    def charge(self, seconds: Mapping[str, float]) -> None:
+        """Add each address's CPU `seconds`."""
+        now = time.monotonic()
+        with self.lock:
+            for client, spent in seconds.items():
+                self.used[client] = (self._used(client, now) + spent, now)
+                self.used.move_to_end(client)
+            while len(self.used) > self.addresses:
+                self.used.popitem(last=False)
+
+    def yielding(self) -> frozenset[str]:
+        """The addresses at work that used more than their share of the cores lately, while others are at work
+        (the answer of the last `FRESH_S` stands: every decode step and every waiting turn asks)."""
+        now = time.monotonic()
+        with self.lock:
+            if len(self.working) < 2:
+                return frozenset()
+            if now - self.answered[0] < self.FRESH_S:
+                return self.answered[1]
+            used = {client: self._used(client, now) for client in self.working}
+            limit = max(self.floor_s, self.slack * sum(used.values()) / len(used))
+            self.answered = (now, frozenset(client for client, value in used.items() if value > limit))
+            return self.answered[1]
+
+    def _used(self, client: str, now: float) -> float:
+        value, charged = self.used.get(client, (0.0, now))
+        return value * 0.5 ** ((now - charged) / self.half_life_s)
+
+
 class Admission:
-    """Every line's holdings per client address, under one lock: `admit` or refuse (`Busy`)."""
+    """Every line's holdings per client address, under one lock: `admit` or refuse (`Busy`); and the cores' time
+    each address used lately (`usage`), which every computation charges."""
 
     def __init__(self, lines: Iterable[Line] = ()):
         self.lines: dict[str, Line] = {}
         self.held: dict[str, Counter[str]] = {}
         self.lock = threading.Lock()
+        self.usage = Usage()
         for line in lines:
             self.add(line)
 
@@ -131,12 +211,17 @@ class Admission:
 class Turns:
     """`places` things done at once (model computations, texts read), at most `per_client` of them by one address
     (a core left for everyone else); the others wait, and when a place frees the waiting client with the fewest
-    places goes first (among equals, the first to come). Who may wait at all is a `Line`'s business; how long,
-    `WAIT_LIMIT_S`."""
+    places goes first (among equals, the first to come), unless it is `usage.yielding` (it used more than its share
+    of the cores lately while others work). Each turn's CPU time is charged to its client. Who may wait at all is a
+    `Line`'s business; how long, `WAIT_LIMIT_S`."""
 
-    def __init__(self, places: int, wait_limit_s: float = WAIT_LIMIT_S, per_client: int | None = None):
+    RECHECK_S = 0.05  # a waiter held back by its use looks again this often (use decays; nothing notifies)
+
+    def __init__(self, places: int, wait_limit_s: float = WAIT_LIMIT_S, per_client: int | None = None,
+                 usage: Usage | None = None):
         self.places, self.wait_limit_s = places, wait_limit_s
         self.per_client = places if per_client is None else max(1, per_client)
+        self.usage = usage or Usage()
         self.condition = threading.Condition()
         self.running: Counter[str] = Counter()
         self.waiting: list[tuple[str, int]] = []  # (client, ticket) in arrival order
@@ -145,15 +230,20 @@ class Turns:
     @contextmanager
     def turn(self, client: str) -> Iterator[None]:
         """Wait for a place, fairly; `Busy` after `wait_limit_s`."""
-        self._acquire(client)
-        try:
-            yield
-        finally:
-            with self.condition:
-                self.running[client] -= 1
-                if self.running[client] <= 0:
-                    del self.running[client]
-                self.condition.notify_all()
+        with self.usage.at_work(client):
+            self._acquire(client)
+            try:
+                with self.usage.charged(client):
+                    yield
+            finally:
+                self._release(client)
+
+    def _release(self, client: str) -> None:
+        with self.condition:
+            self.running[client] -= 1
+            if self.running[client] <= 0:
+                del self.running[client]
+            self.condition.notify_all()
 
     def _acquire(self, client: str) -> None:
         deadline = time.monotonic() + self.wait_limit_s
@@ -166,7 +256,7 @@ class Turns:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         raise Busy("the server is busy: nothing freed up for two minutes; try again later")
-                    self.condition.wait(left)
+                    self.condition.wait(min(left, self.RECHECK_S))
             except BaseException:
                 self.waiting.remove(me)
                 self.condition.notify_all()
@@ -176,8 +266,10 @@ class Turns:
             self.condition.notify_all()
 
     def _next(self) -> tuple[str, int] | None:
-        """The first waiter of the clients running the fewest, among those below `per_client`."""
-        allowed = [waiter for waiter in self.waiting if self.running[waiter[0]] < self.per_client]
+        """The first waiter of the clients running the fewest, among those below `per_client` and not yielding."""
+        yielding = self.usage.yielding()
+        allowed = [waiter for waiter in self.waiting
+                   if self.running[waiter[0]] < self.per_client and waiter[0] not in yielding]
         return min(allowed, key=lambda waiter: (self.running[waiter[0]], waiter[1])) if allowed else None
 
 

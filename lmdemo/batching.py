@@ -34,7 +34,10 @@ of which one address holds at most its share (half by default; a quarter in the 
 hears `Busy` at once rather than queueing for longer than anyone waits. In the batch itself one address has at
 most that share of its rows (a class behind one school address still fits; one script cannot take every row): a
 request whose address is at its share waits until its own rows free, and among the others those of the client
-with the fewest rows in the batch join first.
+with the fewest rows in the batch join first. Every step's CPU time is charged to the addresses whose rows it
+computed (`Admission.usage`, with the reads' and the server's other computations): while other addresses work, the
+rows of one that used more than its share of the cores lately wait a step, and a loop holding only such rows pauses,
+so one address's generations on several models cannot keep every core from the others.
 
 Nothing waits unbounded. If anything in the loop's thread fails, every request it held or that waited for it
 hears `LoopFailed` (try again), and the next request starts a fresh thread; a request whose loop thread is gone
@@ -76,6 +79,7 @@ UPDATES_PER_SECOND = 40.0
 # Rows one address moves every step whoever else is in the batch (a page's few temperatures); past it an address
 # with more rows moves on some steps only (`_Batch._moving`).
 FAIR_ROWS = 4
+YIELD_SECONDS = 0.02  # a loop whose every row yields the cores (`_Batch._moving`) looks again after this long
 WATCH_SECONDS = 1.0  # how often a waiting request looks whether its loop's thread is still there
 
 READS = "reads"  # the admission's line of texts waiting for or being read, every model's together
@@ -171,9 +175,11 @@ class _Batch:
             held[request.client] += len(request.rows)
         return held
 
-    def step(self, generator: Generator, joining: list[_Stream]) -> None:
-        """One step: requests whose readers left go, the others' rows advance one token, and the joining requests'
-        rows join with their first."""
+    def step(self, generator: Generator, joining: list[_Stream], yielding: frozenset[str] = frozenset()
+             ) -> Counter[str]:
+        """One step: requests whose readers left go, the others' rows advance one token (not those of `yielding`
+        addresses while others' move), and the joining requests' rows join with their first. Returns the rows each
+        address had computed."""
         # Each request's `cancelled` is read here once: its reader may set it at any moment, and a second reading
         # that disagreed would drop a request but keep its rows, which the next request would then take as its own.
         gone = [request.cancelled for request in self.active]
@@ -183,7 +189,7 @@ class _Batch:
                     request.finish()
             self._keep([[] if left else request.rows for request, left in zip(self.active, gone, strict=True)])
         slices = self._slices()
-        moving = self._moving(slices)
+        moving = self._moving(slices, yielding)
         index = None if len(moving) == len(slices) else torch.tensor(
             [row for _, rows in moving for row in range(rows.start, rows.stop)], dtype=torch.long)
         states: list[State] = []
@@ -207,14 +213,18 @@ class _Batch:
                 logits.append(generator.predict(state))
             states.append(state)
         if not states:
-            return
+            return Counter()
         taking = _packed([*(request for request, _ in moving), *joining])
         ids, probabilities = self._choose(torch.cat(logits), taking)
         moved = sum(len(request.rows) for request, _ in moving)
         if index is not None:  # the rows that waited this step keep their state and last token
-            self.state[0][:, index], self.state[1][:, index] = states[0]
-            self.ids[index] = ids[:moved]
-            states[0], ids = self.state, torch.cat([self.ids, ids[moved:]])
+            if moving:
+                self.state[0][:, index], self.state[1][:, index] = states[0]
+                self.ids[index] = ids[:moved]
+                states[0] = self.state
+            else:
+                states.insert(0, self.state)
+            ids = torch.cat([self.ids, ids[moved:]])
         self.active += joining
         self.state = (torch.cat([s[0] for s in states], 1), torch.cat([s[1] for s in states], 1))
         tokens, going_on = ids.tolist(), {}
@@ -233,13 +243,21 @@ class _Batch:
                 request.finish()
         self.ids = ids
         self._keep([going_on.get(id(request), request.rows) for request in self.active])
+        computed: Counter[str] = Counter()
+        for request, rows in taking:
+            computed[request.client] += rows.stop - rows.start
+        return computed
 
-    def _moving(self, slices: list[tuple[_Stream, slice]]) -> list[tuple[_Stream, slice]]:
-        """The active requests that take a token this step. A step's cost grows with its rows (a large vocabulary's
-        prediction is per row), so an address holding many rows would slow everyone else's every token: each
-        address moves at most `max(FAIR_ROWS, the fewest rows any address holds)` rows a step on average (an
-        address with more moves on some steps only, by credit), so the others' tokens come at the pace of a batch
-        without it. Alone, or within that many rows, every request moves every step."""
+    def _moving(self, slices: list[tuple[_Stream, slice]], yielding: frozenset[str] = frozenset()
+                ) -> list[tuple[_Stream, slice]]:
+        """The active requests that take a token this step. The rows of addresses `yielding` the cores (they used
+        more than their share lately, `lmdemo.admission.Usage`) wait while others' move. And a step's cost grows with
+        its rows (a large vocabulary's prediction is per row), so an address holding many rows would slow everyone
+        else's every token: each address moves at most `max(FAIR_ROWS, the fewest rows any address holds)` rows a
+        step on average (an address with more moves on some steps only, by credit), so the others' tokens come at
+        the pace of a batch without it. Alone, or within that many rows, every request moves every step."""
+        if yielding:
+            slices = [(request, rows) for request, rows in slices if request.client not in yielding]
         held: Counter[str] = Counter()
         for request, rows in slices:
             held[request.client] += rows.stop - rows.start
@@ -315,7 +333,8 @@ class DecodeLoop:
         self.max_rows, self.idle_seconds, self.wait_limit_s = max_rows, idle_seconds, wait_limit_s
         self.admission = add_lines(Admission() if admission is None else admission, max_rows, share)
         self.rows_line = Line(ROWS, max_rows, share, "samples in one batch")  # counted by the loop, per batch
-        self.turns = Turns(1, wait_limit_s)  # texts are read one at a time, fairly
+        self.usage = self.admission.usage  # the cores' time each address used lately, server-wide
+        self.turns = Turns(1, wait_limit_s, usage=self.usage)  # texts are read one at a time, fairly
         self.condition = threading.Condition()  # reentrant: `_fail` runs under it from `_queue` and `_watch` too
         self.waiting: deque[_Stream] = deque()
         self.thread: threading.Thread | None = None
@@ -348,21 +367,22 @@ class DecodeLoop:
                                 f"(got {len(sampling.temperatures)})")
         request = _Stream(reading, sampling, generator, _whose(client))
         del generator
-        self._queue(request)
-        watching = not math.isinf(every)
-        with self.condition:
-            self.watchers[request.client] += watching
-        try:
-            yield from self._updates(request, every)
-        finally:
-            request.cancelled = True  # read by the loop at its next step; harmless once the request ended
+        with self.usage.at_work(request.client):
+            self._queue(request)
+            watching = not math.isinf(every)
             with self.condition:
-                self.watchers[request.client] -= watching
-                if self.watchers[request.client] <= 0:
-                    del self.watchers[request.client]
-                if request in self.waiting:
-                    self.waiting.remove(request)
-            request.hold.release()
+                self.watchers[request.client] += watching
+            try:
+                yield from self._updates(request, every)
+            finally:
+                request.cancelled = True  # read by the loop at its next step; harmless once the request ended
+                with self.condition:
+                    self.watchers[request.client] -= watching
+                    if self.watchers[request.client] <= 0:
+                        del self.watchers[request.client]
+                    if request in self.waiting:
+                        self.waiting.remove(request)
+                request.hold.release()
 
     def _updates(self, request: _Stream, every: float) -> Iterator[list[Sample]]:
         shown, last = 0, -math.inf
@@ -442,10 +462,17 @@ class DecodeLoop:
                             return
                     joining = self._take()
                 generator = self._generator()
+                started = time.thread_time()
                 with torch.inference_mode():  # the batch's tensors never leave the loop: ~8 % off a step, measured
-                    self.batch.step(generator, joining)
+                    computed = self.batch.step(generator, joining, self.usage.yielding())
                 joining = []
                 del generator
+                if computed:  # the step's CPU time, shared out by rows
+                    spent = (time.thread_time() - started) / computed.total()
+                    self.usage.charge({client: spent * rows for client, rows in computed.items()})
+                else:  # every address in the batch yields the cores to others' work for now
+                    with self.condition:
+                        self.condition.wait(YIELD_SECONDS)
         except BaseException as error:  # noqa: BLE001 - every request is told; the next one starts a fresh loop
             self._fail(error, joining)
 

@@ -340,3 +340,78 @@ def test_an_address_with_many_rows_moves_at_the_pace_of_a_fair_share_and_the_oth
     hog.close()
     alone = PerRequest().stream(char_generator, reading, settings)
     assert texts(samples) == texts(list(alone)[-1])
+
+
+# -- one fair share of the cores across models and kinds of work ---------------------------------------------------
+def test_an_address_over_its_share_of_the_cores_pauses_its_loop_while_another_works_and_goes_on_after(char_generator):
+    """Lines bound what an address holds, not how hard its work keeps a core busy: a long generation alone in one
+    model's loop would take a core from an address working elsewhere (another model's loop, an Inside view). Its
+    loop pauses while that address is at work and it has used more than its share, and goes on after."""
+    server = Admission()
+    loop = DecodeLoop(char_generator, admission=server)
+    reading = char_generator.reading(char_generator.prompt("ROMEO:\n").ids)
+    hog = running(loop, reading, 1, "198.51.100.7")
+
+    def hog_steps() -> int:
+        return next(request.step for request in loop.batch.active if request.client == "198.51.100.7")
+
+    wait_until(lambda: hog_steps() > 20, HANG, "the long generation moving")
+    assert server.usage.yielding() == frozenset(), "alone at work, nobody yields"
+    server.usage.charge({"198.51.100.7": 5.0})  # as after seconds of a 1,000-token, 8-row generation
+    with server.usage.at_work("198.51.100.8"):
+        assert server.usage.yielding() == {"198.51.100.7"}
+        time.sleep(0.1)  # a step under way finishes
+        paused_at = hog_steps()
+        time.sleep(0.5)
+        assert hog_steps() - paused_at <= 1, "its loop left the core to the other address"
+        settings = Sampling(temperatures=(0.5, 1.0), max_new_tokens=30, seed=3)
+        joined = list(loop.stream(reading, settings, client="198.51.100.8"))[-1]  # into the paused batch
+        assert texts(joined) == texts(list(PerRequest().stream(char_generator, reading, settings))[-1])
+        assert hog_steps() - paused_at <= 2, "it moved its rows alone while the hog's waited"
+    resumed_at = hog_steps()
+    wait_until(lambda: hog_steps() > resumed_at + 20, HANG, "its loop going on once alone")
+    hog.close()
+    wait_until(lambda: not loop.batch.active, HANG, "the closed request leaving the batch")
+
+
+def test_the_cores_time_is_charged_per_address_and_a_heavy_user_yields_only_beside_others():
+    usage = admission.Usage(half_life_s=0.5, slack=1.5, floor_s=0.2)
+    usage.charge({"a": 2.0, "b": 0.1})
+    with usage.at_work("a"):
+        assert usage.yielding() == frozenset(), "alone: the cores are never kept idle for nobody"
+        with usage.at_work("b"):
+            assert usage.yielding() == {"a"}
+            with usage.at_work("c"), usage.at_work("d"):  # more at work: a fair share is smaller
+                assert usage.yielding() == {"a"}
+            time.sleep(0.5)  # half of a's use is forgotten: 1.0 against b's 0.05
+            assert usage.yielding() == {"a"}
+            time.sleep(1.5)  # 0.125 left
+            assert usage.yielding() == frozenset(), "below the floor, nobody yields"
+    assert not usage.working, "nothing kept of who was at work"
+    started = time.thread_time()
+    with usage.charged("e"):
+        sum(i * i for i in range(300_000))
+    assert 0 < usage.used["e"][0] <= time.thread_time() - started + 1e-6
+    small = admission.Usage(addresses=3)
+    small.charge({name: 1.0 for name in "vwxyz"})
+    assert list(small.used) == ["x", "y", "z"], "at most `addresses` remembered"
+
+
+def test_a_free_turn_waits_for_an_address_over_its_share_while_another_works():
+    turns = admission.Turns(2)
+    turns.usage.charge({"flood": 5.0})
+    took = threading.Event()
+
+    def flood() -> None:
+        with turns.turn("flood"):
+            took.set()
+
+    with turns.usage.at_work("honest"):
+        thread = threading.Thread(target=flood)
+        thread.start()
+        assert not took.wait(0.4), "both places were free, yet the flood waited while the honest address worked"
+        with turns.turn("honest"):
+            pass
+    assert took.wait(2), "once alone, it takes its turn"
+    thread.join(5)
+    assert turns.usage.used["honest"][0] >= 0 and not turns.running and not turns.waiting

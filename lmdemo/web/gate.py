@@ -63,7 +63,8 @@ class Gate:
         self.admission.add(Line(EVENTS_LINE, serving.events, serving.share, "requests running or waiting"))
         self.admission.add(Line(MODEL_LINE, serving.concurrency + serving.queue_size, serving.share,
                                 "model computations running or waiting"))
-        self.turns = Turns(serving.concurrency, per_client=int(serving.concurrency * serving.share))
+        self.turns = Turns(serving.concurrency, per_client=int(serving.concurrency * serving.share),
+                           usage=self.admission.usage)
         self.decoder: Decoder = (Batching(serving.max_batch_rows, admission=self.admission, share=serving.share)
                                  if serving.decode == "batched" else PerRequest())
         self.batched = isinstance(self.decoder, Batching)
