@@ -56,6 +56,8 @@ if mode != 'no-model':
 open(os.path.join(out, 'state.safetensors'), 'wb').write(b'optimiser state')
 while mode in ('slow', 'stubborn', 'no-model') and not stopped:
     time.sleep(0.05)
+while mode == 'busy' and not stopped:  # a trainer at work on its core
+    sum(range(10_000))
 """
 
 
@@ -191,6 +193,19 @@ def test_every_way_of_ending_a_running_job_ends_its_process(service, ending):
         assert not job.session.folder.exists() and not job.session.downloads.exists()
     if ending == "close":
         assert not training.root.exists()
+
+
+def test_a_training_address_is_at_work_and_charged_its_trainers_cpu_time(service):
+    """The trainer is a visitor's work too: while it runs, its address is at work and its CPU time is that address's,
+    so another address over its share of the cores yields them (lmdemo.admission.Usage) rather than starving it."""
+    training = service("busy")
+    usage = training.admission.usage
+    job = training.submit("alice", "203.0.113.1", request())
+    wait_until(lambda: usage.working["203.0.113.1"] and usage.used.get("203.0.113.1", (0.0, 0.0))[0] > 0.3, 30,
+               "the running trainer's address was not at work, or not charged its CPU time")
+    training.stop("alice")
+    assert job.done.wait(30) and job.state == STOPPED
+    assert "203.0.113.1" not in usage.working, "an ended job's address is no longer at work"
 
 
 def test_only_marked_folders_of_dead_servers_are_swept(tmp_path):

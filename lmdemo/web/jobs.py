@@ -308,12 +308,14 @@ class JobThread:
     def run(self) -> None:
         job = self.job
         try:
-            process = trainer_process.start(self.line.command(job.request, job.run.name), job.folder, job.log_path)
-            with self.line.lock:
-                job.process = process
-                if job.stop_reason is not None:
-                    trainer_process.send(process, signal.SIGINT)
-            self._wait(process)
+            with self.line.admission.usage.at_work(job.place.client):  # the trainer's CPU time is its address's
+                process = trainer_process.start(self.line.command(job.request, job.run.name), job.folder,
+                                                job.log_path)
+                with self.line.lock:
+                    job.process = process
+                    if job.stop_reason is not None:
+                        trainer_process.send(process, signal.SIGINT)
+                self._wait(process)
             job.returncode = process.returncode
             self._finish()
         except Exception as error:  # noqa: BLE001 - a failed job must still free the slot
@@ -336,15 +338,22 @@ class JobThread:
     def _wait(self, process: subprocess.Popen) -> None:
         # The trainer turns the budget into steps from a speed it measures once; when the machine gets busier
         # (sampling requests come first), the steps take longer, and past this it is stopped (the best model kept).
+        # Its CPU time is charged to its address as it goes (`Admission.usage`): at nice 19 it gets a core only when
+        # the server leaves one, and an address over its share of the cores leaves one while a visitor trains.
         job = self.job
         deadline = time.monotonic() + STARTUP_S + OVERRUN * job.request.seconds
         stop_sent: float | None = None
+        charged = 0.0
         while True:
             try:
                 process.wait(timeout=0.25)
                 return
             except subprocess.TimeoutExpired:
                 pass
+            used = trainer_process.cpu_seconds(process)
+            if used > charged:
+                self.line.admission.usage.charge({job.place.client: used - charged})
+                charged = used
             now = time.monotonic()
             if job.state == STARTING and job.metrics_path.exists():
                 with self.line.lock:

@@ -79,6 +79,15 @@ def start(command: list[str], folder: Path, log: Path) -> subprocess.Popen:
                                 stderr=subprocess.STDOUT)
 
 
+def cpu_seconds(process: subprocess.Popen) -> float:
+    """The CPU time `process` has used (Linux's /proc; 0 elsewhere, or once it has ended)."""
+    try:
+        fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def send(process: subprocess.Popen, number: int) -> None:
     try:
         process.send_signal(number)
