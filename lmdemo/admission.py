@@ -79,14 +79,14 @@ class Usage:
 
     Computations charge their thread's CPU seconds to their address (`charged`, `charge`), half of which is
     forgotten every `half_life_s`. While two or more addresses are at work (`at_work`: waiting for or doing a
-    computation), an address that used more than `slack` times the average of those at work, and more than
-    `floor_s`, is `yielding`: it waits until its use has decayed, so the others' work takes the cores. Alone, nobody
-    yields: the cores are never kept idle for a visitor who is not there. At most `addresses` are remembered, the
-    longest uncharged forgotten first."""
+    computation), an address that used more than `slack` times the average of the others at work, and more than
+    `floor_s`, is `yielding`: it waits until its use has decayed, so the others' work takes the cores. Visitors
+    using the cores alike never yield to one another, and alone nobody yields: the cores are never kept idle for a
+    visitor who is not there. At most `addresses` are remembered, the longest uncharged forgotten first."""
 
     FRESH_S = 0.01
 
-    def __init__(self, half_life_s: float = 4.0, slack: float = 1.5, floor_s: float = 0.2, addresses: int = 4096):
+    def __init__(self, half_life_s: float = 4.0, slack: float = 2.0, floor_s: float = 0.5, addresses: int = 4096):
         self.half_life_s, self.slack, self.floor_s, self.addresses = half_life_s, slack, floor_s, addresses
         self.lock = threading.Lock()
         self.used: OrderedDict[str, tuple[float, float]] = OrderedDict()  # address -> (CPU seconds, when charged)
@@ -136,8 +136,9 @@ class Usage:
             if now - self.answered[0] < self.FRESH_S:
                 return self.answered[1]
             used = {client: self._used(client, now) for client in self.working}
-            limit = max(self.floor_s, self.slack * sum(used.values()) / len(used))
-            self.answered = (now, frozenset(client for client, value in used.items() if value > limit))
+            total, others = sum(used.values()), len(used) - 1
+            self.answered = (now, frozenset(client for client, value in used.items()
+                                            if value > max(self.floor_s, self.slack * (total - value) / others)))
             return self.answered[1]
 
     def _used(self, client: str, now: float) -> float:
