@@ -223,17 +223,7 @@ class TrainingLine:
                 raise Busy("one job per session")
             place = self.admission.admit(TRAINING_LINE, client)
         except Busy:
-            theirs = mine or next((job for job in active if job.session.client == client), None)
-            if theirs is not None:
-                where = "running" if theirs is self.running else f"waiting, {self.position(theirs)} ahead of it"
-                whose = "you already have" if theirs.session.owner == owner else "your address already has"
-                raise TrainInputError(f"{whose} a training job ({where}); one per visitor: wait for it to end, or "
-                                      f"press Stop before training again") from None
-            ahead = sum(job.request.seconds for job in active) / 60
-            line = f"{len(self.waiting)} wait, the most this server queues" if self.limits.max_waiting else \
-                "this server queues none"
-            raise TrainInputError(f"the training slot is busy and {line}: try again in about {max(1, round(ahead))} "
-                                  f"minute{'s' if round(ahead) > 1 else ''}") from None
+            raise _refused(self, active, mine, owner, client) from None
         refusal = self.budget.refusal(client, request.seconds)
         if refusal:
             place.release()
@@ -296,6 +286,22 @@ class TrainingLine:
             self.end_session(owner)
         self.uploads.sweep()
         self.sessions.sweep_cache()
+
+def _refused(line: TrainingLine, active: list[Job], mine: Job | None, owner: str, client: str) -> TrainInputError:
+    """Why a job of `client` (page `owner`) cannot join `line`: its own job is already there (`mine`, or another
+    page's of the same address), or the slot and its line are full (and when to come back)."""
+    theirs = mine or next((job for job in active if job.session.client == client), None)
+    if theirs is not None:
+        where = "running" if theirs is line.running else f"waiting, {line.position(theirs)} ahead of it"
+        whose = "you already have" if theirs.session.owner == owner else "your address already has"
+        return TrainInputError(f"{whose} a training job ({where}); one per visitor: wait for it to end, or press Stop "
+                               f"before training again")
+    ahead = sum(job.request.seconds for job in active) / 60
+    queued = f"{len(line.waiting)} wait, the most this server queues" if line.limits.max_waiting else \
+        "this server queues none"
+    return TrainInputError(f"the training slot is busy and {queued}: try again in about {max(1, round(ahead))} "
+                           f"minute{'s' if round(ahead) > 1 else ''}")
+
 
 class JobThread:
     """A job's own thread: runs the trainer, stops it when asked or when it overruns, keeps its model and passes
