@@ -56,7 +56,7 @@ def train_arguments(request: TrainRequest, out: str) -> list[str]:
     speed = size.steps_per_second * LEVEL_SPEED[request.level]
     log_every = max(1, round(speed * LOG_EVERY_S))
     options.update(level=request.level, emb_size=size.emb_size, hidden_size=size.hidden_size,
-                   num_layers=size.num_layers, dropout=size.dropout, bptt=BPTT[request.level],
+                   num_layers=size.num_layers, dropout=size.dropout, lr=size.lr, bptt=BPTT[request.level],
                    max_minutes=request.seconds / 60, log_every=log_every,
                    eval_every=max(log_every, round(speed * EVAL_EVERY_S)), threads=1)
     arguments = ["train", "--data", request.text_name, "--out", out, "--quiet", "--atlas"]
