@@ -26,7 +26,7 @@ import threading
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 
 WAIT_LIMIT_S = 120.0  # the longest anyone waits for a turn before hearing the server is busy
@@ -74,6 +74,21 @@ class Hold:
         self.release()
 
 
+@contextmanager
+def counted(counter: Counter[str], key: str, lock: threading.Lock) -> Iterator[None]:
+    """`counter[key]` one higher for the block's life, under `lock`; a key back at zero leaves the counter (nothing
+    kept per address once it is done)."""
+    with lock:
+        counter[key] += 1
+    try:
+        yield
+    finally:
+        with lock:
+            counter[key] -= 1
+            if counter[key] <= 0:
+                del counter[key]
+
+
 class Usage:
     """The cores' time each address used lately, for one fair share of them across every kind of work.
 
@@ -93,18 +108,9 @@ class Usage:
         self.working: Counter[str] = Counter()
         self.answered: tuple[float, frozenset[str]] = (-math.inf, frozenset())  # when `yielding` last answered, what
 
-    @contextmanager
-    def at_work(self, client: str) -> Iterator[None]:
+    def at_work(self, client: str) -> AbstractContextManager:
         """`client` waits for or does a computation for the block's life: the addresses at work share the cores."""
-        with self.lock:
-            self.working[client] += 1
-        try:
-            yield
-        finally:
-            with self.lock:
-                self.working[client] -= 1
-                if self.working[client] <= 0:
-                    del self.working[client]
+        return counted(self.working, client, self.lock)
 
     @contextmanager
     def charged(self, client: str) -> Iterator[None]:

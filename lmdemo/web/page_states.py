@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from lmdemo.admission import counted
+
 PAGES_PER_ADDRESS = 32  # a class behind one school address
 
 
@@ -63,15 +65,11 @@ class PageStates:
         if not page:
             yield
             return
-        with self.lock:
-            self.working[page] += 1
         try:
-            yield
+            with counted(self.working, page, self.lock):
+                yield
         finally:
             with self.lock:
-                self.working[page] -= 1
-                if self.working[page] <= 0:
-                    del self.working[page]
                 pages = self.by_address.get(address)
                 if pages is not None and page in pages:
                     pages[page] = time.monotonic()
