@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHAKESPEARE = (DATA / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")
 SMALL_TEXT = SHAKESPEARE[:60_000]
 SECONDS = 12  # the API tests' budget
+LIFECYCLE_SECONDS = 20  # a run that must draw a growing curve: a trainer at nice 19 beside the other test worker
 CAP = 40  # the test server's cap, and so the page's default budget: the browser's visitor stops the run
 LIMITS = TrainLimits()
 BOOTSTRAP_MARK = "from lmdemo.cli import main"  # in the command line of every trainer the app starts
@@ -220,15 +221,15 @@ def generate(client, name: str) -> tuple:
 def test_train_streams_curves_and_samples_then_the_model_samples(train_server):
     url, root = train_server
     client = client_for(url)
-    job = client.submit(SMALL_TEXT, "char", "tiny", SECONDS, api_name="/train")
-    status, _, points, samples, name = job.result(timeout=90)
+    job = client.submit(SMALL_TEXT, "char", "tiny", LIFECYCLE_SECONDS, api_name="/train")
+    status, _, points, samples, name = job.result(timeout=120)
     assert status.startswith("**Done** (") and name == "char-tiny-1", status  # why it ended; one name everywhere
     updates = job.outputs()[:-1]
     statuses = [update[0] for update in updates]
     assert any(s.startswith("**Starting**") for s in statuses) and any(s.startswith("**Training**") for s in statuses)
-    # curve points and samples arrived before the end, and the curve grew
+    # curve points and samples arrived before the end, and the curve grew from the first points shown
     sizes = [len(next(iter(update[2].values()), {}).get("train", [])) for update in updates if update[2]]
-    assert sizes and sizes[-1] > sizes[0] and sizes[-1] > 0
+    assert sizes and 0 < sizes[0] < len(points[name]["train"]), (sizes, len(points[name]["train"]))
     assert any("lm-col" in update[3] and "T = 0.5" in update[3] for update in updates)
     run = points[name]
     assert run["val"] and run["train"] and run["val"][-1]["loss"] < run["val"][0]["loss"] < 4.5
@@ -340,6 +341,7 @@ def test_a_visitor_trains_downloads_and_leaves_in_a_browser(train_server, tmp_pa
     url, root = train_server
     script = ("() => { const g = document.querySelector('#train-curve .js-plotly-plot');"  # the points drawn
               " return g && g._fullData ? g._fullData.reduce((n, t) => n + (t._length || 0), 0) : 0; }")
+    others = set(root.glob("*/cache/*/char-tiny-1.zip"))  # other tests' sessions' zips (an API session can outlive its test)
     with chromium_page(url) as page:
         page.get_by_role("tab", name="Train", exact=True).click()
         page.get_by_role("button", name="Train", exact=True).click()
@@ -360,7 +362,7 @@ def test_a_visitor_trains_downloads_and_leaves_in_a_browser(train_server, tmp_pa
             config = json.loads(zipped.read("char-tiny-1/config.json"))
             assert config["data"] == "tinyshakespeare.txt"  # named as the visitor knows it
             assert not any(str(root) in zipped.read(name).decode(errors="replace") for name in zipped.namelist())
-        archives = list(root.glob("*/cache/*/char-tiny-1.zip"))
+        archives = list(set(root.glob("*/cache/*/char-tiny-1.zip")) - others)
         assert archives, "the zip is not in the session's own download folder"
         page.get_by_role("tab", name="Compare", exact=True).click()
         assert page.get_by_label("Model A").input_value() == "char-tiny-1"
@@ -373,6 +375,7 @@ def test_a_visitor_trains_downloads_and_leaves_in_a_browser(train_server, tmp_pa
 def test_closing_the_page_mid_run_stops_the_job_and_frees_the_slot(train_server):
     url, root = train_server
     before = {folder.name for folder in root.glob("*/*") if folder.is_dir()}
+    others = set(root.glob("*/cache/*/char-tiny-1.zip"))  # other tests' sessions' zips (an API session can outlive its test)
     with chromium_page(url) as page:
         page.get_by_role("tab", name="Train", exact=True).click()
         page.get_by_role("button", name="Train", exact=True).click()
@@ -395,6 +398,7 @@ def test_the_page_explains_bad_input(train_server, tmp_path):
     url, root = train_server
     binary = tmp_path / "model.txt"
     binary.write_bytes(bytes(range(256)) * 64)
+    others = set(root.glob("*/cache/*/char-tiny-1.zip"))  # other tests' sessions' zips (an API session can outlive its test)
     with chromium_page(url) as page:
         page.get_by_role("tab", name="Train", exact=True).click()
         page.get_by_label("Paste a text").check()
