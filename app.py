@@ -21,7 +21,6 @@ os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "1000")
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16")
 
 import argparse  # noqa: E402
-import ctypes  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -39,12 +38,12 @@ from lmdemo.web.forms import Limits  # noqa: E402
 from lmdemo.web.gate import Gate, JoinDoor, Serving  # noqa: E402
 from lmdemo.web.jobs import TrainingLine  # noqa: E402
 from lmdemo.web.page import build_app  # noqa: E402
+from lmdemo.web.page_states import tune_malloc  # noqa: E402
 from lmdemo.web.registry import Models, NoModelsError, discover_models  # noqa: E402
 from lmdemo.web.train_requests import TrainLimits  # noqa: E402
 from lmdemo.web.uploads import UploadDoor, Uploads  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
-M_ARENA_MAX = -8  # glibc's mallopt parameter
 DEFAULT_THREADS = 40  # Gradio's worker threads besides one for every event the gate admits
 TRAIN_SECONDS_ENV, NO_TRAIN_ENV, PROXY_HOPS_ENV = "LMDEMO_TRAIN_SECONDS", "LMDEMO_NO_TRAIN", "LMDEMO_PROXY_HOPS"
 
@@ -177,16 +176,6 @@ def _training(args: argparse.Namespace, models: Models, gate: Gate) -> TrainingL
     return training
 
 
-def _fewer_malloc_arenas(arenas: int = 2) -> None:
-    """glibc gives each of a busy server's ~100 threads an allocation arena of its own, and memory freed in one is
-    seldom handed back; a couple shared by all keeps the server's resident size near what it uses (not glibc:
-    nothing to do)."""
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, arenas)
-    except (OSError, AttributeError):
-        pass
-
-
 def _stop_on_sigterm() -> None:
     """SIGTERM (a Space restart, `docker stop`) ends the server like Ctrl-C: Gradio closes it, then main cleans up."""
     def interrupt(signum: int, frame: Any) -> None:
@@ -197,7 +186,7 @@ def _stop_on_sigterm() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    _fewer_malloc_arenas()
+    tune_malloc()
     torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // args.concurrency))
     try:
         models = Models(discover_models(args.checkpoints, args.model, models_file=args.models_file), skip_broken=True)

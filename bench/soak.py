@@ -25,14 +25,16 @@ Phases: a warm-up (one page of each kind), the honest visitors alone (half the s
 the same mix again while one abusive address floods every endpoint from its own process (new session ids all
 the time, --abuser-inflight requests in flight: 8-temperature generations of 1,000 tokens after long prompts,
 Compare likewise, Inside and span search over 3,000 characters, the atlas, bars, Train at the server's cap, and
-uploads of junk it never claims), then nothing: the run waits for every session to expire (--session-ttl, the
-server's sweep, a finite time_to_live of Gradio's State) and samples the server a last time.
+uploads of junk it never claims), then nothing: the run waits for the work the sessions asked for to end (the
+server under 5 % of a core; what it keeps is then what their pages hold, within their time to live), then for
+every session to expire (--session-ttl, the server's sweep, a finite time_to_live of Gradio's State) and samples
+the server a last time.
 
 Every --sample-every seconds it samples the server process (the python app.py process alone: VmRSS from
 /proc/PID/status, threads, open file descriptors in /proc/PID/fd; its trainer children's RSS beside it) and the
 disk of its folders, and prints them every --print-every samples. At the end: honest latencies (p50/p95 per phase
-and per kind), refusals and errors per phase (honest and abuser apart), memory and disk against the warm level,
-and a verdict table, PASS or FAIL for each target of the soak. A failed request whose message starts "you
+and per kind), refusals and errors per phase (honest and abuser apart), memory and disk against the warm level
+(and where the resident memory lies, by kind of mapping in /proc/PID/smaps), and a verdict table, PASS or FAIL for each target of the soak. A failed request whose message starts "you
 already have", "your address already has", "the server is busy" (or Gradio's queue being full, an upload over the
 cap) is a refusal; anything else that fails is an error.
 """
@@ -560,6 +562,49 @@ def status_kib(pid: int, name: str) -> int:
     return 0
 
 
+def wait_for_idle(pid: int, limit_s: float = 120.0, quiet: float = 0.05) -> float:
+    """Wait until the server used under `quiet` of a core for two seconds running, at most `limit_s`: the work the
+    sessions asked for has ended (the abuser's last 1,000-token generations outlive its connections). Returns the
+    seconds waited."""
+    started, calm, last = time.monotonic(), 0, cpu_seconds(pid)
+    while calm < 2 and time.monotonic() - started < limit_s:
+        time.sleep(1.0)
+        now = cpu_seconds(pid)
+        calm, last = (calm + 1 if now - last < quiet else 0), now
+    return time.monotonic() - started
+
+
+def memory_map(pid: int) -> Counter:
+    """The server's resident memory (MiB) by kind of mapping (/proc/PID/smaps): what grows tells glibc's heaps
+    (the main one and its other arenas') from other anonymous mappings (Python's object arenas, large blocks) and
+    from files mapped in (libraries, models)."""
+    kinds: Counter = Counter()
+    kind = ""
+    try:
+        lines = Path(f"/proc/{pid}/smaps").read_text().splitlines()
+    except OSError:
+        return kinds
+    for line in lines:
+        fields = line.split()
+        if "-" in fields[0] and not fields[0].endswith(":"):  # a mapping's header: address range, perms, ..., path
+            start, end = (int(part, 16) for part in fields[0].split("-"))
+            path = fields[5] if len(fields) > 5 else ""
+            size = end - start
+            if path == "[heap]":
+                kind = "glibc main heap"
+            elif path.startswith("["):
+                kind = path
+            elif path:
+                kind = "libraries" if ".so" in Path(path).name else f"file {Path(path).suffix or Path(path).name}"
+            elif start % (64 << 20) == 0:  # glibc's other arenas: 64 MiB-aligned heaps
+                kind = "anon: glibc arena heaps"
+            else:  # Python's 1 MiB arenas (merged when adjacent), blocks glibc mapped alone, thread stacks
+                kind = "anon: other mappings"
+        elif fields[0] == "Rss:":
+            kinds[kind] += int(fields[1]) / 1024
+    return kinds
+
+
 def disk_usage(folders: list[Path]) -> tuple[int, int, list[str]]:
     """Bytes and files under `folders` (file sizes, as written), and the paths of the abuser's junk among them."""
     size, files, junk = 0, 0, []
@@ -778,11 +823,13 @@ def run_soak(args: argparse.Namespace, server: Server, work: Path) -> int:
     half = args.sessions // 2
     seconds = args.minutes * 60 / 2
     marks: dict[str, Sample] = {"start": start}
+    maps: dict[str, Counter] = {}
     abuser_tally: dict | None = None
     try:
         asyncio.run(soak.warm_up())
         time.sleep(2)
         marks["warm"] = sampler.level()
+        maps["warm"] = memory_map(server.pid)
         asyncio.run(soak.phase_of("honest", 0, half, seconds))
         marks["honest end"] = sampler.level(1)
         second = "honest+abuser" if args.abuser else "honest, again"
@@ -797,6 +844,12 @@ def run_soak(args: argparse.Namespace, server: Server, work: Path) -> int:
                 abuser_tally = soak.abuser.stop()
         soak.phase = "sessions over"
         marks["sent"] = sampler.level()
+        maps["sent"] = memory_map(server.pid)
+        soak.phase = "work drains"
+        waited = wait_for_idle(server.pid)
+        marks["drained"] = sampler.level()
+        maps["drained"] = memory_map(server.pid)
+        print(f"-- the server's work drained in {waited:.0f} s (under 5 % of a core for 2 s)", flush=True)
         state_ttl = server.state_ttl() if server.state_ttl() <= STATE_WAIT_S else 0.0
         wait = max(args.session_ttl + min(30.0, args.session_ttl / 4) + state_ttl + 2 * args.sample_every + 5, 12)
         soak.phase = "expiry"
@@ -806,12 +859,14 @@ def run_soak(args: argparse.Namespace, server: Server, work: Path) -> int:
         soak.phase = "expired"
         asyncio.run(soak.last_visitor())
         marks["expired"] = sampler.level()
+        maps["expired"] = memory_map(server.pid)
     finally:
         sampler.halt.set()
         sampler.join(timeout=args.sample_every + 30)
     wall = time.monotonic() - soak.t0
     cores = ((cpu_seconds(server.pid) - started_cpu[0]) / wall, (sum(os.times()[:2]) - started_cpu[1]) / wall)
     report(soak, sampler, marks, abuser_tally, cores, server)
+    report_memory_map(maps)
     return 0
 
 
@@ -876,13 +931,15 @@ def report(soak: Soak, sampler: Sampler, marks: dict[str, Sample], abuser: dict 
             for message, count in abuser.get(outcome, []):
                 print(f"  abuser {outcome[:-1] if outcome == 'errors' else 'refusal'} x{count}: {message}")
 
-    warm, sent, expired, start = marks["warm"], marks["sent"], marks["expired"], marks["start"]
+    warm, sent, drained, expired, start = (marks["warm"], marks["sent"], marks["drained"], marks["expired"],
+                                           marks["start"])
     after_warm = [s for s in sampler.samples if s.elapsed >= warm.elapsed and s.elapsed <= sent.elapsed]
     peak = max((s.rss for s in after_warm), default=sent.rss)
     print("\nthe server (python app.py alone; +kids: its trainers):")
     print(f"  {'when':<28}{'RSS MiB':>9}{'threads':>8}{'fds':>6}{'disk MB':>9}{'files':>7}")
     for name, sample in (("start", start), ("warm (after the warm-up)", warm),
                          ("end of the honest phase", marks.get("honest end", warm)), ("all sessions done", sent),
+                         ("their work drained", drained),
                          ("after expiry", expired)):
         print(f"  {name:<28}{sample.rss:>9.0f}{sample.threads:>8}{sample.fds:>6}{sample.disk:>9.1f}{sample.files:>7}")
     print(f"  peak RSS after the warm-up {peak:.0f} MiB; peak threads {max(s.threads for s in sampler.samples)}, "
@@ -900,14 +957,15 @@ def report(soak: Soak, sampler: Sampler, marks: dict[str, Sample], abuser: dict 
     honest_refused = sum(count for (who, _, _), count in ledger.refused.items() if who == "honest")
     honest_errors = sum(count for (who, _, _), count in ledger.errors.items() if who == "honest")
     abuser_errors = sum(counts["errors"] for counts in abuser.get("counts", {}).values()) if abuser else 0
-    grown = (sent.rss - warm.rss) * MIB / MB
+    grown = (drained.rss - warm.rss) * MIB / MB
     back = (expired.rss - warm.rss) * MIB / MB
     rows = [
         ("full size: >= 2,000 sessions, >= 20 min, >= 200 addresses",
          args.sessions >= 2000 and args.minutes >= 20 and len(soak.used) >= 200,
          f"{soak.done} sessions, {args.minutes:g} min, {len(soak.used)} addresses"),
-        ("RSS growth over the sessions <= 200 MB", grown <= 200,
-         f"{grown:+.0f} MB ({warm.rss:.0f} -> {sent.rss:.0f} MiB; peak {peak:.0f} MiB)"),
+        ("RSS growth over the sessions <= 200 MB (their work drained)", grown <= 200,
+         f"{grown:+.0f} MB ({warm.rss:.0f} -> {drained.rss:.0f} MiB; {sent.rss:.0f} as the last ended, peak "
+         f"{peak:.0f})"),
         ("RSS after expiry within 50 MB of warm", back <= 50, f"{back:+.0f} MB ({expired.rss:.0f} MiB)"),
         ("threads flat (after expiry <= warm + 2)", expired.threads <= warm.threads + 2,
          f"{warm.threads} -> {expired.threads} (peak {max(s.threads for s in sampler.samples)})"),
@@ -938,6 +996,17 @@ def report(soak: Soak, sampler: Sampler, marks: dict[str, Sample], abuser: dict 
     tracebacks, ends = server.log_tracebacks()
     print(f"  (server log: {tracebacks} traceback(s)" + ("; last lines: " if ends else "") +
           "; ".join(f"{line} x{count}" for line, count in ends.most_common(3)) + ")", flush=True)
+
+
+def report_memory_map(maps: dict[str, Counter]) -> None:
+    """Where the server's resident memory lies at the warm level, when the sessions were done and after expiry."""
+    moments = [name for name in ("warm", "sent", "drained", "expired") if name in maps]
+    kinds = sorted({kind for name in moments for kind in maps[name]}, key=lambda k: -maps[moments[-1]][k])
+    print("\nthe server's resident memory by mapping (MiB, /proc/PID/smaps):")
+    print(f"  {'kind':<30}" + "".join(f"{name:>10}" for name in moments))
+    for kind in kinds:
+        if max(maps[name][kind] for name in moments) >= 1:
+            print(f"  {kind:<30}" + "".join(f"{maps[name][kind]:>10.0f}" for name in moments))
 
 
 def sum_of(counter: Counter, phase: str) -> int:

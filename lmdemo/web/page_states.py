@@ -25,6 +25,7 @@ from typing import Any
 from lmdemo.admission import counted
 
 PAGES_PER_ADDRESS = 32  # a class behind one school address
+M_MMAP_THRESHOLD, M_ARENA_MAX = -3, -8  # glibc's mallopt parameters
 
 
 class PageStates:
@@ -98,7 +99,9 @@ class PageStates:
             self.forget(page)
         for forget_idle in self.with_pages:
             forget_idle(self.ttl_s)
-        if idle:
+        with self.lock:
+            quiet = not self.working
+        if idle or quiet:  # what pages freed, and what their work freed after (a decode loop's end, a trainer's)
             release_free_memory()
 
     def forget(self, page: str) -> None:
@@ -118,6 +121,20 @@ class PageStates:
     def _sweep_forever(self, every: float) -> None:
         while not self.stopped.wait(every):
             self.sweep()
+
+
+def tune_malloc(arenas: int = 2, mmap_threshold: int = 2**20) -> None:
+    """glibc keeps what a busy server's threads free for reuse and seldom hands it back, so what visitors used
+    stayed resident after they left. A couple of arenas shared by all ~100 threads; and every block of
+    `mmap_threshold` bytes or more (a long prompt's matrices, a batch's logits) mapped on its own and unmapped when
+    freed, where glibc would raise that threshold towards 32 MB as large blocks are freed and then carve them from
+    arenas that fragment (bench/soak.py). Call it first thing, before threads start. Not glibc: nothing to do."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(M_ARENA_MAX, arenas)
+        libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold)
+    except (OSError, AttributeError):
+        pass
 
 
 def release_free_memory() -> None:
