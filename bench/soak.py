@@ -963,7 +963,7 @@ def report(soak: Soak, sampler: Sampler, marks: dict[str, Sample], abuser: dict 
         ("full size: >= 2,000 sessions, >= 20 min, >= 200 addresses",
          args.sessions >= 2000 and args.minutes >= 20 and len(soak.used) >= 200,
          f"{soak.done} sessions, {args.minutes:g} min, {len(soak.used)} addresses"),
-        ("RSS growth over the sessions <= 200 MB (their work drained)", grown <= 200,
+        ("RSS growth over the sessions <= 200 MB (work drained)", grown <= 200,
          f"{grown:+.0f} MB ({warm.rss:.0f} -> {drained.rss:.0f} MiB; {sent.rss:.0f} as the last ended, peak "
          f"{peak:.0f})"),
         ("RSS after expiry within 50 MB of warm", back <= 50, f"{back:+.0f} MB ({expired.rss:.0f} MiB)"),
