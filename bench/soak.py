@@ -34,9 +34,10 @@ Every --sample-every seconds it samples the server process (the python app.py pr
 /proc/PID/status, threads, open file descriptors in /proc/PID/fd; its trainer children's RSS beside it) and the
 disk of its folders, and prints them every --print-every samples. At the end: honest latencies (p50/p95 per phase
 and per kind), refusals and errors per phase (honest and abuser apart), memory and disk against the warm level
-(and where the resident memory lies, by kind of mapping in /proc/PID/smaps), and a verdict table, PASS or FAIL for each target of the soak. A failed request whose message starts "you
-already have", "your address already has", "the server is busy" (or Gradio's queue being full, an upload over the
-cap) is a refusal; anything else that fails is an error.
+(and where the resident memory lies, by kind of mapping in /proc/PID/smaps), and a verdict table, PASS or FAIL for
+each target of the soak. A failed request whose message starts "you already have", "your address already has",
+"the server is busy" (or Gradio's queue being full, an upload over the cap) is a refusal; anything else that
+fails is an error.
 """
 
 from __future__ import annotations
@@ -587,9 +588,8 @@ def memory_map(pid: int) -> Counter:
     for line in lines:
         fields = line.split()
         if "-" in fields[0] and not fields[0].endswith(":"):  # a mapping's header: address range, perms, ..., path
-            start, end = (int(part, 16) for part in fields[0].split("-"))
+            start = int(fields[0].split("-")[0], 16)
             path = fields[5] if len(fields) > 5 else ""
-            size = end - start
             if path == "[heap]":
                 kind = "glibc main heap"
             elif path.startswith("["):
@@ -999,7 +999,8 @@ def report(soak: Soak, sampler: Sampler, marks: dict[str, Sample], abuser: dict 
 
 
 def report_memory_map(maps: dict[str, Counter]) -> None:
-    """Where the server's resident memory lies at the warm level, when the sessions were done and after expiry."""
+    """Where the server's resident memory lies at the warm level, as the last session ended, once their work drained
+    and after expiry."""
     moments = [name for name in ("warm", "sent", "drained", "expired") if name in maps]
     kinds = sorted({kind for name in moments for kind in maps[name]}, key=lambda k: -maps[moments[-1]][k])
     print("\nthe server's resident memory by mapping (MiB, /proc/PID/smaps):")

@@ -5,8 +5,9 @@ and the Inside tab's cache lets an ended session's model go."""
 from __future__ import annotations
 
 import gc
-import time
+import subprocess
 import sys
+import time
 import types
 import weakref
 from pathlib import Path
@@ -202,8 +203,6 @@ def test_the_servers_malloc_hands_freed_large_blocks_back_at_once(tuned):
     """`tune_malloc` (app.py calls it first): a freed block of 1 MB or more goes back to the system, where glibc's
     default would raise its threshold for mapping blocks apart and keep them in its heap (the untuned run shows the
     test tells the two apart)."""
-    import subprocess
-
     grown = float(subprocess.run([sys.executable, "-c", FREED_BLOCKS, "tuned" if tuned else "default"], cwd=ROOT,
                                  capture_output=True, text=True, check=True).stdout)
     if tuned:

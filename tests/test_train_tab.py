@@ -341,7 +341,8 @@ def test_a_visitor_trains_downloads_and_leaves_in_a_browser(train_server, tmp_pa
     url, root = train_server
     script = ("() => { const g = document.querySelector('#train-curve .js-plotly-plot');"  # the points drawn
               " return g && g._fullData ? g._fullData.reduce((n, t) => n + (t._length || 0), 0) : 0; }")
-    others = set(root.glob("*/cache/*/char-tiny-1.zip"))  # other tests' sessions' zips (an API session can outlive its test)
+    # other tests' sessions' zips: an API session can outlive its test
+    others = set(root.glob("*/cache/*/char-tiny-1.zip"))
     with chromium_page(url) as page:
         page.get_by_role("tab", name="Train", exact=True).click()
         page.get_by_role("button", name="Train", exact=True).click()
@@ -375,7 +376,6 @@ def test_a_visitor_trains_downloads_and_leaves_in_a_browser(train_server, tmp_pa
 def test_closing_the_page_mid_run_stops_the_job_and_frees_the_slot(train_server):
     url, root = train_server
     before = {folder.name for folder in root.glob("*/*") if folder.is_dir()}
-    others = set(root.glob("*/cache/*/char-tiny-1.zip"))  # other tests' sessions' zips (an API session can outlive its test)
     with chromium_page(url) as page:
         page.get_by_role("tab", name="Train", exact=True).click()
         page.get_by_role("button", name="Train", exact=True).click()
@@ -398,7 +398,6 @@ def test_the_page_explains_bad_input(train_server, tmp_path):
     url, root = train_server
     binary = tmp_path / "model.txt"
     binary.write_bytes(bytes(range(256)) * 64)
-    others = set(root.glob("*/cache/*/char-tiny-1.zip"))  # other tests' sessions' zips (an API session can outlive its test)
     with chromium_page(url) as page:
         page.get_by_role("tab", name="Train", exact=True).click()
         page.get_by_label("Paste a text").check()
