@@ -11,6 +11,11 @@ from __future__ import annotations
 
 import os
 
+from lmdemo.web.page_states import with_system_malloc
+
+if __name__ == "__main__":
+    with_system_malloc()  # first: it restarts the interpreter
+
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # no usage reports or version checks: nothing phones home
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 # Gradio's queue summarises its last 10,000 events (a pandas DataFrame, for its /monitoring page) after every

@@ -203,24 +203,31 @@ class Generator:
         From the start of a text (no `state`): [len(ids)+1, V], row 0 the distribution after
         `start_id`. From `state`: [len(ids), V], row i the distribution after ids[i].
         """
-        sequence = torch.tensor(list(ids) if state is not None else [self.start_id, *ids], dtype=torch.long)
-        logits, state = self.trained.model(sequence.unsqueeze(0), state)
+        logits, state = self.trained.model(self._sequence(ids, state), state)
         return F.log_softmax(logits[0].float(), -1), state
 
+    @torch.no_grad()
     def reading(self, ids: Sequence[int], after: Reading | None = None) -> Reading:
-        """Read `ids` from the start of a text, or on from `after` (a prompt's reading) without re-reading it."""
+        """Read `ids` from the start of a text, or on from `after` (a prompt's reading) without re-reading it.
+
+        Only the read tokens' own probabilities and the distribution after the last are computed: a 1,000-word
+        review on a 36k-word model would otherwise make [n, V] matrices of 145 MB apiece (`read`)."""
         ids = list(ids)
-        if after is None:
-            log_probs, state = self.read(ids)
-        elif not ids:
+        if after is not None and not ids:
             return after
-        else:
-            log_probs, state = self.read(ids, after.state)
-            log_probs = torch.cat([after.next_log_probs.unsqueeze(0), log_probs])
-        chosen = log_probs[torch.arange(len(ids)), torch.tensor(ids, dtype=torch.long)].exp()
-        # the last row copied: a view of it would keep the whole [n+1, V] matrix alive with the reading (145 MB for
-        # a 1,000-word prompt on a 36k-word model), as long as a page keeps its run
-        return Reading(self._scores(ids, chosen.tolist()), log_probs[-1].clone(), (owned(state[0]), owned(state[1])))
+        model = self.trained.model
+        features, state = model.features(self._sequence(ids, after and after.state), after and after.state)
+        features = features[0]
+        targets = ids if after is None else ids[1:]  # a reading on: its first token's is in `after`
+        chosen = model.token_log_probs(features[:len(targets)], torch.tensor(targets, dtype=torch.long)).float()
+        if after is not None:
+            chosen = torch.cat([after.next_log_probs[ids[:1]], chosen])
+        next_log_probs = F.log_softmax(model.logits(features[-1:]).float(), -1)[0]
+        return Reading(self._scores(ids, chosen.exp().tolist()), next_log_probs, (owned(state[0]), owned(state[1])))
+
+    def _sequence(self, ids: Sequence[int], state: State | None) -> torch.Tensor:
+        """ids [1, T] as the model reads them: from the start of a text (no `state`), after `start_id`."""
+        return torch.tensor([list(ids) if state is not None else [self.start_id, *ids]], dtype=torch.long)
 
     @property
     def start_id(self) -> int:

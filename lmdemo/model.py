@@ -80,9 +80,7 @@ class LSTMLanguageModel(
         In training, --alpha and --beta add AWD-LSTM's activation penalties to the loss's gradient but not to its
         value, which stays the cross-entropy that the log reports: `penalty - penalty.detach()` is exactly zero.
         """
-        recurrent, state = self._recurrent(self._dropout(self._embed(ids)), state)
-        output = self._dropout(recurrent)
-        features = self.projection(output) if self.projection is not None else output
+        features, state, recurrent, output = self._layers(ids, state)
         if targets is None:
             return self.logits(features), state
         loss = self._loss(features.flatten(0, 1), targets.flatten())
@@ -90,6 +88,19 @@ class LSTMLanguageModel(
             penalty = self._activation_penalty(recurrent, output)
             loss = loss + (penalty - penalty.detach())
         return loss, state
+
+    def features(self, ids: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        """The decoder's inputs [B, T, D] for ids [B, T] (what `logits` and `token_log_probs` score) and the state
+        after them: a reader that wants some tokens' probabilities need not score every word at every position."""
+        features, state, _, _ = self._layers(ids, state)
+        return features, state
+
+    def _layers(self, ids: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State, torch.Tensor,
+                                                                        torch.Tensor]:
+        """Features, state, and the top layer's output before and after dropout (the activation penalties')."""
+        recurrent, state = self._recurrent(self._dropout(self._embed(ids)), state)
+        output = self._dropout(recurrent)
+        return (self.projection(output) if self.projection is not None else output), state, recurrent, output
 
     def _embed(self, ids: torch.Tensor) -> torch.Tensor:
         """The word vectors of ids [B, T]; in training, --dropout-embedding zeroes whole words.
@@ -163,8 +174,13 @@ class LSTMLanguageModel(
 
     def _loss(self, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean negative log-likelihood of targets [N] from features [N, D]."""
+        return -self.token_log_probs(features, targets).mean()
+
+    def token_log_probs(self, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The log-probability [N] of each target [N] after features [N, D]. The adaptive softmax scores only the
+        head and, for the rows whose target is in a tail cluster, that cluster: never an [N, vocab] matrix."""
         if self.clusters is None:
-            return F.cross_entropy(self.decoder(features).float(), targets)
+            return -F.cross_entropy(self.decoder(features).float(), targets, reduction="none")
         cuts = self.cutoffs
         (frequent, bias), *tails = self._decoder_clusters()
         cluster = torch.bucketize(targets, torch.tensor(cuts[:-1], device=targets.device), right=True)
@@ -175,7 +191,7 @@ class LSTMLanguageModel(
             if rows.numel():
                 tail = F.linear(features[rows], weight, bias).float().log_softmax(-1)
                 log_likelihood = log_likelihood.index_add(0, rows, tail.gather(1, targets[rows, None] - low).squeeze(1))
-        return -log_likelihood.mean()
+        return log_likelihood
 
     def num_parameters(self) -> int:
         """Distinct trainable parameters (a tied matrix counts once)."""

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import plotly.graph_objects as go
 import pytest
@@ -186,13 +187,16 @@ def test_one_generate_reads_the_prompt_through_the_model_once(char_model, monkey
     models = Models({"char": str(char_model)})
     demo = Demo(models)
     model = models.generator("char").trained.model
-    forward, calls = model.forward, []
+    calls = []
 
-    def counted(ids, *args, **kwargs):
-        calls.append(ids.size(1))
-        return forward(ids, *args, **kwargs)
+    def counted(read):
+        def reading(ids, *args, **kwargs):
+            calls.append(ids.size(1))
+            return read(ids, *args, **kwargs)
+        return reading
 
-    monkeypatch.setattr(model, "forward", counted)
+    for way in ("forward", "features"):  # every way a text goes through the model
+        monkeypatch.setattr(model, way, counted(getattr(model, way)))
     prompt = "ROMEO:\nWhat say you?\n"
     for progress in demo.generate("char", prompt, read_sampling(demo.limits, "0.5, 1", 20, 0, 1, 1)):
         pass
@@ -302,6 +306,24 @@ def test_a_visitors_mistake_stays_out_of_the_server_log(client, tmp_path_factory
         generate(client, temperature_text="hot-QZXV")
     log = (tmp_path_factory.getbasetemp() / SERVER_LOG).read_text()
     assert "QZXV" not in log and "Traceback" not in log, log[-2000:]
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads /proc")
+def test_the_served_app_runs_with_glibcs_malloc(server):
+    """`python app.py` restarts itself with PYTHONMALLOC=malloc before it starts (tests/test_memory.py shows why):
+    the process that answers on the port has it, and kept its arguments."""
+    port = server.rstrip("/").rsplit(":", 1)[1]
+    answering = [proc for proc in Path("/proc").iterdir() if proc.name.isdigit()
+                 and _read(proc / "cmdline").split(b"\0")[1:4] == [b"app.py", b"--port", port.encode()]]
+    assert len(answering) == 1, f"{len(answering)} processes serve port {port}"
+    assert b"PYTHONMALLOC=malloc" in _read(answering[0] / "environ").split(b"\0")
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:  # a process that ended meanwhile, or another user's
+        return b""
 
 
 def test_concurrent_users_get_their_own_results_and_errors(server, client):

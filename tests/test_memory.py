@@ -5,6 +5,7 @@ and the Inside tab's cache lets an ended session's model go."""
 from __future__ import annotations
 
 import gc
+import os
 import subprocess
 import sys
 import time
@@ -87,6 +88,30 @@ def test_a_reading_of_a_long_prompt_keeps_no_view_of_its_whole_distribution(imdb
     # reading on from it (the bars inside a sample) keeps no more either
     later = generator.reading(prompt.ids[:50], after=reading)
     assert kept_bytes(later)[0] < 1 * MB
+
+
+def test_a_reading_scores_a_long_review_without_a_matrix_of_every_word(imdb_word, monkeypatch):
+    """A reading needs each read token's probability and the distribution after the last: the adaptive softmax
+    gives the first from the head and the tokens' own clusters, so every word is scored at one position only (the
+    last), where before each of the 1,001 positions made [n, V] matrices of 145 MB apiece; the same probabilities
+    as the full matrix (`Generator.read`)."""
+    generator = imdb_word.generator("imdb-word")
+    prompt = generator.prompt(review(1000), 1000)
+    model = generator.trained.model
+    scored_rows = []
+    every_word = model.logits
+    monkeypatch.setattr(model, "logits", lambda features: scored_rows.append(features[..., 0].numel()) or
+                        every_word(features))
+    reading = generator.reading(prompt.ids)
+    assert scored_rows == [1]
+    later = generator.reading(prompt.ids[:300], after=reading)
+    assert scored_rows == [1, 1]
+    log_probs, _ = generator.read(prompt.ids + prompt.ids[:300])
+    ids = torch.tensor(prompt.ids + prompt.ids[:300])
+    expected = log_probs[torch.arange(len(ids)), ids].exp()
+    got = torch.tensor([score.probability for score in reading.scores + later.scores])
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(later.next_log_probs, log_probs[-1], atol=1e-5, rtol=1e-5)
 
 
 def test_a_finished_run_keeps_the_same_size_for_a_short_and_a_long_prompt(imdb_word):
@@ -225,3 +250,36 @@ def test_a_quiet_server_hands_back_what_its_work_freed_at_every_sweep(monkeypatc
         assert trims == []
     pages.sweep()
     assert len(trims) == 1
+
+
+SCATTERED_SURVIVORS = """
+import sys
+from lmdemo.web.page_states import release_free_memory, with_system_malloc
+if sys.argv[1] == "restart":
+    with_system_malloc()
+def rss_mb():
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS")) / 1024
+before = rss_mb()
+objects = [float(number) for number in range(2_000_000)]  # ~64 MB of small objects, as a busy phase makes
+survivors = objects[::4096]  # one in 4,096 outlives it (a cache entry, a log line): one every 128 kB
+del objects
+release_free_memory()
+print(rss_mb() - before)
+"""
+
+
+@pytest.mark.parametrize("chosen", [None, "pymalloc"])
+def test_the_server_keeps_small_objects_where_freed_pages_go_back(chosen):
+    """`with_system_malloc` (app.py's first call) restarts the interpreter with glibc's malloc, whose free pages go
+    back between the few small objects that outlive a busy phase; Python's own arenas stay while one object in them
+    lives. An allocator the environment chose stands (and shows the test tells the two apart)."""
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONMALLOC"}
+    if chosen:
+        env["PYTHONMALLOC"] = chosen
+    kept = float(subprocess.run([sys.executable, "-c", SCATTERED_SURVIVORS, "restart"], cwd=ROOT, env=env,
+                                capture_output=True, text=True, check=True).stdout)
+    if chosen is None:
+        assert kept < 16, f"{kept:.0f} MB stayed resident for 2 MB of survivors"
+    else:
+        assert kept >= 32, f"Python's allocator kept only {kept:.0f} MB: this test would not notice a lost restart"

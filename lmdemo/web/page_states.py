@@ -15,6 +15,8 @@ break). So `PageStates`:
 from __future__ import annotations
 
 import ctypes
+import os
+import sys
 import threading
 import time
 from collections import Counter, OrderedDict
@@ -121,6 +123,18 @@ class PageStates:
     def _sweep_forever(self, every: float) -> None:
         while not self.stopped.wait(every):
             self.sweep()
+
+
+def with_system_malloc() -> None:
+    """Restart this interpreter with its small objects in glibc's malloc (PYTHONMALLOC=malloc), unless the
+    environment chose an allocator already. Python's own allocator hands a 1 MiB arena back only once every object
+    in it is gone, so the few long-lived objects a busy hour scatters kept tens of MB resident after every visitor
+    had left (bench/soak.py); glibc's heap gives free pages back one by one (`release_free_memory`). Only an
+    interpreter's start chooses its allocator, hence the restart (same process, same arguments): call it first,
+    before anything is imported or started. Not POSIX: nothing to do."""
+    if os.name == "posix" and "PYTHONMALLOC" not in os.environ:
+        os.environ["PYTHONMALLOC"] = "malloc"
+        os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
 
 
 def tune_malloc(arenas: int = 2, mmap_threshold: int = 2**20) -> None:
