@@ -202,14 +202,17 @@ def test_an_inside_read_is_cached_per_model_and_text(tmp_path, monkeypatch):
     assert reads[-1] == tuple(text.ids) and len(reads) == before + 1
 
 
-FREED_BLOCKS = """
+RSS_MB = """
+def rss_mb():
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS")) / 1024
+"""
+
+FREED_BLOCKS = RSS_MB + """
 import sys, torch
 from lmdemo.web.page_states import tune_malloc
 if sys.argv[1] == "tuned":
     tune_malloc()
-def rss_mb():
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS")) / 1024
 kept = []
 def burst():
     for size in (4, 3, 2, 1, 4, 3, 2, 1):  # MB, as a prompt's matrices; small blocks kept in between
@@ -252,14 +255,11 @@ def test_a_quiet_server_hands_back_what_its_work_freed_at_every_sweep(monkeypatc
     assert len(trims) == 1
 
 
-SCATTERED_SURVIVORS = """
+SCATTERED_SURVIVORS = RSS_MB + """
 import sys
 from lmdemo.web.page_states import release_free_memory, with_system_malloc
 if sys.argv[1] == "restart":
     with_system_malloc()
-def rss_mb():
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS")) / 1024
 before = rss_mb()
 objects = [float(number) for number in range(2_000_000)]  # ~64 MB of small objects, as a busy phase makes
 survivors = objects[::4096]  # one in 4,096 outlives it (a cache entry, a log line): one every 128 kB
