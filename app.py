@@ -21,6 +21,9 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 # Gradio's queue summarises its last 10,000 events (a pandas DataFrame, for its /monitoring page) after every
 # event by default: more than half of a short event's server time (measured with bench/load.py). Every 1,000th.
 os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "1000")
+# And it keeps a record of each of those 10,000 events, small objects made over hours that outlive their visitors
+# (copied into a list after every event); its /monitoring page is not ours: the last 100 suffice.
+os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "100")
 # oneDNN keeps a compiled LSTM for every sequence length it has read (up to 1,024): prompts of a few hundred
 # lengths held ~380 MB that never came back (bench measurement in docs/reliability.md); a few suffice.
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16")
