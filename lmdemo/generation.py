@@ -215,8 +215,8 @@ class Generator:
         ids = list(ids)
         if after is not None and not ids:
             return after
-        model = self.trained.model
-        features, state = model.features(self._sequence(ids, after and after.state), after and after.state)
+        model, before = self.trained.model, after.state if after is not None else None
+        features, state = model.features(self._sequence(ids, before), before)
         features = features[0]
         targets = ids if after is None else ids[1:]  # a reading on: its first token's is in `after`
         chosen = model.token_log_probs(features[:len(targets)], torch.tensor(targets, dtype=torch.long)).float()
