@@ -255,6 +255,33 @@ def test_a_quiet_server_hands_back_what_its_work_freed_at_every_sweep(monkeypatc
     assert len(trims) == 1
 
 
+
+def test_a_quiet_sweep_after_forgotten_pages_frees_their_reference_cycles(monkeypatch):
+    """What a forgotten page held in a reference cycle (a run and its callbacks) goes at the next sweep that finds
+    no event running, not at Python's next full collection, which a busy server may not reach for hours."""
+    from lmdemo.web import page_states
+
+    class Held:
+        pass
+
+    monkeypatch.setattr(page_states, "release_free_memory", lambda: None)
+    pages = page_states.PageStates(ttl_s=0.01)
+    assert pages.arrive("page", "203.0.113.1") is None
+    cycle = Held()
+    cycle.itself = cycle
+    alive = weakref.ref(cycle)
+    gc.disable()
+    try:
+        del cycle
+        with pages.event("other", "203.0.113.2"):
+            time.sleep(0.02)
+            pages.sweep()  # forgets the idle page, but another page's event runs: no collection now
+            assert alive() is not None
+        pages.sweep()
+        assert alive() is None
+    finally:
+        gc.enable()
+
 SCATTERED_SURVIVORS = RSS_MB + """
 import sys
 from lmdemo.web.page_states import release_free_memory, with_system_malloc

@@ -15,6 +15,7 @@ break). So `PageStates`:
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
 import sys
 import threading
@@ -41,6 +42,7 @@ class PageStates:
         self.lock = threading.Lock()
         self.stopped = threading.Event()
         self.with_pages: list[Callable[[float], None]] = []  # what else forgets what idle pages used (`also_forget`)
+        self.uncollected = False  # pages were forgotten since the last full collection (`sweep`)
 
     def start(self, app: Any, every_s: float | None = None) -> None:
         self.app = app
@@ -103,6 +105,12 @@ class PageStates:
             forget_idle(self.ttl_s)
         with self.lock:
             quiet = not self.working
+            self.uncollected = self.uncollected or bool(idle)
+            collect = quiet and self.uncollected
+            if collect:
+                self.uncollected = False
+        if collect:  # what forgotten pages held in reference cycles goes now, not at Python's next full collection
+            gc.collect()
         if idle or quiet:  # what pages freed, and what their work freed after (a decode loop's end, a trainer's)
             release_free_memory()
 
