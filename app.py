@@ -43,10 +43,10 @@ from lmdemo.checkpoint import ModelLoadError  # noqa: E402
 from lmdemo.space import MODELS_ENV, MODELS_FILE  # noqa: E402
 from lmdemo.web import page, render  # noqa: E402
 from lmdemo.web.forms import Limits  # noqa: E402
-from lmdemo.web.gate import Gate, JoinDoor, Serving  # noqa: E402
+from lmdemo.web.gate import Gate, PageDoor, Serving  # noqa: E402
 from lmdemo.web.jobs import TrainingLine  # noqa: E402
 from lmdemo.web.page import build_app  # noqa: E402
-from lmdemo.web.page_states import tune_malloc  # noqa: E402
+from lmdemo.web.page_states import lean_pages, tune_malloc  # noqa: E402
 from lmdemo.web.registry import Models, NoModelsError, discover_models  # noqa: E402
 from lmdemo.web.train_requests import TrainLimits  # noqa: E402
 from lmdemo.web.uploads import UploadDoor, Uploads  # noqa: E402
@@ -218,10 +218,10 @@ def main(argv: list[str] | None = None) -> int:
         app.queue(default_concurrency_limit=None, max_size=2 * gate.serving.events)
         upload_cap = dict(max_file_size=training.limits.max_upload_bytes) if training else {}
         # an admitted event waits for its turn or its decode loop in a worker thread: one each, and some to spare
-        doors = [Middleware(JoinDoor, gate=gate), Middleware(UploadDoor, uploads=uploads, gate=gate)]
+        doors = [Middleware(PageDoor, gate=gate), Middleware(UploadDoor, uploads=uploads, gate=gate)]
         app.launch(server_name=args.host, server_port=args.port, theme=page.theme(), css=render.CSS, ssr_mode=False,
                    footer_links=["api"], max_threads=gate.serving.events + DEFAULT_THREADS,
-                   app_kwargs=dict(middleware=doors), **upload_cap)
+                   app_kwargs=dict(middleware=doors, lifespan=lean_pages), **upload_cap)
     except KeyboardInterrupt:
         pass
     finally:

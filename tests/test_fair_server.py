@@ -80,8 +80,8 @@ def test_one_address_flooding_model_work_is_refused_past_its_share_while_another
 
 
 def test_the_page_state_of_an_idle_session_goes(small_server):
-    """Gradio keeps every session's page state (~240 KB) until 10,000 newer ones; here one idle for the session
-    time to live goes. Seen through the run it kept: the bars of a run need it."""
+    """Gradio keeps every session's page state until 10,000 newer ones; here one idle for the session time to
+    live goes. Seen through the run it kept: the bars of a run need it."""
     from gradio_client import Client
 
     url, _ = small_server
@@ -110,3 +110,61 @@ def test_a_script_that_keeps_asking_past_its_share_is_answered_slower_and_others
     started = time.monotonic()
     assert upload(url, "198.51.100.91", b"y").status_code == 429
     assert time.monotonic() - started < waits[-1] - 0.3
+
+
+def server_rss_mb(url: str) -> float:
+    """The resident memory of the `python app.py` serving `url` (found by its --port)."""
+    port = url.rstrip("/").rsplit(":", 1)[1]
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            command = (status.parent / "cmdline").read_bytes().split(b"\0")
+            if b"app.py" in command and port.encode() in command:
+                return next(int(line.split()[1]) for line in status.read_text().splitlines()
+                            if line.startswith("VmRSS")) / 1024
+        except OSError:
+            continue
+    pytest.fail(f"no app.py process serves {url}")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the server's memory from /proc")
+def test_every_route_that_makes_a_page_counts_it_and_pages_are_small(small_server):
+    """Gradio makes a page's state for a queue join, an API call (`/run/`, `/call/`: a page of its own when it names
+    none), a component's server request and a page's heartbeat: the door counts each against its address's share
+    of pages (32), so a script cannot hold thousands (~286 KB each, in Gradio's form: 1,000 `/run/` calls from one
+    address raised a server by 384 MB); another address is served meanwhile. Deep links, which write a copy of a
+    page's values to disk at each ask, are not made. Pages are small: 200 addresses' pages raise the server by a
+    few MB (Gradio's own pages are 286 KB each: tests/test_memory.py)."""
+    url, _ = small_server
+    config = httpx.get(url + "config", timeout=30).json()
+    seed = next(event["id"] for event in config["dependencies"] if event.get("api_name") == "random_seed")
+
+    def headers(address: str) -> dict:
+        return {"X-Forwarded-For": address}
+
+    def new_page(address: str, route: str) -> int:
+        page = uuid.uuid4().hex[:12]
+        if route == "heartbeat":
+            with httpx.stream("GET", url + f"gradio_api/heartbeat/{page}", headers=headers(address),
+                              timeout=30) as beat:
+                return beat.status_code
+        asked = {"join": ("gradio_api/queue/join", {"data": [], "fn_index": seed, "session_hash": page}),
+                 "run": ("gradio_api/run/random_seed", {"data": [], "session_hash": page}),
+                 "call": ("gradio_api/call/random_seed", {"data": []}),
+                 "component": ("gradio_api/component_server",
+                               {"session_hash": page, "component_id": seed, "fn_name": "ls", "data": None})}
+        path, body = asked[route]
+        return httpx.post(url + path, json=body, headers=headers(address), timeout=30).status_code
+
+    routes = ["join", "run", "call", "component", "heartbeat"]
+    answers = [new_page("203.0.113.60", routes[number % len(routes)]) for number in range(36)]
+    assert all(status != 429 for status in answers[:32]), answers
+    assert answers[32:] == [429] * 4, answers
+    assert new_page("203.0.113.61", "run") == 200, "another address is refused"
+    deep = httpx.get(url + "gradio_api/deep_link", params={"session_hash": "x"}, headers=headers("203.0.113.61"))
+    assert deep.status_code == 404 and "deep links" in deep.text
+
+    before = server_rss_mb(url)
+    for number in range(200):
+        assert new_page(f"198.51.100.{number + 1}", "run") == 200
+    grown = server_rss_mb(url) - before
+    assert grown < 20, f"200 pages raised the server by {grown:.0f} MB"

@@ -13,6 +13,7 @@ import types
 import weakref
 from pathlib import Path
 
+import gradio as gr
 import pytest
 import torch
 
@@ -310,3 +311,41 @@ def test_the_server_keeps_small_objects_where_freed_pages_go_back(chosen):
         assert kept < 16, f"{kept:.0f} MB stayed resident for 2 MB of survivors"
     else:
         assert kept >= 32, f"Python's allocator kept only {kept:.0f} MB: this test would not notice a lost restart"
+
+
+def test_a_page_keeps_what_its_events_set_and_no_copy_of_every_components_config(char_model):
+    """Gradio's `SessionState` copies every component's config at a page's first request (~286 KB, ~41 ms for the
+    whole app) for deep links, which this server does not make; `PageState` keeps a config's shallow copy and what
+    events set. Its attributes are Gradio's own, so a Gradio that changed its state would fail here first."""
+    import tracemalloc
+    from copy import copy
+
+    from gradio.state_holder import SessionState
+
+    from lmdemo.web.page import build_app
+    from lmdemo.web.page_states import PageState
+
+    app = build_app(Models({"char": str(char_model)}))
+
+    def size_of_ten(make) -> float:
+        gc.collect()
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            pages = [make(app) for _ in range(10)]
+            return (tracemalloc.get_traced_memory()[0] - before) / 10 / 1024
+        finally:
+            tracemalloc.stop()
+            del pages
+
+    gradio_kb, lean_kb = size_of_ten(SessionState), size_of_ten(PageState)
+    assert lean_kb < 40 and lean_kb * 5 < gradio_kb, f"a page keeps {lean_kb:.0f} KB (Gradio's: {gradio_kb:.0f} KB)"
+    assert set(vars(PageState(app))) == set(vars(SessionState(app)))
+    page = PageState(app)
+    state = next(block for block in app.blocks.values() if isinstance(block, gr.State))
+    textbox = next(block for block in app.blocks.values() if isinstance(block, gr.Textbox))
+    page[state._id] = {"run": 1}
+    page[textbox._id] = copy(textbox)
+    page._update_value_in_config(textbox._id, "typed")
+    assert page[state._id] == {"run": 1} and page[textbox._id] is not textbox
+    assert list(page.components) == [], "a deep link's copy was kept"

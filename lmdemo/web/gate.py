@@ -18,6 +18,8 @@ import asyncio
 import functools
 import inspect
 import json
+import re
+import secrets
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
@@ -30,7 +32,10 @@ from lmdemo.web.clients import request_address
 from lmdemo.web.page_states import PageStates
 
 EVENTS_LINE, MODEL_LINE = "events", "model work"
-JOIN_ROUTE = "/gradio_api/queue/join"
+# Gradio's routes that make a page's state (`PageDoor`), by kind; `api` names an event, `page` a session
+PAGE_ROUTES = re.compile(r"/gradio_api/(?:(?P<join>queue/join)|(?P<call>(?:call/(?P<v2>v2/)?|run/|api/)(?P<api>[^/]+))"
+                         r"|(?P<component>component_server)|(?P<heartbeat>heartbeat/(?P<page>[^/]+))"
+                         r"|(?P<deep_link>deep_link))/?$")
 GATED = "lmdemo_gated"  # marks an event function the gate wraps
 UNLIMITED = dict(concurrency_limit=None)  # every event starts at once: the gate admits it (see the module docstring)
 
@@ -86,15 +91,21 @@ class Gate:
         await asyncio.sleep(self.backoff.delay(client))
         await answer(send, status, message)
 
-    def at_the_door(self, client: str, page: str | None, fn_index: Any) -> str | None:
-        """Why a request joining Gradio's queue is turned away before Gradio makes anything for it (one line), or
-        None: a new page past its address's share of pages, or a gated event from an address already holding its
-        share of events (it would be refused anyway, after costing the server a queue entry and a worker)."""
-        refusal = self.pages.arrive(page, client) if page else None
+    def at_the_door(self, client: str, page: str | None, fn_index: Any, call: bool = False) -> str | None:
+        """Why a request that makes a page's state is turned away before Gradio makes anything for it (one line),
+        or None: a new page (`call`: one the door named for an API call) past its address's share of pages, or a
+        gated event from an address already holding its share of events (it would be refused anyway, after
+        costing the server a queue entry and a worker)."""
+        refusal = self.pages.arrive(page, client, call) if page else None
         function = getattr(self.app.fns.get(fn_index), "fn", None) if self.app is not None else None
         if refusal is None and getattr(function, GATED, False):
             refusal = self.admission.refusal(EVENTS_LINE, client)
         return refusal
+
+    def api_function(self, api_name: str) -> int | None:
+        """The index of the event that `api_name` names, if any."""
+        functions = self.app.fns.items() if self.app is not None else ()
+        return next((index for index, function in functions if function.api_name == api_name), None)
 
     def _asking(self) -> tuple[str, str | None]:
         """The address and page of the event being handled."""
@@ -162,19 +173,28 @@ class Gate:
         return call
 
 
-class JoinDoor:
-    """ASGI middleware in front of Gradio's queue (`/gradio_api/queue/join`): a request the gate would refuse is
-    answered 429 with its one line before Gradio queues it (`Gate.at_the_door`); every other request passes."""
+class PageDoor:
+    """ASGI middleware in front of every Gradio route that makes a page's state (see lmdemo.web.page_states): a
+    request the gate would refuse is answered 429 with its one line before Gradio makes anything for it
+    (`Gate.at_the_door`). An API call that names no page (`/call/`, `/run/`) gets one of its own, forgotten soon
+    after. Deep links, which would write a copy of a page's every value to disk at each ask, are not made here.
+    Every other request passes."""
 
     def __init__(self, app: Any, gate: Gate):
         self.app, self.gate = app, gate
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].endswith(JOIN_ROUTE):
+        route = PAGE_ROUTES.search(scope["path"]) if scope["type"] == "http" else None
+        kind = route and route.lastgroup
+        if kind == "deep_link":
+            await answer(send, 404, "this server does not make deep links: use the page's own links")
+            return
+        if kind == "heartbeat" and scope["method"] == "GET":
+            await self._enter(scope, receive, send, route.group("page"), None)
+            return
+        if kind not in ("join", "call", "component") or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        from starlette.requests import Request
-
         chunks, more = [], True  # a join carries its inputs: up to a 2,000,000-character text to train on
         while more:
             message = await receive()
@@ -182,25 +202,47 @@ class JoinDoor:
             more = message.get("more_body", False)
         body = b"".join(chunks)
         try:
-            joining = json.loads(body)
-            page, fn_index = joining.get("session_hash"), joining.get("fn_index")
+            asked = json.loads(body)
+            page, function = asked.get("session_hash"), asked.get("fn_index")
         except (ValueError, AttributeError):
-            page, fn_index = None, None  # Gradio answers a malformed join itself
+            asked, page, function = None, None, None  # Gradio answers a malformed request itself
+        if kind == "component" and not isinstance(page, str):
+            await answer(send, 400, "a component's request names its page (session_hash) in a JSON body")
+            return
+        call = kind == "call" and isinstance(asked, dict) and not page
+        if call:  # Gradio would make a page for it, named by no one: the door names it, and counts it
+            page = f"call-{secrets.token_hex(8)}"
+            if not route.group("v2"):  # a v2 call's body is its named inputs: Gradio names its page (swept alike)
+                asked["session_hash"] = page
+                body = json.dumps(asked).encode()
+        if kind == "call":
+            function = self.gate.api_function(route.group("api"))
+        await self._enter(scope, _replay(body, receive), send, page if isinstance(page, str) else None, function,
+                          call)
+
+    async def _enter(self, scope: dict, receive: Any, send: Any, page: str | None, function: Any,
+                     call: bool = False) -> None:
+        from starlette.requests import Request
+
         client = self.gate.client(Request(scope))
-        refusal = self.gate.at_the_door(client, page if isinstance(page, str) else None, fn_index)
+        refusal = self.gate.at_the_door(client, page, function, call)
         if refusal:
             await self.gate.refuse(send, client, 429, refusal)
             return
-        replayed = False
+        await self.app(scope, receive, send)
 
-        async def replay() -> dict:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
 
-        await self.app(scope, replay, send)
+def _replay(body: bytes, receive: Any) -> Any:
+    """`receive` for the app behind a door that read the request's `body`: the body first, then what comes."""
+    replayed = False
+
+    async def replay() -> dict:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+    return replay
 
 
 async def answer(send: Any, status: int, message: str) -> None:
