@@ -157,7 +157,8 @@ def test_every_route_that_makes_a_page_counts_it_and_pages_are_small(small_serve
 
     routes = ["join", "run", "call", "component", "heartbeat"]
     answers = [new_page("203.0.113.60", routes[number % len(routes)]) for number in range(36)]
-    assert all(status != 429 for status in answers[:32]), answers
+    # served (a component's server request for a function the button lacks: Gradio's own 404), then refused
+    assert answers[:32] == [404 if number % len(routes) == 3 else 200 for number in range(32)], answers
     assert answers[32:] == [429] * 4, answers
     assert new_page("203.0.113.61", "run") == 200, "another address is refused"
     deep = httpx.get(url + "gradio_api/deep_link", params={"session_hash": "x"}, headers=headers("203.0.113.61"))

@@ -344,8 +344,11 @@ def test_a_page_keeps_what_its_events_set_and_no_copy_of_every_components_config
     page = PageState(app)
     state = next(block for block in app.blocks.values() if isinstance(block, gr.State))
     textbox = next(block for block in app.blocks.values() if isinstance(block, gr.Textbox))
+    updated = copy(textbox)
     page[state._id] = {"run": 1}
-    page[textbox._id] = copy(textbox)
+    page[textbox._id] = updated
+    page._update_config(textbox._id)
     page._update_value_in_config(textbox._id, "typed")
-    assert page[state._id] == {"run": 1} and page[textbox._id] is not textbox
+    assert page[state._id] == {"run": 1} and page._state_ttl[state._id][0] == state.time_to_live
+    assert page[textbox._id] is updated and app.blocks[textbox._id] is textbox
     assert list(page.components) == [], "a deep link's copy was kept"
