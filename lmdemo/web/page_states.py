@@ -97,13 +97,13 @@ class PageStates:
         """Forget the pages idle for `ttl_s` (an API call's, `CALL_TTL_S`) with no event running or waiting: ours by
         their last request, the others (pages Gradio named for calls the door saw) as calls, by Gradio's own
         last use."""
-        now, idle = time.monotonic(), []
+        now, idle, call_ttl = time.monotonic(), [], min(CALL_TTL_S, self.ttl_s)
         queue = getattr(self.app, "_queue", None)
         waiting = queue.pending_event_ids_session if queue is not None else {}
         with self.lock:
             for address, pages in list(self.by_address.items()):
                 for page, seen in list(pages.items()):
-                    ttl = min(CALL_TTL_S, self.ttl_s) if page in self.calls else self.ttl_s
+                    ttl = call_ttl if page in self.calls else self.ttl_s
                     if now - seen > ttl and page not in self.working and not waiting.get(page):
                         del pages[page]
                         self.calls.discard(page)
@@ -117,7 +117,7 @@ class PageStates:
             with holder.lock:
                 idle += [page for page, when in holder.time_last_used.items()
                          if page not in known and not waiting.get(page)
-                         and wall - when.timestamp() > min(CALL_TTL_S, self.ttl_s)]
+                         and wall - when.timestamp() > call_ttl]
         for page in idle:
             self.forget(page)
         for forget_idle in self.with_pages:
