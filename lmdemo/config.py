@@ -57,7 +57,7 @@ class Config:
     dropout: float = _opt(0.3, "dropout on embeddings, between layers and before the decoder", group="model")
     dropout_locked: bool = _opt(False, "one --dropout mask per sequence, held over the window's tokens, instead of "
                                 "one per token (AWD-LSTM's locked, or variational, dropout): a regulariser of its "
-                                "own, and a faster step (a mask per sequence draws 1/bptt of the random numbers)",
+                                "own",
                                 group="model")
     dropout_embedding: float = _opt(0.0, "drop whole words: each word of the vocabulary loses its embedding, at "
                                     "every place in the batch, with this probability (AWD-LSTM's embedding "

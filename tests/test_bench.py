@@ -53,8 +53,10 @@ def tiny(**changes) -> Config:
 
 
 def test_the_textbook_loop_is_lmdemos_trainer_in_fp32_with_the_full_softmax(bench, tmp_path, one_thread):
-    """Same start, data order, dropout masks, optimiser, clipping, selection: the same kept model."""
-    config = tiny()
+    """Same start, data order, optimiser, clipping, selection: the same kept model. Without dropout: lmdemo draws its
+    masks from uniform numbers, nn.Dropout by `bernoulli_` (the same distribution, other draws; see
+    tests/test_training_options.py)."""
+    config = tiny(dropout=0.0)
     tokenizer, encoded = encode_splits(config, None)
     splits = {split: encoded[split].ids for split in encoded}
     config = config.replace(vocab_size=tokenizer.vocab_size)

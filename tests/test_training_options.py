@@ -17,6 +17,7 @@ from torch.nn import functional as F
 from lmdemo import Config, LSTMLanguageModel, load_model
 from lmdemo.config import ConfigError
 from lmdemo.metrics import CONFIG_FILE, read_metrics
+from lmdemo import model as lmdemo_model
 from lmdemo.model import adaptive_log_probs, head_log_probs
 from lmdemo.training import _optimizer, native_bf16
 
@@ -54,19 +55,18 @@ def training_loss(model: LSTMLanguageModel, seed: int = 5) -> torch.Tensor:
 
 
 # -- the same maths -------------------------------------------------------------------------------
-def test_the_layer_by_layer_lstm_is_nn_lstm():
-    """Locked dropout and weight drop run the LSTM a layer at a time on nn.LSTM's own weights: with no mask to apply
-    (locked dropout at rate 0 in training; weight drop at evaluation), its loss, state and gradients are nn.LSTM's."""
+def test_the_layer_by_layer_lstm_is_nn_lstm(monkeypatch):
+    """In training with dropout (or weight drop) the LSTM runs a layer at a time on nn.LSTM's own weights: with
+    every mask all ones, its loss, state and gradients are those of nn.LSTM's one call (a model without dropout)."""
+    monkeypatch.setattr(lmdemo_model, "dropout_mask", lambda shape, drop, like: like.new_ones(shape))
     state = (torch.randn(2, 4, 24, generator=torch.Generator().manual_seed(2)),) * 2
     ids, targets = batch()
-    for changes, training in (({"dropout": 0.0, "dropout_locked": True}, True), ({"weight_drop": 0.5}, False)):
+    for changes in ({"dropout": 0.3}, {"dropout": 0.3, "dropout_locked": True}, {"dropout": 0.0, "weight_drop": 0.5}):
         results = []
-        for model in (tiny_model(**{**changes, **OFF}), tiny_model(**changes)):
-            loss, (h, c) = model.train(training)(ids, state, targets)
-            results.append([loss, h, c])
-            if training:
-                loss.backward()
-                results[-1] += [model.lstm.weight_hh_l1.grad, model.embedding.weight.grad]
+        for model in (tiny_model(**{**OFF, "dropout": 0.0}), tiny_model(**changes)):
+            loss, (h, c) = model.train()(ids, state, targets)
+            loss.backward()
+            results.append([loss, h, c, model.lstm.weight_hh_l1.grad, model.embedding.weight.grad])
         for mine, theirs in zip(*results):
             torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6)
 
@@ -165,6 +165,18 @@ def test_locked_dropout_holds_one_mask_over_the_window_and_per_token_does_not():
     assert torch.equal(masked, masked[:, :1].expand_as(masked)) and 0 < (masked == 0).float().mean() < 1
     masked = per_token._dropout(ones)
     assert not torch.equal(masked, masked[:, :1].expand_as(masked))
+
+
+def test_per_token_dropout_keeps_each_activation_with_its_rate_scaled_and_only_in_training():
+    """`dropout_mask`'s uniform numbers against the rate, not nn.Dropout's `bernoulli_`: the same distribution."""
+    model = tiny_model(dropout=0.3).train()
+    torch.manual_seed(0)
+    masked = model._dropout(torch.ones(64, 35, 650))
+    kept = masked != 0
+    assert abs(kept.float().mean().item() - 0.7) < 0.005
+    torch.testing.assert_close(masked[kept], torch.full_like(masked[kept], 1 / 0.7))
+    activations = torch.randn(4, 12, 24)
+    assert torch.equal(model.eval()._dropout(activations), activations)
 
 
 def test_embedding_dropout_drops_a_word_everywhere_in_the_batch():
