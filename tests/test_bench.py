@@ -104,6 +104,37 @@ def test_peaks_on_cpus_without_native_bf16(bench):
     assert bench.cpu_peaks(1, "")[1] == 0  # no lscpu: no flags, no crash
 
 
+FAKE_PEER = """import argparse, pathlib
+parser = argparse.ArgumentParser()
+parser.add_argument("--data")
+known, _ = parser.parse_known_args()
+words = [len(pathlib.Path(known.data, name).read_text().split()) for name in ("train.txt", "valid.txt", "test.txt")]
+print("| end of epoch   1 | time: 95.25s | valid loss  5.57 | valid ppl   262.09")
+print("| end of epoch   2 | time: 99.75s | valid loss  5.30 | valid ppl   200.59")
+print("| End of training | test loss  5.26 | test ppl   192.85", words)
+"""  # the two lines word_language_model/main.py prints at an epoch's end and at the end, in its formats
+
+
+def test_the_peer_reads_lmdemos_token_stream_and_its_figures_are_read(bench, tmp_path):
+    """time_to_quality writes the peer's files in lmdemo's tokens, one word per token id (so both score the same
+    stream), and reads the peer's validation points (cumulative time) and test perplexity from its output."""
+    quality = bench_module("time_to_quality", "time_to_quality.py")
+    config = Config(level="word", data=str(DATA / "ptb"), train_split="valid", valid_split="test", max_vocab=2_000)
+    tokenizer, encoded = encode_splits(config, None)
+    ids = encoded["valid"].ids
+    quality.write_peer_files(tmp_path / "peer", tokenizer, encoded["train"].ids, ids[:5_000], ids[5_000:9_000])
+    words = (tmp_path / "peer" / "valid.txt").read_text().split()
+    assert len(words) == 5_000 and len((tmp_path / "peer" / "valid.txt").read_text().splitlines()) == 1
+    assert len({(word, token) for word, token in zip(words, ids[:5_000].tolist())}) == len(set(words))
+    (tmp_path / "main.py").write_text(FAKE_PEER)
+    points, test = quality.run_peer(tmp_path / "main.py", tmp_path / "peer", 1)
+    assert points == [(95.25, 262.09), (195.0, 200.59)] and test == 192.85
+    assert quality.first_reaching([(10.0, 300.0), (20.0, 199.0), (30.0, 150.0)], 200.59) == 20.0
+    (tmp_path / "main.py").write_text("raise SystemExit(3)")
+    with pytest.raises(SystemExit, match="the peer failed"):
+        quality.run_peer(tmp_path / "main.py", tmp_path / "peer", 1)
+
+
 @pytest.fixture(scope="module")
 def atlas_bench():
     return bench_module("atlas_bench", "atlas.py")
