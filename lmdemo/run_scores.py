@@ -7,6 +7,7 @@ resumed run continues the same sums and compares against the same best.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,12 +23,17 @@ from lmdemo.run_folder import Counters, RunFolder
 from lmdemo.tokenizer import Tokenizer
 
 
+DIVERGED_NATS = 1.0  # a model e times worse than uniform guessing is lost, not learning (Adam 2e-3 at batch 10 went
+# from 8.9 to 12.5 nats on a 10k-word model and on to 13.0)
+
 # Why a run ended: the `end` record's `reason`, in words, with its `limit`.
 ENDINGS = {
     "budget": "its time budget of {limit} was used",
     "steps": "its {limit:,} steps were done",
     "epochs": "its {limit:,} epochs were done",
     "early_stop": "early stop, after {limit} validation{s} in a row without improvement",
+    "diverged": "the validation loss diverged past {limit} nats a token (worse than guessing every token alike); "
+                "a lower --lr or a larger --batch-size may help",
     "stop": "a stop was asked for",
 }
 
@@ -74,8 +80,9 @@ class RunScores:
                  tokens_per_sec=tokens_per_sec, epoch=epoch)
         return loss
 
-    def validate(self, model: LSTMLanguageModel, interval: torch.Tensor, epoch: float, epoch_end: bool) -> bool:
-        """Score the validation split, keep the best model, adjust the rate; True to stop early."""
+    def validate(self, model: LSTMLanguageModel, interval: torch.Tensor, epoch: float, epoch_end: bool) -> str | None:
+        """Score the validation split, keep the best model, adjust the rate; why to stop now ("early_stop" or
+        "diverged", ENDINGS' keys), if so."""
         config, counters = self.config, self.counters
         self.absorb(interval)
         valid = self.splits["valid"]
@@ -98,7 +105,14 @@ class RunScores:
                  epoch=epoch, epoch_end=epoch_end, best=improved)
         if improved:
             self.folder.save_best(model, self.tokenizer)
-        return bool(config.early_stop and counters.evals_since_best >= config.early_stop)
+        if not score.loss <= self.diverged_past:  # NaN too: a run that blew up never comes back on its own
+            return "diverged"
+        return "early_stop" if config.early_stop and counters.evals_since_best >= config.early_stop else None
+
+    @property
+    def diverged_past(self) -> float:
+        """A validation loss this high, DIVERGED_NATS past guessing every token alike (log V), ends the run."""
+        return round(math.log(self.config.vocab_size) + DIVERGED_NATS, 2)
 
     def test_best(self, last: LSTMLanguageModel, device: torch.device, ending: dict[str, Any]) -> Path:
         """Score the best model (`last` if none was kept) on the test split, record why the run ended (`ending`: its

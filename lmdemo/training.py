@@ -305,23 +305,24 @@ class Trainer:
                                 refresh=False)
                 speed = Speed()
             paused = time.monotonic()
-            early_stop = plan.validate and self.scores.validate(self.model, interval, self._epoch_progress(),
-                                                                epoch_end)
+            stopped = self.scores.validate(self.model, interval, self._epoch_progress(), epoch_end) \
+                if plan.validate else None
             if plan.save or plan.validate:
                 self._save_state(interval)
             speed.start += time.monotonic() - paused  # validating and saving are not training speed
-            if plan.limit or plan.stop or early_stop:
+            if plan.limit or plan.stop or stopped:
                 break
         bar.close()
-        return self.scores.test_best(self.model, self.hardware.device, self._ending(plan, early_stop))
+        return self.scores.test_best(self.model, self.hardware.device, self._ending(plan, stopped))
 
-    def _ending(self, plan: Plan, early_stop: bool) -> dict[str, Any]:
-        """Why the loop ended, for the `end` record: an early stop, else the limit reached, else a stop request;
-        with the limit and whether the last validation still improved (a longer run would likely help)."""
+    def _ending(self, plan: Plan, stopped: str | None) -> dict[str, Any]:
+        """Why the loop ended, for the `end` record: what validation stopped it (early stop, divergence), else the
+        limit reached, else a stop request; with the limit and whether the last validation still improved (a
+        longer run would likely help)."""
         config, counters = self.config, self.counters
-        reason = "early_stop" if early_stop else plan.limit or "stop"
+        reason = stopped or plan.limit or "stop"
         limit = {"early_stop": config.early_stop, "budget": config.max_minutes, "steps": config.max_steps,
-                 "epochs": config.epoch_limit}.get(reason)
+                 "epochs": config.epoch_limit, "diverged": self.scores.diverged_past}.get(reason)
         return {"reason": reason, "limit": limit,
                 "improving": counters.evals_since_best == 0 and math.isfinite(counters.best_val)}
 

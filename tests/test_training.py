@@ -231,3 +231,19 @@ def test_a_ctrl_c_stop_keeps_the_best_model_and_resumes_exactly(tmp_path):
     resumed = cli("train", "--out", str(out), "--resume", "--quiet")
     assert resumed.returncode == 0, resumed.stderr
     assert trajectory(out) == trajectory(reference)
+
+
+def test_a_diverging_run_stops_at_its_validation_and_says_why(tmp_path):
+    """A learning rate that blows the model up ends the run at the first validation past log(V) + 1 nats (or NaN),
+    with the reason in the log's `end` record and in words, instead of training on to its budget."""
+    from lmdemo.run_scores import why_it_ended
+
+    out = tmp_path / "run"
+    train_small(out, level="char", data=str(DATA / "tinyshakespeare" / "input.txt"), optimizer="sgd", lr=1e4, clip=0.0,
+                max_steps=400, epochs=100, eval_every=20, max_tokens=20_000)
+    metrics = read_metrics(out / "metrics.jsonl")
+    end = metrics.last("end")
+    past = round(math.log(metrics.last("start")["vocab_size"]) + 1, 2)
+    assert end["reason"] == "diverged" and end["limit"] == past
+    assert metrics.trained()["step"] < 400 and len(metrics.events("val")) <= 3
+    assert f"diverged past {past} nats a token" in why_it_ended(end) and "--lr" in why_it_ended(end)
