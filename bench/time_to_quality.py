@@ -53,12 +53,13 @@ TEXT = {field: CASES["word"][field] for field in ("level", "data", "train_split"
 EPOCH_LINE = re.compile(r"end of epoch\s+(\d+)\s+\|\s+time:\s+([\d.]+)s\s+\|\s+valid loss\s+[\d.]+\s+\|"
                         r"\s+valid ppl\s+([\d.]+)")
 TEST_LINE = re.compile(r"End of training\s+\|\s+test loss\s+[\d.]+\s+\|\s+test ppl\s+([\d.]+)")
+# lmdemo's own choices that can be set here instead, each with its type
+CHOICES = {"batch_size": int, "lr": float, "optimizer": str, "schedule": str, "precision": str, "softmax": str}
 
 
 def lmdemo_config(args: argparse.Namespace) -> Config:
     """The issue's shape on the issue's text, and lmdemo's own choices for the rest unless set here."""
-    chosen = {field: value for field in ("batch_size", "lr", "optimizer", "schedule", "precision", "softmax")
-              if (value := getattr(args, field)) is not None}
+    chosen = {field: value for field in CHOICES if (value := getattr(args, field)) is not None}
     return Config(**TEXT, **SHAPE, **chosen, threads=args.threads, seed=args.seed)
 
 
@@ -111,9 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fraction", type=float, default=0.25, help="lmdemo's budget, a share of the peer's time")
     parser.add_argument("--eval-every", type=int, default=40, help="lmdemo's steps between validations")
     parser.add_argument("--seed", type=int, default=1234)
-    for field in ("batch_size", "lr", "optimizer", "schedule", "precision", "softmax"):
-        parser.add_argument(f"--{field.replace('_', '-')}", type=float if field == "lr" else
-                            int if field == "batch_size" else str, help=f"lmdemo's {field} (default: its own)")
+    for field, kind in CHOICES.items():
+        parser.add_argument(f"--{field.replace('_', '-')}", type=kind, help=f"lmdemo's {field} (default: its own)")
     args = parser.parse_args(argv)
     if not args.peer.is_file():
         raise SystemExit(f"no peer at {args.peer}: pass pytorch/examples' word_language_model/main.py")

@@ -15,9 +15,9 @@ from test_resume_and_parallel import finish, lmdemo
 from torch.nn import functional as F
 
 from lmdemo import Config, LSTMLanguageModel, load_model
+from lmdemo import model as lmdemo_model
 from lmdemo.config import ConfigError
 from lmdemo.metrics import CONFIG_FILE, read_metrics
-from lmdemo import model as lmdemo_model
 from lmdemo.model import adaptive_log_probs, head_log_probs
 from lmdemo.training import _optimizer, native_bf16
 
