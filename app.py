@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import os
 
-from lmdemo.web.page_states import with_system_malloc
+from lmdemo.web.allocator import restart_with_returning_allocator
 
 if __name__ == "__main__":
-    with_system_malloc()  # first: it restarts the interpreter
+    restart_with_returning_allocator()  # first: it restarts the interpreter
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # no usage reports or version checks: nothing phones home
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -46,7 +46,8 @@ from lmdemo.web.forms import Limits  # noqa: E402
 from lmdemo.web.gate import Gate, PageDoor, Serving  # noqa: E402
 from lmdemo.web.jobs import TrainingLine  # noqa: E402
 from lmdemo.web.page import build_app  # noqa: E402
-from lmdemo.web.page_states import lean_pages, tune_malloc  # noqa: E402
+from lmdemo.web.allocator import tune_malloc  # noqa: E402
+from lmdemo.web.page_states import lean_pages  # noqa: E402
 from lmdemo.web.registry import Models, NoModelsError, discover_models  # noqa: E402
 from lmdemo.web.train_requests import TrainLimits  # noqa: E402
 from lmdemo.web.uploads import UploadDoor, Uploads  # noqa: E402

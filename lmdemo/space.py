@@ -38,6 +38,8 @@ MODELS_FILE = "models.txt"  # one folder or Hub repo id a line
 MODELS_ENV = "LMDEMO_MODELS"  # comma-separated folders or Hub repo ids
 RUNTIME_REQUIREMENTS = "requirements-space.txt"  # what app.py needs; requirements.txt adds training and test tools
 SPACE_REQUIREMENTS = "requirements.txt"  # the file a Space installs
+SPACE_PACKAGES = "packages.txt"  # the Debian packages a Space installs, one a line
+DEBIAN_PACKAGES = ("libjemalloc2",)  # the server's malloc (lmdemo/web/allocator.py)
 CARD_FILE = "README.md"
 PYTHON_VERSION = "3.11"
 # pip on the Space takes torch from PyTorch's CPU index: PyPI's Linux wheel of the same version pulls several
@@ -142,6 +144,7 @@ def build_space(space_id: str, models: Sequence[str], out: str | Path, root: Pat
         f"# The web demo's run-time requirements: {RUNTIME_REQUIREMENTS} of lmdemo.\n"
         f"# torch from PyTorch's CPU index, not PyPI's CUDA build.\n--extra-index-url {TORCH_CPU_INDEX}\n"
         + "\n".join(requirements) + "\n", encoding="utf-8")
+    (staging / SPACE_PACKAGES).write_text("\n".join(DEBIAN_PACKAGES) + "\n", encoding="utf-8")
     (staging / MODELS_FILE).write_text("# The Hub model repos the app serves, one a line (app.py --models-file).\n"
                                        + "\n".join(models) + "\n", encoding="utf-8")
     (staging / CARD_FILE).write_text(space_card(space_id, models, requirements), encoding="utf-8")

@@ -4,6 +4,7 @@ and the Inside tab's cache lets an ended session's model go."""
 
 from __future__ import annotations
 
+import ctypes.util
 import gc
 import os
 import subprocess
@@ -211,7 +212,7 @@ def rss_mb():
 
 FREED_BLOCKS = RSS_MB + """
 import resource, sys, torch
-from lmdemo.web.page_states import release_free_memory, tune_malloc
+from lmdemo.web.allocator import release_free_memory, tune_malloc
 if sys.argv[1] == "tuned":
     tune_malloc()
 torch.set_num_threads(1)
@@ -240,15 +241,15 @@ print(refaulted, large, rss_mb() - start)
 
 
 @pytest.mark.parametrize("tuned", [True, False])
-def test_the_servers_malloc_reuses_a_readings_blocks_and_hands_large_ones_back_at_once(tuned):
-    """`tune_malloc` (app.py calls it first): blocks under 5 MB (oneDNN's copies of an LSTM's weights at every
+def test_glibcs_malloc_reuses_a_readings_blocks_and_hands_large_ones_back_at_once(tuned):
+    """`tune_malloc` (app.py calls it first; it matters where jemalloc is not installed): blocks under 5 MB (oneDNN's copies of an LSTM's weights at every
     reading, 1-4 MB on the shipped models) are reused from the heap, not faulted in afresh at each reading; a freed
     block of 5 MB or more goes back to the system at once, where glibc's default would raise its threshold for
     mapping blocks apart and keep them; and the quiet server's trim hands the rest back (the untuned run shows the
     test tells the settings apart)."""
     refaulted, large, after_trim = map(float, subprocess.run(
-        [sys.executable, "-c", FREED_BLOCKS, "tuned" if tuned else "default"], cwd=ROOT, capture_output=True,
-        text=True, check=True).stdout.split())
+        [sys.executable, "-c", FREED_BLOCKS, "tuned" if tuned else "default"], cwd=ROOT, env=GLIBC_ENV,
+        capture_output=True, text=True, check=True).stdout.split())
     if tuned:
         assert refaulted < 1, f"a reading faulted {refaulted:.1f} MB in afresh"
         assert large < 1, f"{large:.1f} MB of freed large blocks stayed resident"
@@ -302,32 +303,65 @@ def test_a_quiet_sweep_after_forgotten_pages_frees_their_reference_cycles(monkey
 
 SCATTERED_SURVIVORS = RSS_MB + """
 import sys
-from lmdemo.web.page_states import release_free_memory, with_system_malloc
-if sys.argv[1] == "restart":
-    with_system_malloc()
+from lmdemo.web.allocator import release_free_memory, restart_with_returning_allocator
+restart_with_returning_allocator()
 before = rss_mb()
 objects = [float(number) for number in range(2_000_000)]  # ~64 MB of small objects, as a busy phase makes
 survivors = objects[::4096]  # one in 4,096 outlives it (a cache entry, a log line): one every 128 kB
 del objects
 release_free_memory()
+jemalloc = any("jemalloc" in line for line in open("/proc/self/maps"))
+print(rss_mb() - before, "jemalloc" if jemalloc else "other")
+"""
+JEMALLOC_INSTALLED = ctypes.util.find_library("jemalloc") is not None
+# this test run's own allocators stay out of the subprocesses that choose theirs
+GLIBC_ENV = {key: value for key, value in os.environ.items() if key not in ("PYTHONMALLOC", "LD_PRELOAD", "MALLOC_CONF")}
+
+
+@pytest.mark.parametrize("chosen", [None, "malloc", "pymalloc"])
+def test_the_server_keeps_small_objects_where_freed_pages_go_back(chosen):
+    """`restart_with_returning_allocator` (app.py's first call) restarts the interpreter with its small objects in
+    malloc, jemalloc's where it is installed (CI installs it): the freed pages between the few small objects that
+    outlive a busy phase go back; Python's own arenas stay while one object in them lives. An allocator the
+    environment chose stands (glibc's malloc as it is where jemalloc is not installed; pymalloc shows the test tells
+    the allocators apart)."""
+    env = dict(GLIBC_ENV)
+    if chosen:
+        env["PYTHONMALLOC"] = chosen
+    kept, allocator = subprocess.run([sys.executable, "-c", SCATTERED_SURVIVORS], cwd=ROOT, env=env,
+                                     capture_output=True, text=True, check=True).stdout.split()
+    assert allocator == ("jemalloc" if chosen is None and JEMALLOC_INSTALLED else "other")
+    if chosen == "pymalloc":
+        assert float(kept) >= 32, f"Python's allocator kept only {kept} MB: this test would not notice a lost restart"
+    else:
+        assert float(kept) < 16, f"{float(kept):.0f} MB stayed resident for 2 MB of survivors ({allocator})"
+
+
+FREED_AT_ONCE = RSS_MB + """
+import sys
+from lmdemo.web.allocator import release_free_memory, restart_with_returning_allocator
+restart_with_returning_allocator()
+before = rss_mb()
+blocks = [bytearray(64 * 1024) for _ in range(4096)]  # 256 MB in blocks of 64 kB, freed as a busy minute ends
+del blocks
+if sys.argv[1] == "release":
+    release_free_memory()
 print(rss_mb() - before)
 """
 
 
-@pytest.mark.parametrize("chosen", [None, "pymalloc"])
-def test_the_server_keeps_small_objects_where_freed_pages_go_back(chosen):
-    """`with_system_malloc` (app.py's first call) restarts the interpreter with glibc's malloc, whose free pages go
-    back between the few small objects that outlive a busy phase; Python's own arenas stay while one object in them
-    lives. An allocator the environment chose stands (and shows the test tells the two apart)."""
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONMALLOC"}
-    if chosen:
-        env["PYTHONMALLOC"] = chosen
-    kept = float(subprocess.run([sys.executable, "-c", SCATTERED_SURVIVORS, "restart"], cwd=ROOT, env=env,
-                                capture_output=True, text=True, check=True).stdout)
-    if chosen is None:
-        assert kept < 16, f"{kept:.0f} MB stayed resident for 2 MB of survivors"
+@pytest.mark.skipif(not JEMALLOC_INSTALLED, reason="jemalloc is not installed (Debian: apt-get install libjemalloc2)")
+@pytest.mark.parametrize("release", [True, False])
+def test_the_page_sweeps_release_hands_jemallocs_free_pages_back(release):
+    """jemalloc keeps freed pages for reuse (the server's settings: no timer of its own); the page sweep
+    (`release_free_memory`) hands them back, so what the memory reads then is what is kept. Without the release
+    they are still there (the test tells the two apart)."""
+    after = float(subprocess.run([sys.executable, "-c", FREED_AT_ONCE, "release" if release else "keep"], cwd=ROOT,
+                                 env=GLIBC_ENV, capture_output=True, text=True, check=True).stdout)
+    if release:
+        assert after < 16, f"{after:.0f} MB stayed resident after the release"
     else:
-        assert kept >= 32, f"Python's allocator kept only {kept:.0f} MB: this test would not notice a lost restart"
+        assert after >= 32, f"jemalloc kept only {after:.0f} MB: this test would not notice a lost release"
 
 
 def test_a_page_keeps_what_its_events_set_and_no_copy_of_every_components_config(char_model):

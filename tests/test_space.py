@@ -98,7 +98,8 @@ def test_the_space_folder_is_a_gradio_space_with_code_and_no_weights(tmp_path, c
     assert (folder / "models.txt").read_text().split("\n")[1:] == [*models, ""]
 
     files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
-    assert {"README.md", "app.py", "models.txt", "requirements.txt", "lmdemo/__init__.py", "lmdemo/checkpoint.py",
+    assert (folder / "packages.txt").read_text() == "libjemalloc2\n"  # the server's malloc, from Debian
+    assert {"README.md", "app.py", "models.txt", "packages.txt", "requirements.txt", "lmdemo/__init__.py", "lmdemo/checkpoint.py",
             "lmdemo/web/__init__.py", "lmdemo/web/page.py", "lmdemo/web/registry.py"} <= set(files)
     assert not any(name.startswith(("checkpoints/", "runs/", "tests/")) or "__pycache__" in name for name in files)
     assert all((folder / name).stat().st_size <= MAX_FILE_BYTES for name in files)

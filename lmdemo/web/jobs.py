@@ -28,7 +28,7 @@ from lmdemo.web import trainer_process
 from lmdemo.admission import Admission, Busy, Hold, Line
 from lmdemo.web.clients import Charge, TrainingBudget
 from lmdemo.web.registry import Models
-from lmdemo.web.page_states import release_free_memory
+from lmdemo.web.allocator import release_free_memory
 from lmdemo.web.sessions import Session, SessionModel, Sessions, inside
 from lmdemo.web.uploads import Uploads
 from lmdemo.web.train_requests import TrainInputError, TrainLimits, TrainRequest, bytes_needed

@@ -17,11 +17,9 @@ for this app (measured in-process, tracemalloc and timeit), for deep links only.
 
 from __future__ import annotations
 
-import ctypes
 import datetime
 import gc
 import os
-import sys
 import threading
 import time
 from collections import Counter, OrderedDict
@@ -34,10 +32,10 @@ import gradio as gr
 from gradio.state_holder import SessionState, StateHolder
 
 from lmdemo.admission import counted
+from lmdemo.web.allocator import release_free_memory
 
 PAGES_PER_ADDRESS = 32  # a class behind one school address
 CALL_TTL_S = 30.0  # an API call's own page (the door names one when the call names none) is forgotten this long idle
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8  # glibc's mallopt parameters
 
 
 class PageStates:
@@ -201,44 +199,3 @@ async def lean_pages(app: Any) -> AsyncIterator[None]:
     holder.set_blocks(app.get_blocks())
     app.state_holder = holder
     yield
-
-
-def with_system_malloc() -> None:
-    """Restart this interpreter with its small objects in glibc's malloc (PYTHONMALLOC=malloc), unless the
-    environment chose an allocator already. Python's own allocator hands a 1 MiB arena back only once every object
-    in it is gone, so the few long-lived objects a busy hour scatters kept tens of MB resident after every visitor
-    had left (bench/soak.py); glibc's heap gives free pages back one by one (`release_free_memory`). Only an
-    interpreter's start chooses its allocator, hence the restart (same process, same arguments): call it first,
-    before anything is imported or started. Not POSIX: nothing to do."""
-    if os.name == "posix" and "PYTHONMALLOC" not in os.environ:
-        os.environ["PYTHONMALLOC"] = "malloc"
-        os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
-
-
-def tune_malloc(arenas: int = 2, mmap_threshold: int = 5 * 2**20, trim_threshold: int = 64 * 2**20) -> None:
-    """glibc keeps what a busy server's threads free for reuse and seldom hands it back, so what visitors used
-    stayed resident after they left. A couple of arenas shared by all ~100 threads; every block of
-    `mmap_threshold` bytes or more (a long prompt's matrices, a large batch's logits) mapped on its own and unmapped
-    when freed, where glibc would raise that threshold towards 32 MB as large blocks are freed and then carve them
-    from arenas that fragment (bench/soak.py). Smaller blocks come from the heap, whose free top is kept up to
-    `trim_threshold` while the server works: oneDNN's LSTM copies every weight matrix at each prompt's reading
-    (1-4 MB each on the shipped models, hence 5 MB), and mapped afresh they cost a reading its page faults
-    (shakespeare-char, 60 characters: 15.5 ms and 14.2 MB faulted against 10.2 ms and none). The page sweep trims
-    the heap whenever the server is quiet (`release_free_memory`). Call it first thing, before threads start. Not
-    glibc: nothing to do."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(M_ARENA_MAX, arenas)
-        libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold)
-        libc.mallopt(M_TRIM_THRESHOLD, trim_threshold)
-    except (OSError, AttributeError):
-        pass
-
-
-def release_free_memory() -> None:
-    """Hand the memory ended sessions freed (their models, their jobs' buffers) back to the system: glibc keeps
-    freed blocks for reuse, so without this the server's resident size never returns to its idle level."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to trim
-        pass
