@@ -10,10 +10,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import signal
 import sys
+import threading
 import time
 import types
 import typing
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from lmdemo.config import PRESETS, Config, ConfigError, preset
@@ -167,11 +171,30 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
+@contextmanager
+def interrupts_after_imports() -> Iterator[None]:
+    """Hold a Ctrl-C that comes while the libraries import and raise it once they have: an interrupt inside torch's
+    or numpy's import left a half-imported module (a later AttributeError and its traceback) or was swallowed by a
+    library's catch-all, and the command trained on."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if held:
+        raise KeyboardInterrupt
+
+
 def _run(argv: list[str] | None, started: float) -> int:
-    from lmdemo.batches import TextTooShortError
-    from lmdemo.checkpoint import ModelLoadError
-    from lmdemo.corpus import CorpusError
-    from lmdemo.generation import SettingsError
+    with interrupts_after_imports():
+        from lmdemo.batches import TextTooShortError
+        from lmdemo.checkpoint import ModelLoadError
+        from lmdemo.corpus import CorpusError
+        from lmdemo.generation import SettingsError
 
     parser = build_parser()
     try:

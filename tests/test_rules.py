@@ -197,6 +197,34 @@ def test_ctrl_c_while_the_command_loads_ends_with_one_line_and_130(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+INTERRUPTED_IMPORT = """
+import importlib.abc, os, signal, sys
+
+class InterruptAtImport(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == sys.argv[1]:
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C as the module starts importing
+        return None
+
+sys.meta_path.insert(0, InterruptAtImport())
+from lmdemo.cli import main
+sys.exit(main(["train", "--data", sys.argv[2], "--level", "char", "--max-minutes", "1", "--quiet", "--out", sys.argv[3]]))
+"""
+
+
+@pytest.mark.parametrize("module", ["numpy", "torch._C"])
+def test_ctrl_c_inside_a_librarys_import_is_held_until_it_has_imported(module, tmp_path):
+    """A Ctrl-C inside numpy's import (torch's start-up imports it and carries on without it) was swallowed: the
+    command trained its whole minute and saved a model; at other instants it left numpy half-imported (an
+    AttributeError's traceback) or aborted in torch's C++. Held until the imports end, it ends the command."""
+    done = subprocess.run([sys.executable, "-c", INTERRUPTED_IMPORT, module, str(SHAKESPEARE), str(tmp_path / "run")],
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=300)
+    assert (done.returncode, done.stderr) == (130, "lmdemo: interrupted\n"), done.stderr[-2000:]
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("phase", ["lmdemo.training.Tokenizer.build", "lmdemo.training.measure_step_budget"])
 def test_ctrl_c_while_tokenising_or_measuring_ends_with_one_line_and_130(phase, tmp_path, monkeypatch, capsys):
     """A Ctrl-C raises KeyboardInterrupt wherever Python is: here, in each phase before training."""
