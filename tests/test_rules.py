@@ -237,6 +237,17 @@ def test_ctrl_c_while_tokenising_or_measuring_ends_with_one_line_and_130(phase, 
     assert (code, capsys.readouterr().err) == (130, "lmdemo: interrupted\n")
 
 
+def test_a_runs_last_steps_are_on_its_curve_when_it_ends_between_log_steps(tmp_path):
+    """A run that ends at a limit between two log steps logs its last steps' loss: the Train tab's short runs on a
+    busy machine ended before their first log step and drew no training curve at all."""
+    from lmdemo.training import train
+
+    train(Config(**TINY_RUN, max_steps=7, save_every=0.0), tmp_path / "run", progress_bar=False, command="pytest")
+    logged = read_metrics(tmp_path / "run" / "metrics.jsonl").events("train")
+    assert [record["step"] for record in logged] == [5, 7]
+    assert all(record["train_loss"] > 0 for record in logged)
+
+
 def test_the_log_reaches_the_disk_before_the_state_that_counts_it(tmp_path, monkeypatch):
     from lmdemo.training import train
 
