@@ -46,7 +46,7 @@ from lmdemo.web.forms import Limits  # noqa: E402
 from lmdemo.web.gate import Gate, PageDoor, Serving  # noqa: E402
 from lmdemo.web.jobs import TrainingLine  # noqa: E402
 from lmdemo.web.page import build_app  # noqa: E402
-from lmdemo.web.allocator import tune_malloc  # noqa: E402
+from lmdemo.web.allocator import tune_malloc, without_jemalloc  # noqa: E402
 from lmdemo.web.page_states import lean_pages  # noqa: E402
 from lmdemo.web.registry import Models, NoModelsError, discover_models  # noqa: E402
 from lmdemo.web.train_requests import TrainLimits  # noqa: E402
@@ -204,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for name, reason in models.skipped.items():
         print(f"app.py: warning: skipped {name}: {reason}", file=sys.stderr, flush=True)
+    if (advice := without_jemalloc()) is not None:
+        print(f"app.py: note: {advice}", file=sys.stderr, flush=True)
     limits = Limits(max_prompt_chars=args.max_prompt_chars, max_prompt_tokens=args.max_prompt_tokens,
                     max_new_tokens=args.max_new_tokens)
     _stop_on_sigterm()

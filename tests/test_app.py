@@ -310,16 +310,18 @@ def test_a_visitors_mistake_stays_out_of_the_server_log(client, tmp_path_factory
 
 
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads /proc")
-def test_the_served_app_runs_on_jemalloc_where_it_is_installed(server):
+def test_the_served_app_runs_on_jemalloc_where_it_is_installed(server, tmp_path_factory):
     """`python app.py` restarts itself with PYTHONMALLOC=malloc, and jemalloc's malloc where it is installed (CI
     installs it), before it starts (tests/test_memory.py shows why): the process that answers on the port has them,
-    and kept its arguments."""
+    and kept its arguments; without jemalloc its log says how to add it."""
     port = server.rstrip("/").rsplit(":", 1)[1]
     answering = [proc for proc in Path("/proc").iterdir() if proc.name.isdigit()
                  and _read(proc / "cmdline").split(b"\0")[1:4] == [b"app.py", b"--port", port.encode()]]
     assert len(answering) == 1, f"{len(answering)} processes serve port {port}"
     assert b"PYTHONMALLOC=malloc" in _read(answering[0] / "environ").split(b"\0")
-    assert (b"jemalloc" in _read(answering[0] / "maps")) == (ctypes.util.find_library("jemalloc") is not None)
+    installed = ctypes.util.find_library("jemalloc") is not None
+    assert (b"jemalloc" in _read(answering[0] / "maps")) == installed
+    assert ("install jemalloc" in (tmp_path_factory.getbasetemp() / SERVER_LOG).read_text()) != installed
 
 
 def _read(path: Path) -> bytes:

@@ -337,6 +337,20 @@ def test_the_server_keeps_small_objects_where_freed_pages_go_back(chosen):
         assert float(kept) < 16, f"{float(kept):.0f} MB stayed resident for 2 MB of survivors ({allocator})"
 
 
+@pytest.mark.parametrize("restart", [True, False])
+def test_a_server_on_glibcs_malloc_says_how_to_run_on_jemalloc(restart):
+    """app.py prints `without_jemalloc()`'s line at its start: where jemalloc runs nothing, on glibc what to do."""
+    script = ("from lmdemo.web.allocator import restart_with_returning_allocator, without_jemalloc\n"
+              + ("restart_with_returning_allocator()\n" if restart else "") + "print(without_jemalloc())")
+    env = dict(GLIBC_ENV) if restart else {**GLIBC_ENV, "PYTHONMALLOC": "malloc"}
+    line = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                          check=True).stdout.strip()
+    if restart and JEMALLOC_INSTALLED:
+        assert line == "None"
+    else:
+        assert "apt-get install libjemalloc2" in line and "PYTHONMALLOC" in line
+
+
 FREED_AT_ONCE = RSS_MB + """
 import sys
 from lmdemo.web.allocator import release_free_memory, restart_with_returning_allocator

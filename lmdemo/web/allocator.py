@@ -43,6 +43,16 @@ def restart_with_returning_allocator() -> None:
     os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
 
 
+def without_jemalloc() -> str | None:
+    """The one line an operator should read when this server runs on glibc's malloc where it could run on jemalloc
+    (not installed, or the environment chose otherwise), else None."""
+    if _jemalloc() is not None or _glibc() is None:
+        return None
+    return ("memory: running on glibc's malloc, which keeps much of what visitors used after they leave; "
+            "install jemalloc (Debian, Ubuntu: apt-get install libjemalloc2) and start app.py without PYTHONMALLOC "
+            "set to run on it")
+
+
 @cache
 def _jemalloc() -> ctypes.CDLL | None:
     """This process's jemalloc, if malloc is jemalloc's."""
