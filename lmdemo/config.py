@@ -131,7 +131,7 @@ class Config:
     early_stop: int | None = _opt(None, "stop after this many evaluations without improvement")
     eval_every: int | None = _opt(None, "also evaluate when N steps have passed since the last evaluation "
                                   "(every epoch end evaluates)")
-    log_every: int = _opt(50, "write a training record every N steps (and at the last)")
+    log_every: int = _opt(50, "write a training record every N steps (and at the step that reaches a limit)")
     save_every: float = _opt(120.0, "save resumable state every N seconds of training")
     eval_batch_size: int = _opt(10, "streams when scoring validation and test text")
     eval_bptt: int = _opt(256, "window when scoring (the state is carried, so this only sets speed)")

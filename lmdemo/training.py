@@ -358,7 +358,7 @@ class Trainer:
         """The one place that decides what happens after a step."""
         config, counters = self.config, self.counters
         limit = self._limit_reached()
-        log = counters.step % config.log_every == 0 or limit is not None  # the last steps' loss too, on every curve
+        log = counters.step % config.log_every == 0 or limit is not None  # a run ending at a limit logs its last steps
         save = stop = False
         if log:  # time-based saves and stop requests: rank 0 decides for everyone
             flags = torch.tensor([time.monotonic() - self.last_save >= config.save_every, self.stop.requested],
