@@ -3,7 +3,7 @@ reaches in two epochs, on the same text, token stream, vocabulary and threads.
 
     python bench/time_to_quality.py --peer ../examples/word_language_model/main.py
     python bench/time_to_quality.py --peer PATH --threads 2 --fraction 0.25 --eval-every 40
-    python bench/time_to_quality.py --peer PATH --lr 3e-3 --batch-size 20    # lmdemo with other choices
+    python bench/time_to_quality.py --peer PATH --lr 5e-3 --schedule cosine --dropout 0   # lmdemo with other choices
 
 The text: WikiText-2 `valid.txt` trains; `test.txt`, in lmdemo's tokens, is cut in halves: the first selects (each
 loop's validation), the second scores. lmdemo's tokenizer (as bench/train_speed.py's word case: 10,000 most frequent
@@ -15,13 +15,15 @@ SGD at rate 20, batch 20, bptt 35, clipping 0.25, fp32, full softmax; its rate q
 improve). Its time is the sum of its two epochs' times as it prints them (each with its validation pass); its
 figures are the validation perplexity of its best epoch and the test perplexity it prints for that model.
 
-lmdemo then trains the same shape (2x650, tied, dropout 0.5) with the choices it makes itself for everything else
-(`Config`'s defaults: batch, learning rate and optimiser, schedule, bf16 where the CPU has it, the adaptive softmax
-at this vocabulary; any of them can be set here to try others) for `--fraction` of the peer's time, as a
-`--max-minutes` budget. It validates on the first half every `--eval-every` steps and at the end, and keeps its best
-model, which `lmdemo.evaluation.evaluate` then scores on the second half. Printed: each loop's validation points
-(seconds since its start, perplexity), when lmdemo's validation first reached the peer's best (in seconds and as a
-share of the peer's time), and both scores on the second half.
+lmdemo then trains the same shape (2x650, tied, dropout 0.5 unless `--dropout` says otherwise) with the choices it
+makes itself for everything else (`Config`'s defaults: batch, learning rate and optimiser, schedule, bf16 where the
+CPU has it, the adaptive softmax at this vocabulary; any of them can be set here to try others) for `--fraction` of
+the peer's time, as a `--max-minutes` budget. It validates on the first half as the peer does, at each epoch's end,
+and at the end of its budget (`--eval-every N`: every N steps too; each pass costs time inside the budget, on an
+AVX2 CPU in fp32 as much as 40-60 steps), and keeps its best model, which `lmdemo.evaluation.evaluate` then scores on
+the second half. Printed: each loop's validation points (seconds since its start, perplexity), when lmdemo's
+validation first reached the peer's best (in seconds and as a share of the peer's time), and both scores on the
+second half.
 """
 
 from __future__ import annotations
@@ -53,14 +55,16 @@ TEXT = {field: CASES["word"][field] for field in ("level", "data", "train_split"
 EPOCH_LINE = re.compile(r"end of epoch\s+(\d+)\s+\|\s+time:\s+([\d.]+)s\s+\|\s+valid loss\s+[\d.]+\s+\|"
                         r"\s+valid ppl\s+([\d.]+)")
 TEST_LINE = re.compile(r"End of training\s+\|\s+test loss\s+[\d.]+\s+\|\s+test ppl\s+([\d.]+)")
+ONLY_AT_EPOCH_ENDS = 10**9  # steps between validations: more than any run takes
 # lmdemo's own choices that can be set here instead, each with its type
-CHOICES = {"batch_size": int, "lr": float, "optimizer": str, "schedule": str, "precision": str, "softmax": str}
+CHOICES = {"batch_size": int, "lr": float, "optimizer": str, "schedule": str, "warmup_steps": int, "dropout": float,
+           "precision": str, "softmax": str}
 
 
 def lmdemo_config(args: argparse.Namespace) -> Config:
     """The issue's shape on the issue's text, and lmdemo's own choices for the rest unless set here."""
     chosen = {field: value for field in CHOICES if (value := getattr(args, field)) is not None}
-    return Config(**TEXT, **SHAPE, **chosen, threads=args.threads, seed=args.seed)
+    return Config(**{**TEXT, **SHAPE, **chosen}, threads=args.threads, seed=args.seed)
 
 
 def write_peer_files(folder: Path, tokenizer, train_ids: torch.Tensor, select: torch.Tensor,
@@ -110,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peer", type=Path, required=True, help="pytorch/examples' word_language_model/main.py")
     parser.add_argument("--threads", type=int, default=2, help="threads of each loop (default 2)")
     parser.add_argument("--fraction", type=float, default=0.25, help="lmdemo's budget, a share of the peer's time")
-    parser.add_argument("--eval-every", type=int, default=40, help="lmdemo's steps between validations")
+    parser.add_argument("--eval-every", type=int,
+                        help="lmdemo's steps between validations too (default: at epoch ends and the budget's end)")
     parser.add_argument("--seed", type=int, default=1234)
     for field, kind in CHOICES.items():
         parser.add_argument(f"--{field.replace('_', '-')}", type=kind, help=f"lmdemo's {field} (default: its own)")
@@ -122,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer, encoded = encode_splits(config, None)
     held_out = encoded["valid"].ids
     select, score = held_out[:held_out.numel() // 2], held_out[held_out.numel() // 2:]
-    config = config.replace(vocab_size=tokenizer.vocab_size, eval_tokens=select.numel(), eval_every=args.eval_every)
+    config = config.replace(vocab_size=tokenizer.vocab_size, eval_tokens=select.numel(),
+                            eval_every=args.eval_every or ONLY_AT_EPOCH_ENDS)
     print(f"train {encoded['train'].ids.numel():,} tokens (WikiText-2 valid.txt), select {select.numel():,} and "
           f"score {score.numel():,} (the halves of test.txt), vocabulary {tokenizer.vocab_size:,}, "
           f"{args.threads} thread(s)", flush=True)
@@ -135,7 +141,9 @@ def main(argv: list[str] | None = None) -> int:
             f"; {peer_seconds:.0f} s in all; test {peer_test:.2f}", flush=True)
         budget = args.fraction * peer_seconds
         points, seconds, test, precision = run_lmdemo(config, Path(folder) / "lmdemo", budget, select, score)
-    print(f"lmdemo (batch {config.batch_size}, {config.optimizer} {config.lr:g}, {config.schedule}, "
+    print(f"lmdemo (batch {config.batch_size}, {config.optimizer} {config.lr:g}, {config.schedule}"
+          f"{f' after {config.warmup_steps} warm-up steps' if config.warmup_steps else ''}, "
+          f"dropout {config.dropout:g}, "
           f"{precision}, {'adaptive' if config.adaptive_softmax else 'full'} softmax): validation " +
           ", ".join(f"{ppl:.2f} at {at:.0f} s" for at, ppl in points) +
           f"; {seconds:.0f} s in all; test {test:.2f}")

@@ -115,7 +115,8 @@ class Config:
     max_minutes: float | None = _opt(None, "stop after this many minutes from the command's start (reading and "
                                      "tokenising included)")
     optimizer: str = _opt("adamw", "optimiser", ("adam", "adamw", "sgd"))
-    lr: float = _opt(1e-3, "learning rate")
+    lr: float = _opt(3e-3, "learning rate (AdamW at 3e-3 reached a given perplexity sooner than 1e-3 over short and "
+                     "longer budgets: docs/performance.md, time to quality)")
     weight_decay: float = _opt(0.0, "weight decay")
     clip: float = _opt(0.25, "gradient norm clipping (0 = off)")
     alpha: float = _opt(0.0, "activation regularisation: add this times the mean square of the last LSTM layer's "

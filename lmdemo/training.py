@@ -430,7 +430,8 @@ def measure_step_budget(trainer: Trainer) -> int:
     clipping, learning rate and gradient exchange between processes), a slice of validation and the saving that
     follows each validation (the state, and the best model, as if every validation improved), put the run back as
     it was, then count the steps, with their share of validations, that fit the time left once what follows
-    training is set aside (the final test, and the atlas when one is asked for). Rank 0's figure holds for all."""
+    training is set aside (the validation and saving at the limit, the final test, and the atlas when one is asked
+    for). Rank 0's figure holds for all."""
     config = trainer.config
     saved = _snapshot(trainer)
     step_seconds = _time_steps(trainer)
@@ -443,7 +444,8 @@ def measure_step_budget(trainer: Trainer) -> int:
     validation_seconds = token_seconds * valid.numel() + _time_saving(trainer)
     evals_per_step = (1 / config.eval_every if config.eval_every else 0) + 1 / len(trainer.batches)
     atlas_tokens = sum(min(trainer.splits[name].ids.numel(), PART_TOKENS) for name in ("train", "valid"))
-    after = token_seconds * (test.numel() + (ATLAS_TOKEN_COST * atlas_tokens if trainer.atlas else 0))
+    tokens_after = test.numel() + (ATLAS_TOKEN_COST * atlas_tokens if trainer.atlas else 0)
+    after = validation_seconds + token_seconds * tokens_after  # the validation at the limit, the test, the atlas
     left = config.max_minutes * 60 - trainer.elapsed() - after
     steps = max(1, int(left / (step_seconds + validation_seconds * evals_per_step)))
     budget = torch.tensor([trainer.counters.step + steps], device=trainer.hardware.device)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import math
 import re
@@ -133,6 +134,17 @@ def test_the_peer_reads_lmdemos_token_stream_and_its_figures_are_read(bench, tmp
     (tmp_path / "main.py").write_text("raise SystemExit(3)")
     with pytest.raises(SystemExit, match="the peer failed"):
         quality.run_peer(tmp_path / "main.py", tmp_path / "peer", 1)
+
+
+def test_lmdemos_choices_in_the_quality_bench_replace_the_peers_shape_only_where_set(bench):
+    """lmdemo trains the peer's shape; a choice given on the command line (dropout among them) replaces its own."""
+    quality = bench_module("time_to_quality", "time_to_quality.py")
+    unset = argparse.Namespace(threads=1, seed=1, **dict.fromkeys(quality.CHOICES))
+    own = quality.lmdemo_config(unset)
+    assert (own.dropout, own.hidden_size, own.lr, own.eval_every) == (0.5, 650, Config().lr, Config().eval_every)
+    chosen = quality.lmdemo_config(argparse.Namespace(**{**vars(unset), "dropout": 0.0, "lr": 5e-3,
+                                                          "warmup_steps": 20}))
+    assert (chosen.dropout, chosen.lr, chosen.warmup_steps, chosen.hidden_size) == (0.0, 5e-3, 20, 650)
 
 
 @pytest.fixture(scope="module")

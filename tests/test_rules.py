@@ -138,6 +138,28 @@ def test_the_minutes_budget_times_the_training_step_itself(tmp_path, monkeypatch
     assert (first["step"], first["tokens"]) == (5, 5 * 8 * 16)  # ... then put back: the run starts at step 0
 
 
+def test_a_minutes_budget_leaves_room_for_the_validation_at_its_limit(tmp_path, monkeypatch):
+    """Where validation costs most (here every pass sleeps 4 s for its 111,000 characters; a step takes milliseconds and
+    the budget ends inside the first epoch), the run still ends within its minutes: the steps planned leave room for
+    the validation the limit always runs, not only for each step's share of the validations on the way."""
+    import time
+
+    from lmdemo import evaluation, run_scores, training
+    from lmdemo.training import train
+
+    def slow_evaluate(model, ids, *args, **kwargs):
+        time.sleep(ids.numel() * 3.6e-5)
+        return evaluation.evaluate(model, ids, *args, **kwargs)
+
+    monkeypatch.setattr(training, "evaluate", slow_evaluate)
+    monkeypatch.setattr(run_scores, "evaluate", slow_evaluate)
+    config = Config(**{**TINY_RUN, "max_tokens": 1_000_000}, max_minutes=0.3, epochs=100)
+    train(config, tmp_path / "run", progress_bar=False, command="pytest")
+    log = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert log.last("end")["reason"] == "budget" and log.events("val")[-1]["step"] == log.last("start")["step_budget"]
+    assert log.last("end")["time"] <= 18.0 + 1.5, log.last("end")  # the code before: 21 s, a validation over
+
+
 # -- 4. no import cycle ------------------------------------------------------------------------------
 def _imports(path: Path) -> set[str]:
     """Every lmdemo module a file imports, at the top or inside a function."""
