@@ -18,12 +18,12 @@ from test_app import ENV, ROOT
 @pytest.fixture(scope="module")
 def small_server(char_model, tmp_path_factory) -> Iterator[tuple[str, Path]]:
     """A server with small lines (1 model turn, 2 waiting, 4 batch rows) so a flood is a few requests; sessions and
-    unused uploads go after 3 s."""
+    unused uploads go after 6 s."""
     port, root = free_port(), tmp_path_factory.mktemp("train-root")
     url = f"http://127.0.0.1:{port}/"
     command = [sys.executable, "app.py", "--port", str(port), "--model", str(char_model), "--checkpoints",
                str(tmp_path_factory.mktemp("no-checkpoints")), "--proxy-hops", "1", "--concurrency", "1",
-               "--queue-size", "2", "--max-batch-rows", "4", "--session-ttl", "3", "--train-root", str(root)]
+               "--queue-size", "2", "--max-batch-rows", "4", "--session-ttl", "6", "--train-root", str(root)]
     with serving(command, url, tmp_path_factory.mktemp("fair") / "app.log", cwd=ROOT, env=ENV):
         yield url, root
 
@@ -88,7 +88,7 @@ def test_the_page_state_of_an_idle_session_goes(small_server):
     client = Client(url, verbose=False, headers={"X-Forwarded-For": "203.0.113.20"})
     client.predict("shakespeare-tiny", "ROMEO:\n", "1", 5, 0, 1.0, "1", "", False, api_name="/generate")
     assert client.predict(0, 1, 3, api_name="/next_tokens")  # the run is there
-    time.sleep(3 + 1 + 1)  # idle is the condition itself: any request would refresh it (ttl, sweep, a margin)
+    time.sleep(6 + 1 + 1)  # idle is the condition itself: any request would refresh it (ttl, sweep, a margin)
     with pytest.raises(Exception, match="Generate some text first"):
         client.predict(0, 1, 3, api_name="/next_tokens")
 

@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHAKESPEARE = (DATA / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")
 SMALL_TEXT = SHAKESPEARE[:60_000]
 SECONDS = 12  # the API tests' budget
-LIFECYCLE_SECONDS = 20  # a run that must draw a growing curve: a trainer at nice 19 beside the other test worker
+LIFECYCLE_SECONDS = 30  # a run that must draw a growing curve: a trainer at nice 19 beside the other test worker
 CAP = 40  # the test server's cap, and so the page's default budget: the browser's visitor stops the run
 LIMITS = TrainLimits()
 BOOTSTRAP_MARK = "from lmdemo.cli import main"  # in the command line of every trainer the app starts
