@@ -55,7 +55,6 @@ TEXT = {field: CASES["word"][field] for field in ("level", "data", "train_split"
 EPOCH_LINE = re.compile(r"end of epoch\s+(\d+)\s+\|\s+time:\s+([\d.]+)s\s+\|\s+valid loss\s+[\d.]+\s+\|"
                         r"\s+valid ppl\s+([\d.]+)")
 TEST_LINE = re.compile(r"End of training\s+\|\s+test loss\s+[\d.]+\s+\|\s+test ppl\s+([\d.]+)")
-ONLY_AT_EPOCH_ENDS = 10**9  # steps between validations: more than any run takes
 # lmdemo's own choices that can be set here instead, each with its type
 CHOICES = {"batch_size": int, "lr": float, "optimizer": str, "schedule": str, "warmup_steps": int, "dropout": float,
            "precision": str, "softmax": str}
@@ -127,8 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer, encoded = encode_splits(config, None)
     held_out = encoded["valid"].ids
     select, score = held_out[:held_out.numel() // 2], held_out[held_out.numel() // 2:]
-    config = config.replace(vocab_size=tokenizer.vocab_size, eval_tokens=select.numel(),
-                            eval_every=args.eval_every or ONLY_AT_EPOCH_ENDS)
+    config = config.replace(vocab_size=tokenizer.vocab_size, eval_tokens=select.numel(), eval_every=args.eval_every)
     print(f"train {encoded['train'].ids.numel():,} tokens (WikiText-2 valid.txt), select {select.numel():,} and "
           f"score {score.numel():,} (the halves of test.txt), vocabulary {tokenizer.vocab_size:,}, "
           f"{args.threads} thread(s)", flush=True)
