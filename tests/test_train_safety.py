@@ -90,7 +90,9 @@ def request(seconds: float = 10, source: str = "pasted"):
 
 
 def files_under(folder: Path) -> list[Path]:
-    return [path for path in folder.rglob("*") if path.is_file()]
+    """The files under a folder as they are now; a folder the server deletes while it is walked is skipped (os.walk
+    ignores what vanishes, where Path.rglob raises)."""
+    return [Path(top) / name for top, _, names in os.walk(folder) for name in names]
 
 
 # -- private by construction ---------------------------------------------------------------------------
@@ -350,7 +352,15 @@ def _answers(url: str) -> bool:
 
 
 def _holding(root: Path, marker: str) -> list[Path]:
-    return [path for path in files_under(root) if marker.encode() in path.read_bytes()]
+    return [path for path in files_under(root) if marker.encode() in _bytes_if_there(path)]
+
+
+def _bytes_if_there(path: Path) -> bytes:
+    """A file's bytes, or none where the server deleted it after it was listed."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return b""
 
 
 def _raw_train(url: str, text: str) -> list[bytes]:
