@@ -37,9 +37,9 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from lmdemo.atlas import PART_TOKENS
+from lmdemo.atlas import PART_TOKENS, build_atlas, random_model, stream_texts, write_atlas
 from lmdemo.batches import StreamBatches
-from lmdemo.checkpoint import example_prompts
+from lmdemo.checkpoint import TrainedModel, example_prompts, load_model
 from lmdemo.config import Config, ConfigError
 from lmdemo.corpus import Corpus, load_corpus
 from lmdemo.evaluation import Split, evaluate
@@ -270,9 +270,6 @@ class Trainer:
         tab job's zip), its training text may be private (its example prompts, `lmdemo.checkpoint.example_prompts`,
         are a few words from the openings of a few passages). Nothing is written when the text holds too little of
         any property."""
-        from lmdemo.atlas import build_atlas, stream_texts, write_atlas
-        from lmdemo.checkpoint import load_model
-
         trained = load_model(best)
         choose, score = (stream_texts(self.splits[name].ids.tolist(), f"{name} split of {self.config.data}",
                                       self.tokenizer) for name in ("train", "valid"))
@@ -420,9 +417,10 @@ class Trainer:
 
 
 # -- the --max-minutes budget ------------------------------------------------------------------------
-# What the cell atlas costs per token it reads (PART_TOKENS of each of two splits, through the model and a random
-# one, every unit scored), in tokens of validation: measured 40 for a 1x128 and 22 for a 2x256 character model.
-ATLAS_TOKEN_COST = 30
+# The cell atlas after training is timed on this much of each part it reads (PART_TOKENS), then scaled: its time grows
+# with the tokens (a 1x256 character model on a Zen 3 core: 0.55 s for 2,000 tokens a part, 0.91 s for 4,000, 4.75 s
+# for 20,000), and its share of a budget differs too much between CPUs for a fixed rate against validation.
+ATLAS_SAMPLE_TOKENS = 2_000
 
 
 def measure_step_budget(trainer: Trainer) -> int:
@@ -431,7 +429,7 @@ def measure_step_budget(trainer: Trainer) -> int:
     follows each validation (the state, and the best model, as if every validation improved), put the run back as
     it was, then count the steps, with their share of validations, that fit the time left once what follows
     training is set aside (the validation and saving at the limit, the final test, and the atlas when one is asked
-    for). Rank 0's figure holds for all."""
+    for, `_time_atlas`). Rank 0's figure holds for all."""
     config = trainer.config
     saved = _snapshot(trainer)
     step_seconds = _time_steps(trainer)
@@ -443,9 +441,8 @@ def measure_step_budget(trainer: Trainer) -> int:
     _restore(trainer, saved)
     validation_seconds = token_seconds * valid.numel() + _time_saving(trainer)
     evals_per_step = (1 / config.eval_every if config.eval_every else 0) + 1 / len(trainer.batches)
-    atlas_tokens = sum(min(trainer.splits[name].ids.numel(), PART_TOKENS) for name in ("train", "valid"))
-    tokens_after = test.numel() + (ATLAS_TOKEN_COST * atlas_tokens if trainer.atlas else 0)
-    after = validation_seconds + token_seconds * tokens_after  # the validation at the limit, the test, the atlas
+    atlas_seconds = _time_atlas(trainer) if trainer.atlas and trainer.parallel.main else 0.0
+    after = validation_seconds + token_seconds * test.numel() + atlas_seconds  # at the limit, the test, the atlas
     left = config.max_minutes * 60 - trainer.elapsed() - after
     steps = max(1, int(left / (step_seconds + validation_seconds * evals_per_step)))
     budget = torch.tensor([trainer.counters.step + steps], device=trainer.hardware.device)
@@ -469,6 +466,22 @@ def _time_steps(trainer: Trainer) -> float:
             if trainer.parallel.from_main(enough).item():
                 break
     return seconds / timed
+
+
+def _time_atlas(trainer: Trainer) -> float:
+    """Seconds the cell atlas will take (`Trainer.write_atlas`): the same work for a random model of the run's shape
+    (the weights do not change its time; the run's own model and random state stay untouched) over ATLAS_SAMPLE_TOKENS
+    of each part, scaled to the tokens the atlas reads; listing the passages over the whole splits counts once."""
+    started = time.monotonic()
+    parts = [stream_texts(trainer.splits[name].ids.tolist(), name, trainer.tokenizer, ATLAS_SAMPLE_TOKENS)
+             for name in ("train", "valid")]
+    listing = time.monotonic() - started
+    stand_in = TrainedModel(random_model(trainer.config), trainer.tokenizer, "", trainer.out, None)
+    started = time.monotonic()
+    build_atlas(stand_in, *parts, keep_examples=False)
+    sizes = [trainer.splits[name].ids.numel() for name in ("train", "valid")]
+    scale = sum(min(size, PART_TOKENS) for size in sizes) / sum(min(size, ATLAS_SAMPLE_TOKENS) for size in sizes)
+    return listing + (time.monotonic() - started) * scale
 
 
 def _time_saving(trainer: Trainer) -> float:

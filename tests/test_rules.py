@@ -161,6 +161,32 @@ def test_a_minutes_budget_leaves_room_for_the_validation_at_its_limit(tmp_path, 
     assert log.last("end")["time"] <= 18.0 + 3.0, log.last("end")  # the code before: 24.0 s, a validation over
 
 
+
+def test_a_minutes_budget_leaves_room_for_the_atlas_that_follows(tmp_path, monkeypatch):
+    """With --atlas the run, atlas included, ends within its minutes: the atlas's time is measured on a slice of
+    what it reads (here it sleeps 0.2 ms a token read, 8 s for the 40,000 it reads: far more than validation costs), not
+    guessed from validation's speed."""
+    import time
+
+    from lmdemo import training
+    from lmdemo.training import train
+
+    def slow_atlas(trained, choose, score, *args, **kwargs):
+        time.sleep(2e-4 * sum(len(passage) for texts in (choose, score) for passage in texts.passages))
+        return build_atlas(trained, choose, score, *args, **kwargs)
+
+    build_atlas = training.build_atlas
+    monkeypatch.setattr(training, "build_atlas", slow_atlas)
+    config = Config(**TINY_RUN, max_minutes=0.3, epochs=100)
+    started = time.monotonic()
+    best = train(config, tmp_path / "run", progress_bar=False, command="pytest", atlas=True, started=started)
+    seconds = time.monotonic() - started
+    end = read_metrics(tmp_path / "run" / "metrics.jsonl").last("end")
+    assert end["reason"] == "budget" and (best / "atlas.json").is_file()
+    # the code before guessed under a second for this atlas from validation's speed, so the atlas ran past the limit;
+    # the slice's fixed costs, scaled with it, may end a run early, never by a whole atlas
+    assert 18.0 - 8.0 <= seconds <= 18.0 + 2.5, (seconds, end)
+
 # -- 4. no import cycle ------------------------------------------------------------------------------
 def _imports(path: Path) -> set[str]:
     """Every lmdemo module a file imports, at the top or inside a function."""
