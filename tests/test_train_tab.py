@@ -348,7 +348,8 @@ def test_a_visitor_trains_downloads_and_leaves_in_a_browser(train_server, tmp_pa
         page.get_by_role("button", name="Train", exact=True).click()
         # the run has the whole cap (40 s), so the curve grows however busy the machine; then the visitor stops it
         first = wait_until(lambda: page.evaluate(script), 60, "no curve was drawn", every=0.25)
-        wait_until(lambda: page.evaluate(script) > first, 60, "the curve did not grow", every=0.25)
+        wait_until(lambda: page.evaluate(script) > first, 60,
+                   lambda: f"the curve did not grow: {page.locator('#train-status').inner_text()[:400]}", every=0.25)
         shot = os.environ.get("LMDEMO_TRAIN_SCREENSHOT")
         if shot:
             page.screenshot(path=shot, full_page=True)
