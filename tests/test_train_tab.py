@@ -58,8 +58,8 @@ BOOTSTRAP_MARK = "from lmdemo.cli import main"  # in the command line of every t
     ("a" * 100_000, "char", "tiny", 60, "one character \\('a'\\) repeated"),
     ("ab " * 5000, "word", "tiny", 60, "one word repeated"),
     ("to be or not " * 8, "char", "tiny", 60, "too short: its training part \\(the first 90%\\) gives 94 characters or "
-                                              "fewer, and 127 are needed \\(32 streams of 2 or more after an offset of "
-                                              "up to 63\\)"),
+                                              "fewer, and 95 are needed \\(32 streams of 2 or more after an offset of "
+                                              "up to 31\\)"),
     ("\n".join(" ".join(f"w{i}" for i in range(100)) for _ in range(3)), "word", "tiny", 60,  # 3 lines: none held out
      "too short: its validation part \\(the last 10%\\) gives 0 words or fewer, and 2 are needed"),
     (SMALL_TEXT, ["char"], "tiny", 60, "level must be one of char, word, bpe \\(got a list\\)"),

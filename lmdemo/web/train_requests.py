@@ -61,10 +61,12 @@ class Size:
 # Measured on one core of a 2-core AMD EPYC Zen 5 (bf16), Tiny Shakespeare, 60 s: tiny (1×256 at lr 0.008) takes
 # ~3,700 steps (~63 a second, 2,048 characters each) to 1.426 nats/char on validation, where 1×128 at 0.003 (the old
 # tiny, 8,200 steps) reached 1.514, 1×256 at 0.003 1.468, 1×320 at 0.008 1.432, 1×384 at 0.004 1.458 (two runs at
-# a time on the two cores). small (about 3× tiny's LSTM weights) keeps 0.003: it runs minutes, not one.
+# a time on the two cores). small (about 3× tiny's LSTM weights) keeps 0.003: it runs minutes, not one. The speeds
+# are for 32-character windows (BPTT): twice those measured at 64, the windows until 2026-12-08, as each step reads
+# half the characters.
 SIZES = {size.name: size for size in (
-    Size("tiny", 1, 256, 64, 0.0, 0.008, 20.0),
-    Size("small", 2, 256, 128, 0.1, 0.003, 5.0),
+    Size("tiny", 1, 256, 64, 0.0, 0.008, 40.0),
+    Size("small", 2, 256, 128, 0.1, 0.003, 10.0),
 )}
 DEFAULT_SIZE = "tiny"
 DEFAULT_LEVEL = "char"
@@ -154,7 +156,9 @@ def bytes_needed(request: TrainRequest, max_symbols: int) -> int:
 RECIPE = dict(batch_size=32, optimizer="adamw", weight_decay=0.01, clip=1.0, schedule="cosine",
               warmup_steps=20, early_stop=8, eval_tokens=20_000, eval_batch_size=16, eval_bptt=128,
               valid_fraction=0.1, test_fraction=0.0, save_every=1e9, seed=1234)
-BPTT = {"char": 64, "word": 32, "bpe": 48}
+# 32-character windows: twice the updates of 64 in the same time, which a slow CPU's minute needs (a Zen 3 core, fp32:
+# 1.588 and 1.594 nats/char against 1.654, bench/train_tab.py); on the Zen 5 the two tie (1.424, 1.426)
+BPTT = {"char": 32, "word": 32, "bpe": 48}
 LEVEL_OPTIONS = {"char": dict(no_tie_weights=True), "word": dict(max_vocab=5000), "bpe": dict(max_vocab=1000)}
 
 

@@ -23,7 +23,7 @@ from lmdemo.web.train_requests import BPTT, LEVEL_OPTIONS, RECIPE, SIZES, TrainR
 
 PACKAGE_PARENT = Path(__file__).resolve().parents[2]
 NICENESS = 19  # the trainer yields a core to sampling requests whenever both want it
-LEVEL_SPEED = {"char": 1.0, "word": 0.1, "bpe": 0.3}  # steps per second relative to characters (softmax, windows)
+LEVEL_SPEED = {"char": 1.0, "word": 0.05, "bpe": 0.15}  # steps per second relative to characters (softmax, windows)
 LOG_EVERY_S, EVAL_EVERY_S = 1.0, 4.0  # how often a job logs and validates, from its size's measured speed
 MARKER = ".lmdemo-training-folder"  # in every training folder: the owning server's pid and start time
 ONE_THREAD = {name: "1" for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
