@@ -32,9 +32,9 @@ class TrainInputError(SettingsError):
 
 @dataclass(frozen=True)
 class Size:
-    """A named model size for the Train tab, its learning rate, and the speed (steps per second at 1 thread,
-    characters) that sets how often a job logs and validates: about a third of what an idle core does, so that a
-    trainer a busy server slows (it runs at nice 19) still draws its curve every few seconds."""
+    """A named model size for the Train tab, its learning rate, and the speed (characters a second at 1 thread, as a
+    character model) that sets how often a job logs and validates: about a third of what an idle core does, so that
+    a trainer a busy server slows (it runs at nice 19) still draws its curve every few seconds."""
 
     name: str
     num_layers: int
@@ -42,7 +42,7 @@ class Size:
     emb_size: int
     dropout: float
     lr: float
-    steps_per_second: float
+    characters_per_second: float
 
     @property
     def label(self) -> str:
@@ -61,12 +61,10 @@ class Size:
 # Measured on one core of a 2-core AMD EPYC Zen 5 (bf16), Tiny Shakespeare, 60 s: tiny (1×256 at lr 0.008) takes
 # ~3,700 steps (~63 a second, 2,048 characters each) to 1.426 nats/char on validation, where 1×128 at 0.003 (the old
 # tiny, 8,200 steps) reached 1.514, 1×256 at 0.003 1.468, 1×320 at 0.008 1.432, 1×384 at 0.004 1.458 (two runs at
-# a time on the two cores). small (about 3× tiny's LSTM weights) keeps 0.003: it runs minutes, not one. The speeds
-# are for 32-character windows (BPTT): twice those measured at 64, the windows until 2026-12-08, as each step reads
-# half the characters.
+# a time on the two cores). small (about 3× tiny's LSTM weights) keeps 0.003: it runs minutes, not one.
 SIZES = {size.name: size for size in (
-    Size("tiny", 1, 256, 64, 0.0, 0.008, 40.0),
-    Size("small", 2, 256, 128, 0.1, 0.003, 10.0),
+    Size("tiny", 1, 256, 64, 0.0, 0.008, 40_960.0),
+    Size("small", 2, 256, 128, 0.1, 0.003, 10_240.0),
 )}
 DEFAULT_SIZE = "tiny"
 DEFAULT_LEVEL = "char"

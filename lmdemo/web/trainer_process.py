@@ -23,7 +23,7 @@ from lmdemo.web.train_requests import BPTT, LEVEL_OPTIONS, RECIPE, SIZES, TrainR
 
 PACKAGE_PARENT = Path(__file__).resolve().parents[2]
 NICENESS = 19  # the trainer yields a core to sampling requests whenever both want it
-LEVEL_SPEED = {"char": 1.0, "word": 0.05, "bpe": 0.15}  # steps per second relative to characters (softmax, windows)
+LEVEL_SPEED = {"char": 1.0, "word": 0.05, "bpe": 0.225}  # tokens a second against a character model's (the softmax)
 LOG_EVERY_S, EVAL_EVERY_S = 1.0, 4.0  # how often a job logs and validates, from its size's measured speed
 MARKER = ".lmdemo-training-folder"  # in every training folder: the owning server's pid and start time
 ONE_THREAD = {name: "1" for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
@@ -53,7 +53,7 @@ def train_arguments(request: TrainRequest, out: str) -> list[str]:
     few seconds, and the model's cell atlas once it is saved (shown in the Inside tab)."""
     size = SIZES[request.size]
     options: dict[str, Any] = dict(RECIPE, **LEVEL_OPTIONS[request.level])
-    speed = size.steps_per_second * LEVEL_SPEED[request.level]
+    speed = size.characters_per_second * LEVEL_SPEED[request.level] / (RECIPE["batch_size"] * BPTT[request.level])
     log_every = max(1, round(speed * LOG_EVERY_S))
     options.update(level=request.level, emb_size=size.emb_size, hidden_size=size.hidden_size,
                    num_layers=size.num_layers, dropout=size.dropout, lr=size.lr, bptt=BPTT[request.level],
